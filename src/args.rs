@@ -1,0 +1,159 @@
+//! Operator-tunable `args` of a migration: parsed and validated before every batch.
+//!
+//! `args` are data only: they are never spliced into SQL. Keys this module does not know are kept as they are,
+//! so a custom migration can read its own keys from [`Args::raw`].
+
+use serde_json::{Map, Value};
+
+/// Rows per batch when neither the definition nor the operator sets `batchSize`.
+pub const DEFAULT_BATCH_SIZE: u64 = 10_000;
+/// Bytes per batch when `maxBatchBytes` is not set (a batch closes at whichever limit comes first).
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+const BATCH_SIZE_RANGE: (u64, u64) = (1, 10_000_000);
+const MAX_BATCH_BYTES_RANGE: (u64, u64) = (1024, 4 * 1024 * 1024 * 1024);
+const SLEEP_MS_RANGE: (u64, u64) = (0, 3_600_000);
+
+/// The validated view of a migration's `args` JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    /// Rows per batch (`batchSize`).
+    pub batch_size: u64,
+    /// Bytes per batch (`maxBatchBytes`); a single larger row still goes through alone.
+    pub max_batch_bytes: u64,
+    /// Pause between batches in milliseconds (`sleepMs`), to throttle load on the store.
+    pub sleep_ms: u64,
+    raw: Map<String, Value>,
+}
+
+/// Why an `args` value was refused; the message names the key and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// The args are not a JSON object.
+    #[error("args must be a JSON object like {{\"batchSize\": 5000}}, got {0}")]
+    NotAnObject(String),
+    /// A known key has a value of the wrong type or out of range.
+    #[error("args.{key} must be an integer from {min} to {max}, got {got}")]
+    OutOfRange {
+        /// The key, e.g. `batchSize`.
+        key: &'static str,
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value.
+        max: u64,
+        /// The JSON that was given.
+        got: String,
+    },
+    /// Text that is not JSON at all.
+    #[error("args are not valid JSON: {0}")]
+    NotJson(String),
+}
+
+impl Args {
+    /// Validates an `args` JSON value (null counts as `{}`).
+    pub fn parse(value: &Value) -> Result<Args, ArgsError> {
+        let raw = match value {
+            Value::Object(map) => map.clone(),
+            Value::Null => Map::new(),
+            other => return Err(ArgsError::NotAnObject(other.to_string())),
+        };
+        Ok(Args {
+            batch_size: read_u64(&raw, "batchSize", BATCH_SIZE_RANGE)?
+                .unwrap_or(DEFAULT_BATCH_SIZE),
+            max_batch_bytes: read_u64(&raw, "maxBatchBytes", MAX_BATCH_BYTES_RANGE)?
+                .unwrap_or(DEFAULT_MAX_BATCH_BYTES),
+            sleep_ms: read_u64(&raw, "sleepMs", SLEEP_MS_RANGE)?.unwrap_or(0),
+            raw,
+        })
+    }
+
+    /// Parses `args` given as JSON text (CLI, API).
+    pub fn parse_text(text: &str) -> Result<Value, ArgsError> {
+        serde_json::from_str(text).map_err(|err| ArgsError::NotJson(err.to_string()))
+    }
+
+    /// The whole args object, including keys this module does not interpret.
+    pub fn raw(&self) -> &Map<String, Value> {
+        &self.raw
+    }
+}
+
+/// Merges an operator's patch into `current`: keys in the patch replace, `null` removes a key.
+/// The result is validated before it is returned, so a bad patch changes nothing.
+pub fn merge_patch(current: &Value, patch: &Value) -> Result<Value, ArgsError> {
+    let Value::Object(patch) = patch else {
+        return Err(ArgsError::NotAnObject(patch.to_string()));
+    };
+    let mut merged = match current {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            merged.remove(key);
+        } else {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    let merged = Value::Object(merged);
+    Args::parse(&merged)?;
+    Ok(merged)
+}
+
+fn read_u64(
+    raw: &Map<String, Value>,
+    key: &'static str,
+    (min, max): (u64, u64),
+) -> Result<Option<u64>, ArgsError> {
+    let Some(value) = raw.get(key) else {
+        return Ok(None);
+    };
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(ArgsError::OutOfRange {
+            key,
+            min,
+            max,
+            got: value.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn missing_keys_take_defaults_and_unknown_keys_are_kept() {
+        let args = Args::parse(&json!({"custom": "x"})).unwrap();
+        assert_eq!(args.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(args.sleep_ms, 0);
+        assert_eq!(args.raw().get("custom"), Some(&json!("x")));
+    }
+
+    #[test]
+    fn a_string_batch_size_is_refused_naming_the_key_and_range() {
+        let err = Args::parse(&json!({"batchSize": "2500"})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.batchSize must be an integer from 1 to 10000000, got \"2500\""
+        );
+    }
+
+    #[test]
+    fn zero_and_negative_batch_sizes_are_refused() {
+        assert!(Args::parse(&json!({"batchSize": 0})).is_err());
+        assert!(Args::parse(&json!({"batchSize": -5})).is_err());
+        assert!(Args::parse(&json!({"batchSize": 1.5})).is_err());
+    }
+
+    #[test]
+    fn merge_replaces_keys_removes_nulls_and_validates_the_result() {
+        let current = json!({"batchSize": 5000, "sleepMs": 10, "note": "a"});
+        let merged = merge_patch(&current, &json!({"batchSize": 2500, "sleepMs": null})).unwrap();
+        assert_eq!(merged, json!({"batchSize": 2500, "note": "a"}));
+        assert!(merge_patch(&current, &json!({"batchSize": "big"})).is_err());
+        assert!(merge_patch(&current, &json!([1])).is_err());
+    }
+}

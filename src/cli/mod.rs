@@ -1,0 +1,190 @@
+//! Command-line surface (DESIGN §2): arguments, dispatch, exit codes. Each command lives in its own file.
+
+mod inspect;
+mod migrate;
+mod operate;
+mod output;
+mod wait;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bgmigrate::ControlError;
+use bgmigrate::config::{self, ConfigError, Connected};
+use bgmigrate::definition::DefinitionError;
+use clap::{Parser, Subcommand};
+
+/// bgmigrate: background migrations for Postgres (ClickHouse and SQLite next), batched, resumable, leased.
+#[derive(Debug, Parser)]
+#[command(name = "bgmigrate", version, about)]
+pub struct Cli {
+    /// Control store: postgres://user@host:port/database.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// ClickHouse over HTTP: http://user:pass@host:8123/db (used by the copy kind, next release).
+    #[arg(long, env = "CLICKHOUSE_URL", global = true, hide_env_values = true)]
+    clickhouse_url: Option<String>,
+    /// The migrations directory (postgres/, clickhouse/, background/).
+    #[arg(
+        long,
+        env = "BGMIGRATE_MIGRATIONS_DIR",
+        global = true,
+        default_value = "migrations"
+    )]
+    migrations_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run background migrations; keeps polling for new or retried work unless --exit-when-done.
+    Worker(worker::WorkerArgs),
+    /// Apply fast migrations and register background migrations, then exit.
+    Migrate,
+    /// Every background migration with status and progress.
+    Status {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One migration: args, state, progress, recent batches, events.
+    Show {
+        /// Migration name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// failed/cancelled -> pending; resumes from its checkpoint unless --from-start.
+    Retry {
+        /// Migration name.
+        name: String,
+        /// Clear the checkpoint and progress first.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// Stop after the current batch, keeping the checkpoint.
+    Pause {
+        /// Migration name.
+        name: String,
+    },
+    /// Make a paused migration pending again.
+    Resume {
+        /// Migration name.
+        name: String,
+    },
+    /// Stop a migration for good (until retried).
+    Cancel {
+        /// Migration name.
+        name: String,
+    },
+    /// Merge JSON into the migration's args, validated first, e.g. '{"batchSize":2500}' (null removes a key).
+    SetArgs {
+        /// Migration name.
+        name: String,
+        /// A JSON object.
+        json: String,
+    },
+    /// Exit 0 when all named (default: all) are finished; 1 on failure or timeout.
+    Wait(wait::WaitArgs),
+}
+
+/// Bad input: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Exit code 1: a migration failed or a wait timed out (the message was already printed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Failed(pub String);
+
+/// 2 for input a person must fix, 1 otherwise.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|cause| {
+        cause.is::<BadInput>()
+            || cause.is::<DefinitionError>()
+            || cause
+                .downcast_ref::<ConfigError>()
+                .is_some_and(ConfigError::is_bad_input)
+            || cause.downcast_ref::<ControlError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    ControlError::NotFound(_)
+                        | ControlError::Transition { .. }
+                        | ControlError::InvalidArgs { .. }
+                )
+            })
+    });
+    if bad_input { 2 } else { 1 }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let _ = &cli.clickhouse_url;
+    let url = cli.database_url.clone().ok_or_else(|| {
+        BadInput("no control store: set DATABASE_URL or --database-url (postgres://user@host:port/database)".into())
+    })?;
+    let connected = config::connect(&url).await?;
+    match cli.command {
+        Command::Worker(args) => worker::run(&connected, &cli.migrations_dir, args).await,
+        Command::Migrate => migrate::run(&connected, &cli.migrations_dir).await,
+        Command::Status { json } => inspect::status(&connected, json).await,
+        Command::Show { name, json } => inspect::show(&connected, &name, json).await,
+        Command::Retry { name, from_start } => {
+            operate::act(&connected, &name, bgmigrate::Action::Retry, from_start).await
+        }
+        Command::Pause { name } => {
+            operate::act(&connected, &name, bgmigrate::Action::Pause, false).await
+        }
+        Command::Resume { name } => {
+            operate::act(&connected, &name, bgmigrate::Action::Resume, false).await
+        }
+        Command::Cancel { name } => {
+            operate::act(&connected, &name, bgmigrate::Action::Cancel, false).await
+        }
+        Command::SetArgs { name, json } => operate::set_args(&connected, &name, &json).await,
+        Command::Wait(args) => wait::run(&connected, args).await,
+    }
+}
+
+/// Who an operator action is recorded as: `cli:user@host`.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("cli:{user}@{host}")
+}
+
+/// Parses `30s`, `500ms`, `2m` (humantime), or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<f64>() {
+        if secs >= 0.0 && secs.is_finite() {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e}: use e.g. 30s, 500ms, 2m"))
+}
+
+/// Shared helper: the connected stores.
+fn control(connected: &Connected) -> &dyn bgmigrate::ControlStore {
+    connected.control.as_ref()
+}

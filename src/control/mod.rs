@@ -1,0 +1,177 @@
+//! The control store: the `background_migrations` table and its events and batches, behind one contract.
+//!
+//! The engine, the CLI and (later) the web layer talk only to [`ControlStore`]; Postgres implements it in
+//! [`postgres`], SQLite will in its own module.
+
+pub mod postgres;
+mod record;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::args::ArgsError;
+use crate::definition::Registration;
+use crate::registry::Registry;
+use crate::status::{Action, TransitionError};
+use crate::store::{SqlTx, StoreError};
+
+pub use self::postgres::PgControlStore;
+pub use self::record::{
+    BatchCommit, BatchRecord, Claim, EventKind, EventRecord, Lease, MigrationRecord,
+};
+
+/// How many recent batches the batches table keeps per migration.
+pub const BATCHES_KEPT: i64 = 1000;
+
+/// What can go wrong talking to the control store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The store failed (transient or not: see [`StoreError::is_transient`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No row with that name.
+    #[error("no background migration named {0:?}; `bgmigrate status` lists them")]
+    NotFound(String),
+    /// An operator action that the migration's status does not allow.
+    #[error("{name}: {source}")]
+    Transition {
+        /// The migration.
+        name: String,
+        /// Which transition was refused.
+        #[source]
+        source: TransitionError,
+    },
+    /// Args that did not validate; nothing was written.
+    #[error("{name}: {source}; nothing was changed")]
+    InvalidArgs {
+        /// The migration.
+        name: String,
+        /// What is wrong with them.
+        #[source]
+        source: ArgsError,
+    },
+    /// The caller's lease is gone (taken over, paused or cancelled); nothing was written.
+    #[error("the lease on {0} was lost; nothing was written")]
+    LeaseLost(String),
+    /// The table holds something this build cannot read.
+    #[error("control table: {0}")]
+    Corrupt(String),
+}
+
+impl ControlError {
+    /// Whether a retry may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ControlError::Store(err) if err.is_transient())
+    }
+}
+
+/// The control store contract.
+#[async_trait]
+pub trait ControlStore: Send + Sync {
+    /// Identity of the database holding the control table (see [`crate::store::SqlStore::id`]).
+    fn store_id(&self) -> &str;
+
+    /// Creates or upgrades the control tables, idempotently, under a lock.
+    async fn ensure_schema(&self) -> Result<(), ControlError>;
+
+    /// Inserts rows for definitions not yet registered (never touching existing rows or their `args`); a row whose
+    /// script `registry` does not know is inserted as failed with a reason. Returns the names inserted.
+    async fn register(
+        &self,
+        registrations: &[Registration],
+        registry: &Registry,
+    ) -> Result<Vec<String>, ControlError>;
+
+    /// Atomically claims the next runnable migration among `scripts`: pending and not waiting on another, or
+    /// running with an expired lease (a takeover).
+    async fn claim_next(
+        &self,
+        worker_id: &str,
+        ttl: Duration,
+        scripts: &[String],
+    ) -> Result<Option<Claim>, ControlError>;
+
+    /// Renews the lease; `false` when it is no longer held.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, ControlError>;
+
+    /// The row, if the lease is still held ([`ControlError::LeaseLost`] otherwise).
+    async fn current(&self, lease: &Lease) -> Result<MigrationRecord, ControlError>;
+
+    /// Records the row estimate.
+    async fn set_rows_total(
+        &self,
+        lease: &Lease,
+        rows_total: Option<u64>,
+    ) -> Result<(), ControlError>;
+
+    /// Writes a batch's checkpoint and progress, fenced on the lease.
+    async fn write_checkpoint(
+        &self,
+        lease: &Lease,
+        commit: &BatchCommit,
+    ) -> Result<(), ControlError>;
+
+    /// The same inside a transaction of the control database, so a batch and its checkpoint commit together.
+    async fn write_checkpoint_in(
+        &self,
+        tx: &mut dyn SqlTx,
+        lease: &Lease,
+        commit: &BatchCommit,
+    ) -> Result<(), ControlError>;
+
+    /// Marks the migration finished.
+    async fn finish(&self, lease: &Lease) -> Result<(), ControlError>;
+
+    /// Marks the migration failed with a reason a person can act on.
+    async fn fail(&self, lease: &Lease, reason: &str) -> Result<(), ControlError>;
+
+    /// Gives the migration back (pending, checkpoint kept), e.g. on shutdown.
+    async fn release(&self, lease: &Lease) -> Result<(), ControlError>;
+
+    /// Every migration, in run order.
+    async fn list(&self) -> Result<Vec<MigrationRecord>, ControlError>;
+
+    /// One migration.
+    async fn get(&self, name: &str) -> Result<MigrationRecord, ControlError>;
+
+    /// The latest events of one migration, newest first.
+    async fn events(&self, name: &str, limit: i64) -> Result<Vec<EventRecord>, ControlError>;
+
+    /// The latest batches of one migration, newest first.
+    async fn batches(&self, name: &str, limit: i64) -> Result<Vec<BatchRecord>, ControlError>;
+
+    /// Applies an operator action (validated transition); `from_start` (retry only) also clears the checkpoint.
+    async fn act(
+        &self,
+        name: &str,
+        action: Action,
+        from_start: bool,
+        actor: &str,
+    ) -> Result<MigrationRecord, ControlError>;
+
+    /// Merges a JSON patch into `args`, validated first: a bad patch changes nothing.
+    async fn set_args(
+        &self,
+        name: &str,
+        patch: &Value,
+        actor: &str,
+    ) -> Result<MigrationRecord, ControlError>;
+
+    /// Appends an event.
+    async fn record_event(
+        &self,
+        name: &str,
+        kind: EventKind,
+        actor: &str,
+        detail: Value,
+    ) -> Result<(), ControlError>;
+
+    /// A signal woken whenever a row changes (registrations, operator actions, finished migrations); wake-ups may
+    /// be missed while reconnecting, so callers also poll.
+    async fn changes(&self) -> Result<Arc<Notify>, ControlError>;
+}

@@ -1,0 +1,360 @@
+//! The engine: a background task that claims migrations and runs their batches.
+//!
+//! Layout: this file holds the [`Runner`] (claim loop, wake-ups, drain) and its [`RunnerHandle`]; [`execute`] the
+//! batch loop of one migration; [`heartbeat`] the lease renewal; [`backoff`] transient retries; [`progress`] rate,
+//! ETA and the log line. Nothing here is specific to a store.
+
+pub mod backoff;
+mod execute;
+mod heartbeat;
+pub mod progress;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{ControlError, ControlStore};
+use crate::registry::Registry;
+use crate::status::Status;
+use crate::store::Stores;
+
+pub use self::backoff::RetryPolicy;
+pub use self::execute::Ending;
+pub use self::progress::ProgressUpdate;
+
+/// Tuning of a worker.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This worker's identity in `worker_id` (default `host:pid:nonce`).
+    pub worker_id: String,
+    /// How long a lease lasts without renewal; after that any worker may take the migration over.
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed.
+    pub heartbeat_interval: Duration,
+    /// How often to look for work when no change notification arrives.
+    pub poll_interval: Duration,
+    /// Exit when nothing is left to run instead of waiting for new work.
+    pub exit_when_done: bool,
+    /// `ENABLE_BACKGROUND_MIGRATIONS`: when false, run nothing and warn about pending migrations.
+    pub enabled: bool,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// Minimum interval between progress log lines of one migration.
+    pub progress_log_interval: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: default_worker_id(),
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(5),
+            exit_when_done: false,
+            enabled: true,
+            retry: RetryPolicy::default(),
+            progress_log_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `host:pid:nonce`, unique per process start.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 100_000)
+        .unwrap_or_default();
+    format!("{host}:{}:{nonce:05}", std::process::id())
+}
+
+/// What the runner is doing now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerState {
+    /// Preparing the control store.
+    Starting,
+    /// Waiting for work.
+    Idle,
+    /// Running this migration.
+    Running(String),
+    /// `ENABLE_BACKGROUND_MIGRATIONS=false`.
+    Disabled,
+    /// The task has ended.
+    Stopped,
+}
+
+/// What one runner did before it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Migrations it finished.
+    pub finished: Vec<String>,
+    /// Migrations it failed, with reasons.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Shared by the claim loop and the batch loops.
+pub(crate) struct EngineContext {
+    pub(crate) control: Arc<dyn ControlStore>,
+    pub(crate) registry: Registry,
+    pub(crate) stores: Stores,
+    pub(crate) config: RunnerConfig,
+    pub(crate) progress: broadcast::Sender<ProgressUpdate>,
+}
+
+/// Runs background migrations; build one, then [`Runner::spawn`] it beside the host's own work.
+pub struct Runner {
+    ctx: EngineContext,
+}
+
+/// A spawned runner: watch it, subscribe to its progress, stop it.
+pub struct RunnerHandle {
+    shutdown: CancellationToken,
+    state: watch::Receiver<RunnerState>,
+    progress: broadcast::Sender<ProgressUpdate>,
+    task: JoinHandle<Result<RunSummary, ControlError>>,
+}
+
+impl Runner {
+    /// A runner over `control`, running the scripts of `registry` against `stores`.
+    pub fn new(
+        control: Arc<dyn ControlStore>,
+        registry: Registry,
+        stores: Stores,
+        config: RunnerConfig,
+    ) -> Self {
+        let (progress, _) = broadcast::channel(256);
+        Self {
+            ctx: EngineContext {
+                control,
+                registry,
+                stores,
+                config,
+                progress,
+            },
+        }
+    }
+
+    /// Starts the runner as a background task.
+    pub fn spawn(self) -> RunnerHandle {
+        let shutdown = CancellationToken::new();
+        let (state_tx, state) = watch::channel(RunnerState::Starting);
+        let progress = self.ctx.progress.clone();
+        let task = tokio::spawn(claim_loop(self.ctx, shutdown.clone(), state_tx));
+        RunnerHandle {
+            shutdown,
+            state,
+            progress,
+            task,
+        }
+    }
+}
+
+impl RunnerHandle {
+    /// What the runner is doing now.
+    pub fn state(&self) -> RunnerState {
+        self.state.borrow().clone()
+    }
+
+    /// Progress snapshots after every batch.
+    pub fn subscribe(&self) -> broadcast::Receiver<ProgressUpdate> {
+        self.progress.subscribe()
+    }
+
+    /// A token that stops the runner when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Asks the runner to stop after the current batch (releasing its lease) and waits for it.
+    pub async fn shutdown(self) -> Result<RunSummary, ControlError> {
+        self.shutdown.cancel();
+        self.join().await
+    }
+
+    /// Waits until the runner stops by itself (`exit_when_done`) or is shut down.
+    pub async fn join(self) -> Result<RunSummary, ControlError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join_error) => Err(ControlError::Corrupt(format!(
+                "the runner task panicked: {join_error}"
+            ))),
+        }
+    }
+}
+
+/// Retries `op` while the control store is unreachable: a worker never gives up because the database is restarting.
+async fn patiently<T, F, Fut>(
+    ctx: &EngineContext,
+    shutdown: &CancellationToken,
+    what: &str,
+    mut op: F,
+) -> Option<Result<T, ControlError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ControlError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(err) if err.is_transient() => {
+                let wait = ctx.config.retry.backoff(attempt);
+                tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "{what}: control store unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                attempt = attempt.saturating_add(1);
+            }
+            other => return Some(other),
+        }
+    }
+}
+
+async fn claim_loop(
+    ctx: EngineContext,
+    shutdown: CancellationToken,
+    state: watch::Sender<RunnerState>,
+) -> Result<RunSummary, ControlError> {
+    let result = claim_until_done(&ctx, &shutdown, &state).await;
+    let _ = state.send(RunnerState::Stopped);
+    result
+}
+
+async fn claim_until_done(
+    ctx: &EngineContext,
+    shutdown: &CancellationToken,
+    state: &watch::Sender<RunnerState>,
+) -> Result<RunSummary, ControlError> {
+    let mut summary = RunSummary::default();
+    let Some(schema) = patiently(ctx, shutdown, "preparing the control tables", || {
+        ctx.control.ensure_schema()
+    })
+    .await
+    else {
+        return Ok(summary);
+    };
+    schema?;
+    let changes = match ctx.control.changes().await {
+        Ok(changes) => Some(changes),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for changes; polling only");
+            None
+        }
+    };
+    let fallback = Arc::new(tokio::sync::Notify::new());
+    let changes = changes.unwrap_or(fallback);
+    let scripts = ctx.registry.scripts();
+    let mut warned_disabled = false;
+    while !shutdown.is_cancelled() {
+        // Armed before looking, so a change that lands while we look still wakes us.
+        let notified = changes.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        if !ctx.config.enabled {
+            let _ = state.send(RunnerState::Disabled);
+            if !warned_disabled {
+                warn_disabled(ctx).await;
+                warned_disabled = true;
+            }
+            if ctx.config.exit_when_done {
+                break;
+            }
+        } else {
+            let claimed = patiently(ctx, shutdown, "claiming", || {
+                ctx.control
+                    .claim_next(&ctx.config.worker_id, ctx.config.lease_ttl, &scripts)
+            })
+            .await;
+            match claimed {
+                None => break,
+                Some(Err(err)) => return Err(err),
+                Some(Ok(Some(claim))) => {
+                    let name = claim.lease.name.clone();
+                    match &claim.took_over_from {
+                        Some(previous) => {
+                            tracing::info!(migration = %name, previous_worker = %previous, "took over an expired lease")
+                        }
+                        None => {
+                            tracing::info!(migration = %name, worker = %ctx.config.worker_id, "claimed")
+                        }
+                    }
+                    let _ = state.send(RunnerState::Running(name.clone()));
+                    match execute::run_claimed(ctx, claim, shutdown).await {
+                        Ending::Finished => summary.finished.push(name),
+                        Ending::Failed(reason) => summary.failed.push((name, reason)),
+                        Ending::Released | Ending::LeaseLost => {}
+                    }
+                    continue;
+                }
+                Some(Ok(None)) => {
+                    let _ = state.send(RunnerState::Idle);
+                    if ctx.config.exit_when_done && !work_in_flight(ctx, shutdown).await? {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(ctx.config.poll_interval) => {}
+        }
+    }
+    Ok(summary)
+}
+
+/// Whether another worker still runs something (a drain waits for it: what follows may become runnable).
+async fn work_in_flight(
+    ctx: &EngineContext,
+    shutdown: &CancellationToken,
+) -> Result<bool, ControlError> {
+    let Some(records) = patiently(ctx, shutdown, "listing", || ctx.control.list()).await else {
+        return Ok(false);
+    };
+    let records = records?;
+    let running = records.iter().any(|r| r.status == Status::Running);
+    if !running {
+        let waiting: Vec<&str> = records
+            .iter()
+            .filter(|r| r.status == Status::Pending)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            tracing::warn!(pending = ?waiting, "nothing runnable is left, but these migrations are pending: they wait on a failed, paused or cancelled dependency, or on a script this worker does not have");
+        }
+    }
+    Ok(running)
+}
+
+async fn warn_disabled(ctx: &EngineContext) {
+    let pending: Vec<String> = match ctx.control.list().await {
+        Ok(records) => records
+            .into_iter()
+            .filter(|r| !r.status.is_terminal())
+            .map(|r| r.name)
+            .collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "background migrations are disabled; could not list the pending ones");
+            return;
+        }
+    };
+    if pending.is_empty() {
+        tracing::warn!(
+            "background migrations are disabled (ENABLE_BACKGROUND_MIGRATIONS=false); none is pending"
+        );
+    } else {
+        tracing::warn!(
+            pending = ?pending,
+            "background migrations are disabled (ENABLE_BACKGROUND_MIGRATIONS=false) while some are pending: the data may be inconsistent until they run"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Fast migrations: schema changes applied synchronously at `migrate` / `web` start, in order, once.
+
+pub mod postgres;

@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod config;
+pub mod control;
+pub mod definition;
+pub mod engine;
+pub mod fast;
+pub mod kinds;
+pub mod migration;
+pub mod registry;
+pub mod status;
+pub mod store;
+
+pub use args::Args;
+pub use control::{ControlError, ControlStore, PgControlStore};
+pub use definition::Registration;
+pub use engine::{Runner, RunnerConfig, RunnerHandle};
+pub use kinds::builtin_registry;
+pub use migration::{Batch, BatchOutcome, Migration, MigrationError};
+pub use registry::Registry;
+pub use status::{Action, Status};
+pub use store::{PgStore, SqlStore, Stores};

@@ -1,0 +1,171 @@
+//! The contract between migration kinds and the SQL stores they read and write.
+//!
+//! A kind (e.g. [`crate::kinds::backfill`]) builds its SQL through a [`Dialect`] and runs it through [`SqlStore`] /
+//! [`SqlTx`]; each store (Postgres now, SQLite later) implements these in its own module. Nothing here names a
+//! driver.
+
+pub mod postgres;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use self::postgres::PgStore;
+
+/// A value bound to a statement. Keys travel as text and are cast back to their column type by the [`Dialect`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlParam {
+    /// A text value.
+    Text(String),
+    /// An integer value.
+    Int(i64),
+}
+
+/// A column as the store describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// The store's own type name, usable in a cast (e.g. `timestamp with time zone`).
+    pub type_name: String,
+    /// Whether the column accepts NULL.
+    pub nullable: bool,
+}
+
+/// The SQL flavour of a store: quoting, placeholders and casts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Dialect {
+    /// Quotes an identifier, part by part for `schema.table`.
+    pub fn quote_ident(self, ident: &str) -> String {
+        ident
+            .split('.')
+            .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The `n`th (1-based) placeholder, cast to `type_name` when the dialect needs it.
+    pub fn param(self, n: usize, type_name: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}::{type_name}"),
+        }
+    }
+
+    /// An expression reading `column` as text (for cursors that survive JSON).
+    pub fn as_text(self, quoted_column: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("{quoted_column}::text"),
+        }
+    }
+}
+
+/// A store error, classified as transient (retry the batch) or persistent (fail the migration).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A driver error while doing `context`.
+    #[error("{context}: {source}")]
+    Sql {
+        /// What was being done, in words.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The store cannot be opened from the given URL.
+    #[error("cannot use database URL {url}: {reason}")]
+    BadUrl {
+        /// The URL with its password removed.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Wraps a driver error with what was being done.
+    pub fn sql(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Sql { context, source }
+    }
+
+    /// True for errors that a retry may cure: lost connections, serialization failures, server restarts.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sql { source, .. } => postgres::is_transient(source),
+            StoreError::BadUrl { .. } => false,
+        }
+    }
+}
+
+/// One open transaction in a store.
+#[async_trait]
+pub trait SqlTx: Send {
+    /// Runs a statement, returns the number of rows it affected.
+    async fn execute(&mut self, sql: &str, params: &[SqlParam]) -> Result<u64, StoreError>;
+    /// Runs a query whose columns are all text, returns its first row.
+    async fn fetch_optional_text(
+        &mut self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Option<Vec<String>>, StoreError>;
+    /// Runs a query returning one integer.
+    async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// Lets the store that owns this transaction reach its driver type (same-store checkpoints).
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A SQL store a migration reads or writes.
+#[async_trait]
+pub trait SqlStore: Send + Sync {
+    /// Identity of the database (host, port, database name), used to know when a target and the control table share
+    /// one database and so one transaction.
+    fn id(&self) -> &str;
+    /// The SQL flavour.
+    fn dialect(&self) -> Dialect;
+    /// Opens a transaction.
+    async fn begin(&self) -> Result<Box<dyn SqlTx>, StoreError>;
+    /// The table's columns, or an empty list if the table does not exist.
+    async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError>;
+    /// Whether a unique index or primary key covers exactly `columns`.
+    async fn has_unique_index(&self, table: &str, columns: &[String]) -> Result<bool, StoreError>;
+    /// A cheap row-count estimate from statistics (never a full `count(*)`).
+    async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError>;
+}
+
+/// The named stores that definitions refer to (`store = "postgres"`).
+#[derive(Clone, Default)]
+pub struct Stores {
+    sql: BTreeMap<String, Arc<dyn SqlStore>>,
+}
+
+impl Stores {
+    /// An empty set of stores.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a SQL store under `name`.
+    pub fn with_sql(mut self, name: impl Into<String>, store: Arc<dyn SqlStore>) -> Self {
+        self.sql.insert(name.into(), store);
+        self
+    }
+
+    /// The SQL store called `name`, if configured.
+    pub fn sql(&self, name: &str) -> Option<Arc<dyn SqlStore>> {
+        self.sql.get(name).cloned()
+    }
+
+    /// Names of the configured SQL stores, for error messages.
+    pub fn sql_names(&self) -> Vec<String> {
+        self.sql.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,253 @@
+//! Postgres as a source and target of migrations: the [`SqlStore`] implementation over an sqlx pool.
+
+use std::any::Any;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
+
+use super::{ColumnInfo, Dialect, SqlParam, SqlStore, SqlTx, StoreError};
+
+/// SQLSTATE classes and codes that a retry may cure.
+const TRANSIENT_SQLSTATES: &[&str] = &[
+    "40001", // serialization_failure
+    "40P01", // deadlock_detected
+    "57P01", // admin_shutdown
+    "57P02", // crash_shutdown
+    "57P03", // cannot_connect_now
+    "53300", // too_many_connections
+    "55P03", // lock_not_available
+];
+
+/// True for driver errors that a retry may cure.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || TRANSIENT_SQLSTATES.contains(&code.as_ref())
+        }),
+        _ => false,
+    }
+}
+
+/// Opens a pool for `url`, checking the URL before any connection is made.
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(|err| StoreError::BadUrl {
+        url: redact(url),
+        reason: err.to_string(),
+    })?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(StoreError::sql(format!("connect to {}", redact(url))))
+}
+
+/// The URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme_end + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A Postgres database used as a migration source or target.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    id: String,
+}
+
+impl PgStore {
+    /// Wraps a pool; `id` names the database (see [`SqlStore::id`]).
+    pub fn new(pool: PgPool, id: impl Into<String>) -> Self {
+        Self {
+            pool,
+            id: id.into(),
+        }
+    }
+
+    /// The identity string for a URL: `postgres://host:port/database`.
+    pub fn id_for_url(url: &str) -> String {
+        match PgConnectOptions::from_str(url) {
+            Ok(opts) => format!(
+                "postgres://{}:{}/{}",
+                opts.get_host(),
+                opts.get_port(),
+                opts.get_database().unwrap_or_default()
+            ),
+            Err(_) => redact(url),
+        }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// An open Postgres transaction.
+pub struct PgTx {
+    /// The driver transaction; the control store writes its checkpoint through it.
+    pub tx: Transaction<'static, Postgres>,
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    params: &'q [SqlParam],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    for param in params {
+        query = match param {
+            SqlParam::Text(text) => query.bind(text.as_str()),
+            SqlParam::Int(n) => query.bind(*n),
+        };
+    }
+    query
+}
+
+#[async_trait]
+impl SqlTx for PgTx {
+    async fn execute(&mut self, sql: &str, params: &[SqlParam]) -> Result<u64, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let done = query
+            .execute(&mut *self.tx)
+            .await
+            .map_err(StoreError::sql(format!("run `{}`", short(sql))))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch_optional_text(
+        &mut self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let row = query
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(StoreError::sql(format!("run `{}`", short(sql))))?;
+        row.map(|row| {
+            (0..row.len())
+                .map(|i| row.try_get::<String, _>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::sql("read a key row"))
+        })
+        .transpose()
+    }
+
+    async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let row = query
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(StoreError::sql(format!("run `{}`", short(sql))))?;
+        row.try_get::<i64, _>(0)
+            .map_err(StoreError::sql("read a count"))
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(StoreError::sql("commit the batch"))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The first line of a statement, shortened, for error context.
+fn short(sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 120 {
+        format!("{}…", flat.chars().take(120).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+#[async_trait]
+impl SqlStore for PgStore {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn begin(&self) -> Result<Box<dyn SqlTx>, StoreError> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::sql("begin a batch"))?;
+        Ok(Box::new(PgTx { tx }))
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {
+        let rows = sqlx::query(include_str!("sql/pg_columns.sql"))
+            .bind(table)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sql(format!("read the columns of {table}")))?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(ColumnInfo {
+                    name: row.try_get("name")?,
+                    type_name: row.try_get("type_name")?,
+                    nullable: row.try_get("nullable")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::sql(format!("read the columns of {table}")))
+    }
+
+    async fn has_unique_index(&self, table: &str, columns: &[String]) -> Result<bool, StoreError> {
+        sqlx::query_scalar(include_str!("sql/pg_has_unique_index.sql"))
+            .bind(table)
+            .bind(columns)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::sql(format!(
+                "read the unique indexes of {table}"
+            )))
+    }
+
+    async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError> {
+        // The planner's estimate: from statistics after ANALYZE, from the table's size before; never a count(*).
+        let sql = format!(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}",
+            self.dialect().quote_ident(table)
+        );
+        let plan: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::sql(format!("estimate the rows of {table}")))?;
+        Ok(plan[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .map(|rows| rows as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_the_password_only() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/prod"),
+            "postgres://app@db:5432/prod"
+        );
+        assert_eq!(redact("postgres://db/prod"), "postgres://db/prod");
+    }
+}
