@@ -69,7 +69,13 @@ impl BackfillSql {
 
     /// Selects the key of the batch's last row. Params: lower bound (if any), then the offset (`batchSize - 1`).
     pub fn upper_bound(&self, has_lower: bool) -> String {
-        let columns: Vec<String> = self.keys.iter().map(|k| self.dialect.as_text(k)).collect();
+        // Aliased: an output column named like the key would make `ORDER BY key` sort the text, not the key.
+        let columns: Vec<String> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS cursor_{i}", self.dialect.as_text(k)))
+            .collect();
         let offset = self
             .dialect
             .param(if has_lower { self.arity() + 1 } else { 1 }, "bigint");
@@ -146,7 +152,7 @@ mod tests {
     fn the_upper_bound_is_an_offset_into_the_key_order_after_the_cursor() {
         assert_eq!(
             composite().upper_bound(true),
-            "SELECT \"created_at\"::text, \"id\"::text FROM \"public\".\"events\" \
+            "SELECT \"created_at\"::text AS cursor_0, \"id\"::text AS cursor_1 FROM \"public\".\"events\" \
              WHERE (\"created_at\", \"id\") > ($1::timestamp with time zone, $2::text) \
              ORDER BY \"created_at\", \"id\" OFFSET $3::bigint LIMIT 1"
         );
@@ -181,6 +187,22 @@ mod tests {
         assert_eq!(
             composite().count_tail(false),
             "SELECT count(*) FROM \"public\".\"events\""
+        );
+    }
+
+    #[test]
+    fn the_upper_bound_orders_by_the_key_not_by_its_text() {
+        let sql = BackfillSql::new(
+            Dialect::Postgres,
+            "t",
+            &["id".into()],
+            &["bigint".into()],
+            &[("c".into(), "1".into())],
+            None,
+        );
+        assert_eq!(
+            sql.upper_bound(false),
+            "SELECT \"id\"::text AS cursor_0 FROM \"t\" ORDER BY \"id\" OFFSET $1::bigint LIMIT 1"
         );
     }
 
