@@ -14,6 +14,7 @@ use std::time::Duration;
 use bgmigrate::ControlError;
 use bgmigrate::config::{self, ConfigError, Connected};
 use bgmigrate::definition::DefinitionError;
+use bgmigrate::fast::postgres::FastMigrationError;
 use clap::{Parser, Subcommand};
 
 /// bgmigrate: background migrations for Postgres (ClickHouse and SQLite next), batched, resumable, leased.
@@ -107,6 +108,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     let bad_input = err.chain().any(|cause| {
         cause.is::<BadInput>()
             || cause.is::<DefinitionError>()
+            || cause
+                .downcast_ref::<FastMigrationError>()
+                .is_some_and(FastMigrationError::is_bad_input)
             || cause
                 .downcast_ref::<ConfigError>()
                 .is_some_and(ConfigError::is_bad_input)

@@ -40,6 +40,16 @@ impl FastMigrationError {
     }
 }
 
+impl FastMigrationError {
+    /// True when the migrations directory itself must be fixed (an edited or missing file), not the server.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self.source,
+            MigrateError::VersionMismatch(_) | MigrateError::VersionMissing(_)
+        )
+    }
+}
+
 /// Applies the pending migrations in `dir` (a missing directory means none); returns how many were applied.
 pub async fn apply(pool: &PgPool, dir: &Path) -> Result<usize, FastMigrationError> {
     if !dir.is_dir() {

@@ -56,10 +56,12 @@ impl PgControlStore {
         let detail =
             json!({"from": from, "to": to, "from_start": from_start && action == Action::Retry});
         insert_event(&mut *tx, name, EventKind::Operator(action), actor, &detail).await?;
+        // Read inside the transaction: once it commits, a woken worker may claim the row at once.
+        let record = Self::record_in(&mut tx, name).await?;
         tx.commit()
             .await
             .map_err(Self::sql_err("commit the status change"))?;
-        self.get_record(name).await
+        Ok(record)
     }
 
     pub(super) async fn patch_args(
@@ -90,9 +92,11 @@ impl PgControlStore {
         .map_err(Self::sql_err("write the args"))?;
         let detail = json!({"before": before, "after": after});
         insert_event(&mut *tx, name, EventKind::ArgsChanged, actor, &detail).await?;
+        // Read inside the transaction: once it commits, a woken worker may claim the row at once.
+        let record = Self::record_in(&mut tx, name).await?;
         tx.commit()
             .await
             .map_err(Self::sql_err("commit the args"))?;
-        self.get_record(name).await
+        Ok(record)
     }
 }

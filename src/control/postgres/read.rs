@@ -62,10 +62,23 @@ impl PgControlStore {
     }
 
     pub(super) async fn get_record(&self, name: &str) -> Result<MigrationRecord, ControlError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Self::sql_err("read a background migration"))?;
+        Self::record_in(&mut conn, name).await
+    }
+
+    /// One row, read on `conn` (e.g. inside the transaction that just changed it).
+    pub(super) async fn record_in(
+        conn: &mut sqlx::PgConnection,
+        name: &str,
+    ) -> Result<MigrationRecord, ControlError> {
         let sql = format!("SELECT {RECORD_COLUMNS} FROM background_migrations WHERE name = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(Self::sql_err("read a background migration"))?;
         row.as_ref()
