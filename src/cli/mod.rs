@@ -180,10 +180,11 @@ fn actor() -> String {
 
 /// Parses `30s`, `500ms`, `2m` (humantime), or plain seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(secs) = text.parse::<f64>() {
-        if secs >= 0.0 && secs.is_finite() {
-            return Ok(Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = text.parse::<f64>()
+        && secs >= 0.0
+        && secs.is_finite()
+    {
+        return Ok(Duration::from_secs_f64(secs));
     }
     humantime::parse_duration(text).map_err(|e| format!("{e}: use e.g. 30s, 500ms, 2m"))
 }

@@ -21,6 +21,9 @@ const TRANSIENT_SQLSTATES: &[&str] = &[
     "55P03", // lock_not_available
 ];
 
+/// How long a connection may sit idle inside an open transaction before the server ends it.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
 /// True for driver errors that a retry may cure.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
@@ -34,10 +37,14 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 
 /// Opens a pool for `url`, checking the URL before any connection is made.
 pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(url).map_err(|err| StoreError::BadUrl {
-        url: redact(url),
-        reason: err.to_string(),
-    })?;
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|err| StoreError::BadUrl {
+            url: redact(url),
+            reason: err.to_string(),
+        })?
+        // A worker that stalls inside a batch (paused process, lost network) must not hold its row locks forever:
+        // the server ends such a session, the batch rolls back, and the lease's successor can proceed.
+        .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT)]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
