@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::chart::batch_chart;
 use super::forms::ArgsForm;
+use super::layout::href;
 use super::list::progress;
 use super::view::{MigrationView, mask_secrets, thousands, when};
 use crate::control::{BatchRecord, EventRecord, MigrationRecord};
@@ -58,7 +59,7 @@ pub fn content(detail: &Detail) -> Markup {
     let view = MigrationView::new(record);
     let cells = view.cells();
     html! {
-        p { a href={ (detail.base) "/" } { "← all migrations" } }
+        p { a href=(href(detail.base, "/")) { "← all migrations" } }
         @match &detail.notice {
             Some(Notice::Done(message)) => { p.notice.ok role="status" { (message) } }
             Some(Notice::Refused(message)) => { p.notice.err role="alert" { (message) } }

@@ -33,6 +33,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Base {
     }
 }
 
+/// `path` under the mount prefix; the list page is the prefix itself (a nested router does not answer at `prefix/`).
+pub fn href(base: &str, path: &str) -> String {
+    if path == "/" && !base.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}{path}")
+    }
+}
+
 /// What the frame shows around a page's content.
 pub struct Frame<'a> {
     /// The page title.
@@ -115,12 +124,12 @@ pub fn page(state: &WebState, frame: &Frame, content: Markup) -> Markup {
             }
             body data-base=(base) {
                 header {
-                    a.brand href={ (base) "/" } { "Background migrations" }
+                    a.brand href=(href(base, "/")) { "Background migrations" }
                     span.versions {
                         @if let Some(app) = &state.app_version { (app) " · " }
                         "bgmigrate " (VERSION)
                     }
-                    a #indicator .indicator href={ (base) "/" } data-state=(indicator.state.as_str()) title="status of the background migrations" {
+                    a #indicator .indicator href=(href(base, "/")) data-state=(indicator.state.as_str()) title="status of the background migrations" {
                         span.dot style={ "background:" (colour(indicator.state)) } {}
                         span.text { (indicator.message) }
                     }

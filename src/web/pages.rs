@@ -13,7 +13,7 @@ use super::auth::{self, Caller, Role};
 use super::detail::{self, Detail, Notice, label};
 use super::error::ApiError;
 use super::forms::ArgsForm;
-use super::layout::{Base, Frame, page};
+use super::layout::{Base, Frame, href, page};
 use super::{Shared, list, metrics};
 use crate::control::ControlError;
 use crate::status::Action;
@@ -462,7 +462,7 @@ pub async fn login(
         )
         .await;
     };
-    let mut response = Redirect::to(&format!("{base}{next}")).into_response();
+    let mut response = Redirect::to(&href(&base, next)).into_response();
     if let Ok(cookie) = HeaderValue::from_str(&auth::set_cookie(Some(&session))) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
@@ -471,7 +471,7 @@ pub async fn login(
 
 /// `POST /logout`.
 pub async fn logout(Base(base): Base) -> Response {
-    let mut response = Redirect::to(&format!("{base}/")).into_response();
+    let mut response = Redirect::to(&href(&base, "/")).into_response();
     if let Ok(cookie) = HeaderValue::from_str(&auth::set_cookie(None)) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
