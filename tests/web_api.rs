@@ -589,3 +589,63 @@ async fn the_event_stream_starts_with_a_snapshot_of_every_migration() {
     assert_eq!(data["migrations"][0]["name"], FIRST);
     assert_eq!(data["migrations"][0]["cells"]["rows"], "0 / ?");
 }
+
+/// `bgmigrate web` applies fast migrations, registers the background ones, serves on --bind with the host's
+/// version in the header, and exits 0 on SIGTERM.
+#[tokio::test]
+async fn the_web_command_prepares_the_database_serves_and_stops_on_sigterm() {
+    let db = TestDb::create("web_command").await;
+    db.fast_migration(
+        "0001_items.sql",
+        "CREATE TABLE items (id text PRIMARY KEY, a int, b int, total int);",
+    );
+    db.define(FIRST, &backfill("items", "batchSize = 10"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut child = db
+        .command(
+            &["web", "--bind", &bind, "--app-version", "hostapp 3.1"],
+            &[("BGMIGRATE_ADMIN_TOKEN", ADMIN)],
+        )
+        .spawn()
+        .unwrap();
+    let base = format!("http://{bind}");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Ok(reply) = try_request(Method::GET, &format!("{base}/api/status"), &[], "").await {
+            break reply;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "bgmigrate web did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status.json()["pending"],
+        json!([FIRST]),
+        "the definition was registered"
+    );
+    assert!(get(&base, &[]).await.body.contains("hostapp 3.1"));
+    let pool = db.pool().await;
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM information_schema.tables WHERE table_name = 'items'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, 1, "the fast migration was applied");
+    pool.close().await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

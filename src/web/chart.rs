@@ -10,6 +10,8 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 72.0;
 const TOP: f64 = 26.0;
 const BOTTOM: f64 = 36.0;
+/// Intervals on the value axes: five, so 1, 2 and 5 times a power of ten divide into round ticks.
+const GRID_LINES: u8 = 5;
 
 /// A line through `values` (each 0..=max) across the plot area.
 fn polyline(values: &[f64], max: f64, colour: &str, step: bool) -> String {
@@ -62,9 +64,9 @@ pub fn batch_chart(batches: &[BatchRecord]) -> Markup {
         .map(|b| b.started_at.format("%H:%M:%S").to_string());
     let bottom = HEIGHT - BOTTOM;
     let mut grid = String::new();
-    for i in 0..=4 {
-        let y = TOP + (bottom - TOP) * f64::from(i) / 4.0;
-        let fraction = 1.0 - f64::from(i) / 4.0;
+    for i in 0..=GRID_LINES {
+        let y = TOP + (bottom - TOP) * f64::from(i) / f64::from(GRID_LINES);
+        let fraction = 1.0 - f64::from(i) / f64::from(GRID_LINES);
         grid.push_str(&format!(
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{x2}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{lx}" y="{ty:.1}" text-anchor="end" fill="#c62828">{ms}</text><text x="{rx}" y="{ty:.1}" fill="#1565c0">{size}</text>"##,
             x2 = WIDTH - RIGHT,

@@ -203,7 +203,7 @@ fn events(events: &[EventRecord]) -> Markup {
                     tr {
                         td.time { (when(Some(event.at))) }
                         td { (event.kind) }
-                        td { code { (event.actor) } }
+                        td.who { code { (event.actor) } }
                         td { @if let Some(before) = before { code { (before) } } }
                         td { code { (after) } }
                     }

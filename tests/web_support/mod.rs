@@ -76,8 +76,13 @@ impl Reply {
     }
 }
 
-/// Sends one request; `headers` are name/value pairs.
-pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+/// Sends one request; `headers` are name/value pairs. Fails only when the server cannot be reached.
+pub async fn try_request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply, hyper_util::client::legacy::Error> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut builder = Request::builder().method(method).uri(url);
     for (name, value) in headers {
@@ -86,15 +91,22 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: 
     let request = builder
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
-    let response = client.request(request).await.expect("HTTP request");
+    let response = client.request(request).await?;
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    })
+}
+
+/// Sends one request, which must reach the server.
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    try_request(method, url, headers, body)
+        .await
+        .expect("HTTP request")
 }
 
 /// `GET url`.
