@@ -180,7 +180,9 @@ fn args_form(detail: &Detail) -> Markup {
                 span.field-error { (form.new_error.as_deref().unwrap_or("")) }
             }
             p.muted { "Values are JSON (bare words are text); empty removes a key; secret keys stay unchanged when left empty. The worker reads args before every batch." }
-            @if disabled {
+            @if !detail.admin_configured {
+                p.muted { "Editing is disabled: no admin token is configured (BGMIGRATE_ADMIN_TOKEN)." }
+            } @else if disabled {
                 p.muted { a href={ (detail.base) "/login?next=/migrations/" (detail.record.name) } { "Log in" } " with the admin token to edit args." }
             } @else {
                 button.primary type="submit" { "Save args" }
