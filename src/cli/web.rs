@@ -38,7 +38,6 @@ pub async fn run(connected: &Connected, dir: &Path, args: WebArgs) -> anyhow::Re
     if let Some(version) = args.app_version {
         state = state.app_version(version);
     }
-    web::metrics::install();
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .map_err(|err| {

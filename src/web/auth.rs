@@ -82,8 +82,7 @@ impl Access {
     pub fn new(admin: Option<String>, read: Option<String>) -> Self {
         let mut key = [0u8; 32];
         if getrandom::fill(&mut key).is_err() {
-            // Without randomness no session can be trusted: a key nobody can predict is still needed, so refuse
-            // sessions altogether by keeping the all-zero key out of use (see `session_role`).
+            // The key stays all zero, which `usable_key` refuses: logins fail rather than use a guessable key.
             tracing::error!(
                 "no randomness for the session key; the login form will refuse to log in"
             );

@@ -9,10 +9,10 @@
 //! # }
 //! ```
 //!
-//! Layout: [`auth`] tokens, login sessions and CSRF; [`error`] the JSON error type; [`api`] the JSON handlers;
-//! [`pages`] the HTML handlers, drawn by [`layout`], [`list`], [`detail`] and [`chart`]; [`indicator`] the status
-//! indicator; [`live`] the SSE stream; [`badge`] the SVG badge; [`metrics`] the Prometheus endpoint; [`view`] what a
-//! migration looks like to a reader (derived figures, secrets masked).
+//! Layout: `auth` tokens, login sessions and CSRF; `error` the JSON error type; `api` the JSON handlers; `pages`
+//! the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
+//! `indicator` the status indicator; `live` the SSE stream; `badge` the SVG badge; [`metrics`] the Prometheus
+//! endpoint; `view` what a migration looks like to a reader (derived figures, secrets masked).
 
 mod api;
 mod auth;
@@ -94,6 +94,8 @@ type Shared = Arc<WebState>;
 /// The whole surface: pages at `/`, the JSON API at `/api/`, `/badge.svg` and `/metrics`. Mount it with
 /// [`Router::nest`] under any prefix; links inside pages follow the prefix.
 pub fn router(state: WebState) -> Router {
+    // Installed now, so the engine's metrics are recorded from the start rather than from the first scrape.
+    metrics::install();
     let state: Shared = Arc::new(state);
     let api = Router::new()
         .route("/migrations", get(api::list))

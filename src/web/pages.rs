@@ -149,16 +149,20 @@ pub struct DoneQuery {
     done: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the detail page shows beyond the stored migration: the editor as submitted, a notice, and the status code.
+struct Shown {
+    form: Option<ArgsForm>,
+    notice: Option<Notice>,
+    status: StatusCode,
+}
+
 async fn detail_page(
     state: &Shared,
     base: &str,
     headers: &HeaderMap,
     caller: Option<&Caller>,
     name: &str,
-    form: Option<ArgsForm>,
-    notice: Option<Notice>,
-    status: StatusCode,
+    shown: Shown,
 ) -> PageResult {
     let record = state.control.get(name).await?;
     let events = state.control.events(name, EVENTS).await?;
@@ -168,13 +172,15 @@ async fn detail_page(
         record: &record,
         events: &events,
         batches: &batches,
-        form: form.unwrap_or_else(|| ArgsForm::from_args(&record.args)),
+        form: shown
+            .form
+            .unwrap_or_else(|| ArgsForm::from_args(&record.args)),
         csrf: csrf_for(state, headers, caller),
         admin_configured: state.access.admin_token().is_some(),
-        notice,
+        notice: shown.notice,
     };
     let markup = render(state, base, caller, name, true, detail::content(&detail)).await?;
-    Ok((status, Html(markup.into_string())).into_response())
+    Ok((shown.status, Html(markup.into_string())).into_response())
 }
 
 /// `GET /migrations/{name}`.
@@ -214,9 +220,11 @@ pub async fn detail(
         &headers,
         caller.as_ref(),
         &name,
-        None,
-        notice,
-        StatusCode::OK,
+        Shown {
+            form: None,
+            notice,
+            status: StatusCode::OK,
+        },
     )
     .await
 }
@@ -321,9 +329,11 @@ pub async fn act(
                 &headers,
                 Some(&caller),
                 &name,
-                None,
-                Some(notice),
-                err.status,
+                Shown {
+                    form: None,
+                    notice: Some(notice),
+                    status: err.status,
+                },
             )
             .await
         }
@@ -362,9 +372,11 @@ pub async fn set_args(
                 &headers,
                 Some(&caller),
                 &name,
-                Some(form),
-                Some(notice),
-                StatusCode::UNPROCESSABLE_ENTITY,
+                Shown {
+                    form: Some(form),
+                    notice: Some(notice),
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                },
             )
             .await
         }
