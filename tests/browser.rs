@@ -173,25 +173,36 @@ fn runner(
     .spawn()
 }
 
+const EARLIER_DONE: &str = "20240201_0001_add_total_cost";
+const EARLIER_FAILED: &str = "20240215_0001_backfill_scores";
 const SLOW: &str = "20240301_0001_slow_backfill";
+const LATER: &str = "20240302_0001_after_the_slow_one";
 const BROKEN: &str = "20240301_0002_broken_backfill";
 
 /// The list page shows a running migration, and its progress advances in place (live updates, no reload).
 #[tokio::test]
 async fn the_list_page_shows_a_running_migrations_progress_advancing_live() {
     let db = TestDb::create("browser_live").await;
-    items(&db, 3000).await;
-    db.define(SLOW, &backfill("items", "batchSize = 100\nsleepMs = 150"));
+    items(&db, 6000).await;
+    db.define(SLOW, &backfill("items", "batchSize = 100\nsleepMs = 200"));
+    // Neighbours in other states, as an operator's list would have them.
+    db.define(EARLIER_DONE, &backfill("items", "batchSize = 1000"));
+    db.define(EARLIER_FAILED, &backfill("scores", "batchSize = 1000"));
+    db.define(LATER, &backfill("items", "batchSize = 500"));
     let connected = db.connect().await;
     register(&db, &connected).await;
+    force_status(&db, EARLIER_DONE, "finished", None).await;
+    let reason = "validation failed: table \"scores\" does not exist; create it, then retry";
+    force_status(&db, EARLIER_FAILED, "failed", Some(reason)).await;
     let server = serve(admin_state(&connected)).await;
+    // The browser first: its start-up time must not eat into the migration's run.
+    let (_driver, client) = browser().await;
     let worker = runner(&connected, "browser-worker", false);
     wait_until("the backfill runs", Duration::from_secs(10), || async {
         connected.control.get(SLOW).await.unwrap().rows_done > 0
     })
     .await;
 
-    let (_driver, client) = browser().await;
     client.goto(&server.base).await.unwrap();
     assert_eq!(
         client.title().await.unwrap(),
@@ -202,7 +213,22 @@ async fn the_list_page_shows_a_running_migrations_progress_advancing_live() {
         text(&client, &format!("{row} [data-field=status]")).await,
         "running"
     );
-    assert!(text(&client, "#indicator").await.contains("1 running"));
+    assert_eq!(
+        text(
+            &client,
+            &format!("tr[data-migration='{LATER}'] [data-field=status]")
+        )
+        .await,
+        "pending"
+    );
+    assert!(
+        text(&client, "#migrations").await.contains(reason),
+        "the failed reason is listed"
+    );
+    assert_eq!(
+        text(&client, "#indicator").await,
+        format!("1 failed: {EARLIER_FAILED}")
+    );
     client
         .execute("window.notReloaded = true;", vec![])
         .await

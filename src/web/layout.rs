@@ -67,11 +67,11 @@ main{padding:20px 24px;max-width:1500px;margin:0 auto}h1{font-size:20px;margin:0
 .banner{margin:0;padding:10px 24px;background:#fff3e0;border-bottom:1px solid #e65100;color:#8a3200;font-weight:600}
 .notice{padding:10px 14px;border-radius:6px;margin:0 0 14px;border:1px solid}.notice.ok{background:#e8f5e9;border-color:#2e7d32;color:#1b5e20}.notice.err{background:#ffebee;border-color:#c62828;color:#8e0000}
 table{border-collapse:collapse;width:100%;font-size:13px;background:#fff;border:1px solid #d0d7de;border-radius:6px}th,td{padding:6px 8px;border-bottom:1px solid #eaeef2;text-align:left;vertical-align:top}
-th{background:#f6f8fa;font-size:12px;color:#57606a;font-weight:600;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.nowrap{white-space:nowrap}td.name{overflow-wrap:anywhere;min-width:180px}td.time{white-space:nowrap;font-size:12px;color:#57606a}
+th{background:#f6f8fa;font-size:12px;color:#57606a;font-weight:600;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.nowrap{white-space:nowrap}td.name{overflow-wrap:anywhere;min-width:250px}td.time{white-space:nowrap;font-size:12px;color:#57606a}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;background:#616161}
 .badge.running{background:#1565c0}.badge.finished{background:#2e7d32}.badge.failed{background:#c62828}.badge.paused{background:#ef6c00}.badge.cancelled{background:#6e7781}.badge.pending{background:#8c959f}
 .bar{width:110px;height:10px;background:#eaeef2;border-radius:5px;overflow:hidden;display:inline-block;vertical-align:middle}.fill{display:block;height:100%;background:#1565c0;transition:width .4s}
-.reason{color:#8e0000;font-size:12px;max-width:340px}.muted{color:#57606a}td code{overflow-wrap:anywhere}td.who code{white-space:nowrap}code,pre{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
+.reason{color:#8e0000;font-size:12px;max-width:300px;white-space:normal}.muted{color:#57606a}td code{overflow-wrap:anywhere}td.who code{white-space:nowrap}code,pre{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 pre{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px;overflow:auto;max-height:260px;margin:0}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:8px 20px;background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:12px 16px}
 .grid .k{display:block;font-size:11px;color:#57606a;text-transform:uppercase;letter-spacing:.03em}

@@ -2,7 +2,7 @@
 
 use maud::{Markup, html};
 
-use super::view::{MigrationView, when};
+use super::view::{MigrationView, when, when_short};
 use crate::control::MigrationRecord;
 
 /// The progress bar with its percentage, both filled in by live updates.
@@ -26,7 +26,7 @@ pub fn table(base: &str, records: &[MigrationRecord]) -> Markup {
         table #migrations {
             thead { tr {
                 th { "Name" } th { "Script" } th { "Status" } th { "Progress" } th { "Rows done / total" }
-                th { "Rate" } th { "ETA" } th { "Batch" } th { "Started" } th { "Finished" } th { "Failed" }
+                th { "Rate" } th { "ETA" } th { "Batch" } th { "Started (UTC)" } th { "Finished" } th { "Failed" }
                 th { "Worker" }
             } }
             tbody {
@@ -42,10 +42,10 @@ pub fn table(base: &str, records: &[MigrationRecord]) -> Markup {
                         td.num data-field="rate" { (cells.rate) }
                         td.num data-field="eta" { (cells.eta) }
                         td.num data-field="batch" { (cells.batch) }
-                        td.time { (when(record.started_at)) }
-                        td.time { (when(record.finished_at)) }
-                        td.time {
-                            (when(record.failed_at))
+                        td.time title=(when(record.started_at)) { (when_short(record.started_at)) }
+                        td.time title=(when(record.finished_at)) { (when_short(record.finished_at)) }
+                        td.time title=(when(record.failed_at)) {
+                            (when_short(record.failed_at))
                             @if let Some(reason) = &record.failed_reason { div.reason { (reason) } }
                         }
                         td.time data-field="worker" { (cells.worker) }

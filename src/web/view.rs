@@ -138,6 +138,11 @@ pub fn when(at: Option<DateTime<Utc>>) -> String {
     })
 }
 
+/// A timestamp for a crowded table: `11-25 20:23:26` (UTC; the year is in [`when`]).
+pub fn when_short(at: Option<DateTime<Utc>>) -> String {
+    at.map_or("–".into(), |at| at.format("%m-%d %H:%M:%S").to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
