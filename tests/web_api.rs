@@ -649,3 +649,97 @@ async fn the_web_command_prepares_the_database_serves_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Fails its first batch with a transient error, then finishes in one batch.
+struct FlakyOnce(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl bgmigrate::Migration for FlakyOnce {
+    async fn validate(&self) -> Result<(), bgmigrate::MigrationError> {
+        Ok(())
+    }
+
+    async fn estimate(&self) -> Result<Option<u64>, bgmigrate::MigrationError> {
+        Ok(Some(1))
+    }
+
+    async fn run_batch(
+        &self,
+        _batch: &mut bgmigrate::Batch<'_>,
+    ) -> Result<bgmigrate::BatchOutcome, bgmigrate::MigrationError> {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(bgmigrate::MigrationError::Transient(
+                "connection reset by peer".into(),
+            ));
+        }
+        Ok(bgmigrate::BatchOutcome {
+            state: json!({"n": 1}),
+            done: true,
+            rows: 1,
+            bytes: 0,
+        })
+    }
+}
+
+/// A claim that takes over a dead worker's expired lease, and a batch retried after a transient error, are counted
+/// in /metrics.
+#[tokio::test]
+async fn metrics_count_lease_takeovers_and_batch_retries() {
+    const TAKEN_OVER: &str = "20240401_0001_taken_over";
+    const FLAKY: &str = "20240401_0002_flaky";
+    let db = TestDb::create("api_metrics_takeover").await;
+    items(&db, 50).await;
+    db.define(TAKEN_OVER, &backfill("items", "batchSize = 25"));
+    let connected = db.connect().await;
+    register(&db, &connected).await;
+    let mut registry = builtin_registry();
+    registry.register("flaky", |_, _| {
+        Ok(std::sync::Arc::new(FlakyOnce(std::sync::atomic::AtomicBool::new(false))) as _)
+    });
+    let flaky = bgmigrate::Registration {
+        name: FLAKY.into(),
+        script: "flaky".into(),
+        params: json!({}),
+        args: json!({}),
+        depends_on: None,
+    };
+    connected
+        .control
+        .register(&[flaky], &registry)
+        .await
+        .unwrap();
+    let pool = db.pool().await;
+    sqlx::query(
+        "UPDATE background_migrations SET status = 'running', worker_id = 'dead-worker', \
+         lease_expires_at = now() - interval '1 minute' WHERE name = $1",
+    )
+    .bind(TAKEN_OVER)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let router = web::router(admin_state(&connected));
+    Runner::new(
+        control(&connected),
+        registry,
+        connected.stores.clone(),
+        fast_config("live-worker"),
+    )
+    .spawn()
+    .join()
+    .await
+    .unwrap();
+    let server = serve_app(router, "").await;
+    let text = get(&format!("{}/metrics", server.base), &[]).await.body;
+    for line in [
+        format!("bgmigrate_lease_takeovers_total{{migration=\"{TAKEN_OVER}\"}} 1"),
+        format!("bgmigrate_batch_retries_total{{migration=\"{FLAKY}\"}} 1"),
+        format!("bgmigrate_migration_status{{migration=\"{FLAKY}\",status=\"finished\"}} 1"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
