@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Layout: `auth` tokens, login sessions and CSRF; `error` the JSON error type; `api` the JSON handlers; `pages`
-//! the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
+//! (and `login`) the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
 //! `indicator` the status indicator; `live` the SSE stream; `badge` the SVG badge; [`metrics`] the Prometheus
 //! endpoint; `view` what a migration looks like to a reader (derived figures, secrets masked).
 
@@ -25,6 +25,7 @@ mod indicator;
 mod layout;
 mod list;
 mod live;
+mod login;
 pub mod metrics;
 mod pages;
 mod view;
@@ -112,8 +113,8 @@ pub fn router(state: WebState) -> Router {
         .route("/migrations/{name}/confirm/{action}", get(pages::confirm))
         .route("/migrations/{name}/action", post(pages::act))
         .route("/migrations/{name}/args", post(pages::set_args))
-        .route("/login", get(pages::login_form).post(pages::login))
-        .route("/logout", post(pages::logout))
+        .route("/login", get(login::form).post(login::login))
+        .route("/logout", post(login::logout))
         .route("/badge.svg", get(badge::badge))
         .route("/metrics", get(metrics::endpoint))
         .nest("/api", api)

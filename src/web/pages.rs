@@ -1,9 +1,9 @@
-//! The HTML handlers: list, detail, action confirmation, args form, login and logout. Forms work without
+//! The HTML handlers: list, detail, action confirmation and the args form (login lives in `login`). Forms work without
 //! JavaScript; every change goes through the same [`ControlStore`](crate::ControlStore) calls as the API.
 
 use axum::Form;
 use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use super::auth::{self, Caller, Role};
 use super::detail::{self, Detail, Notice, label};
 use super::error::ApiError;
 use super::forms::ArgsForm;
-use super::layout::{Base, Frame, href, page};
+use super::layout::{Base, Frame, page};
 use super::{Shared, list, metrics};
 use crate::control::ControlError;
 use crate::status::Action;
@@ -24,7 +24,7 @@ const EVENTS: i64 = 50;
 const BATCHES: i64 = 200;
 
 /// An error rendered as a small HTML page.
-pub struct PageError(ApiError);
+pub struct PageError(pub ApiError);
 
 impl From<ApiError> for PageError {
     fn from(err: ApiError) -> Self {
@@ -54,7 +54,8 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+/// What a page handler returns.
+pub type PageResult = Result<Response, PageError>;
 
 /// Lets a reader in, or sends an anonymous one to the login form when a read token is required.
 fn reader(
@@ -98,7 +99,8 @@ fn csrf_for(state: &Shared, headers: &HeaderMap, caller: Option<&Caller>) -> Opt
     )
 }
 
-async fn render(
+/// A page with the frame around `content`.
+pub async fn render(
     state: &Shared,
     base: &str,
     caller: Option<&Caller>,
@@ -382,112 +384,6 @@ pub async fn set_args(
         }
         Err(err) => Err(err.into()),
     }
-}
-
-/// `?next=PATH` on the login form.
-#[derive(Deserialize)]
-pub struct NextQuery {
-    next: Option<String>,
-}
-
-/// Only a path inside this router, never another site.
-fn safe_next(next: Option<&str>) -> &str {
-    match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
-            next
-        }
-        _ => "/",
-    }
-}
-
-async fn login_page(
-    state: &Shared,
-    base: &str,
-    next: &str,
-    error: Option<&str>,
-    status: StatusCode,
-) -> PageResult {
-    let configured = state.access.admin_token().is_some() || state.access.read_token().is_some();
-    let content = html! {
-        h1 { "Log in" }
-        @if !configured {
-            p.notice.err { "No token is configured, so there is nothing to log in with. Set BGMIGRATE_ADMIN_TOKEN (changes) and optionally BGMIGRATE_READ_TOKEN (reading) in the web process's environment and restart it." }
-        }
-        @if let Some(error) = error { p.notice.err role="alert" { (error) } }
-        form.login method="post" action={ (base) "/login" } {
-            input type="hidden" name="next" value=(next);
-            label for="token" { "Token" }
-            input #token name="token" type="password" autocomplete="current-password" required;
-            label for="name" { "Your name (recorded with your actions)" }
-            input #name name="name" type="text" placeholder="e.g. alice";
-            p { button.primary #login type="submit" { "Log in" } }
-            p.muted { "BGMIGRATE_ADMIN_TOKEN allows changes; BGMIGRATE_READ_TOKEN allows reading only. The session cookie is Secure and HttpOnly: use HTTPS, or localhost." }
-        }
-    };
-    let markup = render(state, base, None, "Log in", false, content).await?;
-    Ok((status, Html(markup.into_string())).into_response())
-}
-
-/// `GET /login`.
-pub async fn login_form(
-    State(state): State<Shared>,
-    Base(base): Base,
-    Query(query): Query<NextQuery>,
-) -> PageResult {
-    login_page(
-        &state,
-        &base,
-        safe_next(query.next.as_deref()),
-        None,
-        StatusCode::OK,
-    )
-    .await
-}
-
-/// The login form's fields.
-#[derive(Deserialize)]
-pub struct LoginForm {
-    token: String,
-    #[serde(default)]
-    name: String,
-    next: Option<String>,
-}
-
-/// `POST /login`: checks the token, sets the session cookie, goes on to `next`.
-pub async fn login(
-    State(state): State<Shared>,
-    Base(base): Base,
-    Form(form): Form<LoginForm>,
-) -> PageResult {
-    let next = safe_next(form.next.as_deref());
-    let session = state
-        .access
-        .role_for_token(form.token.trim())
-        .and_then(|role| state.access.session_value(role, &form.name));
-    let Some(session) = session else {
-        return login_page(
-            &state,
-            &base,
-            next,
-            Some("That token is neither the admin token nor the read token."),
-            StatusCode::UNAUTHORIZED,
-        )
-        .await;
-    };
-    let mut response = Redirect::to(&href(&base, next)).into_response();
-    if let Ok(cookie) = HeaderValue::from_str(&auth::set_cookie(Some(&session))) {
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
-    }
-    Ok(response)
-}
-
-/// `POST /logout`.
-pub async fn logout(Base(base): Base) -> Response {
-    let mut response = Redirect::to(&href(&base, "/")).into_response();
-    if let Ok(cookie) = HeaderValue::from_str(&auth::set_cookie(None)) {
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
-    }
-    response
 }
 
 /// Any other page address.
