@@ -44,7 +44,10 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, Sto
         })?
         // A worker that stalls inside a batch (paused process, lost network) must not hold its row locks forever:
         // the server ends such a session, the batch rolls back, and the lease's successor can proceed.
-        .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_TIMEOUT)]);
+        .options([(
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT,
+        )]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
