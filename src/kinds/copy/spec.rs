@@ -11,9 +11,6 @@ pub struct CopySpec {
     pub from: Source,
     /// Where they go.
     pub to: Target,
-    /// After the copy, compare counts and checksums per key range on both sides (default false).
-    #[serde(default)]
-    pub verify: bool,
 }
 
 /// `from = { store, table, key, columns, where }`.
@@ -50,7 +47,7 @@ impl CopySpec {
         let spec: CopySpec = serde_json::from_value(params.clone()).map_err(|e| {
             format!(
                 "copy definition: {e} (allowed: from = {{ store, table, key = [columns], columns = [...], where }}, \
-                 to = {{ store, table }}, verify = true|false)"
+                 to = {{ store, table }})"
             )
         })?;
         if spec.from.key.is_empty() {
@@ -89,7 +86,6 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(spec.from.columns, None);
-        assert!(!spec.verify);
     }
 
     #[test]
