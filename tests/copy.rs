@@ -131,7 +131,8 @@ async fn a_copy_moves_every_row_exactly_including_nulls_unicode_arrays_and_20_mb
         .await
         .unwrap();
     sqlx::query(
-        "UPDATE traces SET input = jsonb_build_object('blob', repeat('x', 20 * 1024 * 1024))
+        "UPDATE traces SET input = jsonb_build_object('blob', (
+             SELECT string_agg(md5(traces.id || i), '') FROM generate_series(1, 20 * 32768) i))
          WHERE id IN ('tr-0002500', 'tr-0002501')",
     )
     .execute(&pool)

@@ -69,6 +69,11 @@ impl BodyWriter {
     /// Appends a `String` value: its length, then its bytes, copied chunk by chunk.
     pub async fn put_string(&mut self, bytes: &[u8]) -> Result<(), BodyClosed> {
         self.put_len(bytes.len());
+        self.put_raw(bytes).await
+    }
+
+    /// Appends bytes of any size, handing full chunks to the request as it goes.
+    pub async fn put_raw(&mut self, bytes: &[u8]) -> Result<(), BodyClosed> {
         if self.buffer.len() + bytes.len() <= CHUNK_BYTES {
             self.put(bytes);
             return Ok(());

@@ -6,11 +6,13 @@
 //! does the engine write the checkpoint.
 
 use futures_util::StreamExt;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgArguments;
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row};
 
 use super::encode::{self, Cell};
 use super::mapping::ColumnPlan;
+use super::sql::{CopySql, SLICE_BYTES};
 use super::{CopyPlan, ch_error};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
@@ -70,7 +72,12 @@ pub async fn copy_batch(
     let read = async {
         let mut writer = writer;
         let rows = query.fetch(&mut *connection);
-        match stream_rows(rows, plan, args, &mut writer).await {
+        let mut large = LargeValues {
+            pool,
+            sql: &plan.sql,
+            connection: None,
+        };
+        match stream_rows(rows, plan, args, &mut large, &mut writer).await {
             Ok(read) => {
                 writer.finish().await?;
                 Ok(read)
@@ -103,6 +110,7 @@ async fn stream_rows<'c>(
     mut rows: futures_util::stream::BoxStream<'c, Result<sqlx::postgres::PgRow, sqlx::Error>>,
     plan: &CopyPlan,
     args: &Args,
+    large: &mut LargeValues<'_>,
     writer: &mut BodyWriter,
 ) -> Result<(Moved, bool), ReadError> {
     let key_start = plan.columns.len();
@@ -125,10 +133,26 @@ async fn stream_rows<'c>(
             .map_err(|e| ReadError::Failed(StoreError::sql("read the key of a row")(e).into()))?;
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(plan.columns.len());
         let mut size = 0u64;
+        let mut flag = key_start + plan.sql_key_arity();
         for (index, column) in plan.columns.iter().enumerate() {
-            let cell = encode::read(&row, index, column).map_err(|e| {
-                ReadError::Failed(bad_value(column, &key, &format!("cannot be read: {e}")))
-            })?;
+            let is_large = column.sliced() && {
+                flag += 1;
+                row.try_get::<Option<bool>, _>(flag - 1)
+                    .map_err(|e| ReadError::Failed(StoreError::sql("read a row")(e).into()))?
+                    .unwrap_or(false)
+            };
+            let cell = if is_large {
+                Cell::Large(
+                    large
+                        .length(column, &key)
+                        .await
+                        .map_err(ReadError::Failed)?,
+                )
+            } else {
+                encode::read(&row, index, column).map_err(|e| {
+                    ReadError::Failed(bad_value(column, &key, &format!("cannot be read: {e}")))
+                })?
+            };
             size += encode::encoded_len(&cell, &column.target)
                 .map_err(|e| ReadError::Failed(bad_value(column, &key, &e.to_string())))?
                 as u64;
@@ -139,6 +163,9 @@ async fn stream_rows<'c>(
         }
         for (cell, column) in cells.iter().zip(&plan.columns) {
             encode::write(cell, &column.target, writer).await?;
+            if let Cell::Large(len) = cell {
+                large.stream(column, &key, *len, writer).await?;
+            }
         }
         writer.flush_full().await?;
         drop(cells);
@@ -154,6 +181,90 @@ async fn stream_rows<'c>(
             return Ok((moved, false));
         }
     }
+}
+
+/// Reads large text values by key, in slices, on a second connection (the batch's read is paused meanwhile).
+struct LargeValues<'a> {
+    pool: &'a PgPool,
+    sql: &'a CopySql,
+    connection: Option<PoolConnection<Postgres>>,
+}
+
+impl LargeValues<'_> {
+    async fn connection(&mut self) -> Result<&mut PoolConnection<Postgres>, MigrationError> {
+        if self.connection.is_none() {
+            let connection = self
+                .pool
+                .acquire()
+                .await
+                .map_err(StoreError::sql("connect to read a large value"))?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("just set"))
+    }
+
+    /// The value's length in bytes.
+    async fn length(
+        &mut self,
+        column: &ColumnPlan,
+        key: &[String],
+    ) -> Result<usize, MigrationError> {
+        let sql = self.sql.value_length(column);
+        let connection = self.connection().await?;
+        let mut query = sqlx::query_scalar::<Postgres, Option<i32>>(AssertSqlSafe(sql));
+        for part in key {
+            query = query.bind(part.as_str());
+        }
+        let length = query
+            .fetch_optional(&mut **connection)
+            .await
+            .map_err(StoreError::sql("measure a large value"))?
+            .flatten();
+        length
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| changed(column, key))
+    }
+
+    /// Writes the value's `len` bytes, slice by slice.
+    async fn stream(
+        &mut self,
+        column: &ColumnPlan,
+        key: &[String],
+        len: usize,
+        writer: &mut BodyWriter,
+    ) -> Result<(), ReadError> {
+        let sql = self.sql.value_slice(column);
+        let mut done = 0usize;
+        while done < len {
+            let want = (len - done).min(SLICE_BYTES as usize);
+            let connection = self.connection().await.map_err(ReadError::Failed)?;
+            let mut query = sqlx::query_scalar::<Postgres, Vec<u8>>(AssertSqlSafe(sql.clone()));
+            for part in key {
+                query = query.bind(part.as_str());
+            }
+            let slice = query
+                .bind((done + 1) as i32)
+                .bind(want as i32)
+                .fetch_optional(&mut **connection)
+                .await
+                .map_err(|e| {
+                    ReadError::Failed(StoreError::sql("read a slice of a large value")(e).into())
+                })?
+                .filter(|slice| slice.len() == want)
+                .ok_or_else(|| ReadError::Failed(changed(column, key)))?;
+            writer.put_raw(&slice).await?;
+            done += want;
+        }
+        Ok(())
+    }
+}
+
+fn changed(column: &ColumnPlan, key: &[String]) -> MigrationError {
+    MigrationError::Transient(format!(
+        "the large value of column {} in the row with key ({}) changed while it was read; the batch is retried",
+        column.name,
+        key.join(", ")
+    ))
 }
 
 fn bad_value(column: &ColumnPlan, key: &[String], problem: &str) -> MigrationError {

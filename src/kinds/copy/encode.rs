@@ -33,6 +33,9 @@ pub enum Cell<'r> {
     Date(i64),
     /// An array.
     Array(Vec<Cell<'r>>),
+    /// Text of this many bytes that was too large to read with the row; [`write`] writes its length prefix and
+    /// the caller streams the bytes.
+    Large(usize),
 }
 
 /// A value that does not fit its ClickHouse column.
@@ -156,6 +159,7 @@ pub fn read<'r>(row: &'r PgRow, index: usize, plan: &ColumnPlan) -> Result<Cell<
 enum Scalar<'a> {
     Fixed([u8; 8], usize),
     Bytes(&'a [u8]),
+    Deferred(usize),
 }
 
 fn fixed<const N: usize>(bytes: [u8; N]) -> Scalar<'static> {
@@ -184,6 +188,7 @@ fn scalar<'a>(cell: &'a Cell<'_>, ty: &ChType) -> Result<Scalar<'a>, EncodeError
     match (cell, ty) {
         (Cell::Null, _) => Err(EncodeError::Null(ty.clone())),
         (Cell::Text(text), ChType::String) => Ok(Scalar::Bytes(text.as_bytes())),
+        (Cell::Large(len), ChType::String) => Ok(Scalar::Deferred(*len)),
         (Cell::Int(v), ChType::Int(bits)) => int(*v, *bits, true),
         (Cell::Int(v), ChType::UInt(bits)) => int(*v, *bits, false),
         (Cell::Bool(b), ChType::UInt(8) | ChType::Bool) => Ok(fixed([u8::from(*b)])),
@@ -229,6 +234,7 @@ pub fn encoded_len(cell: &Cell<'_>, ty: &ChType) -> Result<usize, EncodeError> {
         _ => Ok(match scalar(cell, ty)? {
             Scalar::Fixed(_, n) => n,
             Scalar::Bytes(bytes) => len_of_len(bytes.len()) + bytes.len(),
+            Scalar::Deferred(len) => len_of_len(len) + len,
         }),
     }
 }
@@ -251,6 +257,7 @@ pub async fn write(cell: &Cell<'_>, ty: &ChType, out: &mut BodyWriter) -> Result
         _ => match scalar(cell, ty) {
             Ok(Scalar::Fixed(bytes, n)) => out.put(&bytes[..n]),
             Ok(Scalar::Bytes(bytes)) => out.put_string(bytes).await?,
+            Ok(Scalar::Deferred(len)) => out.put_len(len),
             Err(_) => unreachable!("encoded_len checked this value before it was written"),
         },
     }

@@ -52,7 +52,9 @@ pub struct ColumnPlan {
     pub name: String,
     /// The Postgres type, as `format_type` spells it.
     pub pg_type: String,
-    /// The select-list expression (`"col"` or `"col"::text`), unaliased.
+    /// The quoted column name.
+    pub quoted: String,
+    /// The value expression (`"col"` or `"col"::text`), unaliased.
     pub select: String,
     /// How the value is read.
     pub read: PgRead,
@@ -60,6 +62,13 @@ pub struct ColumnPlan {
     pub array: bool,
     /// The ClickHouse column's type.
     pub target: ChType,
+}
+
+impl ColumnPlan {
+    /// Whether a large value of this column is read in slices rather than with its row (scalar text).
+    pub fn sliced(&self) -> bool {
+        self.read == PgRead::Text && !self.array
+    }
 }
 
 /// The base type name without type modifiers: `character varying(255)[]` → `character varying[]`.
@@ -153,7 +162,7 @@ pub fn plan_column(name: &str, pg_type: &str, ch_type: &str) -> Result<ColumnPla
         )
     })?;
     let select = match (cast, read, array) {
-        (false, _, _) => quoted,
+        (false, _, _) => quoted.clone(),
         (true, PgRead::Float8, false) => format!("{quoted}::float8"),
         (true, PgRead::Float8, true) => format!("{quoted}::float8[]"),
         (true, _, false) => format!("{quoted}::text"),
@@ -162,6 +171,7 @@ pub fn plan_column(name: &str, pg_type: &str, ch_type: &str) -> Result<ColumnPla
     Ok(ColumnPlan {
         name: name.to_owned(),
         pg_type: pg_type.to_owned(),
+        quoted,
         select,
         read,
         array,

@@ -154,10 +154,9 @@ impl Copy {
             })?;
             columns.push(plan_column(name, &source.type_name, &target.type_name).map_err(invalid)?);
         }
-        let selects: Vec<String> = columns.iter().map(|c| c.select.clone()).collect();
         let sql = CopySql::new(
             &from.table,
-            &selects,
+            &columns,
             &from.key,
             &key_types,
             from.filter.as_deref(),
