@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::control::{ControlStore, PgControlStore};
 use crate::store::{PgStore, StoreError, Stores, postgres};
 
@@ -23,6 +24,9 @@ pub enum ConfigError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The ClickHouse connection settings are unusable.
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
 }
 
 impl ConfigError {
@@ -31,6 +35,7 @@ impl ConfigError {
         match self {
             ConfigError::UnsupportedUrl(_) | ConfigError::NotABool { .. } => true,
             ConfigError::Store(err) => matches!(err, StoreError::BadUrl { .. }),
+            ConfigError::ClickHouse(err) => matches!(err, ClickHouseError::BadUrl { .. }),
         }
     }
 }
@@ -43,6 +48,23 @@ pub struct Connected {
     pub stores: Stores,
     /// The control database's pool, for fast migrations.
     pub pool: sqlx::PgPool,
+    /// ClickHouse, when `CLICKHOUSE_URL` is set (also registered as the `clickhouse` store).
+    pub clickhouse: Option<ClickHouse>,
+}
+
+impl Connected {
+    /// Adds ClickHouse from `url` (`CLICKHOUSE_URL`; `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DB`
+    /// override its parts) as the `clickhouse` store; `None` leaves the process without ClickHouse.
+    pub fn with_clickhouse(mut self, url: Option<&str>) -> Result<Self, ConfigError> {
+        if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
+            let clickhouse = ClickHouse::from_url(url)?;
+            self.stores = self
+                .stores
+                .with_clickhouse("clickhouse", clickhouse.clone());
+            self.clickhouse = Some(clickhouse);
+        }
+        Ok(self)
+    }
 }
 
 /// Opens the control store at `database_url` and registers it as the `postgres` store.
@@ -55,8 +77,9 @@ pub async fn connect(database_url: &str) -> Result<Connected, ConfigError> {
     let control: Arc<dyn ControlStore> = Arc::new(PgControlStore::new(&store));
     Ok(Connected {
         control,
-        stores: Stores::new().with_sql("postgres", Arc::new(store)),
+        stores: Stores::new().with_postgres("postgres", store),
         pool,
+        clickhouse: None,
     })
 }
 

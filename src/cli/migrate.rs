@@ -9,10 +9,32 @@ use bgmigrate::{builtin_registry, definition, fast};
 /// Applies fast migrations and registers background definitions; refuses (and changes nothing) on a bad definition.
 pub async fn run(connected: &Connected, dir: &Path) -> anyhow::Result<ExitCode> {
     let registrations = load_and_check(connected, dir)?;
+    let clickhouse_dir = dir.join("clickhouse");
+    check_clickhouse(connected, &clickhouse_dir)?;
     let applied = fast::postgres::apply(&connected.pool, &dir.join("postgres")).await?;
     tracing::info!(applied, "Postgres fast migrations applied");
+    if let Some(clickhouse) = &connected.clickhouse {
+        let applied = fast::clickhouse::apply(&connected.pool, clickhouse, &clickhouse_dir).await?;
+        tracing::info!(applied, clickhouse = %clickhouse.id(), "ClickHouse fast migrations applied");
+    }
     register(connected, &registrations).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `clickhouse/*.up.sql` (checking their names) and refuses, before anything is applied, when there are
+/// files but no ClickHouse is configured.
+fn check_clickhouse(connected: &Connected, dir: &Path) -> anyhow::Result<()> {
+    let files = fast::clickhouse::load(dir)?;
+    if connected.clickhouse.is_none() && !files.is_empty() {
+        return Err(super::BadInput(format!(
+            "{} holds {} ClickHouse fast migrations but no ClickHouse is configured: set CLICKHOUSE_URL or \
+             --clickhouse-url (http://user:password@host:8123/database)",
+            dir.display(),
+            files.len()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Reads `background/*.toml` and checks each against the kinds of this build, before anything is written.
