@@ -94,10 +94,12 @@ fn save_screenshot(name: &str, png: &[u8]) -> PathBuf {
     path
 }
 
-/// The text of the first element matching `css`.
+/// The text of the first element matching `css`, waiting for it to appear (a form post navigates asynchronously).
 async fn text(client: &Client, css: &str) -> String {
     client
-        .find(Locator::Css(css))
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
         .text()
