@@ -6,13 +6,37 @@ use std::process::ExitCode;
 use bgmigrate::config::Connected;
 use bgmigrate::{builtin_registry, definition, fast};
 
+use super::BadInput;
+
 /// Applies fast migrations and registers background definitions; refuses (and changes nothing) on a bad definition.
 pub async fn run(connected: &Connected, dir: &Path) -> anyhow::Result<ExitCode> {
     let registrations = load_and_check(connected, dir)?;
-    let applied = fast::postgres::apply(&connected.pool, &dir.join("postgres")).await?;
-    tracing::info!(applied, "Postgres fast migrations applied");
+    let postgres_dir = dir.join("postgres");
+    match &connected.pool {
+        Some(pool) => {
+            let applied = fast::postgres::apply(pool, &postgres_dir).await?;
+            tracing::info!(applied, "Postgres fast migrations applied");
+        }
+        None if has_sql_files(&postgres_dir) => {
+            return Err(BadInput(format!(
+                "{} holds Postgres fast migrations, but the control store is not Postgres: set DATABASE_URL to \
+                 postgres://user@host:port/database, or remove the directory",
+                postgres_dir.display()
+            ))
+            .into());
+        }
+        None => {}
+    }
     register(connected, &registrations).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn has_sql_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|entry| entry.path().extension().is_some_and(|ext| ext == "sql"))
+    })
 }
 
 /// Reads `background/*.toml` and checks each against the kinds of this build, before anything is written.

@@ -17,11 +17,11 @@ use bgmigrate::definition::DefinitionError;
 use bgmigrate::fast::postgres::FastMigrationError;
 use clap::{Parser, Subcommand};
 
-/// bgmigrate: background migrations for Postgres (ClickHouse and SQLite next), batched, resumable, leased.
+/// bgmigrate: background migrations for Postgres and SQLite (ClickHouse next), batched, resumable, leased.
 #[derive(Debug, Parser)]
 #[command(name = "bgmigrate", version, about)]
 pub struct Cli {
-    /// Control store: postgres://user@host:port/database.
+    /// Control store: postgres://user@host:port/database or sqlite://path/to/file.db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// ClickHouse over HTTP: http://user:pass@host:8123/db (used by the copy kind, next release).
@@ -142,7 +142,7 @@ pub fn init_logging() {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = &cli.clickhouse_url;
     let url = cli.database_url.clone().ok_or_else(|| {
-        BadInput("no control store: set DATABASE_URL or --database-url (postgres://user@host:port/database)".into())
+        BadInput("no control store: set DATABASE_URL or --database-url (postgres://user@host:port/database or sqlite://path/to/file.db)".into())
     })?;
     let connected = config::connect(&url).await?;
     match cli.command {

@@ -1,10 +1,11 @@
 //! The control store: the `background_migrations` table and its events and batches, behind one contract.
 //!
 //! The engine, the CLI and (later) the web layer talk only to [`ControlStore`]; Postgres implements it in
-//! [`postgres`], SQLite will in its own module.
+//! [`postgres`], SQLite in [`sqlite`].
 
 pub mod postgres;
 mod record;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub use self::postgres::PgControlStore;
 pub use self::record::{
     BatchCommit, BatchRecord, Claim, EventKind, EventRecord, Lease, MigrationRecord,
 };
+pub use self::sqlite::SqliteControlStore;
 
 /// How many recent batches the batches table keeps per migration.
 pub const BATCHES_KEPT: i64 = 1000;
