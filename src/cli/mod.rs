@@ -1,9 +1,11 @@
 //! Command-line surface (DESIGN §2): arguments, dispatch, exit codes. Each command lives in its own file.
 
+mod demo;
 mod inspect;
 mod migrate;
 mod operate;
 mod output;
+mod progress;
 mod wait;
 mod worker;
 
@@ -91,6 +93,8 @@ enum Command {
     },
     /// Exit 0 when all named (default: all) are finished; 1 on failure or timeout.
     Wait(wait::WaitArgs),
+    /// Sample data in SQLite (bgmigrate-demo/ here) and background migrations over it, run with progress bars.
+    Demo(demo::DemoArgs),
 }
 
 /// Bad input: exit code 2.
@@ -141,9 +145,14 @@ pub fn init_logging() {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = &cli.clickhouse_url;
-    let url = cli.database_url.clone().ok_or_else(|| {
-        BadInput("no control store: set DATABASE_URL or --database-url (postgres://user@host:port/database or sqlite://path/to/file.db)".into())
-    })?;
+    let url = match (&cli.command, cli.database_url.clone()) {
+        (Command::Demo(_), url) => demo::prepare(url.as_deref())?,
+        (_, Some(url)) => url,
+        (_, None) => return Err(BadInput(
+            "no control store: set DATABASE_URL or --database-url (postgres://user@host:port/database or sqlite://path/to/file.db)".into(),
+        )
+        .into()),
+    };
     let connected = config::connect(&url).await?;
     match cli.command {
         Command::Worker(args) => worker::run(&connected, &cli.migrations_dir, args).await,
@@ -164,6 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SetArgs { name, json } => operate::set_args(&connected, &name, &json).await,
         Command::Wait(args) => wait::run(&connected, args).await,
+        Command::Demo(args) => demo::run(&connected, &url, args).await,
     }
 }
 
