@@ -29,6 +29,21 @@ pub use self::sqlite::SqliteControlStore;
 /// How many recent batches the batches table keeps per migration.
 pub const BATCHES_KEPT: i64 = 1000;
 
+/// The columns an operator action resets besides `status`: one SQL fragment that every store's dialect accepts.
+pub(crate) fn action_assignments(action: Action, from_start: bool) -> &'static str {
+    match action {
+        Action::Pause | Action::Cancel => {
+            "worker_id = NULL, locked_at = NULL, lease_expires_at = NULL"
+        }
+        Action::Resume => "worker_id = NULL",
+        Action::Retry if from_start => {
+            "failed_at = NULL, failed_reason = NULL, finished_at = NULL, state = '{}', rows_done = 0, \
+             bytes_done = 0, rows_total = NULL, started_at = NULL, rows_per_sec = NULL"
+        }
+        Action::Retry => "failed_at = NULL, failed_reason = NULL, finished_at = NULL",
+    }
+}
+
 /// What can go wrong talking to the control store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
