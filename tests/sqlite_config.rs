@@ -1,0 +1,75 @@
+//! `DATABASE_URL=sqlite://path` through the real binary: the file is created when missing, the operator commands
+//! work on it, and what cannot work is refused with exit 2 and a message that says what to use instead.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::text;
+
+fn bgmigrate(dir: &Path, url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
+        .args(args)
+        .current_dir(dir)
+        .env("DATABASE_URL", url)
+        .env("BGMIGRATE_MIGRATIONS_DIR", dir.join("migrations"))
+        .env_remove("ENABLE_BACKGROUND_MIGRATIONS")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run bgmigrate")
+}
+
+/// A relative sqlite:// path that does not exist yet becomes a file with the control tables; status reads it.
+#[test]
+fn a_missing_sqlite_file_is_created_with_the_control_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bgmigrate(dir.path(), "sqlite://control.db", &["status", "--json"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[]");
+    assert!(dir.path().join("control.db").is_file());
+}
+
+/// An unknown scheme, an in-memory database and a file in a missing directory are refused with exit 2, naming
+/// what is allowed.
+#[test]
+fn unusable_database_urls_are_refused_with_what_to_use_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "mysql://db/app",
+            "use postgres://user@host:port/database or sqlite://path/to/file.db",
+        ),
+        ("sqlite::memory:", "name a file, e.g. sqlite://bgmigrate.db"),
+        (
+            "sqlite://no/such/dir/app.db",
+            "the directory no/such/dir does not exist",
+        ),
+    ];
+    for (url, message) in cases {
+        let output = bgmigrate(dir.path(), url, &["status"]);
+        assert_eq!(output.status.code(), Some(2), "{url}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{url}: {stderr}");
+    }
+    assert!(!dir.path().join("no").exists(), "nothing was created");
+}
+
+/// Postgres fast migrations cannot apply to a SQLite control store: `migrate` says so (exit 2) and registers nothing.
+#[test]
+fn postgres_fast_migrations_are_refused_on_a_sqlite_control_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations/postgres")).unwrap();
+    std::fs::write(
+        dir.path().join("migrations/postgres/0001_init.sql"),
+        "SELECT 1;",
+    )
+    .unwrap();
+    let output = bgmigrate(dir.path(), "sqlite://app.db", &["migrate"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("holds Postgres fast migrations, but the control store is not Postgres"),
+        "{stderr}"
+    );
+}
