@@ -73,3 +73,26 @@ fn postgres_fast_migrations_are_refused_on_a_sqlite_control_store() {
         "{stderr}"
     );
 }
+
+/// Several processes opening one brand-new file at once (each switching it to WAL) all succeed.
+#[test]
+fn processes_opening_a_new_file_together_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
+                .args(["status"])
+                .current_dir(dir.path())
+                .env("DATABASE_URL", "sqlite://fresh.db")
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start bgmigrate")
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+    }
+}
