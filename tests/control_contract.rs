@@ -478,6 +478,35 @@ async fn checkpoints_finishes_and_failures_are_recorded_as_batches_and_events(en
     assert_eq!(listed, ["0001_a", "0002_b"]);
 }
 
+async fn the_batches_table_keeps_only_the_latest_batches_of_each_migration(env: &Env) {
+    env.register(&[noop("0001_a")], &noop_registry()).await;
+    let claim = env
+        .control()
+        .claim_next("w1", Duration::from_secs(60), &scripts())
+        .await
+        .unwrap()
+        .unwrap();
+    let written = bgmigrate::control::BATCHES_KEPT + 5;
+    for n in 1..=written {
+        env.control()
+            .write_checkpoint(&claim.lease, &commit_of(json!({"n": n}), 1))
+            .await
+            .unwrap();
+    }
+    let kept = env.control().batches("0001_a", written * 2).await.unwrap();
+    assert_eq!(kept.len() as i64, bgmigrate::control::BATCHES_KEPT);
+    assert_eq!(kept[0].state, json!({"n": written}), "the newest is kept");
+    assert_eq!(
+        kept.last().unwrap().state,
+        json!({"n": 6}),
+        "the oldest five were dropped"
+    );
+    assert_eq!(
+        env.control().get("0001_a").await.unwrap().rows_done,
+        written
+    );
+}
+
 async fn backfill_is_exact_on_text_keys(env: &Env) {
     env.exec(&[
         "CREATE TABLE items (id text NOT NULL PRIMARY KEY, a integer NOT NULL, b integer NOT NULL, total integer,
@@ -704,6 +733,8 @@ contract! {
     set_args_validates_before_writing_anything,
     /// Checkpoints land in the batches table, finish and fail in the row and in the events.
     checkpoints_finishes_and_failures_are_recorded_as_batches_and_events,
+    /// The batches table is bounded: after more than BATCHES_KEPT checkpoints only the newest remain.
+    the_batches_table_keeps_only_the_latest_batches_of_each_migration,
     /// Text keys sort differently from insertion order; every row is updated exactly once.
     backfill_is_exact_on_text_keys,
     /// A composite (tenant, id) key is walked as a tuple; every row is updated exactly once.
