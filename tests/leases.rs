@@ -698,6 +698,23 @@ async fn exit_of(child: &mut Child, log: &Path, timeout: Duration) -> ExitStatus
     }
 }
 
+/// Runs a second worker with `--exit-when-done` to the end; it must exit 0. Returns its log's path.
+async fn drain_with_second_worker(db: &TestDb) -> std::path::PathBuf {
+    let second_log = db.dir.path().join("second.log");
+    let mut second = spawn_worker(
+        db,
+        &second_log,
+        &["--worker-id", "second", "--exit-when-done"],
+    );
+    let status = exit_of(&mut second, &second_log, Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "second worker: {status:?}\n{}",
+        log_of(&second_log)
+    );
+    second_log
+}
+
 fn log_of(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
@@ -790,18 +807,7 @@ async fn a_worker_killed_with_sigkill_mid_run_is_resumed_exactly() {
         "committed rows match the checkpoint's progress"
     );
 
-    let second_log = db.dir.path().join("second.log");
-    let mut second = spawn_worker(
-        &db,
-        &second_log,
-        &["--worker-id", "second", "--exit-when-done"],
-    );
-    let status = exit_of(&mut second, &second_log, Duration::from_secs(20)).await;
-    assert!(
-        status.success(),
-        "second worker: {status:?}\n{}",
-        log_of(&second_log)
-    );
+    let second_log = drain_with_second_worker(&db).await;
 
     let (status, rows_done, worker, _) = row_of(&pool, name).await.unwrap();
     assert_eq!(status, "finished", "{}", log_of(&second_log));
@@ -883,18 +889,7 @@ async fn sigterm_finishes_the_batch_and_releases_the_lease() {
         "{events:?}"
     );
 
-    let second_log = db.dir.path().join("second.log");
-    let mut second = spawn_worker(
-        &db,
-        &second_log,
-        &["--worker-id", "second", "--exit-when-done"],
-    );
-    let status = exit_of(&mut second, &second_log, Duration::from_secs(20)).await;
-    assert!(
-        status.success(),
-        "second worker: {status:?}\n{}",
-        log_of(&second_log)
-    );
+    drain_with_second_worker(&db).await;
     let (status, rows_done, _, _) = row_of(&pool, name).await.unwrap();
     assert_eq!(status, "finished");
     assert_eq!(rows_done, 20_000);
