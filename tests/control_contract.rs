@@ -169,7 +169,7 @@ const SHORT_TTL: Duration = Duration::from_millis(50);
 
 async fn concurrent_claims_give_a_migration_to_exactly_one_worker(env: &Env) {
     env.register(&[noop("0001_a")], &noop_registry()).await;
-    let claims = futures_join(
+    let claims = join_all(
         (0..6)
             .map(|i| {
                 let control = env.connected.control.clone();
@@ -194,7 +194,8 @@ async fn concurrent_claims_give_a_migration_to_exactly_one_worker(env: &Env) {
     assert_eq!(record.attempts, 1);
 }
 
-async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+/// Awaits every task, in order.
+async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::new();
     for handle in handles {
         out.push(handle.await.expect("task"));

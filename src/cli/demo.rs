@@ -17,7 +17,7 @@ use bgmigrate::store::{SqlParam, SqlStore};
 use bgmigrate::{Runner, RunnerConfig, builtin_registry};
 use clap::Args;
 
-use super::{Failed, migrate, progress, worker};
+use super::{Failed, migrate, output, progress, worker};
 
 /// The folder the demo works in, under the current directory.
 pub const DEMO_DIR: &str = "bgmigrate-demo";
@@ -88,8 +88,9 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
         return Err(Failed(format!("demo migration {name} failed: {reason}")).into());
     }
     println!(
-        "demo: {} background migrations finished in this run; `bgmigrate status` shows all of them",
-        summary.finished.len()
+        "demo: {} background migrations finished in this run:\n{}",
+        summary.finished.len(),
+        output::status_table(&connected.control.list().await?)
     );
     Ok(ExitCode::SUCCESS)
 }
