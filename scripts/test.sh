@@ -5,6 +5,8 @@
 #   scripts/test.sh --test X   # extra arguments go to `cargo test`
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser tests (tests/browser.rs) drive Debian's chromium through chromedriver.
+export BGMIGRATE_NEED_BROWSER=1
 
 if [ "$(id -u)" -eq 0 ]; then
     bash scripts/ensure-services.sh

@@ -12,6 +12,7 @@ pub mod migration;
 pub mod registry;
 pub mod status;
 pub mod store;
+pub mod web;
 
 pub use args::Args;
 pub use control::{ControlError, ControlStore, PgControlStore, SqliteControlStore};

@@ -7,6 +7,7 @@ mod operate;
 mod output;
 mod progress;
 mod wait;
+mod web;
 mod worker;
 
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub struct Cli {
 enum Command {
     /// Run background migrations; keeps polling for new or retried work unless --exit-when-done.
     Worker(worker::WorkerArgs),
+    /// Apply fast migrations, register background migrations, then serve the UI, the JSON API and /metrics.
+    Web(web::WebArgs),
     /// Apply fast migrations and register background migrations, then exit.
     Migrate,
     /// Every background migration with status and progress.
@@ -156,6 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let connected = config::connect(&url).await?;
     match cli.command {
         Command::Worker(args) => worker::run(&connected, &cli.migrations_dir, args).await,
+        Command::Web(args) => web::run(&connected, &cli.migrations_dir, args).await,
         Command::Migrate => migrate::run(&connected, &cli.migrations_dir).await,
         Command::Status { json } => inspect::status(&connected, json).await,
         Command::Show { name, json } => inspect::show(&connected, &name, json).await,

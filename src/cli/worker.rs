@@ -97,7 +97,8 @@ pub(super) fn stop_on_signals(shutdown: CancellationToken) {
     });
 }
 
-async fn wait_for_signal() {
+/// Resolves on the first SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

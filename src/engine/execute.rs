@@ -208,6 +208,12 @@ async fn batch_loop(
             })
             .await?;
         }
+        let name = lease.name.clone();
+        metrics::counter!("bgmigrate_rows_processed_total", "migration" => name.clone())
+            .increment(outcome.rows);
+        metrics::histogram!("bgmigrate_batch_duration_seconds", "migration" => name.clone())
+            .record(commit.duration_ms as f64 / 1000.0);
+        metrics::gauge!("bgmigrate_batch_size", "migration" => name).set(args.batch_size as f64);
         tracker.record(outcome.rows, args.batch_size, commit.rows_per_sec);
         if outcome.done {
             tracker.finish();
@@ -243,6 +249,8 @@ async fn run_one_batch(
     let control = ctx.control.clone();
     let on_retry = move |attempt: u32, err: &MigrationError, wait: std::time::Duration| {
         tracing::warn!(migration = %name, attempt, error = %err, wait_ms = wait.as_millis() as u64, "batch failed; retrying");
+        metrics::counter!("bgmigrate_batch_retries_total", "migration" => name.clone())
+            .increment(1);
         let (control, name, detail) = (
             control.clone(),
             name.clone(),

@@ -281,6 +281,8 @@ async fn claim_until_done(
                     let name = claim.lease.name.clone();
                     match &claim.took_over_from {
                         Some(previous) => {
+                            metrics::counter!("bgmigrate_lease_takeovers_total", "migration" => name.clone())
+                                .increment(1);
                             tracing::info!(migration = %name, previous_worker = %previous, "took over an expired lease")
                         }
                         None => {
