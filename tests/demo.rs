@@ -2,24 +2,53 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use bgmigrate::Status;
 use bgmigrate::config;
 use common::text;
 
-/// Runs `bgmigrate demo --exit-when-done --rows 20000` in `dir` with no DATABASE_URL.
-fn demo(dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
-        .args(["demo", "--exit-when-done", "--rows", "20000"])
+/// `bgmigrate demo --exit-when-done --rows 20000` in `dir` with no configuration (the web UI on a free port).
+fn demo_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bgmigrate"));
+    command
+        .args([
+            "demo",
+            "--exit-when-done",
+            "--rows",
+            "20000",
+            "--bind",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir)
         .env_remove("DATABASE_URL")
         .env_remove("BGMIGRATE_MIGRATIONS_DIR")
+        .env_remove("BGMIGRATE_ADMIN_TOKEN")
         .env_remove("ENABLE_BACKGROUND_MIGRATIONS")
-        .env("RUST_LOG", "info,sqlx=warn")
-        .output()
-        .expect("run bgmigrate demo")
+        .env("RUST_LOG", "info,sqlx=warn");
+    command
+}
+
+fn demo(dir: &Path) -> Output {
+    demo_command(dir).output().expect("run bgmigrate demo")
+}
+
+/// A plain HTTP/1.0 GET (the response ends when the server closes the connection).
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect to the demo's web UI");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
 }
 
 async fn scalar(connected: &config::Connected, sql: &str) -> i64 {
@@ -113,4 +142,45 @@ async fn a_second_demo_run_reuses_the_data_and_finds_nothing_left_to_do() {
             record.name
         );
     }
+}
+
+/// While the demo runs, its web UI answers at the address it printed: the status API and the list page.
+#[test]
+fn the_demos_web_ui_answers_while_the_migrations_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = demo_command(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bgmigrate demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("demo: web UI at http://")
+                .map(|rest| rest.trim_end_matches('/').to_owned())
+        })
+        .expect("the demo prints the web UI's URL");
+    let status = http_get(&address, "/api/status");
+    assert!(
+        status.starts_with("HTTP/1.0 200") || status.starts_with("HTTP/1.1 200"),
+        "{status}"
+    );
+    assert!(
+        status.contains("20241024_1216_add_generations_cost_backfill"),
+        "{status}"
+    );
+    let page = http_get(&address, "/");
+    assert!(
+        page.contains("20241024_1300_traces_created_day_backfill"),
+        "{page}"
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "exit {exit:?}; stdout after the URL:\n{}",
+        rest.join("\n")
+    );
 }

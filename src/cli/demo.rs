@@ -1,12 +1,12 @@
 //! `bgmigrate demo`: the first five minutes. Creates `bgmigrate-demo/` in the current directory, fills a SQLite file
 //! with sample application data (Langfuse-like traces / observations / scores), registers background migrations
-//! over it, and runs the worker in this process with progress bars. With `DATABASE_URL` set, the sample data and
-//! the control tables go to that database instead.
+//! over it, and runs the worker and the web UI in this process, with progress bars. With `DATABASE_URL` set, the
+//! sample data and the control tables go to that database instead.
 //!
 //! Order of a run: [`prepare`] (folder and URL) → connect → [`sample_data`] → [`write_definitions`] → register →
-//! the runner (and its progress bars) → wait. A surface that runs beside the worker (the web UI) starts right after
-//! the runner, on the same `Connected`.
+//! the web UI ([`serve_web`]) → the runner (and its progress bars) → wait → stop the web UI.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -14,10 +14,13 @@ use std::time::Instant;
 use anyhow::Context;
 use bgmigrate::config::{self, Connected};
 use bgmigrate::store::{SqlParam, SqlStore};
+use bgmigrate::web::{self, WebState};
 use bgmigrate::{Runner, RunnerConfig, builtin_registry};
 use clap::Args;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::{Failed, migrate, output, progress, worker};
+use super::{BadInput, Failed, migrate, output, progress, worker};
 
 /// The folder the demo works in, under the current directory.
 pub const DEMO_DIR: &str = "bgmigrate-demo";
@@ -31,6 +34,9 @@ pub struct DemoArgs {
     /// Observations to generate (plus a quarter as many traces and half as many scores).
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(100..=50_000_000))]
     rows: u64,
+    /// Address of the web UI (port 0 picks a free one).
+    #[arg(long, env = "BGMIGRATE_BIND", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
 }
 
 /// Creates the demo folder and returns the control store's URL: `DATABASE_URL` when set, else the demo's own file.
@@ -64,6 +70,8 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
     let registrations = migrate::load_and_check(connected, &migrations)?;
     migrate::register(connected, &registrations).await?;
     print_where_things_are(url, &migrations);
+    let web_stop = CancellationToken::new();
+    let web = serve_web(connected, args.bind, web_stop.clone()).await?;
 
     let config = RunnerConfig {
         exit_when_done: args.exit_when_done,
@@ -84,6 +92,8 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
     if let Some(bars) = bars {
         bars.abort();
     }
+    web_stop.cancel();
+    web.await??;
     if let Some((name, reason)) = summary.failed.first() {
         return Err(Failed(format!("demo migration {name} failed: {reason}")).into());
     }
@@ -93,6 +103,45 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
         output::status_table(&connected.control.list().await?)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the web UI on `bind` until `stop`; prints its URL and the admin token that enables its actions
+/// (`BGMIGRATE_ADMIN_TOKEN`, or a fresh random one).
+async fn serve_web(
+    connected: &Connected,
+    bind: SocketAddr,
+    stop: CancellationToken,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let token = std::env::var("BGMIGRATE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes)
+                .ok()
+                .map(|()| hex::encode(bytes))
+        });
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|err| {
+        BadInput(format!(
+            "cannot listen on {bind}: {err}; choose another address with --bind (port 0 picks a free one)"
+        ))
+    })?;
+    let address = listener.local_addr()?;
+    println!("demo: web UI at http://{address}/");
+    match &token {
+        Some(token) => {
+            println!("demo: admin token for the UI's actions (retry, pause, args): {token}")
+        }
+        None => println!("demo: no admin token could be made: the UI is read-only"),
+    }
+    let state = WebState::new(connected.control.clone())
+        .admin_token(token)
+        .background_enabled(true);
+    Ok(tokio::spawn(
+        axum::serve(listener, web::router(state))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .into_future(),
+    ))
 }
 
 /// The `[args]` header of the demo's definitions, with why they sleep between batches.
