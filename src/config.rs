@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::control::{ControlStore, PgControlStore, SqliteControlStore};
 use crate::store::{PgStore, SqliteStore, StoreError, Stores, postgres, sqlite};
 
@@ -25,6 +26,9 @@ pub enum ConfigError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The ClickHouse connection settings are unusable.
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
 }
 
 impl ConfigError {
@@ -33,6 +37,7 @@ impl ConfigError {
         match self {
             ConfigError::UnsupportedUrl(_) | ConfigError::NotABool { .. } => true,
             ConfigError::Store(err) => matches!(err, StoreError::BadUrl { .. }),
+            ConfigError::ClickHouse(err) => matches!(err, ClickHouseError::BadUrl { .. }),
         }
     }
 }
@@ -43,8 +48,25 @@ pub struct Connected {
     pub control: Arc<dyn ControlStore>,
     /// Stores by name: the control database is also the `postgres` or the `sqlite` store.
     pub stores: Stores,
-    /// The control database's pool when it is Postgres, for Postgres fast migrations.
+    /// The control database's pool when it is Postgres, for fast migrations (and the lock of ClickHouse's).
     pub pool: Option<sqlx::PgPool>,
+    /// ClickHouse, when `CLICKHOUSE_URL` is set (also registered as the `clickhouse` store).
+    pub clickhouse: Option<ClickHouse>,
+}
+
+impl Connected {
+    /// Adds ClickHouse from `url` (`CLICKHOUSE_URL`; `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DB`
+    /// override its parts) as the `clickhouse` store; `None` leaves the process without ClickHouse.
+    pub fn with_clickhouse(mut self, url: Option<&str>) -> Result<Self, ConfigError> {
+        if let Some(url) = url.filter(|u| !u.trim().is_empty()) {
+            let clickhouse = ClickHouse::from_url(url)?;
+            self.stores = self
+                .stores
+                .with_clickhouse("clickhouse", clickhouse.clone());
+            self.clickhouse = Some(clickhouse);
+        }
+        Ok(self)
+    }
 }
 
 /// The SQL store name under which a SQLite control database is also a migration store (`store = "sqlite"`).
@@ -64,8 +86,9 @@ pub async fn connect(database_url: &str) -> Result<Connected, ConfigError> {
     let control: Arc<dyn ControlStore> = Arc::new(PgControlStore::new(&store));
     Ok(Connected {
         control,
-        stores: Stores::new().with_sql("postgres", Arc::new(store)),
+        stores: Stores::new().with_postgres("postgres", store),
         pool: Some(pool),
+        clickhouse: None,
     })
 }
 
@@ -78,6 +101,7 @@ async fn connect_sqlite(database_url: &str) -> Result<Connected, ConfigError> {
         control,
         stores: Stores::new().with_sql(SQLITE_STORE, Arc::new(store)),
         pool: None,
+        clickhouse: None,
     })
 }
 

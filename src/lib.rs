@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod clickhouse;
 pub mod config;
 pub mod control;
 pub mod definition;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bgmigrate::ControlError;
 use bgmigrate::config::{self, ConfigError, Connected};
 use bgmigrate::definition::DefinitionError;
+use bgmigrate::fast::clickhouse::ClickHouseMigrateError;
 use bgmigrate::fast::postgres::FastMigrationError;
 use clap::{Parser, Subcommand};
 
@@ -27,7 +28,7 @@ pub struct Cli {
     /// Control store: postgres://user@host:port/database or sqlite://path/to/file.db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
-    /// ClickHouse over HTTP: http://user:pass@host:8123/db (used by the copy kind, next release).
+    /// ClickHouse over HTTP: http://user:pass@host:8123/db (CLICKHOUSE_USER/PASSWORD/DB override its parts).
     #[arg(long, env = "CLICKHOUSE_URL", global = true, hide_env_values = true)]
     clickhouse_url: Option<String>,
     /// The migrations directory (postgres/, clickhouse/, background/).
@@ -119,6 +120,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
                 .downcast_ref::<FastMigrationError>()
                 .is_some_and(FastMigrationError::is_bad_input)
             || cause
+                .downcast_ref::<ClickHouseMigrateError>()
+                .is_some_and(ClickHouseMigrateError::is_bad_input)
+            || cause
                 .downcast_ref::<ConfigError>()
                 .is_some_and(ConfigError::is_bad_input)
             || cause.downcast_ref::<ControlError>().is_some_and(|e| {
@@ -147,7 +151,6 @@ pub fn init_logging() {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let _ = &cli.clickhouse_url;
     let url = match (&cli.command, cli.database_url.clone()) {
         (Command::Demo(_), url) => demo::prepare(url.as_deref())?,
         (_, Some(url)) => url,
@@ -156,7 +159,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )
         .into()),
     };
-    let connected = config::connect(&url).await?;
+    let connected = config::connect(&url)
+        .await?
+        .with_clickhouse(cli.clickhouse_url.as_deref())?;
     match cli.command {
         Command::Worker(args) => worker::run(&connected, &cli.migrations_dir, args).await,
         Command::Web(args) => web::run(&connected, &cli.migrations_dir, args).await,

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::clickhouse::ClickHouse;
+
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 
@@ -167,10 +169,12 @@ pub trait SqlStore: Send + Sync {
     async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError>;
 }
 
-/// The named stores that definitions refer to (`store = "postgres"`).
+/// The named stores that definitions refer to (`store = "postgres"`, `store = "clickhouse"`).
 #[derive(Clone, Default)]
 pub struct Stores {
     sql: BTreeMap<String, Arc<dyn SqlStore>>,
+    postgres: BTreeMap<String, PgStore>,
+    clickhouse: BTreeMap<String, ClickHouse>,
 }
 
 impl Stores {
@@ -193,5 +197,34 @@ impl Stores {
     /// Names of the configured SQL stores, for error messages.
     pub fn sql_names(&self) -> Vec<String> {
         self.sql.keys().cloned().collect()
+    }
+
+    /// Adds a Postgres store under `name`, both as a SQL store and for kinds that stream from its pool (`copy`).
+    pub fn with_postgres(mut self, name: impl Into<String>, store: PgStore) -> Self {
+        let name = name.into();
+        self.sql.insert(name.clone(), Arc::new(store.clone()));
+        self.postgres.insert(name, store);
+        self
+    }
+
+    /// The Postgres store called `name`, if configured.
+    pub fn postgres(&self, name: &str) -> Option<PgStore> {
+        self.postgres.get(name).cloned()
+    }
+
+    /// Adds (or replaces) a ClickHouse store under `name`.
+    pub fn with_clickhouse(mut self, name: impl Into<String>, store: ClickHouse) -> Self {
+        self.clickhouse.insert(name.into(), store);
+        self
+    }
+
+    /// The ClickHouse store called `name`, if configured.
+    pub fn clickhouse(&self, name: &str) -> Option<ClickHouse> {
+        self.clickhouse.get(name).cloned()
+    }
+
+    /// Names of the configured ClickHouse stores, for error messages.
+    pub fn clickhouse_names(&self) -> Vec<String> {
+        self.clickhouse.keys().cloned().collect()
     }
 }

@@ -1,0 +1,304 @@
+//! Copy throughput and memory, each beside its reference measured in the same run:
+//!
+//! 1. 1,000,000 rows of ~300 bytes, Postgres → ClickHouse, through the `copy` kind (default args) versus the raw
+//!    pipe `psql -c "COPY (SELECT ...) TO STDOUT" | curl --data-binary @- '...INSERT ... FORMAT TabSeparated'`.
+//! 2. Peak resident memory (VmHWM) of a `bgmigrate worker` process copying rows of up to 50 MB each at default
+//!    args, against the 128 MiB budget.
+//!
+//! Needs the machine's Postgres (127.0.0.1:5432) and ClickHouse (127.0.0.1:8123); `BENCH_ROWS` overrides the row
+//! count. Run with `cargo bench --bench copy`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bgmigrate::config;
+use bgmigrate::{Runner, RunnerConfig, Status, builtin_registry};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+const CH: &str = "http://127.0.0.1:8123";
+
+const PG_TABLE: &str = "CREATE TABLE traces (
+    id text PRIMARY KEY, project_id text NOT NULL, name text, created_at timestamptz NOT NULL,
+    input jsonb, latency float8, is_public boolean NOT NULL)";
+const CH_TABLE: &str = "(id String, project_id String, name Nullable(String), created_at DateTime,
+    input Nullable(String), latency Nullable(Float64), is_public UInt8) ENGINE = ReplacingMergeTree ORDER BY id";
+
+fn psql(db: &str, sql: &str) {
+    let status = Command::new("psql")
+        .args([
+            &format!("{PG}/{db}"),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .status()
+        .expect("psql");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+fn clickhouse(sql: &str) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail-with-body",
+            &format!("{CH}/"),
+            "--data-binary",
+            sql,
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn clickhouse_value(sql: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", &format!("{CH}/"), "--data-binary", sql])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A Postgres and a ClickHouse database of their own, dropped at the end.
+struct Databases {
+    name: String,
+}
+
+impl Databases {
+    fn create(name: &str) -> Databases {
+        let name = format!("bgm_bench_{name}_{}", std::process::id());
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        clickhouse(&format!("DROP DATABASE IF EXISTS {name}"));
+        clickhouse(&format!("CREATE DATABASE {name}"));
+        Databases { name }
+    }
+
+    fn pg_url(&self) -> String {
+        format!("{PG}/{}", self.name)
+    }
+
+    fn ch_url(&self) -> String {
+        format!("{CH}/{}", self.name)
+    }
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        clickhouse(&format!("DROP DATABASE IF EXISTS {}", self.name));
+    }
+}
+
+fn definition(dir: &std::path::Path, table: &str) {
+    let background = dir.join("background");
+    std::fs::create_dir_all(&background).unwrap();
+    std::fs::write(
+        background.join(format!("20241024_1730_copy_{table}.toml")),
+        format!(
+            "kind = \"copy\"\nfrom = {{ store = \"postgres\", table = \"{table}\", key = [\"id\"] }}\n\
+             to = {{ store = \"clickhouse\", table = \"{table}\" }}\n"
+        ),
+    )
+    .unwrap();
+}
+
+async fn throughput(rows: u64) {
+    let dbs = Databases::create("copy");
+    psql(&dbs.name, PG_TABLE);
+    psql(
+        &dbs.name,
+        &format!(
+            "INSERT INTO traces SELECT 'tr-' || md5(g::text), 'project-' || (g % 100),
+                 'trace name ' || g, timestamptz '2024-10-24 12:00:00+00' + (g / 1000) * interval '1 second',
+                 jsonb_build_object('prompt', repeat('lorem ipsum ', 12) || g, 'model', 'gpt-4o', 'tokens', g % 4000),
+                 g * 0.001, g % 2 = 0
+             FROM generate_series(1, {rows}) g"
+        ),
+    );
+    psql(&dbs.name, "VACUUM ANALYZE traces");
+    let avg: String = {
+        let out = Command::new("psql")
+            .args([
+                &dbs.pg_url(),
+                "-Atc",
+                "SELECT avg(pg_column_size(t.*))::int FROM traces t",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    clickhouse(&format!("CREATE TABLE {}.traces {CH_TABLE}", dbs.name));
+    clickhouse(&format!("CREATE TABLE {}.traces_pipe {CH_TABLE}", dbs.name));
+
+    // The reference: Postgres COPY text piped into ClickHouse's TabSeparated parser.
+    let copy = "COPY (SELECT id, project_id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                input::text, latency, is_public::int FROM traces) TO STDOUT";
+    let insert = format!(
+        "{CH}/?query=INSERT%20INTO%20{}.traces_pipe%20FORMAT%20TabSeparated",
+        dbs.name
+    );
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "psql '{}' -c \"{copy}\" | curl -sS --fail-with-body --data-binary @- '{insert}'",
+                dbs.pg_url()
+            ),
+        ])
+        .status()
+        .unwrap();
+    let pipe = started.elapsed();
+    assert!(status.success(), "the reference pipe failed");
+    assert_eq!(
+        clickhouse_value(&format!("SELECT count() FROM {}.traces_pipe", dbs.name)),
+        rows.to_string()
+    );
+
+    // bgmigrate: the copy kind with default args, run by the library's runner.
+    let dir = tempfile::tempdir().unwrap();
+    definition(dir.path(), "traces");
+    let connected = config::connect(&dbs.pg_url())
+        .await
+        .unwrap()
+        .with_clickhouse(Some(&dbs.ch_url()))
+        .unwrap();
+    connected.control.ensure_schema().await.unwrap();
+    let registrations = bgmigrate::definition::load_dir(&dir.path().join("background")).unwrap();
+    connected
+        .control
+        .register(&registrations, &builtin_registry())
+        .await
+        .unwrap();
+    let config = RunnerConfig {
+        exit_when_done: true,
+        poll_interval: Duration::from_millis(100),
+        ..RunnerConfig::default()
+    };
+    let started = Instant::now();
+    Runner::new(
+        connected.control.clone(),
+        builtin_registry(),
+        connected.stores.clone(),
+        config,
+    )
+    .spawn()
+    .join()
+    .await
+    .unwrap();
+    let ours = started.elapsed();
+    let record = connected
+        .control
+        .get("20241024_1730_copy_traces")
+        .await
+        .unwrap();
+    assert_eq!(
+        record.status,
+        Status::Finished,
+        "{:?}",
+        record.failed_reason
+    );
+    assert_eq!(
+        clickhouse_value(&format!("SELECT count() FROM {}.traces FINAL", dbs.name)),
+        rows.to_string()
+    );
+
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!(
+        "copy {rows} rows (avg {avg} B/row in Postgres) Postgres -> ClickHouse: bgmigrate copy {:.2} s ({:.0} rows/s) | \
+         reference psql COPY | curl TabSeparated {:.2} s ({:.0} rows/s) | ratio {:.2}x the pipe's rows/s",
+        ours.as_secs_f64(),
+        rate(ours),
+        pipe.as_secs_f64(),
+        rate(pipe),
+        rate(ours) / rate(pipe)
+    );
+}
+
+fn peak_memory() {
+    let dbs = Databases::create("copy_mem");
+    psql(
+        &dbs.name,
+        "CREATE TABLE blobs (id text PRIMARY KEY, size_mb int NOT NULL, body text)",
+    );
+    // Rows of 1 KB to 50 MB (random text, so nothing compresses away), mixed with small ones.
+    psql(
+        &dbs.name,
+        "INSERT INTO blobs SELECT 'small-' || lpad(g::text, 5, '0'), 0, repeat(md5(g::text), 32) FROM generate_series(1, 2000) g;
+         INSERT INTO blobs SELECT 'big-' || n, mb,
+             (SELECT string_agg(md5(n::text || '-' || i), '') FROM generate_series(1, mb * 32768) i)
+         FROM unnest(ARRAY[50, 50, 20, 50, 5, 50]) WITH ORDINALITY AS sizes(mb, n)",
+    );
+    clickhouse(&format!(
+        "CREATE TABLE {}.blobs (id String, size_mb Int32, body Nullable(String)) ENGINE = ReplacingMergeTree ORDER BY id",
+        dbs.name
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    definition(dir.path(), "blobs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
+        .args(["worker", "--exit-when-done", "--poll", "100ms"])
+        .env("DATABASE_URL", dbs.pg_url())
+        .env("CLICKHOUSE_URL", dbs.ch_url())
+        .env("BGMIGRATE_MIGRATIONS_DIR", dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the worker");
+    let status_path = format!("/proc/{}/status", child.id());
+    let started = Instant::now();
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_path) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            if let Some(hwm) = hwm {
+                peak_kib = peak_kib.max(hwm);
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.wait().unwrap().success(), "the worker failed");
+    let elapsed = started.elapsed();
+    let copied = clickhouse_value(&format!("SELECT count() FROM {}.blobs FINAL", dbs.name));
+    assert_eq!(copied, "2006");
+    println!(
+        "peak RSS copying 2,006 rows (6 of 5-50 MB, 225 MB in all) at default args: bgmigrate worker VmHWM {:.1} MiB \
+         | budget 128 MiB | {} ({:.1} s)",
+        peak_kib as f64 / 1024.0,
+        if peak_kib <= 128 * 1024 {
+            "within budget"
+        } else {
+            "OVER BUDGET"
+        },
+        elapsed.as_secs_f64()
+    );
+}
+
+fn main() {
+    let rows: u64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(throughput(rows));
+    peak_memory();
+}

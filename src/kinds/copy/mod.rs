@@ -1,0 +1,264 @@
+//! `kind = "copy"`: stream a Postgres table into a ClickHouse table, batch by batch in keyset order over a unique
+//! key (single or composite; text ids allowed).
+//!
+//! Idempotent under retries and crashes: the target must be a `ReplacingMergeTree` whose `ORDER BY` includes the
+//! key, so a batch sent twice (a crash after ClickHouse acknowledged the insert but before the checkpoint was
+//! written) collapses into one row per key on merge (`SELECT ... FINAL` reads it deduplicated at once). The
+//! checkpoint advances only after ClickHouse acknowledged the batch's insert.
+//!
+//! Layout: [`spec`] parses the definition; [`mapping`] maps and checks types; [`sql`] builds the keyset read;
+//! [`encode`] turns Postgres values into `RowBinary`; [`batch`] streams one batch.
+
+mod batch;
+mod encode;
+mod mapping;
+mod spec;
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::clickhouse::{ClickHouse, ClickHouseError};
+use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
+use crate::store::{PgStore, SqlStore, Stores};
+
+pub use self::mapping::{ColumnPlan, plan_column};
+pub use self::spec::CopySpec;
+
+use self::sql::CopySql;
+
+/// The name definitions use: `kind = "copy"`.
+pub const KIND: &str = "copy";
+
+/// A copy bound to its stores.
+pub struct Copy {
+    spec: CopySpec,
+    source: PgStore,
+    target: ClickHouse,
+    plan: OnceCell<CopyPlan>,
+}
+
+/// What validation established: the columns with their mapping, and the read statement.
+#[derive(Debug, Clone)]
+pub struct CopyPlan {
+    columns: Vec<ColumnPlan>,
+    sql: CopySql,
+    key_arity: usize,
+    target_table: String,
+}
+
+impl CopyPlan {
+    fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    fn sql_key_arity(&self) -> usize {
+        self.key_arity
+    }
+}
+
+/// A ClickHouse failure as a migration error: transient ones retry the batch.
+pub(crate) fn ch_error(err: ClickHouseError) -> MigrationError {
+    if err.is_transient() {
+        MigrationError::Transient(err.to_string())
+    } else {
+        MigrationError::Invalid(err.to_string())
+    }
+}
+
+impl Copy {
+    /// The registry factory: parses the definition and finds its stores.
+    pub fn build(params: &Value, stores: &Stores) -> Result<Arc<dyn Migration>, String> {
+        let spec = CopySpec::parse(params)?;
+        let source = stores.postgres(&spec.from.store).ok_or_else(|| {
+            format!(
+                "copy definition: from.store {:?} is not a configured Postgres store (configured: {})",
+                spec.from.store,
+                stores.sql_names().join(", ")
+            )
+        })?;
+        let target = stores.clickhouse(&spec.to.store).ok_or_else(|| {
+            format!(
+                "copy definition: to.store {:?} is not a configured ClickHouse store (configured: {}); set \
+                 CLICKHOUSE_URL",
+                spec.to.store,
+                stores.clickhouse_names().join(", ")
+            )
+        })?;
+        Ok(Arc::new(Copy {
+            spec,
+            source,
+            target,
+            plan: OnceCell::new(),
+        }))
+    }
+
+    async fn plan(&self) -> Result<&CopyPlan, MigrationError> {
+        self.plan.get_or_try_init(|| self.prepare()).await
+    }
+
+    /// Checks both tables and maps every column, before any row moves.
+    async fn prepare(&self) -> Result<CopyPlan, MigrationError> {
+        let (from, to) = (&self.spec.from, &self.spec.to);
+        let invalid = MigrationError::Invalid;
+        let source_columns = self.source.columns(&from.table).await?;
+        if source_columns.is_empty() {
+            return Err(invalid(format!(
+                "table {} does not exist in store {}",
+                from.table, from.store
+            )));
+        }
+        let source_column = |name: &str| source_columns.iter().find(|c| c.name == name);
+        let mut key_types = Vec::new();
+        for key in &from.key {
+            let info = source_column(key).ok_or_else(|| {
+                invalid(format!("key column {key} does not exist in {}", from.table))
+            })?;
+            if info.nullable {
+                return Err(invalid(format!(
+                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
+                    from.table
+                )));
+            }
+            key_types.push(info.type_name.clone());
+        }
+        if !self.source.has_unique_index(&from.table, &from.key).await? {
+            return Err(invalid(format!(
+                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key",
+                from.key.join(", "),
+                from.table
+            )));
+        }
+        let names: Vec<String> = match &from.columns {
+            Some(columns) => columns.clone(),
+            None => source_columns.iter().map(|c| c.name.clone()).collect(),
+        };
+        self.check_target().await?;
+        let target_columns = self.target.columns(&to.table).await.map_err(ch_error)?;
+        let mut columns = Vec::with_capacity(names.len());
+        for name in &names {
+            let source = source_column(name).ok_or_else(|| {
+                invalid(format!(
+                    "column {name} does not exist in the Postgres table {}",
+                    from.table
+                ))
+            })?;
+            let target = target_columns.iter().find(|c| &c.name == name).ok_or_else(|| {
+                invalid(format!(
+                    "column {name}: the ClickHouse table {} has no column of that name (columns are copied by name)",
+                    to.table
+                ))
+            })?;
+            columns.push(plan_column(name, &source.type_name, &target.type_name).map_err(invalid)?);
+        }
+        let sql = CopySql::new(
+            &from.table,
+            &columns,
+            &from.key,
+            &key_types,
+            from.filter.as_deref(),
+        );
+        let explain = format!("EXPLAIN {}", sql.read(false));
+        sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind(1i64)
+            .execute(self.source.pool())
+            .await
+            .map_err(|err| {
+                invalid(format!(
+                    "the columns or the where filter do not work on {}: {err}",
+                    from.table
+                ))
+            })?;
+        Ok(CopyPlan {
+            columns,
+            sql,
+            key_arity: from.key.len(),
+            target_table: to.table.clone(),
+        })
+    }
+
+    /// The target must be a ReplacingMergeTree whose sorting key includes every key column.
+    async fn check_target(&self) -> Result<(), MigrationError> {
+        let (from, to) = (&self.spec.from, &self.spec.to);
+        let table = self.target.table(&to.table).await.map_err(ch_error)?.ok_or_else(|| {
+            MigrationError::Invalid(format!(
+                "the ClickHouse table {} does not exist in database {}; create it in a ClickHouse fast migration \
+                 (migrations/clickhouse/)",
+                to.table,
+                self.target.database()
+            ))
+        })?;
+        let sorting: Vec<String> = table
+            .sorting_key
+            .split(',')
+            .map(|part| part.trim().trim_matches('`').to_owned())
+            .collect();
+        let missing: Vec<&String> = from.key.iter().filter(|k| !sorting.contains(k)).collect();
+        if !table.engine.contains("ReplacingMergeTree") || !missing.is_empty() {
+            return Err(MigrationError::Invalid(format!(
+                "the ClickHouse table {} is {} ORDER BY ({}); the copy needs a ReplacingMergeTree whose ORDER BY \
+                 includes the key ({}), so that a batch sent twice after a crash or retry collapses into one row \
+                 per key",
+                to.table,
+                table.engine,
+                table.sorting_key,
+                from.key.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The cursor in a checkpoint: the last key copied, as text, one entry per key column.
+fn cursor_of(state: &Value, arity: usize) -> Result<Option<Vec<String>>, MigrationError> {
+    let bad = || {
+        MigrationError::Invalid(format!(
+            "the checkpoint {state} is not a copy cursor (expected {{\"cursor\": [\"key\", ...]}}); fix state or \
+             retry --from-start"
+        ))
+    };
+    match state.get("cursor") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if items.len() == arity => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
+#[async_trait]
+impl Migration for Copy {
+    async fn validate(&self) -> Result<(), MigrationError> {
+        self.plan().await.map(|_| ())
+    }
+
+    async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
+        Ok(self.source.estimate_rows(&self.spec.from.table).await?)
+    }
+
+    async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
+        let plan = self.plan().await?;
+        let lower = cursor_of(batch.state, plan.key_arity)?;
+        let moved = batch::copy_batch(
+            self.source.pool(),
+            &self.target,
+            plan,
+            lower.as_deref(),
+            batch.args,
+        )
+        .await?;
+        let cursor = moved.last_key.or(lower);
+        Ok(BatchOutcome {
+            state: json!({ "cursor": cursor }),
+            done: moved.exhausted,
+            rows: moved.rows,
+            bytes: moved.bytes,
+        })
+    }
+}

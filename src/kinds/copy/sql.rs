@@ -1,0 +1,188 @@
+//! The statements of a copy batch. Pure: unit-tested without a database.
+//!
+//! The keyset read: `SELECT <columns>, <key>::text ..., <large flags> FROM <table> AS bgm_src WHERE (<key>) >
+//! (<cursor>) [AND (<where>)] ORDER BY bgm_src.<key> LIMIT <batchSize>`, streamed. Output columns are aliased and
+//! the ORDER BY names the table's columns, so a key read as text still sorts as its own type.
+//!
+//! Large text values (stored size over [`LARGE_VALUE_BYTES`]) are left out of the row (`NULL` plus a flag) and read
+//! afterwards in slices of [`SLICE_BYTES`] by key: a 50 MB value never becomes one 50 MB protocol message, which the
+//! driver would buffer two or three times over.
+
+use super::mapping::ColumnPlan;
+use crate::store::Dialect;
+
+/// Stored size (`pg_column_size`) above which a text value is read in slices.
+pub const LARGE_VALUE_BYTES: i64 = 1024 * 1024;
+/// Bytes per slice of a large value.
+pub const SLICE_BYTES: i64 = 4 * 1024 * 1024;
+
+const DIALECT: Dialect = Dialect::Postgres;
+
+/// The statements for one source table.
+#[derive(Debug, Clone)]
+pub struct CopySql {
+    select: String,
+    table: String,
+    keys: Vec<String>,
+    key_types: Vec<String>,
+    filter: Option<String>,
+}
+
+impl CopySql {
+    /// The read of `columns`; the key columns' cursors and then one large-value flag per sliced column follow them.
+    pub fn new(
+        table: &str,
+        columns: &[ColumnPlan],
+        keys: &[String],
+        key_types: &[String],
+        filter: Option<&str>,
+    ) -> Self {
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|k| format!("bgm_src.{}", DIALECT.quote_ident(k)))
+            .collect();
+        let values = columns.iter().enumerate().map(|(i, c)| {
+            if c.sliced() {
+                format!(
+                    "CASE WHEN pg_column_size({}) > {LARGE_VALUE_BYTES} THEN NULL ELSE {} END AS bgm_c{i}",
+                    c.quoted, c.select
+                )
+            } else {
+                format!("{} AS bgm_c{i}", c.select)
+            }
+        });
+        let cursors = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS bgm_cursor_{i}", DIALECT.as_text(k)));
+        let flags = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.sliced())
+            .map(|(i, c)| {
+                format!(
+                    "pg_column_size({}) > {LARGE_VALUE_BYTES} AS bgm_large_{i}",
+                    c.quoted
+                )
+            });
+        Self {
+            select: values
+                .chain(cursors)
+                .chain(flags)
+                .collect::<Vec<_>>()
+                .join(", "),
+            table: DIALECT.quote_ident(table),
+            keys,
+            key_types: key_types.to_vec(),
+            filter: filter.map(|f| format!("({f})")),
+        }
+    }
+
+    /// `($first::t1, ...)`: the key bound as parameters.
+    fn key_params(&self, first: usize) -> String {
+        let params: Vec<String> = self
+            .key_types
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| DIALECT.param(first + i, ty))
+            .collect();
+        format!("({})", params.join(", "))
+    }
+
+    /// Reads the next batch. Params: the cursor (if any), one text per key column, then the row limit.
+    pub fn read(&self, has_lower: bool) -> String {
+        let mut conditions = Vec::new();
+        let mut next_param = 1;
+        if has_lower {
+            conditions.push(format!(
+                "({}) > {}",
+                self.keys.join(", "),
+                self.key_params(1)
+            ));
+            next_param += self.keys.len();
+        }
+        conditions.extend(self.filter.clone());
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        format!(
+            "SELECT {} FROM {} AS bgm_src{filter} ORDER BY {} LIMIT {}",
+            self.select,
+            self.table,
+            self.keys.join(", "),
+            DIALECT.param(next_param, "bigint")
+        )
+    }
+
+    fn by_key(&self, what: &str) -> String {
+        format!(
+            "SELECT {what} FROM {} AS bgm_src WHERE ({}) = {}",
+            self.table,
+            self.keys.join(", "),
+            self.key_params(1)
+        )
+    }
+
+    /// The byte length of a large value. Params: the row's key.
+    pub fn value_length(&self, column: &ColumnPlan) -> String {
+        self.by_key(&format!("octet_length({})", column.select))
+    }
+
+    /// A slice of a large value as bytes. Params: the row's key, then the 1-based offset and the length.
+    pub fn value_slice(&self, column: &ColumnPlan) -> String {
+        let first = self.key_types.len() + 1;
+        self.by_key(&format!(
+            "substring(convert_to({}, 'UTF8') FROM {} FOR {})",
+            column.select,
+            DIALECT.param(first, "int"),
+            DIALECT.param(first + 1, "int")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mapping::plan_column;
+    use super::*;
+
+    fn sql() -> CopySql {
+        CopySql::new(
+            "public.traces",
+            &[
+                plan_column("id", "text", "String").unwrap(),
+                plan_column("n", "integer", "Int32").unwrap(),
+            ],
+            &["created_at".into(), "id".into()],
+            &["timestamp with time zone".into(), "text".into()],
+            Some("project_id = 'p'"),
+        )
+    }
+
+    #[test]
+    fn the_read_walks_the_key_after_the_cursor_and_keeps_the_filter() {
+        assert_eq!(
+            sql().read(true),
+            "SELECT CASE WHEN pg_column_size(\"id\") > 1048576 THEN NULL ELSE \"id\"::text END AS bgm_c0, \
+             \"n\" AS bgm_c1, bgm_src.\"created_at\"::text AS bgm_cursor_0, bgm_src.\"id\"::text AS bgm_cursor_1, \
+             pg_column_size(\"id\") > 1048576 AS bgm_large_0 FROM \"public\".\"traces\" AS bgm_src \
+             WHERE (bgm_src.\"created_at\", bgm_src.\"id\") > ($1::timestamp with time zone, $2::text) \
+             AND (project_id = 'p') ORDER BY bgm_src.\"created_at\", bgm_src.\"id\" LIMIT $3::bigint"
+        );
+        assert!(sql().read(false).ends_with(
+            "AS bgm_src WHERE (project_id = 'p') ORDER BY bgm_src.\"created_at\", bgm_src.\"id\" LIMIT $1::bigint"
+        ));
+    }
+
+    #[test]
+    fn large_values_are_measured_and_sliced_by_key() {
+        let column = plan_column("input", "jsonb", "String").unwrap();
+        assert_eq!(
+            sql().value_slice(&column),
+            "SELECT substring(convert_to(\"input\"::text, 'UTF8') FROM $3::int FOR $4::int) FROM \
+             \"public\".\"traces\" AS bgm_src WHERE (bgm_src.\"created_at\", bgm_src.\"id\") = \
+             ($1::timestamp with time zone, $2::text)"
+        );
+    }
+}
