@@ -96,3 +96,31 @@ fn processes_opening_a_new_file_together_all_succeed() {
         assert!(output.status.success(), "{}", text(&output));
     }
 }
+
+/// ClickHouse fast migrations are applied under a Postgres advisory lock: with a SQLite control store `migrate`
+/// refuses them (exit 2) before anything is applied.
+#[test]
+fn clickhouse_fast_migrations_are_refused_on_a_sqlite_control_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations/clickhouse")).unwrap();
+    std::fs::write(
+        dir.path().join("migrations/clickhouse/0001_traces.up.sql"),
+        "CREATE TABLE IF NOT EXISTS traces (id String) ENGINE = Memory",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env("DATABASE_URL", "sqlite://app.db")
+        .env("CLICKHOUSE_URL", "http://default@127.0.0.1:8123/default")
+        .env("BGMIGRATE_MIGRATIONS_DIR", dir.path().join("migrations"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run bgmigrate");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("applied under a Postgres advisory lock"),
+        "{stderr}"
+    );
+}
