@@ -12,8 +12,8 @@ use bgmigrate::Status;
 use bgmigrate::config;
 use common::text;
 
-/// `bgmigrate demo --exit-when-done --rows 20000` in `dir` with no configuration (the web UI on a free port).
-fn demo_command(dir: &Path) -> Command {
+/// `bgmigrate demo --exit-when-done --rows 20000` in `dir` with no configuration, the web UI on `bind`.
+fn demo_command(dir: &Path, bind: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bgmigrate"));
     command
         .args([
@@ -22,7 +22,7 @@ fn demo_command(dir: &Path) -> Command {
             "--rows",
             "20000",
             "--bind",
-            "127.0.0.1:0",
+            bind,
         ])
         .current_dir(dir)
         .env_remove("DATABASE_URL")
@@ -33,8 +33,13 @@ fn demo_command(dir: &Path) -> Command {
     command
 }
 
+/// Port 0: the system picks a free one, so tests never collide.
+const FREE_PORT: &str = "127.0.0.1:0";
+
 fn demo(dir: &Path) -> Output {
-    demo_command(dir).output().expect("run bgmigrate demo")
+    demo_command(dir, FREE_PORT)
+        .output()
+        .expect("run bgmigrate demo")
 }
 
 /// A plain HTTP/1.0 GET (the response ends when the server closes the connection).
@@ -148,7 +153,7 @@ async fn a_second_demo_run_reuses_the_data_and_finds_nothing_left_to_do() {
 #[test]
 fn the_demos_web_ui_answers_while_the_migrations_run() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = demo_command(dir.path())
+    let mut child = demo_command(dir.path(), FREE_PORT)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -182,5 +187,27 @@ fn the_demos_web_ui_answers_while_the_migrations_run() {
         exit.success(),
         "exit {exit:?}; stdout after the URL:\n{}",
         rest.join("\n")
+    );
+}
+
+/// A busy web port is refused with exit 2 before any sample data is generated.
+#[tokio::test]
+async fn a_busy_web_port_is_refused_before_any_data_is_generated() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = demo_command(dir.path(), &address).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!("cannot listen on {address}"))
+    );
+    let file = dir.path().join("bgmigrate-demo/app.db");
+    let connected = config::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let store = connected.stores.sql(config::SQLITE_STORE).unwrap();
+    assert!(
+        store.columns("traces").await.unwrap().is_empty(),
+        "no data was generated"
     );
 }

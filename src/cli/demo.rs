@@ -17,6 +17,7 @@ use bgmigrate::store::{SqlParam, SqlStore};
 use bgmigrate::web::{self, WebState};
 use bgmigrate::{Runner, RunnerConfig, builtin_registry};
 use clap::Args;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +60,13 @@ fn store_name(url: &str) -> &'static str {
 
 /// Runs the demo on `connected` (opened from [`prepare`]'s URL).
 pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    // Bound first: a busy port is refused before any data is generated.
+    let listener = tokio::net::TcpListener::bind(args.bind).await.map_err(|err| {
+        BadInput(format!(
+            "cannot listen on {}: {err}; choose another address with --bind (port 0 picks a free one)",
+            args.bind
+        ))
+    })?;
     let store_name = store_name(url);
     let store = connected
         .stores
@@ -71,7 +79,7 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
     migrate::register(connected, &registrations).await?;
     print_where_things_are(url, &migrations);
     let web_stop = CancellationToken::new();
-    let web = serve_web(connected, args.bind, web_stop.clone()).await?;
+    let web = serve_web(connected, listener, web_stop.clone())?;
 
     let config = RunnerConfig {
         exit_when_done: args.exit_when_done,
@@ -105,11 +113,11 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// Serves the web UI on `bind` until `stop`; prints its URL and the admin token that enables its actions
+/// Serves the web UI on `listener` until `stop`; prints its URL and the admin token that enables its actions
 /// (`BGMIGRATE_ADMIN_TOKEN`, or a fresh random one).
-async fn serve_web(
+fn serve_web(
     connected: &Connected,
-    bind: SocketAddr,
+    listener: TcpListener,
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
     let token = std::env::var("BGMIGRATE_ADMIN_TOKEN")
@@ -121,11 +129,6 @@ async fn serve_web(
                 .ok()
                 .map(|()| hex::encode(bytes))
         });
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|err| {
-        BadInput(format!(
-            "cannot listen on {bind}: {err}; choose another address with --bind (port 0 picks a free one)"
-        ))
-    })?;
     let address = listener.local_addr()?;
     println!("demo: web UI at http://{address}/");
     match &token {
