@@ -3,15 +3,17 @@
 use std::sync::Arc;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
-use crate::control::{ControlStore, PgControlStore};
-use crate::store::{PgStore, StoreError, Stores, postgres};
+use crate::control::{ControlStore, PgControlStore, SqliteControlStore};
+use crate::store::{PgStore, SqliteStore, StoreError, Stores, postgres, sqlite};
 
 /// What is wrong with the configuration, in words that say what to change.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// An unsupported URL scheme.
-    #[error("DATABASE_URL {0:?} is not supported: use postgres://user@host:port/database")]
+    #[error(
+        "DATABASE_URL {0:?} is not supported: use postgres://user@host:port/database or sqlite://path/to/file.db"
+    )]
     UnsupportedUrl(String),
     /// A boolean setting with a value that is not a boolean.
     #[error("{name}={value:?} is not a boolean: use true or false")]
@@ -44,10 +46,10 @@ impl ConfigError {
 pub struct Connected {
     /// The control table's store.
     pub control: Arc<dyn ControlStore>,
-    /// Stores by name (`postgres` is the control database when it is Postgres).
+    /// Stores by name: the control database is also the `postgres` or the `sqlite` store.
     pub stores: Stores,
-    /// The control database's pool, for fast migrations.
-    pub pool: sqlx::PgPool,
+    /// The control database's pool when it is Postgres, for fast migrations (and the lock of ClickHouse's).
+    pub pool: Option<sqlx::PgPool>,
     /// ClickHouse, when `CLICKHOUSE_URL` is set (also registered as the `clickhouse` store).
     pub clickhouse: Option<ClickHouse>,
 }
@@ -67,8 +69,15 @@ impl Connected {
     }
 }
 
-/// Opens the control store at `database_url` and registers it as the `postgres` store.
+/// The SQL store name under which a SQLite control database is also a migration store (`store = "sqlite"`).
+pub const SQLITE_STORE: &str = "sqlite";
+
+/// Opens the control store at `database_url` (`postgres://...` or `sqlite://path`, the file created if missing) and
+/// registers it as the `postgres` or `sqlite` store.
 pub async fn connect(database_url: &str) -> Result<Connected, ConfigError> {
+    if database_url.starts_with("sqlite:") {
+        return connect_sqlite(database_url).await;
+    }
     if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
         return Err(ConfigError::UnsupportedUrl(postgres::redact(database_url)));
     }
@@ -78,7 +87,20 @@ pub async fn connect(database_url: &str) -> Result<Connected, ConfigError> {
     Ok(Connected {
         control,
         stores: Stores::new().with_postgres("postgres", store),
-        pool,
+        pool: Some(pool),
+        clickhouse: None,
+    })
+}
+
+async fn connect_sqlite(database_url: &str) -> Result<Connected, ConfigError> {
+    let pool = sqlite::connect_pool(database_url, 8).await?;
+    let path = sqlite::file_of(database_url).unwrap_or_default();
+    let store = SqliteStore::new(pool, SqliteStore::id_for_path(&path));
+    let control: Arc<dyn ControlStore> = Arc::new(SqliteControlStore::new(&store));
+    Ok(Connected {
+        control,
+        stores: Stores::new().with_sql(SQLITE_STORE, Arc::new(store)),
+        pool: None,
         clickhouse: None,
     })
 }

@@ -16,11 +16,11 @@ pub mod store;
 pub mod web;
 
 pub use args::Args;
-pub use control::{ControlError, ControlStore, PgControlStore};
+pub use control::{ControlError, ControlStore, PgControlStore, SqliteControlStore};
 pub use definition::Registration;
 pub use engine::{Runner, RunnerConfig, RunnerHandle};
 pub use kinds::builtin_registry;
 pub use migration::{Batch, BatchOutcome, Migration, MigrationError};
 pub use registry::Registry;
 pub use status::{Action, Status};
-pub use store::{PgStore, SqlStore, Stores};
+pub use store::{PgStore, SqlStore, SqliteStore, Stores};

@@ -6,15 +6,23 @@ use std::process::ExitCode;
 use bgmigrate::config::Connected;
 use bgmigrate::{builtin_registry, definition, fast};
 
+use super::BadInput;
+
 /// Applies fast migrations and registers background definitions; refuses (and changes nothing) on a bad definition.
 pub async fn run(connected: &Connected, dir: &Path) -> anyhow::Result<ExitCode> {
     let registrations = load_and_check(connected, dir)?;
     let clickhouse_dir = dir.join("clickhouse");
     check_clickhouse(connected, &clickhouse_dir)?;
-    let applied = fast::postgres::apply(&connected.pool, &dir.join("postgres")).await?;
+    let postgres_dir = dir.join("postgres");
+    let Some(pool) = &connected.pool else {
+        refuse_without_postgres(connected, &postgres_dir, &clickhouse_dir)?;
+        register(connected, &registrations).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let applied = fast::postgres::apply(pool, &postgres_dir).await?;
     tracing::info!(applied, "Postgres fast migrations applied");
     if let Some(clickhouse) = &connected.clickhouse {
-        let applied = fast::clickhouse::apply(&connected.pool, clickhouse, &clickhouse_dir).await?;
+        let applied = fast::clickhouse::apply(pool, clickhouse, &clickhouse_dir).await?;
         tracing::info!(applied, clickhouse = %clickhouse.id(), "ClickHouse fast migrations applied");
     }
     register(connected, &registrations).await?;
@@ -35,6 +43,40 @@ fn check_clickhouse(connected: &Connected, dir: &Path) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Without a Postgres control store, refuses (before anything is applied) fast migrations that need Postgres: its
+/// own SQL files, and ClickHouse files (applied under a Postgres advisory lock).
+fn refuse_without_postgres(
+    connected: &Connected,
+    postgres_dir: &Path,
+    clickhouse_dir: &Path,
+) -> anyhow::Result<()> {
+    if has_sql_files(postgres_dir) {
+        return Err(BadInput(format!(
+            "{} holds Postgres fast migrations, but the control store is not Postgres: set DATABASE_URL to \
+             postgres://user@host:port/database, or remove the directory",
+            postgres_dir.display()
+        ))
+        .into());
+    }
+    if connected.clickhouse.is_some() && !fast::clickhouse::load(clickhouse_dir)?.is_empty() {
+        return Err(BadInput(format!(
+            "{} holds ClickHouse fast migrations, which are applied under a Postgres advisory lock, but the control \
+             store is not Postgres: set DATABASE_URL to postgres://user@host:port/database",
+            clickhouse_dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn has_sql_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|entry| entry.path().extension().is_some_and(|ext| ext == "sql"))
+    })
 }
 
 /// Reads `background/*.toml` and checks each against the kinds of this build, before anything is written.

@@ -1,9 +1,11 @@
 //! Command-line surface (DESIGN §2): arguments, dispatch, exit codes. Each command lives in its own file.
 
+mod demo;
 mod inspect;
 mod migrate;
 mod operate;
 mod output;
+mod progress;
 mod wait;
 mod web;
 mod worker;
@@ -19,11 +21,11 @@ use bgmigrate::fast::clickhouse::ClickHouseMigrateError;
 use bgmigrate::fast::postgres::FastMigrationError;
 use clap::{Parser, Subcommand};
 
-/// bgmigrate: background migrations for Postgres (ClickHouse and SQLite next), batched, resumable, leased.
+/// bgmigrate: background migrations for Postgres and SQLite (ClickHouse next), batched, resumable, leased.
 #[derive(Debug, Parser)]
 #[command(name = "bgmigrate", version, about)]
 pub struct Cli {
-    /// Control store: postgres://user@host:port/database.
+    /// Control store: postgres://user@host:port/database or sqlite://path/to/file.db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// ClickHouse over HTTP: http://user:pass@host:8123/db (CLICKHOUSE_USER/PASSWORD/DB override its parts).
@@ -95,6 +97,8 @@ enum Command {
     },
     /// Exit 0 when all named (default: all) are finished; 1 on failure or timeout.
     Wait(wait::WaitArgs),
+    /// Sample data in SQLite (bgmigrate-demo/ here) and background migrations over it, run with progress bars.
+    Demo(demo::DemoArgs),
 }
 
 /// Bad input: exit code 2.
@@ -147,9 +151,14 @@ pub fn init_logging() {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = cli.database_url.clone().ok_or_else(|| {
-        BadInput("no control store: set DATABASE_URL or --database-url (postgres://user@host:port/database)".into())
-    })?;
+    let url = match (&cli.command, cli.database_url.clone()) {
+        (Command::Demo(_), url) => demo::prepare(url.as_deref())?,
+        (_, Some(url)) => url,
+        (_, None) => return Err(BadInput(
+            "no control store: set DATABASE_URL or --database-url (postgres://user@host:port/database or sqlite://path/to/file.db)".into(),
+        )
+        .into()),
+    };
     let connected = config::connect(&url)
         .await?
         .with_clickhouse(cli.clickhouse_url.as_deref())?;
@@ -173,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SetArgs { name, json } => operate::set_args(&connected, &name, &json).await,
         Command::Wait(args) => wait::run(&connected, args).await,
+        Command::Demo(args) => demo::run(&connected, &url, args).await,
     }
 }
 

@@ -1,20 +1,16 @@
 //! `bgmigrate worker`: run background migrations until stopped (or drained with --exit-when-done).
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bgmigrate::config::{self, Connected};
-use bgmigrate::engine::ProgressUpdate;
 use bgmigrate::{Runner, RunnerConfig, builtin_registry};
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failed, migrate, parse_duration};
+use super::{Failed, migrate, parse_duration, progress};
 
 /// Options of `bgmigrate worker`.
 #[derive(Debug, Args)]
@@ -67,7 +63,7 @@ pub async fn run(connected: &Connected, dir: &Path, args: WorkerArgs) -> anyhow:
     .spawn();
     let bars = std::io::stderr()
         .is_terminal()
-        .then(|| tokio::spawn(draw_progress(handle.subscribe())));
+        .then(|| tokio::spawn(progress::draw(handle.subscribe())));
     stop_on_signals(handle.shutdown_token());
     let summary = handle.join().await?;
     if let Some(bars) = bars {
@@ -85,7 +81,7 @@ pub async fn run(connected: &Connected, dir: &Path, args: WorkerArgs) -> anyhow:
 }
 
 /// First SIGTERM / Ctrl-C: finish the current batch, release the lease, exit. Second: exit at once.
-fn stop_on_signals(shutdown: CancellationToken) {
+pub(super) fn stop_on_signals(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut count = 0;
         loop {
@@ -107,39 +103,5 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
-/// One terminal progress bar per running migration.
-async fn draw_progress(mut updates: broadcast::Receiver<ProgressUpdate>) {
-    let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    let mut by_name: HashMap<String, ProgressBar> = HashMap::new();
-    loop {
-        let update = match updates.recv().await {
-            Ok(update) => update,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let bar = by_name.entry(update.name.clone()).or_insert_with(|| {
-            let bar = bars.add(ProgressBar::new(0));
-            bar.set_style(style.clone());
-            bar.set_prefix(update.name.clone());
-            bar
-        });
-        bar.set_length(update.rows_total.unwrap_or(0).max(update.rows_done));
-        bar.set_position(update.rows_done);
-        let eta = update
-            .eta()
-            .map_or("?".into(), bgmigrate::engine::progress::format_duration);
-        bar.set_message(format!(
-            "{:.0}/s eta {eta} batch {}",
-            update.rows_per_sec, update.batch_size
-        ));
-        if update.finished {
-            bar.finish();
-        }
     }
 }

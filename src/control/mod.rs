@@ -1,10 +1,11 @@
 //! The control store: the `background_migrations` table and its events and batches, behind one contract.
 //!
 //! The engine, the CLI and (later) the web layer talk only to [`ControlStore`]; Postgres implements it in
-//! [`postgres`], SQLite will in its own module.
+//! [`postgres`], SQLite in [`sqlite`].
 
 pub mod postgres;
 mod record;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +24,25 @@ pub use self::postgres::PgControlStore;
 pub use self::record::{
     BatchCommit, BatchRecord, Claim, EventKind, EventRecord, Lease, MigrationRecord,
 };
+pub use self::sqlite::SqliteControlStore;
 
 /// How many recent batches the batches table keeps per migration.
 pub const BATCHES_KEPT: i64 = 1000;
+
+/// The columns an operator action resets besides `status`: one SQL fragment that every store's dialect accepts.
+pub(crate) fn action_assignments(action: Action, from_start: bool) -> &'static str {
+    match action {
+        Action::Pause | Action::Cancel => {
+            "worker_id = NULL, locked_at = NULL, lease_expires_at = NULL"
+        }
+        Action::Resume => "worker_id = NULL",
+        Action::Retry if from_start => {
+            "failed_at = NULL, failed_reason = NULL, finished_at = NULL, state = '{}', rows_done = 0, \
+             bytes_done = 0, rows_total = NULL, started_at = NULL, rows_per_sec = NULL"
+        }
+        Action::Retry => "failed_at = NULL, failed_reason = NULL, finished_at = NULL",
+    }
+}
 
 /// What can go wrong talking to the control store.
 #[derive(Debug, thiserror::Error)]

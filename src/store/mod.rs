@@ -1,10 +1,10 @@
 //! The contract between migration kinds and the SQL stores they read and write.
 //!
 //! A kind (e.g. [`crate::kinds::backfill`]) builds its SQL through a [`Dialect`] and runs it through [`SqlStore`] /
-//! [`SqlTx`]; each store (Postgres now, SQLite later) implements these in its own module. Nothing here names a
-//! driver.
+//! [`SqlTx`]; each store (Postgres, SQLite) implements these in its own module. Nothing here names a driver.
 
 pub mod postgres;
+pub mod sqlite;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use crate::clickhouse::ClickHouse;
 
 pub use self::postgres::PgStore;
+pub use self::sqlite::SqliteStore;
 
 /// A value bound to a statement. Keys travel as text and are cast back to their column type by the [`Dialect`].
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +42,8 @@ pub struct ColumnInfo {
 pub enum Dialect {
     /// PostgreSQL.
     Postgres,
+    /// SQLite (3.35 or later: row values, `RETURNING`).
+    Sqlite,
 }
 
 impl Dialect {
@@ -54,9 +57,19 @@ impl Dialect {
     }
 
     /// The `n`th (1-based) placeholder, cast to `type_name` when the dialect needs it.
+    ///
+    /// Cursors travel as text: Postgres casts them to the column's type; SQLite casts them to the column's type
+    /// affinity when that is numeric (a text `'10'` sorts before `'9'`, the integer does not).
     pub fn param(self, n: usize, type_name: &str) -> String {
         match self {
             Dialect::Postgres => format!("${n}::{type_name}"),
+            Dialect::Sqlite => match sqlite::affinity(type_name) {
+                sqlite::Affinity::Integer => format!("CAST(?{n} AS INTEGER)"),
+                sqlite::Affinity::Real => format!("CAST(?{n} AS REAL)"),
+                sqlite::Affinity::Text | sqlite::Affinity::Blob | sqlite::Affinity::Numeric => {
+                    format!("?{n}")
+                }
+            },
         }
     }
 
@@ -64,7 +77,18 @@ impl Dialect {
     pub fn as_text(self, quoted_column: &str) -> String {
         match self {
             Dialect::Postgres => format!("{quoted_column}::text"),
+            Dialect::Sqlite => format!("CAST({quoted_column} AS TEXT)"),
         }
+    }
+}
+
+/// The statement on one line, shortened, for error context.
+pub(crate) fn short(sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 120 {
+        format!("{}…", flat.chars().take(120).collect::<String>())
+    } else {
+        flat
     }
 }
 
@@ -100,7 +124,9 @@ impl StoreError {
     /// True for errors that a retry may cure: lost connections, serialization failures, server restarts.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Sql { source, .. } => postgres::is_transient(source),
+            StoreError::Sql { source, .. } => {
+                postgres::is_transient(source) || sqlite::is_transient(source)
+            }
             StoreError::BadUrl { .. } => false,
         }
     }

@@ -129,7 +129,7 @@ impl SqlTx for PgTx {
         let done = query
             .execute(&mut *self.tx)
             .await
-            .map_err(StoreError::sql(format!("run `{}`", short(sql))))?;
+            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
         Ok(done.rows_affected())
     }
 
@@ -142,7 +142,7 @@ impl SqlTx for PgTx {
         let row = query
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(StoreError::sql(format!("run `{}`", short(sql))))?;
+            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
         row.map(|row| {
             (0..row.len())
                 .map(|i| row.try_get::<String, _>(i))
@@ -157,7 +157,7 @@ impl SqlTx for PgTx {
         let row = query
             .fetch_one(&mut *self.tx)
             .await
-            .map_err(StoreError::sql(format!("run `{}`", short(sql))))?;
+            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
         row.try_get::<i64, _>(0)
             .map_err(StoreError::sql("read a count"))
     }
@@ -171,16 +171,6 @@ impl SqlTx for PgTx {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
-    }
-}
-
-/// The first line of a statement, shortened, for error context.
-fn short(sql: &str) -> String {
-    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 120 {
-        format!("{}…", flat.chars().take(120).collect::<String>())
-    } else {
-        flat
     }
 }
 

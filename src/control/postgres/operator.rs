@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::{PgControlStore, insert_event};
 use crate::args::merge_patch;
-use crate::control::{ControlError, EventKind, MigrationRecord};
+use crate::control::{ControlError, EventKind, MigrationRecord, action_assignments};
 use crate::status::{Action, Status};
 
 impl PgControlStore {
@@ -33,17 +33,7 @@ impl PgControlStore {
                 name: name.to_owned(),
                 source,
             })?;
-        let set = match action {
-            Action::Pause | Action::Cancel => {
-                "worker_id = NULL, locked_at = NULL, lease_expires_at = NULL"
-            }
-            Action::Resume => "worker_id = NULL",
-            Action::Retry if from_start => {
-                "failed_at = NULL, failed_reason = NULL, finished_at = NULL, state = '{}', rows_done = 0, \
-                 bytes_done = 0, rows_total = NULL, started_at = NULL, rows_per_sec = NULL"
-            }
-            Action::Retry => "failed_at = NULL, failed_reason = NULL, finished_at = NULL",
-        };
+        let set = action_assignments(action, from_start);
         let sql = format!(
             "UPDATE background_migrations SET status = $2, {set}, updated_at = now() WHERE name = $1"
         );

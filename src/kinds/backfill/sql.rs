@@ -1,6 +1,6 @@
 //! The statements of a keyset backfill, generated for a dialect. Pure: unit-tested without a database.
 //!
-//! Each batch is an index range: read the batch's last key first (`... ORDER BY key OFFSET n-1 LIMIT 1`), then
+//! Each batch is an index range: read the batch's last key first (`... ORDER BY key LIMIT 1 OFFSET n-1`), then
 //! `UPDATE ... WHERE key > $lo AND key <= $hi`. The CTE-join form (`WITH batch AS (SELECT ... LIMIT n) UPDATE ...
 //! FROM batch`) switches to a hash join over a sequential scan around 10k rows per batch and runs several times
 //! slower, so it is not used.
@@ -84,7 +84,8 @@ impl BackfillSql {
             .map(|c| format!(" WHERE {c}"))
             .unwrap_or_default();
         format!(
-            "SELECT {} FROM {}{filter} ORDER BY {} OFFSET {offset} LIMIT 1",
+            // LIMIT before OFFSET: the order both Postgres and SQLite accept.
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT 1 OFFSET {offset}",
             columns.join(", "),
             self.table,
             self.keys.join(", ")
@@ -154,12 +155,12 @@ mod tests {
             composite().upper_bound(true),
             "SELECT \"created_at\"::text AS cursor_0, \"id\"::text AS cursor_1 FROM \"public\".\"events\" \
              WHERE (\"created_at\", \"id\") > ($1::timestamp with time zone, $2::text) \
-             ORDER BY \"created_at\", \"id\" OFFSET $3::bigint LIMIT 1"
+             ORDER BY \"created_at\", \"id\" LIMIT 1 OFFSET $3::bigint"
         );
         assert!(
             composite()
                 .upper_bound(false)
-                .ends_with("ORDER BY \"created_at\", \"id\" OFFSET $1::bigint LIMIT 1")
+                .ends_with("ORDER BY \"created_at\", \"id\" LIMIT 1 OFFSET $1::bigint")
         );
     }
 
@@ -202,7 +203,7 @@ mod tests {
         );
         assert_eq!(
             sql.upper_bound(false),
-            "SELECT \"id\"::text AS cursor_0 FROM \"t\" ORDER BY \"id\" OFFSET $1::bigint LIMIT 1"
+            "SELECT \"id\"::text AS cursor_0 FROM \"t\" ORDER BY \"id\" LIMIT 1 OFFSET $1::bigint"
         );
     }
 
@@ -217,5 +218,27 @@ mod tests {
             None,
         );
         assert!(sql.update_tail(false).starts_with("UPDATE \"we\"\"ird\""));
+    }
+
+    #[test]
+    fn sqlite_casts_text_cursors_back_to_integers_by_affinity() {
+        let sql = BackfillSql::new(
+            Dialect::Sqlite,
+            "scores",
+            &["tenant".into(), "id".into()],
+            &["BIGINT".into(), "TEXT".into()],
+            &[("doubled".into(), "v * 2".into())],
+            None,
+        );
+        assert_eq!(
+            sql.upper_bound(true),
+            "SELECT CAST(\"tenant\" AS TEXT) AS cursor_0, CAST(\"id\" AS TEXT) AS cursor_1 FROM \"scores\" \
+             WHERE (\"tenant\", \"id\") > (CAST(?1 AS INTEGER), ?2) \
+             ORDER BY \"tenant\", \"id\" LIMIT 1 OFFSET CAST(?3 AS INTEGER)"
+        );
+        assert_eq!(
+            sql.update_range(false),
+            "UPDATE \"scores\" SET \"doubled\" = (v * 2) WHERE (\"tenant\", \"id\") <= (CAST(?1 AS INTEGER), ?2)"
+        );
     }
 }

@@ -1,0 +1,331 @@
+//! SQLite as a source and target of migrations: the [`SqlStore`] implementation over an sqlx pool on one file.
+//!
+//! Every write transaction starts with `BEGIN IMMEDIATE`: SQLite has one writer at a time, and a deferred
+//! transaction that reads first and writes later can fail with `SQLITE_BUSY` instead of waiting. Taking the write
+//! lock up front lets `busy_timeout` queue writers — several worker processes sharing one file included.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::error::DatabaseError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
+
+use super::{ColumnInfo, Dialect, SqlParam, SqlStore, SqlTx, StoreError};
+
+/// How long a connection waits for another writer (this process or another) before giving up with `SQLITE_BUSY`.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The statement that opens every transaction: take the write lock now, waiting up to [`BUSY_TIMEOUT`].
+pub const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
+
+/// `SQLITE_BUSY` and `SQLITE_LOCKED` (primary result codes): another writer held the lock too long.
+const TRANSIENT_PRIMARY_CODES: &[i32] = &[5, 6];
+
+/// True for SQLite errors that a retry may cure (the database was locked by another writer).
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.try_downcast_ref::<SqliteError>().is_some_and(|e| {
+            e.code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(|code| TRANSIENT_PRIMARY_CODES.contains(&(code & 0xff)))
+        }),
+        _ => false,
+    }
+}
+
+/// SQLite's type affinity of a declared column type (the rules of "Datatypes In SQLite", §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    /// Declared type contains `INT`.
+    Integer,
+    /// Contains `CHAR`, `CLOB` or `TEXT`.
+    Text,
+    /// Contains `BLOB`, or no type at all.
+    Blob,
+    /// Contains `REAL`, `FLOA` or `DOUB`.
+    Real,
+    /// Anything else (`NUMERIC`, `DECIMAL`, `DATETIME`, `BOOLEAN`, ...).
+    Numeric,
+}
+
+/// The affinity of a declared type, e.g. `BIGINT` → [`Affinity::Integer`], `VARCHAR(20)` → [`Affinity::Text`].
+pub fn affinity(declared: &str) -> Affinity {
+    let ty = declared.to_ascii_uppercase();
+    if ty.contains("INT") {
+        Affinity::Integer
+    } else if ["CHAR", "CLOB", "TEXT"].iter().any(|s| ty.contains(s)) {
+        Affinity::Text
+    } else if ty.is_empty() || ty.contains("BLOB") {
+        Affinity::Blob
+    } else if ["REAL", "FLOA", "DOUB"].iter().any(|s| ty.contains(s)) {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
+/// Opens a pool on the file named by `url` (`sqlite://path`), creating the file if missing, in WAL mode.
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    let bad_url = |reason: String| StoreError::BadUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let path = file_of(url).ok_or_else(|| {
+        bad_url("name a file, e.g. sqlite://bgmigrate.db or sqlite:///var/lib/app/app.db (in-memory databases cannot be shared by a worker and its operators)".into())
+    })?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(bad_url(format!(
+            "the directory {} does not exist",
+            parent.display()
+        )));
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|err| bad_url(err.to_string()))?
+        .create_if_missing(true)
+        // WAL: readers (status, the UI) never block the writer, and the writer never blocks them.
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT);
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(BUSY_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(StoreError::sql(format!("open {url}")))
+}
+
+/// The file a `sqlite://` URL names, or `None` for in-memory databases and other schemes.
+pub fn file_of(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory")).then(|| path.into())
+}
+
+/// A SQLite database file used as a migration source or target (and, through the same pool, as the control store).
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    id: String,
+}
+
+impl SqliteStore {
+    /// Wraps a pool; `id` names the database file (see [`SqlStore::id`] and [`SqliteStore::id_for_path`]).
+    pub fn new(pool: SqlitePool, id: impl Into<String>) -> Self {
+        Self {
+            pool,
+            id: id.into(),
+        }
+    }
+
+    /// The identity of a database file: `sqlite://` and its absolute path, so two spellings of one file agree.
+    pub fn id_for_path(path: &Path) -> String {
+        let absolute = std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_owned());
+        format!("sqlite://{}", absolute.display())
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// An open SQLite transaction (begun with `BEGIN IMMEDIATE`).
+pub struct SqliteTx {
+    /// The driver transaction; the control store writes its checkpoint through it.
+    pub tx: Transaction<'static, Sqlite>,
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    params: &'q [SqlParam],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    for param in params {
+        query = match param {
+            SqlParam::Text(text) => query.bind(text.as_str()),
+            SqlParam::Int(n) => query.bind(*n),
+        };
+    }
+    query
+}
+
+#[async_trait]
+impl SqlTx for SqliteTx {
+    async fn execute(&mut self, sql: &str, params: &[SqlParam]) -> Result<u64, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let done = query
+            .execute(&mut *self.tx)
+            .await
+            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch_optional_text(
+        &mut self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let row = query
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
+        row.map(|row| {
+            (0..row.len())
+                .map(|i| row.try_get::<String, _>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::sql("read a key row"))
+        })
+        .transpose()
+    }
+
+    async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let row = query
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
+        row.try_get::<i64, _>(0)
+            .map_err(StoreError::sql("read a count"))
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(StoreError::sql("commit the batch"))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// `schema.table` split for the pragma functions (`main` when unqualified).
+fn schema_and_table(table: &str) -> (&str, &str) {
+    table.split_once('.').unwrap_or(("main", table))
+}
+
+#[async_trait]
+impl SqlStore for SqliteStore {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn begin(&self) -> Result<Box<dyn SqlTx>, StoreError> {
+        let tx = self
+            .pool
+            .begin_with(BEGIN_IMMEDIATE)
+            .await
+            .map_err(StoreError::sql("begin a batch"))?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {
+        let (schema, name) = schema_and_table(table);
+        let rows = sqlx::query(include_str!("sql/sqlite_columns.sql"))
+            .bind(name)
+            .bind(schema)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::sql(format!("read the columns of {table}")))?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(ColumnInfo {
+                    name: row.try_get("name")?,
+                    type_name: row.try_get("type_name")?,
+                    nullable: row.try_get("nullable")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::sql(format!("read the columns of {table}")))
+    }
+
+    async fn has_unique_index(&self, table: &str, columns: &[String]) -> Result<bool, StoreError> {
+        let (schema, name) = schema_and_table(table);
+        let wanted = serde_json::to_string(columns).unwrap_or_else(|_| "[]".into());
+        sqlx::query_scalar(include_str!("sql/sqlite_has_unique_index.sql"))
+            .bind(name)
+            .bind(schema)
+            .bind(wanted)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::sql(format!(
+                "read the unique indexes of {table}"
+            )))
+    }
+
+    async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError> {
+        // The largest rowid: one step down the table's b-tree, never a scan (an overestimate after deletes).
+        let sql = format!(
+            "SELECT max(rowid) FROM {}",
+            self.dialect().quote_ident(table)
+        );
+        match sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(max) => Ok(Some(max.unwrap_or(0).max(0) as u64)),
+            // WITHOUT ROWID tables have no rowid: use ANALYZE's figure, if there is one.
+            Err(sqlx::Error::Database(_)) => {
+                let (schema, name) = schema_and_table(table);
+                let stat = format!(
+                    "SELECT stat FROM {}.sqlite_stat1 WHERE tbl = ?1 ORDER BY idx IS NOT NULL LIMIT 1",
+                    self.dialect().quote_ident(schema)
+                );
+                let stat: Option<String> = sqlx::query_scalar(AssertSqlSafe(stat))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .unwrap_or(None);
+                Ok(stat.and_then(|s| s.split_whitespace().next()?.parse().ok()))
+            }
+            Err(err) => Err(StoreError::sql(format!("estimate the rows of {table}"))(
+                err,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_follows_sqlites_rules() {
+        assert_eq!(affinity("BIGINT"), Affinity::Integer);
+        assert_eq!(affinity("integer"), Affinity::Integer);
+        assert_eq!(affinity("VARCHAR(20)"), Affinity::Text);
+        assert_eq!(affinity(""), Affinity::Blob);
+        assert_eq!(affinity("DOUBLE PRECISION"), Affinity::Real);
+        assert_eq!(affinity("DATETIME"), Affinity::Numeric);
+        // The documented surprise: "POINT" contains "INT".
+        assert_eq!(affinity("FLOATING POINT"), Affinity::Integer);
+    }
+
+    #[test]
+    fn a_url_names_a_file_or_nothing() {
+        assert_eq!(file_of("sqlite://demo.db"), Some(PathBuf::from("demo.db")));
+        assert_eq!(
+            file_of("sqlite:///var/app.db?mode=rwc"),
+            Some(PathBuf::from("/var/app.db"))
+        );
+        assert_eq!(file_of("sqlite::memory:"), None);
+        assert_eq!(file_of("postgres://db/x"), None);
+    }
+}

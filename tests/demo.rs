@@ -1,0 +1,213 @@
+//! `bgmigrate demo` as a newcomer runs it: the real binary in an empty directory, no configuration at all.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bgmigrate::Status;
+use bgmigrate::config;
+use common::text;
+
+/// `bgmigrate demo --exit-when-done --rows 20000` in `dir` with no configuration, the web UI on `bind`.
+fn demo_command(dir: &Path, bind: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bgmigrate"));
+    command
+        .args([
+            "demo",
+            "--exit-when-done",
+            "--rows",
+            "20000",
+            "--bind",
+            bind,
+        ])
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("BGMIGRATE_MIGRATIONS_DIR")
+        .env_remove("BGMIGRATE_ADMIN_TOKEN")
+        .env_remove("ENABLE_BACKGROUND_MIGRATIONS")
+        .env("RUST_LOG", "info,sqlx=warn");
+    command
+}
+
+/// Port 0: the system picks a free one, so tests never collide.
+const FREE_PORT: &str = "127.0.0.1:0";
+
+fn demo(dir: &Path) -> Output {
+    demo_command(dir, FREE_PORT)
+        .output()
+        .expect("run bgmigrate demo")
+}
+
+/// A plain HTTP/1.0 GET (the response ends when the server closes the connection).
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect to the demo's web UI");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+}
+
+async fn scalar(connected: &config::Connected, sql: &str) -> i64 {
+    let store = connected
+        .stores
+        .sql(config::SQLITE_STORE)
+        .expect("sqlite store");
+    let mut tx = store.begin().await.expect("begin");
+    tx.fetch_count(sql, &[]).await.expect(sql)
+}
+
+/// With no configuration the demo creates bgmigrate-demo/ with a SQLite file of sample data, runs every demo
+/// migration to the end, exits 0, and leaves the data migrated exactly.
+#[tokio::test]
+async fn the_demo_runs_every_migration_to_the_end_with_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = demo(dir.path());
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("sqlite://bgmigrate-demo/app.db"),
+        "it says where the data is:\n{stdout}"
+    );
+
+    let file = dir.path().join("bgmigrate-demo/app.db");
+    assert!(file.is_file(), "the demo's SQLite file exists");
+    let connected = config::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let records = connected.control.list().await.unwrap();
+    assert_eq!(records.len(), 3, "{records:?}");
+    for record in &records {
+        assert_eq!(record.status, Status::Finished, "{}", record.name);
+        assert!(record.rows_done > 0, "{}", record.name);
+    }
+    let checks = [
+        ("SELECT count(*) FROM observations", 20000),
+        (
+            "SELECT count(*) FROM observations WHERE type = 'GENERATION' \
+             AND total_cost IS NOT coalesce(input_cost, 0) + coalesce(output_cost, 0)",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM observations WHERE type <> 'GENERATION' AND total_cost IS NOT NULL",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM traces WHERE created_day IS NOT substr(created_at, 1, 10)",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM scores WHERE normalized_value IS NOT value / 100.0",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM observations WHERE length(input) > 200000",
+            4,
+        ),
+    ];
+    for (sql, expected) in checks {
+        assert_eq!(scalar(&connected, sql).await, expected, "{sql}");
+    }
+}
+
+/// Running the demo again reuses its data and its finished migrations: nothing is generated or run twice.
+#[tokio::test]
+async fn a_second_demo_run_reuses_the_data_and_finds_nothing_left_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(demo(dir.path()).status.success());
+    let again = demo(dir.path());
+    assert!(again.status.success(), "{}", text(&again));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("sample data already present"), "{stdout}");
+    assert!(
+        stdout.contains("0 background migrations finished in this run"),
+        "{stdout}"
+    );
+    let file = dir.path().join("bgmigrate-demo/app.db");
+    let connected = config::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&connected, "SELECT count(*) FROM observations").await,
+        20000
+    );
+    for record in connected.control.list().await.unwrap() {
+        assert_eq!(
+            (record.status, record.attempts),
+            (Status::Finished, 1),
+            "{}",
+            record.name
+        );
+    }
+}
+
+/// While the demo runs, its web UI answers at the address it printed: the status API and the list page.
+#[test]
+fn the_demos_web_ui_answers_while_the_migrations_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = demo_command(dir.path(), FREE_PORT)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bgmigrate demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("demo: web UI at http://")
+                .map(|rest| rest.trim_end_matches('/').to_owned())
+        })
+        .expect("the demo prints the web UI's URL");
+    let status = http_get(&address, "/api/status");
+    assert!(
+        status.starts_with("HTTP/1.0 200") || status.starts_with("HTTP/1.1 200"),
+        "{status}"
+    );
+    assert!(
+        status.contains("20241024_1216_add_generations_cost_backfill"),
+        "{status}"
+    );
+    let page = http_get(&address, "/");
+    assert!(
+        page.contains("20241024_1300_traces_created_day_backfill"),
+        "{page}"
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "exit {exit:?}; stdout after the URL:\n{}",
+        rest.join("\n")
+    );
+}
+
+/// A busy web port is refused with exit 2 before any sample data is generated.
+#[tokio::test]
+async fn a_busy_web_port_is_refused_before_any_data_is_generated() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = demo_command(dir.path(), &address).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!("cannot listen on {address}"))
+    );
+    let file = dir.path().join("bgmigrate-demo/app.db");
+    let connected = config::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let store = connected.stores.sql(config::SQLITE_STORE).unwrap();
+    assert!(
+        store.columns("traces").await.unwrap().is_empty(),
+        "no data was generated"
+    );
+}
