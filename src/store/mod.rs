@@ -24,6 +24,8 @@ pub enum SqlParam {
     Text(String),
     /// An integer value.
     Int(i64),
+    /// SQL `NULL`.
+    Null,
 }
 
 /// A column as the store describes it.
@@ -143,6 +145,12 @@ pub trait SqlTx: Send {
         sql: &str,
         params: &[SqlParam],
     ) -> Result<Option<Vec<String>>, StoreError>;
+    /// Runs a query whose columns are all text (or NULL), returns every row.
+    async fn fetch_all_text(
+        &mut self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError>;
     /// Runs a query returning one integer.
     async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError>;
     /// Commits.

@@ -1,19 +1,25 @@
-//! `kind = "copy"`: stream a Postgres table into a ClickHouse table, batch by batch in keyset order over a unique
-//! key (single or composite; text ids allowed).
+//! `kind = "copy"`: copy a table batch by batch in keyset order over a unique key (single or composite; text ids
+//! allowed) — from Postgres into ClickHouse, or from a SQL store into a SQL store (SQLite or Postgres, either way).
+//! The target's store selects the writer: a ClickHouse store the `RowBinary` stream below, a SQL store the upsert
+//! of [`to_sql`].
 //!
+//! Into ClickHouse:
 //! Idempotent under retries and crashes: the target must be a `ReplacingMergeTree` whose `ORDER BY` includes the
 //! key, so a batch sent twice (a crash after ClickHouse acknowledged the insert but before the checkpoint was
 //! written) collapses into one row per key on merge (`SELECT ... FINAL` reads it deduplicated at once). The
 //! checkpoint advances only after ClickHouse acknowledged the batch's insert.
 //!
 //! Layout: [`spec`] parses the definition; [`mapping`] maps and checks types; [`sql`] builds the keyset read;
-//! [`encode`] turns Postgres values into `RowBinary`; [`batch`] streams one batch.
+//! [`encode`] turns Postgres values into `RowBinary`; [`batch`] streams one batch. Into a SQL store: [`upsert`]
+//! builds the statements; [`to_sql`] runs a batch.
 
 mod batch;
 mod encode;
 mod mapping;
 mod spec;
 mod sql;
+mod to_sql;
+mod upsert;
 
 use std::sync::Arc;
 
@@ -23,10 +29,11 @@ use tokio::sync::OnceCell;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::{PgStore, SqlStore, Stores};
+use crate::store::{ColumnInfo, PgStore, SqlStore, Stores};
 
 pub use self::mapping::{ColumnPlan, plan_column};
 pub use self::spec::CopySpec;
+pub use self::to_sql::SqlCopy;
 
 use self::sql::CopySql;
 
@@ -71,8 +78,22 @@ pub(crate) fn ch_error(err: ClickHouseError) -> MigrationError {
 
 impl Copy {
     /// The registry factory: parses the definition and finds its stores.
+    ///
+    /// A `to.store` naming a ClickHouse store selects the ClickHouse writer; one naming a SQL store, the upsert.
     pub fn build(params: &Value, stores: &Stores) -> Result<Arc<dyn Migration>, String> {
         let spec = CopySpec::parse(params)?;
+        if stores.clickhouse(&spec.to.store).is_none()
+            && let Some(target) = stores.sql(&spec.to.store)
+        {
+            let source = stores.sql(&spec.from.store).ok_or_else(|| {
+                format!(
+                    "copy definition: from.store {:?} is not a configured SQL store (configured: {})",
+                    spec.from.store,
+                    stores.sql_names().join(", ")
+                )
+            })?;
+            return Ok(Arc::new(SqlCopy::new(spec, source, target)));
+        }
         let source = stores.postgres(&spec.from.store).ok_or_else(|| {
             format!(
                 "copy definition: from.store {:?} is not a configured Postgres store (configured: {})",
@@ -82,10 +103,11 @@ impl Copy {
         })?;
         let target = stores.clickhouse(&spec.to.store).ok_or_else(|| {
             format!(
-                "copy definition: to.store {:?} is not a configured ClickHouse store (configured: {}); set \
-                 CLICKHOUSE_URL",
+                "copy definition: to.store {:?} is neither a configured ClickHouse store (configured: {}; set \
+                 CLICKHOUSE_URL) nor a configured SQL store (configured: {})",
                 spec.to.store,
-                stores.clickhouse_names().join(", ")
+                stores.clickhouse_names().join(", "),
+                stores.sql_names().join(", ")
             )
         })?;
         Ok(Arc::new(Copy {
@@ -104,38 +126,12 @@ impl Copy {
     async fn prepare(&self) -> Result<CopyPlan, MigrationError> {
         let (from, to) = (&self.spec.from, &self.spec.to);
         let invalid = MigrationError::Invalid;
-        let source_columns = self.source.columns(&from.table).await?;
-        if source_columns.is_empty() {
-            return Err(invalid(format!(
-                "table {} does not exist in store {}",
-                from.table, from.store
-            )));
-        }
+        let SourceShape {
+            columns: source_columns,
+            key_types,
+            names,
+        } = SourceShape::check(&self.source, from).await?;
         let source_column = |name: &str| source_columns.iter().find(|c| c.name == name);
-        let mut key_types = Vec::new();
-        for key in &from.key {
-            let info = source_column(key).ok_or_else(|| {
-                invalid(format!("key column {key} does not exist in {}", from.table))
-            })?;
-            if info.nullable {
-                return Err(invalid(format!(
-                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
-                    from.table
-                )));
-            }
-            key_types.push(info.type_name.clone());
-        }
-        if !self.source.has_unique_index(&from.table, &from.key).await? {
-            return Err(invalid(format!(
-                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key",
-                from.key.join(", "),
-                from.table
-            )));
-        }
-        let names: Vec<String> = match &from.columns {
-            Some(columns) => columns.clone(),
-            None => source_columns.iter().map(|c| c.name.clone()).collect(),
-        };
         self.check_target().await?;
         let target_columns = self.target.columns(&to.table).await.map_err(ch_error)?;
         let mut columns = Vec::with_capacity(names.len());
@@ -209,6 +205,60 @@ impl Copy {
             )));
         }
         Ok(())
+    }
+}
+
+/// The source table as validation found it: its columns, its key's types, and the columns to copy.
+struct SourceShape {
+    columns: Vec<ColumnInfo>,
+    key_types: Vec<String>,
+    names: Vec<String>,
+}
+
+impl SourceShape {
+    /// Checks that the table exists and that the key is NOT NULL and unique, before any row moves.
+    async fn check(
+        store: &dyn SqlStore,
+        from: &spec::Source,
+    ) -> Result<SourceShape, MigrationError> {
+        let invalid = MigrationError::Invalid;
+        let source_columns = store.columns(&from.table).await?;
+        if source_columns.is_empty() {
+            return Err(invalid(format!(
+                "table {} does not exist in store {}",
+                from.table, from.store
+            )));
+        }
+        let source_column = |name: &str| source_columns.iter().find(|c| c.name == name);
+        let mut key_types = Vec::new();
+        for key in &from.key {
+            let info = source_column(key).ok_or_else(|| {
+                invalid(format!("key column {key} does not exist in {}", from.table))
+            })?;
+            if info.nullable {
+                return Err(invalid(format!(
+                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
+                    from.table
+                )));
+            }
+            key_types.push(info.type_name.clone());
+        }
+        if !store.has_unique_index(&from.table, &from.key).await? {
+            return Err(invalid(format!(
+                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key",
+                from.key.join(", "),
+                from.table
+            )));
+        }
+        let names: Vec<String> = match &from.columns {
+            Some(columns) => columns.clone(),
+            None => source_columns.iter().map(|c| c.name.clone()).collect(),
+        };
+        Ok(SourceShape {
+            columns: source_columns,
+            key_types,
+            names,
+        })
     }
 }
 
