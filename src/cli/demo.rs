@@ -122,16 +122,21 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// `connected` plus the analytics database (`bgmigrate-demo/analytics.db`, created with its `traces` table if
-/// missing) as the [`ANALYTICS_STORE`] store.
+/// `connected` plus the analytics database (`bgmigrate-demo/analytics.db`) as the [`ANALYTICS_STORE`] store. Its
+/// `traces` table, created if missing, is the application's (same columns, primary key on `id`: the copy upserts
+/// on it).
 async fn with_analytics(connected: &Connected) -> anyhow::Result<Connected> {
     let path = Path::new(DEMO_DIR).join(ANALYTICS_FILE);
     let pool = sqlite::connect_pool(&format!("sqlite://{}", path.display()), 4).await?;
     let analytics = SqliteStore::new(pool, SqliteStore::id_for_path(&path));
-    let mut tx = analytics.begin().await?;
-    tx.execute(include_str!("sql/demo_analytics.sql"), &[])
-        .await?;
-    tx.commit().await?;
+    if analytics.columns("traces").await?.is_empty() {
+        let create = schema_statements()
+            .find(|statement| statement.contains("CREATE TABLE traces"))
+            .context("the demo schema defines the traces table")?;
+        let mut tx = analytics.begin().await?;
+        tx.execute(create, &[]).await?;
+        tx.commit().await?;
+    }
     Ok(Connected {
         control: connected.control.clone(),
         stores: connected
@@ -238,6 +243,14 @@ fn write_definitions(migrations: &Path, store: &str) -> anyhow::Result<()> {
 }
 
 /// Creates and fills the sample tables, unless they exist (a second run reuses the data).
+/// The statements of the demo's application schema, one by one.
+fn schema_statements() -> impl Iterator<Item = &'static str> {
+    include_str!("sql/demo_schema.sql")
+        .split(';')
+        .map(str::trim)
+        .filter(|statement| !statement.is_empty())
+}
+
 async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyhow::Result<()> {
     if !store.columns("traces").await?.is_empty() {
         println!("demo: sample data already present; delete {DEMO_DIR}/ to start over");
@@ -248,11 +261,7 @@ async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyhow::Result<
     let scores = (observations / 2).max(1);
     let count = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let mut tx = store.begin().await?;
-    for statement in include_str!("sql/demo_schema.sql")
-        .split(';')
-        .map(str::trim)
-        .filter(|statement| !statement.is_empty())
-    {
+    for statement in schema_statements() {
         tx.execute(statement, &[]).await?;
     }
     tx.execute(include_str!("sql/demo_traces.sql"), &[count(traces)])

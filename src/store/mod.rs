@@ -84,6 +84,16 @@ impl Dialect {
     }
 }
 
+/// Every column of `row` as text or NULL (the query casts them to text).
+pub(crate) fn texts_of<R>(row: &R) -> Result<Vec<Option<String>>, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    (0..row.len()).map(|i| row.try_get(i)).collect()
+}
+
 /// The statement on one line, shortened, for error context.
 pub(crate) fn short(sql: &str) -> String {
     let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");

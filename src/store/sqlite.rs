@@ -202,12 +202,8 @@ impl SqlTx for SqliteTx {
             .await
             .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
         rows.iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| row.try_get::<Option<String>, _>(i))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<Vec<_>, _>>()
+            .map(super::texts_of)
+            .collect::<Result<_, _>>()
             .map_err(StoreError::sql("read rows as text"))
     }
 

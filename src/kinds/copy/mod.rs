@@ -15,6 +15,7 @@
 
 mod batch;
 mod encode;
+mod keyset;
 mod mapping;
 mod spec;
 mod sql;

@@ -6,6 +6,7 @@
 //! UPDATE SET <column> = excluded.<column>` per chunk of rows, each text value cast back to the target column's
 //! type by the target's dialect, so a batch sent twice leaves one row per key.
 
+use super::keyset::Keyset;
 use crate::store::Dialect;
 
 /// Bound parameters per INSERT statement: under SQLite's 32766 and Postgres's 65535.
@@ -14,13 +15,9 @@ const MAX_PARAMS: usize = 30_000;
 /// The statements for one source table and one target table.
 #[derive(Debug, Clone)]
 pub struct UpsertSql {
-    source: Dialect,
     target: Dialect,
     select: String,
-    from_table: String,
-    keys: Vec<String>,
-    key_types: Vec<String>,
-    filter: Option<String>,
+    keyset: Keyset,
     insert_head: String,
     target_types: Vec<String>,
     on_conflict: String,
@@ -66,16 +63,9 @@ impl UpsertSql {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
         Self {
-            source: src,
             target: dst,
             select,
-            from_table: src.quote_ident(from.table),
-            keys: keys
-                .iter()
-                .map(|k| format!("bgm_src.{}", src.quote_ident(k)))
-                .collect(),
-            key_types: key_types.to_vec(),
-            filter: filter.map(|f| format!("({f})")),
+            keyset: Keyset::new(src, from.table, keys, key_types, filter),
             insert_head: format!(
                 "INSERT INTO {} ({}) VALUES ",
                 dst.quote_ident(to.table),
@@ -88,35 +78,7 @@ impl UpsertSql {
 
     /// Reads the next batch as text. Params: the cursor (if any), one text per key column, then the row limit.
     pub fn read(&self, has_lower: bool) -> String {
-        let mut conditions = Vec::new();
-        let mut next = 1;
-        if has_lower {
-            let bounds: Vec<String> = self
-                .key_types
-                .iter()
-                .enumerate()
-                .map(|(i, ty)| self.source.param(1 + i, ty))
-                .collect();
-            conditions.push(format!(
-                "({}) > ({})",
-                self.keys.join(", "),
-                bounds.join(", ")
-            ));
-            next += self.keys.len();
-        }
-        conditions.extend(self.filter.clone());
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
-        format!(
-            "SELECT {} FROM {} AS bgm_src{filter} ORDER BY {} LIMIT {}",
-            self.select,
-            self.from_table,
-            self.keys.join(", "),
-            self.source.param(next, "bigint")
-        )
+        self.keyset.read(&self.select, has_lower)
     }
 
     /// Rows per INSERT statement, so that its parameters stay under both stores' limits.
