@@ -106,43 +106,37 @@ async fn copy_twice_is_exact(
     target: &dyn SqlStore,
     names: (&str, &str),
 ) {
-    let background = migrations.join("background");
     let source_rows = rows_of(source, "events").await;
     assert_eq!(source_rows.len(), ROWS);
-
-    std::fs::write(
-        background.join("20240101_0000_copy_events.toml"),
-        definition(names.0, names.1),
-    )
-    .unwrap();
-    run_to_end(connected, migrations).await;
-    let record = connected
-        .control
-        .get("20240101_0000_copy_events")
-        .await
+    for name in [
+        "20240101_0000_copy_events",
+        "20240101_0001_copy_events_again",
+    ] {
+        std::fs::write(
+            migrations.join("background").join(format!("{name}.toml")),
+            definition(names.0, names.1),
+        )
         .unwrap();
-    assert_eq!(record.status, Status::Finished, "{record:?}");
-    assert_eq!(record.rows_done, ROWS as i64);
-    assert_eq!(rows_of(target, "events_copy").await, source_rows);
-
-    execute(
-        target,
-        &["UPDATE events_copy SET body = 'stale' WHERE grp = 'g-1' AND id = 1".into()],
-    )
-    .await;
-    std::fs::write(
-        background.join("20240101_0001_copy_events_again.toml"),
-        definition(names.0, names.1),
-    )
-    .unwrap();
-    run_to_end(connected, migrations).await;
-    let again = connected
-        .control
-        .get("20240101_0001_copy_events_again")
-        .await
-        .unwrap();
-    assert_eq!(again.status, Status::Finished, "{again:?}");
-    assert_eq!(rows_of(target, "events_copy").await, source_rows);
+        run_to_end(connected, migrations).await;
+        let record = connected.control.get(name).await.unwrap();
+        assert_eq!(
+            (record.status, record.rows_done),
+            (Status::Finished, ROWS as i64),
+            "{record:?}"
+        );
+        assert_eq!(rows_of(target, "events_copy").await, source_rows, "{name}");
+        // Before the second copy, one target row goes stale: the re-sent batch must overwrite it.
+        let mut tx = target.begin().await.unwrap();
+        let changed = tx
+            .execute(
+                "UPDATE events_copy SET body = 'stale' WHERE grp = 'g-1' AND id = 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(changed, 1);
+    }
 }
 
 /// SQLite → a second SQLite file (not the control database: the engine writes the checkpoint after the upsert).
