@@ -95,19 +95,20 @@ impl Copy {
             })?;
             return Ok(Arc::new(SqlCopy::new(spec, source, target)));
         }
-        let source = stores.postgres(&spec.from.store).ok_or_else(|| {
-            format!(
-                "copy definition: from.store {:?} is not a configured Postgres store (configured: {})",
-                spec.from.store,
-                stores.sql_names().join(", ")
-            )
-        })?;
         let target = stores.clickhouse(&spec.to.store).ok_or_else(|| {
             format!(
                 "copy definition: to.store {:?} is neither a configured ClickHouse store (configured: {}; set \
                  CLICKHOUSE_URL) nor a configured SQL store (configured: {})",
                 spec.to.store,
                 stores.clickhouse_names().join(", "),
+                stores.sql_names().join(", ")
+            )
+        })?;
+        let source = stores.postgres(&spec.from.store).ok_or_else(|| {
+            format!(
+                "copy definition: from.store {:?} is not a configured Postgres store (configured SQL stores: {}); a copy into \
+                 ClickHouse reads from Postgres",
+                spec.from.store,
                 stores.sql_names().join(", ")
             )
         })?;
@@ -311,5 +312,28 @@ impl Migration for Copy {
             rows: moved.rows,
             bytes: moved.bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_store_that_is_neither_clickhouse_nor_sql_is_refused_naming_both_kinds() {
+        let err = Copy::build(
+            &json!({
+                "from": {"store": "sqlite", "table": "traces", "key": ["id"]},
+                "to": {"store": "analytics", "table": "traces"}
+            }),
+            &Stores::new(),
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.contains("to.store \"analytics\" is neither a configured ClickHouse store")
+                && err.contains("nor a configured SQL store"),
+            "{err}"
+        );
     }
 }
