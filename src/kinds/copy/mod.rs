@@ -3,15 +3,15 @@
 //! The target's store selects the writer: a ClickHouse store the `RowBinary` stream below, a SQL store the upsert
 //! of [`to_sql`].
 //!
-//! Into ClickHouse:
-//! Idempotent under retries and crashes: the target must be a `ReplacingMergeTree` whose `ORDER BY` includes the
+//! Into ClickHouse, idempotent under retries and crashes: the target must be a `ReplacingMergeTree` whose `ORDER BY` includes the
 //! key, so a batch sent twice (a crash after ClickHouse acknowledged the insert but before the checkpoint was
 //! written) collapses into one row per key on merge (`SELECT ... FINAL` reads it deduplicated at once). The
 //! checkpoint advances only after ClickHouse acknowledged the batch's insert.
 //!
-//! Layout: [`spec`] parses the definition; [`mapping`] maps and checks types; [`sql`] builds the keyset read;
-//! [`encode`] turns Postgres values into `RowBinary`; [`batch`] streams one batch. Into a SQL store: [`upsert`]
-//! builds the statements; [`to_sql`] runs a batch.
+//! Layout: [`spec`] parses the definition; [`keyset`] builds the keyset read both writers share. Into ClickHouse:
+//! [`mapping`] maps and checks types; [`sql`] adds the large-value reads; [`encode`] turns Postgres values into
+//! `RowBinary`; [`batch`] streams one batch. Into a SQL store: [`upsert`] builds the statements; [`to_sql`] runs a
+//! batch.
 
 mod batch;
 mod encode;
