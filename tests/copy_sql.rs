@@ -49,15 +49,15 @@ fn sample_inserts() -> Vec<String> {
         .collect()
 }
 
-/// Every row of `table`, as text, in key order.
+/// Every row of `table`, as text, in key order (the key's own order: `id` sorts as an integer).
 async fn rows_of(store: &dyn SqlStore, table: &str) -> Vec<Vec<Option<String>>> {
     let dialect = store.dialect();
     let columns: Vec<String> = ["grp", "id", "body", "score"]
         .iter()
-        .map(|c| dialect.as_text(c))
+        .map(|c| dialect.as_text(&format!("t.{c}")))
         .collect();
     let sql = format!(
-        "SELECT {} FROM {table} ORDER BY grp, id",
+        "SELECT {} FROM {table} AS t ORDER BY t.grp, t.id",
         columns.join(", ")
     );
     let mut tx = store.begin().await.expect("begin");
@@ -147,23 +147,8 @@ async fn a_sqlite_to_sqlite_copy_is_exact_and_a_resent_copy_leaves_no_duplicates
     let url = format!("sqlite://{}", dir.path().join("app.db").display());
     let connected = config::connect(&url).await.expect("connect");
     connected.control.ensure_schema().await.expect("schema");
-    let analytics_url = format!("sqlite://{}", dir.path().join("analytics.db").display());
-    let pool = sqlite::connect_pool(&analytics_url, 4).await.unwrap();
-    let analytics: Arc<dyn SqlStore> = Arc::new(SqliteStore::new(
-        pool,
-        SqliteStore::id_for_path(&dir.path().join("analytics.db")),
-    ));
-    let mut connected = connected;
-    connected.stores = connected
-        .stores
-        .clone()
-        .with_sql("analytics", analytics.clone());
+    let (connected, analytics) = with_analytics(connected, "sqlite", dir.path()).await;
     let source = connected.stores.sql("sqlite").unwrap();
-    let tables: Vec<String> = TABLES.split(';').map(str::to_owned).collect();
-    execute(source.as_ref(), &tables[..1]).await;
-    execute(source.as_ref(), &sample_inserts()).await;
-    execute(analytics.as_ref(), &tables[1..]).await;
-
     copy_twice_is_exact(
         &connected,
         &dir.path().join("migrations"),
@@ -172,6 +157,51 @@ async fn a_sqlite_to_sqlite_copy_is_exact_and_a_resent_copy_leaves_no_duplicates
         ("sqlite", "analytics"),
     )
     .await;
+}
+
+/// Postgres → a SQLite file, as the demo does with `DATABASE_URL` set to Postgres: values cross dialects as text.
+#[tokio::test]
+async fn a_postgres_to_sqlite_copy_is_exact_and_a_resent_copy_leaves_no_duplicates() {
+    let db = TestDb::create("copy_sql_pg_sqlite").await;
+    let (connected, analytics) =
+        with_analytics(db.connect().await, "postgres", db.dir.path()).await;
+    let source = connected.stores.sql("postgres").unwrap();
+    copy_twice_is_exact(
+        &connected,
+        &db.migrations(),
+        source.as_ref(),
+        analytics.as_ref(),
+        ("postgres", "analytics"),
+    )
+    .await;
+}
+
+/// Adds `analytics.db` in `dir` as the `analytics` store, with the target table; fills the source table in the
+/// store called `source`.
+async fn with_analytics(
+    mut connected: Connected,
+    source: &str,
+    dir: &std::path::Path,
+) -> (Connected, Arc<dyn SqlStore>) {
+    let file = dir.join("analytics.db");
+    let pool = sqlite::connect_pool(&format!("sqlite://{}", file.display()), 4)
+        .await
+        .unwrap();
+    let analytics: Arc<dyn SqlStore> =
+        Arc::new(SqliteStore::new(pool, SqliteStore::id_for_path(&file)));
+    let tables: Vec<String> = TABLES.split(';').map(str::to_owned).collect();
+    let source = connected
+        .stores
+        .sql(&connected.stores.sql_names()[0])
+        .unwrap();
+    execute(source.as_ref(), &tables[..1]).await;
+    execute(source.as_ref(), &sample_inserts()).await;
+    execute(analytics.as_ref(), &tables[1..]).await;
+    connected.stores = connected
+        .stores
+        .clone()
+        .with_sql("analytics", analytics.clone());
+    (connected, analytics)
 }
 
 /// Postgres → Postgres in the control database: each batch's upsert and checkpoint commit in one transaction.
