@@ -190,10 +190,7 @@ async fn with_analytics(
     let analytics: Arc<dyn SqlStore> =
         Arc::new(SqliteStore::new(pool, SqliteStore::id_for_path(&file)));
     let tables: Vec<String> = TABLES.split(';').map(str::to_owned).collect();
-    let source = connected
-        .stores
-        .sql(&connected.stores.sql_names()[0])
-        .unwrap();
+    let source = connected.stores.sql(source).unwrap();
     execute(source.as_ref(), &tables[..1]).await;
     execute(source.as_ref(), &sample_inserts()).await;
     execute(analytics.as_ref(), &tables[1..]).await;
