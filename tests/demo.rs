@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bgmigrate::Status;
 use bgmigrate::config;
+use bgmigrate::store::{SqlStore, SqliteStore, sqlite};
 use common::text;
 
 /// `bgmigrate demo --exit-when-done --rows 20000` in `dir` with no configuration, the web UI on `bind`.
@@ -65,8 +66,23 @@ async fn scalar(connected: &config::Connected, sql: &str) -> i64 {
     tx.fetch_count(sql, &[]).await.expect(sql)
 }
 
+/// Every trace, every column as text, in id order.
+async fn traces_of(store: &dyn SqlStore) -> Vec<Vec<Option<String>>> {
+    let mut tx = store.begin().await.expect("begin");
+    let rows = tx
+        .fetch_all_text(
+            "SELECT id, project_id, name, created_at, created_day, input, output, metadata FROM traces ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read traces");
+    tx.commit().await.expect("commit");
+    rows
+}
+
 /// With no configuration the demo creates bgmigrate-demo/ with a SQLite file of sample data, runs every demo
-/// migration to the end, exits 0, and leaves the data migrated exactly.
+/// migration to the end, exits 0, and leaves the data migrated exactly: the backfilled tables, and the traces
+/// copied into bgmigrate-demo/analytics.db.
 #[tokio::test]
 async fn the_demo_runs_every_migration_to_the_end_with_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,7 +100,13 @@ async fn the_demo_runs_every_migration_to_the_end_with_no_configuration() {
         .await
         .unwrap();
     let records = connected.control.list().await.unwrap();
-    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records.len(), 4, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.name == "20241024_1730_copy_traces_to_analytics"),
+        "{records:?}"
+    );
     for record in &records {
         assert_eq!(record.status, Status::Finished, "{}", record.name);
         assert!(record.rows_done > 0, "{}", record.name);
@@ -116,6 +138,19 @@ async fn the_demo_runs_every_migration_to_the_end_with_no_configuration() {
     for (sql, expected) in checks {
         assert_eq!(scalar(&connected, sql).await, expected, "{sql}");
     }
+
+    let analytics_file = dir.path().join("bgmigrate-demo/analytics.db");
+    let pool = sqlite::connect_pool(&format!("sqlite://{}", analytics_file.display()), 1)
+        .await
+        .unwrap();
+    let analytics = SqliteStore::new(pool, SqliteStore::id_for_path(&analytics_file));
+    let app = connected.stores.sql(config::SQLITE_STORE).unwrap();
+    let traces = traces_of(app.as_ref()).await;
+    assert_eq!(traces.len(), 5000);
+    assert!(
+        traces_of(&analytics).await == traces,
+        "analytics.db holds exactly the traces"
+    );
 }
 
 /// Running the demo again reuses its data and its finished migrations: nothing is generated or run twice.

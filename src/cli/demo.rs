@@ -1,10 +1,12 @@
 //! `bgmigrate demo`: the first five minutes. Creates `bgmigrate-demo/` in the current directory, fills a SQLite file
 //! with sample application data (Langfuse-like traces / observations / scores), registers background migrations
-//! over it, and runs the worker and the web UI in this process, with progress bars. With `DATABASE_URL` set, the
-//! sample data and the control tables go to that database instead.
+//! over it (backfills, and a copy of the traces into a second SQLite file, `bgmigrate-demo/analytics.db`, the
+//! `analytics` store), and runs the worker and the web UI in this process, with progress bars. With `DATABASE_URL`
+//! set, the sample data and the control tables go to that database instead (the analytics file stays SQLite).
 //!
-//! Order of a run: [`prepare`] (folder and URL) → connect → [`sample_data`] → [`write_definitions`] → register →
-//! the web UI ([`serve_web`]) → the runner (and its progress bars) → wait → stop the web UI.
+//! Order of a run: [`prepare`] (folder and URL) → connect → [`sample_data`] → [`with_analytics`] →
+//! [`write_definitions`] → register → the web UI ([`serve_web`]) → the runner (and its progress bars) → wait → stop
+//! the web UI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bgmigrate::config::{self, Connected};
-use bgmigrate::store::{SqlParam, SqlStore};
+use bgmigrate::store::{SqlParam, SqlStore, SqliteStore, sqlite};
 use bgmigrate::web::{self, WebState};
 use bgmigrate::{Runner, RunnerConfig, builtin_registry};
 use clap::Args;
@@ -25,6 +27,12 @@ use super::{BadInput, Failed, migrate, output, progress, worker};
 
 /// The folder the demo works in, under the current directory.
 pub const DEMO_DIR: &str = "bgmigrate-demo";
+
+/// The store name of the demo's analytics database, the target of its copy.
+pub const ANALYTICS_STORE: &str = "analytics";
+
+/// The analytics database's file, under [`DEMO_DIR`].
+const ANALYTICS_FILE: &str = "analytics.db";
 
 /// Options of `bgmigrate demo`.
 #[derive(Debug, Args)]
@@ -73,6 +81,7 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
         .sql(store_name)
         .context("the demo's store is not configured")?;
     sample_data(store.as_ref(), args.rows).await?;
+    let connected = &with_analytics(connected).await?;
     let migrations = Path::new(DEMO_DIR).join("migrations");
     write_definitions(&migrations, store_name)?;
     let registrations = migrate::load_and_check(connected, &migrations)?;
@@ -111,6 +120,32 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
         output::status_table(&connected.control.list().await?)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `connected` plus the analytics database (`bgmigrate-demo/analytics.db`) as the [`ANALYTICS_STORE`] store. Its
+/// `traces` table, created if missing, is the application's (same columns, primary key on `id`: the copy upserts
+/// on it).
+async fn with_analytics(connected: &Connected) -> anyhow::Result<Connected> {
+    let path = Path::new(DEMO_DIR).join(ANALYTICS_FILE);
+    let pool = sqlite::connect_pool(&format!("sqlite://{}", path.display()), 4).await?;
+    let analytics = SqliteStore::new(pool, SqliteStore::id_for_path(&path));
+    if analytics.columns("traces").await?.is_empty() {
+        let create = schema_statements()
+            .find(|statement| statement.contains("CREATE TABLE traces"))
+            .context("the demo schema defines the traces table")?;
+        let mut tx = analytics.begin().await?;
+        tx.execute(create, &[]).await?;
+        tx.commit().await?;
+    }
+    Ok(Connected {
+        control: connected.control.clone(),
+        stores: connected
+            .stores
+            .clone()
+            .with_sql(ANALYTICS_STORE, std::sync::Arc::new(analytics)),
+        pool: connected.pool.clone(),
+        clickhouse: connected.clickhouse.clone(),
+    })
 }
 
 /// Serves the web UI on `listener` until `stop`; prints its URL and the admin token that enables its actions
@@ -181,6 +216,15 @@ fn definitions(store: &str) -> Vec<(&'static str, String)> {
                  set   = {{ normalized_value = \"value / 100.0\" }}\n\n{PACED}batchSize = 5000\nsleepMs = 50\n"
             ),
         ),
+        (
+            "20241024_1730_copy_traces_to_analytics",
+            format!(
+                "# The traces, copied into the analytics database (bgmigrate-demo/analytics.db), upserted on id.\n\
+                 kind = \"copy\"\nfrom = {{ store = \"{store}\", table = \"traces\", key = [\"id\"] }}\n\
+                 to   = {{ store = \"{ANALYTICS_STORE}\", table = \"traces\" }}\n\n{PACED}batchSize = 1000\n\
+                 maxBatchBytes = 4000000\nsleepMs = 50\n"
+            ),
+        ),
     ]
 }
 
@@ -199,6 +243,14 @@ fn write_definitions(migrations: &Path, store: &str) -> anyhow::Result<()> {
 }
 
 /// Creates and fills the sample tables, unless they exist (a second run reuses the data).
+/// The statements of the demo's application schema, one by one.
+fn schema_statements() -> impl Iterator<Item = &'static str> {
+    include_str!("sql/demo_schema.sql")
+        .split(';')
+        .map(str::trim)
+        .filter(|statement| !statement.is_empty())
+}
+
 async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyhow::Result<()> {
     if !store.columns("traces").await?.is_empty() {
         println!("demo: sample data already present; delete {DEMO_DIR}/ to start over");
@@ -209,11 +261,7 @@ async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyhow::Result<
     let scores = (observations / 2).max(1);
     let count = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let mut tx = store.begin().await?;
-    for statement in include_str!("sql/demo_schema.sql")
-        .split(';')
-        .map(str::trim)
-        .filter(|statement| !statement.is_empty())
-    {
+    for statement in schema_statements() {
         tx.execute(statement, &[]).await?;
     }
     tx.execute(include_str!("sql/demo_traces.sql"), &[count(traces)])

@@ -24,6 +24,8 @@ pub enum SqlParam {
     Text(String),
     /// An integer value.
     Int(i64),
+    /// SQL `NULL`.
+    Null,
 }
 
 /// A column as the store describes it.
@@ -80,6 +82,16 @@ impl Dialect {
             Dialect::Sqlite => format!("CAST({quoted_column} AS TEXT)"),
         }
     }
+}
+
+/// Every column of `row` as text or NULL (the query casts them to text).
+pub(crate) fn texts_of<R>(row: &R) -> Result<Vec<Option<String>>, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    (0..row.len()).map(|i| row.try_get(i)).collect()
 }
 
 /// The statement on one line, shortened, for error context.
@@ -143,6 +155,12 @@ pub trait SqlTx: Send {
         sql: &str,
         params: &[SqlParam],
     ) -> Result<Option<Vec<String>>, StoreError>;
+    /// Runs a query whose columns are all text (or NULL), returns every row.
+    async fn fetch_all_text(
+        &mut self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError>;
     /// Runs a query returning one integer.
     async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError>;
     /// Commits.

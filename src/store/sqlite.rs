@@ -155,6 +155,7 @@ fn bind_all<'q>(
         query = match param {
             SqlParam::Text(text) => query.bind(text.as_str()),
             SqlParam::Int(n) => query.bind(*n),
+            SqlParam::Null => query.bind(None::<String>),
         };
     }
     query
@@ -188,6 +189,22 @@ impl SqlTx for SqliteTx {
                 .map_err(StoreError::sql("read a key row"))
         })
         .transpose()
+    }
+
+    async fn fetch_all_text(
+        &mut self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let rows = query
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
+        rows.iter()
+            .map(super::texts_of)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::sql("read rows as text"))
     }
 
     async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError> {

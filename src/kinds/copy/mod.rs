@@ -1,19 +1,26 @@
-//! `kind = "copy"`: stream a Postgres table into a ClickHouse table, batch by batch in keyset order over a unique
-//! key (single or composite; text ids allowed).
+//! `kind = "copy"`: copy a table batch by batch in keyset order over a unique key (single or composite; text ids
+//! allowed) — from Postgres into ClickHouse, or from a SQL store into a SQL store (SQLite or Postgres, either way).
+//! The target's store selects the writer: a ClickHouse store the `RowBinary` stream below, a SQL store the upsert
+//! of [`to_sql`].
 //!
-//! Idempotent under retries and crashes: the target must be a `ReplacingMergeTree` whose `ORDER BY` includes the
+//! Into ClickHouse, idempotent under retries and crashes: the target must be a `ReplacingMergeTree` whose `ORDER BY` includes the
 //! key, so a batch sent twice (a crash after ClickHouse acknowledged the insert but before the checkpoint was
 //! written) collapses into one row per key on merge (`SELECT ... FINAL` reads it deduplicated at once). The
 //! checkpoint advances only after ClickHouse acknowledged the batch's insert.
 //!
-//! Layout: [`spec`] parses the definition; [`mapping`] maps and checks types; [`sql`] builds the keyset read;
-//! [`encode`] turns Postgres values into `RowBinary`; [`batch`] streams one batch.
+//! Layout: [`spec`] parses the definition; [`keyset`] builds the keyset read both writers share. Into ClickHouse:
+//! [`mapping`] maps and checks types; [`sql`] adds the large-value reads; [`encode`] turns Postgres values into
+//! `RowBinary`; [`batch`] streams one batch. Into a SQL store: [`upsert`] builds the statements; [`to_sql`] runs a
+//! batch.
 
 mod batch;
 mod encode;
+mod keyset;
 mod mapping;
 mod spec;
 mod sql;
+mod to_sql;
+mod upsert;
 
 use std::sync::Arc;
 
@@ -23,10 +30,11 @@ use tokio::sync::OnceCell;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::{PgStore, SqlStore, Stores};
+use crate::store::{ColumnInfo, PgStore, SqlStore, Stores};
 
 pub use self::mapping::{ColumnPlan, plan_column};
 pub use self::spec::CopySpec;
+pub use self::to_sql::SqlCopy;
 
 use self::sql::CopySql;
 
@@ -71,21 +79,37 @@ pub(crate) fn ch_error(err: ClickHouseError) -> MigrationError {
 
 impl Copy {
     /// The registry factory: parses the definition and finds its stores.
+    ///
+    /// A `to.store` naming a ClickHouse store selects the ClickHouse writer; one naming a SQL store, the upsert.
     pub fn build(params: &Value, stores: &Stores) -> Result<Arc<dyn Migration>, String> {
         let spec = CopySpec::parse(params)?;
-        let source = stores.postgres(&spec.from.store).ok_or_else(|| {
+        if stores.clickhouse(&spec.to.store).is_none()
+            && let Some(target) = stores.sql(&spec.to.store)
+        {
+            let source = stores.sql(&spec.from.store).ok_or_else(|| {
+                format!(
+                    "copy definition: from.store {:?} is not a configured SQL store (configured: {})",
+                    spec.from.store,
+                    stores.sql_names().join(", ")
+                )
+            })?;
+            return Ok(Arc::new(SqlCopy::new(spec, source, target)));
+        }
+        let target = stores.clickhouse(&spec.to.store).ok_or_else(|| {
             format!(
-                "copy definition: from.store {:?} is not a configured Postgres store (configured: {})",
-                spec.from.store,
+                "copy definition: to.store {:?} is neither a configured ClickHouse store (configured: {}; set \
+                 CLICKHOUSE_URL) nor a configured SQL store (configured: {})",
+                spec.to.store,
+                stores.clickhouse_names().join(", "),
                 stores.sql_names().join(", ")
             )
         })?;
-        let target = stores.clickhouse(&spec.to.store).ok_or_else(|| {
+        let source = stores.postgres(&spec.from.store).ok_or_else(|| {
             format!(
-                "copy definition: to.store {:?} is not a configured ClickHouse store (configured: {}); set \
-                 CLICKHOUSE_URL",
-                spec.to.store,
-                stores.clickhouse_names().join(", ")
+                "copy definition: from.store {:?} is not a configured Postgres store (configured SQL stores: {}); a copy into \
+                 ClickHouse reads from Postgres",
+                spec.from.store,
+                stores.sql_names().join(", ")
             )
         })?;
         Ok(Arc::new(Copy {
@@ -104,38 +128,12 @@ impl Copy {
     async fn prepare(&self) -> Result<CopyPlan, MigrationError> {
         let (from, to) = (&self.spec.from, &self.spec.to);
         let invalid = MigrationError::Invalid;
-        let source_columns = self.source.columns(&from.table).await?;
-        if source_columns.is_empty() {
-            return Err(invalid(format!(
-                "table {} does not exist in store {}",
-                from.table, from.store
-            )));
-        }
+        let SourceShape {
+            columns: source_columns,
+            key_types,
+            names,
+        } = SourceShape::check(&self.source, from).await?;
         let source_column = |name: &str| source_columns.iter().find(|c| c.name == name);
-        let mut key_types = Vec::new();
-        for key in &from.key {
-            let info = source_column(key).ok_or_else(|| {
-                invalid(format!("key column {key} does not exist in {}", from.table))
-            })?;
-            if info.nullable {
-                return Err(invalid(format!(
-                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
-                    from.table
-                )));
-            }
-            key_types.push(info.type_name.clone());
-        }
-        if !self.source.has_unique_index(&from.table, &from.key).await? {
-            return Err(invalid(format!(
-                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key",
-                from.key.join(", "),
-                from.table
-            )));
-        }
-        let names: Vec<String> = match &from.columns {
-            Some(columns) => columns.clone(),
-            None => source_columns.iter().map(|c| c.name.clone()).collect(),
-        };
         self.check_target().await?;
         let target_columns = self.target.columns(&to.table).await.map_err(ch_error)?;
         let mut columns = Vec::with_capacity(names.len());
@@ -212,6 +210,60 @@ impl Copy {
     }
 }
 
+/// The source table as validation found it: its columns, its key's types, and the columns to copy.
+struct SourceShape {
+    columns: Vec<ColumnInfo>,
+    key_types: Vec<String>,
+    names: Vec<String>,
+}
+
+impl SourceShape {
+    /// Checks that the table exists and that the key is NOT NULL and unique, before any row moves.
+    async fn check(
+        store: &dyn SqlStore,
+        from: &spec::Source,
+    ) -> Result<SourceShape, MigrationError> {
+        let invalid = MigrationError::Invalid;
+        let source_columns = store.columns(&from.table).await?;
+        if source_columns.is_empty() {
+            return Err(invalid(format!(
+                "table {} does not exist in store {}",
+                from.table, from.store
+            )));
+        }
+        let source_column = |name: &str| source_columns.iter().find(|c| c.name == name);
+        let mut key_types = Vec::new();
+        for key in &from.key {
+            let info = source_column(key).ok_or_else(|| {
+                invalid(format!("key column {key} does not exist in {}", from.table))
+            })?;
+            if info.nullable {
+                return Err(invalid(format!(
+                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
+                    from.table
+                )));
+            }
+            key_types.push(info.type_name.clone());
+        }
+        if !store.has_unique_index(&from.table, &from.key).await? {
+            return Err(invalid(format!(
+                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key",
+                from.key.join(", "),
+                from.table
+            )));
+        }
+        let names: Vec<String> = match &from.columns {
+            Some(columns) => columns.clone(),
+            None => source_columns.iter().map(|c| c.name.clone()).collect(),
+        };
+        Ok(SourceShape {
+            columns: source_columns,
+            key_types,
+            names,
+        })
+    }
+}
+
 /// The cursor in a checkpoint: the last key copied, as text, one entry per key column.
 fn cursor_of(state: &Value, arity: usize) -> Result<Option<Vec<String>>, MigrationError> {
     let bad = || {
@@ -260,5 +312,28 @@ impl Migration for Copy {
             rows: moved.rows,
             bytes: moved.bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_store_that_is_neither_clickhouse_nor_sql_is_refused_naming_both_kinds() {
+        let err = Copy::build(
+            &json!({
+                "from": {"store": "sqlite", "table": "traces", "key": ["id"]},
+                "to": {"store": "analytics", "table": "traces"}
+            }),
+            &Stores::new(),
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.contains("to.store \"analytics\" is neither a configured ClickHouse store")
+                && err.contains("nor a configured SQL store"),
+            "{err}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-/// `kind = "copy"`: stream the rows of a Postgres table into a ClickHouse table, in keyset order.
+/// `kind = "copy"`: copy the rows of a table into a ClickHouse table or a SQL store's table, in keyset order.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopySpec {
@@ -17,13 +17,13 @@ pub struct CopySpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
-    /// A configured Postgres store (`postgres`).
+    /// A configured SQL store (`postgres`, `sqlite`); Postgres when the target is ClickHouse.
     pub store: String,
     /// The table, optionally schema-qualified.
     pub table: String,
     /// Columns of a unique key, walked in this order.
     pub key: Vec<String>,
-    /// Columns to copy (default: every column of the table); each goes to the ClickHouse column of that name.
+    /// Columns to copy (default: every column of the table); each goes to the target column of that name.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
     /// Optional filter: only matching rows are copied.
@@ -35,7 +35,7 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// A configured ClickHouse store (`clickhouse`).
+    /// A configured ClickHouse store (`clickhouse`) or SQL store (e.g. `analytics`): it selects the writer.
     pub store: String,
     /// The table in that store's database.
     pub table: String,

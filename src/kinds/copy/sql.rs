@@ -8,6 +8,7 @@
 //! afterwards in slices of [`SLICE_BYTES`] by key: a 50 MB value never becomes one 50 MB protocol message, which the
 //! driver would buffer two or three times over.
 
+use super::keyset::Keyset;
 use super::mapping::ColumnPlan;
 use crate::store::Dialect;
 
@@ -22,10 +23,7 @@ const DIALECT: Dialect = Dialect::Postgres;
 #[derive(Debug, Clone)]
 pub struct CopySql {
     select: String,
-    table: String,
-    keys: Vec<String>,
-    key_types: Vec<String>,
-    filter: Option<String>,
+    keyset: Keyset,
 }
 
 impl CopySql {
@@ -37,10 +35,7 @@ impl CopySql {
         key_types: &[String],
         filter: Option<&str>,
     ) -> Self {
-        let keys: Vec<String> = keys
-            .iter()
-            .map(|k| format!("bgm_src.{}", DIALECT.quote_ident(k)))
-            .collect();
+        let keyset = Keyset::new(DIALECT, table, keys, key_types, filter);
         let values = columns.iter().enumerate().map(|(i, c)| {
             if c.sliced() {
                 format!(
@@ -51,7 +46,8 @@ impl CopySql {
                 format!("{} AS bgm_c{i}", c.select)
             }
         });
-        let cursors = keys
+        let cursors = keyset
+            .keys()
             .iter()
             .enumerate()
             .map(|(i, k)| format!("{} AS bgm_cursor_{i}", DIALECT.as_text(k)));
@@ -71,57 +67,21 @@ impl CopySql {
                 .chain(flags)
                 .collect::<Vec<_>>()
                 .join(", "),
-            table: DIALECT.quote_ident(table),
-            keys,
-            key_types: key_types.to_vec(),
-            filter: filter.map(|f| format!("({f})")),
+            keyset,
         }
-    }
-
-    /// `($first::t1, ...)`: the key bound as parameters.
-    fn key_params(&self, first: usize) -> String {
-        let params: Vec<String> = self
-            .key_types
-            .iter()
-            .enumerate()
-            .map(|(i, ty)| DIALECT.param(first + i, ty))
-            .collect();
-        format!("({})", params.join(", "))
     }
 
     /// Reads the next batch. Params: the cursor (if any), one text per key column, then the row limit.
     pub fn read(&self, has_lower: bool) -> String {
-        let mut conditions = Vec::new();
-        let mut next_param = 1;
-        if has_lower {
-            conditions.push(format!(
-                "({}) > {}",
-                self.keys.join(", "),
-                self.key_params(1)
-            ));
-            next_param += self.keys.len();
-        }
-        conditions.extend(self.filter.clone());
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
-        format!(
-            "SELECT {} FROM {} AS bgm_src{filter} ORDER BY {} LIMIT {}",
-            self.select,
-            self.table,
-            self.keys.join(", "),
-            DIALECT.param(next_param, "bigint")
-        )
+        self.keyset.read(&self.select, has_lower)
     }
 
     fn by_key(&self, what: &str) -> String {
         format!(
             "SELECT {what} FROM {} AS bgm_src WHERE ({}) = {}",
-            self.table,
-            self.keys.join(", "),
-            self.key_params(1)
+            self.keyset.table(),
+            self.keyset.keys().join(", "),
+            self.keyset.bound(1)
         )
     }
 
@@ -132,7 +92,7 @@ impl CopySql {
 
     /// A slice of a large value as bytes. Params: the row's key, then the 1-based offset and the length.
     pub fn value_slice(&self, column: &ColumnPlan) -> String {
-        let first = self.key_types.len() + 1;
+        let first = self.keyset.keys().len() + 1;
         self.by_key(&format!(
             "substring(convert_to({}, 'UTF8') FROM {} FOR {})",
             column.select,

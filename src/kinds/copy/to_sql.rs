@@ -1,0 +1,222 @@
+//! A copy whose target is a SQL store (SQLite or Postgres, from a SQLite or Postgres source): each batch reads up to
+//! `batchSize` rows as text in keyset order, keeps them while they fit in `maxBatchBytes` (a single larger row goes
+//! alone), and upserts them into the target on its unique key.
+//!
+//! When the target is the control database, the upsert and the checkpoint commit in one transaction (exactly
+//! once); otherwise the engine writes the checkpoint after the target committed, and a batch re-sent after a crash
+//! upserts the same rows again (at least once, made exact by the upsert).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+use super::spec::CopySpec;
+use super::upsert::{Side, UpsertSql};
+use super::{SourceShape, cursor_of};
+use crate::args::Args;
+use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
+use crate::store::{SqlParam, SqlStore};
+
+/// A copy between two SQL stores.
+pub struct SqlCopy {
+    spec: CopySpec,
+    source: Arc<dyn SqlStore>,
+    target: Arc<dyn SqlStore>,
+    plan: OnceCell<SqlPlan>,
+}
+
+/// What validation established.
+struct SqlPlan {
+    sql: UpsertSql,
+    /// Positions of the key columns among the copied columns (the next cursor is read from the row).
+    key_positions: Vec<usize>,
+}
+
+impl SqlCopy {
+    /// Binds a parsed definition to its source and target stores.
+    pub fn new(spec: CopySpec, source: Arc<dyn SqlStore>, target: Arc<dyn SqlStore>) -> Self {
+        Self {
+            spec,
+            source,
+            target,
+            plan: OnceCell::new(),
+        }
+    }
+
+    async fn plan(&self) -> Result<&SqlPlan, MigrationError> {
+        self.plan.get_or_try_init(|| self.prepare()).await
+    }
+
+    /// Checks both tables before any row moves: the source's key, the target's unique key and columns.
+    async fn prepare(&self) -> Result<SqlPlan, MigrationError> {
+        let (from, to) = (&self.spec.from, &self.spec.to);
+        let invalid = MigrationError::Invalid;
+        let shape = SourceShape::check(self.source.as_ref(), from).await?;
+        let target_columns = self.target.columns(&to.table).await?;
+        if target_columns.is_empty() {
+            return Err(invalid(format!(
+                "the target table {} does not exist in store {}; create it (with a unique key on ({})) first",
+                to.table,
+                to.store,
+                from.key.join(", ")
+            )));
+        }
+        let mut target_types = Vec::with_capacity(shape.names.len());
+        for name in &shape.names {
+            let column = target_columns.iter().find(|c| &c.name == name).ok_or_else(|| {
+                invalid(format!(
+                    "column {name}: the target table {} in store {} has no column of that name (columns are copied \
+                     by name)",
+                    to.table, to.store
+                ))
+            })?;
+            target_types.push(column.type_name.clone());
+        }
+        if !self.target.has_unique_index(&to.table, &from.key).await? {
+            return Err(invalid(format!(
+                "the target table {} in store {} has no unique index or primary key on exactly ({}); the copy \
+                 upserts on the key, so that a batch sent twice after a crash or retry leaves one row per key",
+                to.table,
+                to.store,
+                from.key.join(", ")
+            )));
+        }
+        let sql = UpsertSql::new(
+            Side {
+                dialect: self.source.dialect(),
+                table: &from.table,
+            },
+            Side {
+                dialect: self.target.dialect(),
+                table: &to.table,
+            },
+            &shape.names,
+            &from.key,
+            &shape.key_types,
+            &target_types,
+            from.filter.as_deref(),
+        );
+        let mut tx = self.source.begin().await?;
+        let dry_run = tx
+            .fetch_all_text(&sql.read(false), &[SqlParam::Int(0)])
+            .await;
+        tx.commit().await?;
+        dry_run.map_err(|err| {
+            invalid(format!(
+                "the columns or the where filter do not work on {}: {err}",
+                from.table
+            ))
+        })?;
+        let key_positions = from
+            .key
+            .iter()
+            .filter_map(|k| shape.names.iter().position(|n| n == k))
+            .collect();
+        Ok(SqlPlan { sql, key_positions })
+    }
+
+    /// Reads the rows after `lower` (as text, in key order) and keeps those that fit the batch's limits.
+    /// Returns them with whether the source has no rows after them.
+    async fn read(
+        &self,
+        plan: &SqlPlan,
+        lower: Option<&[String]>,
+        args: &Args,
+    ) -> Result<(Vec<Vec<Option<String>>>, u64, bool), MigrationError> {
+        let mut params: Vec<SqlParam> = lower
+            .unwrap_or_default()
+            .iter()
+            .cloned()
+            .map(SqlParam::Text)
+            .collect();
+        params.push(SqlParam::Int(
+            i64::try_from(args.batch_size).unwrap_or(i64::MAX),
+        ));
+        let mut tx = self.source.begin().await?;
+        let mut rows = tx
+            .fetch_all_text(&plan.sql.read(lower.is_some()), &params)
+            .await?;
+        // Nothing was written: ending the read transaction now releases SQLite's lock before the target's write.
+        tx.commit().await?;
+        let fetched = rows.len();
+        let (kept, bytes) = fits(&rows, args.max_batch_bytes);
+        rows.truncate(kept);
+        let exhausted = kept == fetched && (fetched as u64) < args.batch_size;
+        Ok((rows, bytes, exhausted))
+    }
+}
+
+/// How many leading rows fit in `max_bytes` (sum of the values' lengths; the first row always fits), and their size.
+fn fits(rows: &[Vec<Option<String>>], max_bytes: u64) -> (usize, u64) {
+    let mut bytes = 0u64;
+    for (taken, row) in rows.iter().enumerate() {
+        let size: u64 = row.iter().flatten().map(|v| v.len() as u64).sum();
+        if taken > 0 && bytes + size > max_bytes {
+            return (taken, bytes);
+        }
+        bytes += size;
+        if bytes >= max_bytes {
+            return (taken + 1, bytes);
+        }
+    }
+    (rows.len(), bytes)
+}
+
+#[async_trait]
+impl Migration for SqlCopy {
+    async fn validate(&self) -> Result<(), MigrationError> {
+        self.plan().await.map(|_| ())
+    }
+
+    async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
+        Ok(self.source.estimate_rows(&self.spec.from.table).await?)
+    }
+
+    async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
+        let plan = self.plan().await?;
+        let lower = cursor_of(batch.state, plan.key_positions.len())?;
+        let (rows, bytes, exhausted) = self.read(plan, lower.as_deref(), batch.args).await?;
+        let last_key = rows.last().map(|row| {
+            plan.key_positions
+                .iter()
+                .map(|&i| row[i].clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        let mut tx = self.target.begin().await?;
+        for chunk in rows.chunks(plan.sql.rows_per_insert()) {
+            let params: Vec<SqlParam> = chunk
+                .iter()
+                .flatten()
+                .map(|value| value.clone().map_or(SqlParam::Null, SqlParam::Text))
+                .collect();
+            tx.execute(&plan.sql.upsert(chunk.len()), &params).await?;
+        }
+        let outcome = BatchOutcome {
+            state: json!({ "cursor": last_key.or(lower) }),
+            done: exhausted,
+            rows: rows.len() as u64,
+            bytes,
+        };
+        batch.commit(self.target.id(), tx, &outcome).await?;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fits;
+
+    fn row(len: usize) -> Vec<Option<String>> {
+        vec![Some("x".repeat(len)), None]
+    }
+
+    #[test]
+    fn a_batch_closes_at_max_bytes_but_a_single_larger_row_goes_alone() {
+        assert_eq!(fits(&[row(4), row(4), row(4)], 10), (2, 8));
+        assert_eq!(fits(&[row(50), row(1)], 10), (1, 50));
+        assert_eq!(fits(&[row(5), row(5), row(1)], 10), (2, 10));
+        assert_eq!(fits(&[row(1), row(1)], 10), (2, 2));
+    }
+}
