@@ -141,6 +141,6 @@ async fn a_rewrite_resumes_after_its_checkpoint_and_repeats_collapse() {
     .join()
     .await
     .unwrap();
-    ch.exec("OPTIMIZE TABLE events FINAL").await;
+    ch.optimize_final("events").await;
     assert_eq!(ch.value("SELECT count() FROM events").await, "2000");
 }

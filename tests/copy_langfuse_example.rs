@@ -49,7 +49,7 @@ async fn the_langfuse_v2_to_v3_example_migrates_every_row_into_clickhouse() {
         ("observations", 3_001),
         ("scores", 3_000),
     ] {
-        ch.exec(&format!("OPTIMIZE TABLE {table} FINAL")).await;
+        ch.optimize_final(table).await;
         assert_eq!(
             ch.value(&format!("SELECT count() FROM {table}")).await,
             expected.to_string()

@@ -68,6 +68,18 @@ impl TestClickHouse {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// `OPTIMIZE TABLE ... FINAL`, retried briefly: a busy server may refuse it while background merges run.
+    pub async fn optimize_final(&self, table: &str) {
+        let sql = format!("OPTIMIZE TABLE {table} FINAL");
+        for _ in 0..20 {
+            if self.client.execute(&sql).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        self.exec(&sql).await;
+    }
+
     /// The first value of a query.
     pub async fn value(&self, sql: &str) -> String {
         self.client
