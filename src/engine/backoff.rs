@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::control::ControlError;
 use crate::migration::MigrationError;
 
 /// How often and how patiently a transient failure is retried.
@@ -38,17 +39,36 @@ impl RetryPolicy {
     }
 }
 
+/// An error that says whether retrying may cure it.
+pub trait Retryable: std::fmt::Display {
+    /// True for connection losses, serialization failures, servers restarting.
+    fn is_transient(&self) -> bool;
+}
+
+impl Retryable for MigrationError {
+    fn is_transient(&self) -> bool {
+        MigrationError::is_transient(self)
+    }
+}
+
+impl Retryable for ControlError {
+    fn is_transient(&self) -> bool {
+        ControlError::is_transient(self)
+    }
+}
+
 /// Runs `op` until it succeeds, fails persistently, runs out of attempts, or `stop` fires during a wait (then the
 /// last error is returned). `on_retry` hears about each retry before its wait.
-pub async fn with_retries<T, F, Fut>(
+pub async fn with_retries<T, E, F, Fut>(
     policy: &RetryPolicy,
     stop: &CancellationToken,
-    mut on_retry: impl FnMut(u32, &MigrationError, Duration),
+    mut on_retry: impl FnMut(u32, &E, Duration),
     mut op: F,
-) -> Result<T, MigrationError>
+) -> Result<T, E>
 where
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, MigrationError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut attempt = 1;
     loop {

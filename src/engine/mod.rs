@@ -195,26 +195,22 @@ async fn patiently<T, F, Fut>(
     ctx: &EngineContext,
     shutdown: &CancellationToken,
     what: &str,
-    mut op: F,
+    op: F,
 ) -> Option<Result<T, ControlError>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ControlError>>,
 {
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(err) if err.is_transient() => {
-                let wait = ctx.config.retry.backoff(attempt);
-                tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "{what}: control store unavailable; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                attempt = attempt.saturating_add(1);
-            }
-            other => return Some(other),
-        }
+    let forever = RetryPolicy {
+        max_attempts: u32::MAX,
+        ..ctx.config.retry.clone()
+    };
+    let on_retry = |_: u32, err: &ControlError, wait: Duration| {
+        tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "{what}: control store unavailable; retrying");
+    };
+    match backoff::with_retries(&forever, shutdown, on_retry, op).await {
+        Err(err) if err.is_transient() && shutdown.is_cancelled() => None,
+        other => Some(other),
     }
 }
 
