@@ -5,9 +5,10 @@
 //! validating `RowBinaryWithNamesAndTypes`; literals are quoted client-side by [`quote_literal`].
 //!
 //! Layout: [`config`] parses the connection; [`error`] classifies failures; [`types`] reads column types;
-//! [`rowbinary`] writes the insert format; [`statements`] splits multi-statement files.
+//! [`rowbinary`] writes the insert format; [`digest`] counts and checksums rows in it; [`statements`] splits multi-statement files.
 
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod rowbinary;
 pub mod statements;
@@ -15,7 +16,10 @@ pub mod types;
 
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use reqwest::{Body, Client, Url};
+use tokio::io::AsyncRead;
+use tokio_util::io::StreamReader;
 
 pub use self::config::ClickHouseConfig;
 pub use self::error::ClickHouseError;
@@ -205,6 +209,24 @@ impl ClickHouse {
         let context = format!("insert into {table}");
         self.send(&context, self.url(Some(&query)), body).await?;
         Ok(())
+    }
+
+    /// Runs a `SELECT` (without a `FORMAT` clause) and returns its rows as a `RowBinary` stream, read as it arrives.
+    ///
+    /// The query travels in the request body and `max_query_size` is raised to its length, so long `IN` lists pass
+    /// (the setting exists on 18.16 and current servers).
+    pub async fn select_rowbinary(
+        &self,
+        sql: &str,
+    ) -> Result<impl AsyncRead + Send + Unpin + 'static, ClickHouseError> {
+        let context = format!("run `{}`", short(sql));
+        let mut url = self.url(None);
+        url.query_pairs_mut()
+            .append_pair("max_query_size", &(sql.len() + 1024).to_string());
+        let body = format!("{sql}\nFORMAT RowBinary");
+        let response = self.send(&context, url, Body::from(body)).await?;
+        let chunks = response.bytes_stream().map_err(std::io::Error::other);
+        Ok(StreamReader::new(Box::pin(chunks)))
     }
 
     /// The server's version, e.g. `18.16.1`.

@@ -5,8 +5,11 @@
 //! server slows the writer down instead of filling memory.
 
 use bytes::Bytes;
+use futures_util::Stream;
 use reqwest::Body;
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
+use tokio_util::io::StreamReader;
 
 /// Size of the chunks handed to the HTTP client.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -30,8 +33,20 @@ pub struct BodyWriter {
 impl BodyWriter {
     /// A writer and the request body it feeds.
     pub fn channel() -> (BodyWriter, Body) {
+        let (writer, chunks) = BodyWriter::chunked();
+        (writer, Body::wrap_stream(chunks))
+    }
+
+    /// A writer and a reader of the bytes it writes (the verify phase digests rows this way instead of sending
+    /// them). Like a request body, the reader ends with an error when the writer is aborted.
+    pub fn pipe() -> (BodyWriter, impl AsyncRead + Send + Unpin + 'static) {
+        let (writer, chunks) = BodyWriter::chunked();
+        (writer, StreamReader::new(Box::pin(chunks)))
+    }
+
+    fn chunked() -> (BodyWriter, impl Stream<Item = Chunk> + Send + 'static) {
         let (sender, receiver) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
-        let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let chunks = futures_util::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|chunk| (chunk, receiver))
         });
         let writer = BodyWriter {
@@ -39,7 +54,7 @@ impl BodyWriter {
             sender,
             written: 0,
         };
-        (writer, Body::wrap_stream(stream))
+        (writer, chunks)
     }
 
     /// Bytes written so far.

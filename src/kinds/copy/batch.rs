@@ -34,7 +34,7 @@ pub struct Moved {
 }
 
 /// Why the reading side stopped.
-enum ReadError {
+pub(super) enum ReadError {
     /// The insert went away; its own error says why.
     Closed,
     /// Reading or encoding failed.
@@ -55,13 +55,33 @@ pub async fn copy_batch(
     lower: Option<&[String]>,
     args: &Args,
 ) -> Result<Moved, MigrationError> {
-    let mut connection = pool
-        .acquire()
-        .await
-        .map_err(StoreError::sql("connect to read a copy batch"))?;
     let (writer, body) = BodyWriter::channel();
     let column_names = plan.column_names();
     let insert = clickhouse.insert_rowbinary(&plan.target_table, &column_names, body);
+    let read = encode_batch(pool, plan, lower, args, writer, None);
+    match tokio::join!(read, insert) {
+        (Ok(moved), Ok(())) => Ok(moved),
+        (Err(ReadError::Failed(err)), _) => Err(err),
+        (_, Err(err)) => Err(ch_error(err)),
+        (Err(ReadError::Closed), Ok(())) => Err(MigrationError::Transient(
+            "the ClickHouse insert ended before its body was sent".into(),
+        )),
+    }
+}
+
+/// Reads the batch after `lower` from Postgres and writes its rows into `writer` as `RowBinary`, ending the body
+/// (or aborting it on an error). `keys`, when given, receives every row's key in order.
+pub(super) async fn encode_batch(
+    pool: &PgPool,
+    plan: &CopyPlan,
+    lower: Option<&[String]>,
+    args: &Args,
+    mut writer: BodyWriter,
+    keys: Option<&mut Vec<Vec<String>>>,
+) -> Result<Moved, ReadError> {
+    let mut connection = pool.acquire().await.map_err(|e| {
+        ReadError::Failed(StoreError::sql("connect to read a copy batch")(e).into())
+    })?;
     let sql = plan.sql.read(lower.is_some());
     let mut query = sqlx::query::<Postgres>(AssertSqlSafe(sql));
     for bound in lower.unwrap_or_default() {
@@ -69,41 +89,29 @@ pub async fn copy_batch(
     }
     let query: sqlx::query::Query<'_, Postgres, PgArguments> =
         query.bind(i64::try_from(args.batch_size).unwrap_or(i64::MAX));
-    let read = async {
-        let mut writer = writer;
-        let rows = query.fetch(&mut *connection);
-        let mut large = LargeValues {
-            pool,
-            sql: &plan.sql,
-            connection: None,
-        };
-        match stream_rows(rows, plan, args, &mut large, &mut writer).await {
-            Ok(read) => {
-                writer.finish().await?;
-                Ok(read)
-            }
-            Err(err) => {
-                writer.abort("the copy stopped reading Postgres").await;
-                Err(err)
-            }
+    let rows = query.fetch(&mut *connection);
+    let mut large = LargeValues {
+        pool,
+        sql: &plan.sql,
+        connection: None,
+    };
+    let streamed = stream_rows(rows, plan, args, &mut large, &mut writer, keys).await;
+    let ended = match streamed {
+        Ok((moved, drained)) => writer
+            .finish()
+            .await
+            .map(|()| (moved, drained))
+            .map_err(ReadError::from),
+        Err(err) => {
+            writer.abort("the copy stopped reading Postgres").await;
+            Err(err)
         }
     };
-    let (read, inserted) = tokio::join!(read, insert);
-    let (moved, drained) = match (read, inserted) {
-        (Ok(read), Ok(())) => read,
-        (Err(ReadError::Failed(err)), _) => return Err(err),
-        (_, Err(err)) => return Err(ch_error(err)),
-        (Err(ReadError::Closed), Ok(())) => {
-            return Err(MigrationError::Transient(
-                "the ClickHouse insert ended before its body was sent".into(),
-            ));
-        }
-    };
-    if !drained {
+    if !matches!(ended, Ok((_, true))) {
         // Rows after the batch may still be in flight on this connection: close it rather than drain them.
         let _ = connection.detach().close_hard().await;
     }
-    Ok(moved)
+    ended.map(|(moved, _)| moved)
 }
 
 async fn stream_rows<'c>(
@@ -112,6 +120,7 @@ async fn stream_rows<'c>(
     args: &Args,
     large: &mut LargeValues<'_>,
     writer: &mut BodyWriter,
+    mut keys: Option<&mut Vec<Vec<String>>>,
 ) -> Result<(Moved, bool), ReadError> {
     let key_start = plan.columns.len();
     let mut moved = Moved {
@@ -171,6 +180,9 @@ async fn stream_rows<'c>(
         drop(cells);
         moved.rows += 1;
         moved.bytes += size;
+        if let Some(keys) = keys.as_deref_mut() {
+            keys.push(key.clone());
+        }
         moved.last_key = Some(key);
         if moved.rows >= args.batch_size {
             // The LIMIT is reached: reading the end of the result keeps the connection reusable.

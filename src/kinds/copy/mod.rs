@@ -21,6 +21,7 @@ mod spec;
 mod sql;
 mod to_sql;
 mod upsert;
+mod verify;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub use self::spec::CopySpec;
 pub use self::to_sql::SqlCopy;
 
 use self::sql::CopySql;
+use self::verify::VerifyState;
 
 /// The name definitions use: `kind = "copy"`.
 pub const KIND: &str = "copy";
@@ -54,7 +56,7 @@ pub struct Copy {
 pub struct CopyPlan {
     columns: Vec<ColumnPlan>,
     sql: CopySql,
-    key_arity: usize,
+    key: Vec<String>,
     target_table: String,
 }
 
@@ -64,7 +66,15 @@ impl CopyPlan {
     }
 
     fn sql_key_arity(&self) -> usize {
-        self.key_arity
+        self.key.len()
+    }
+
+    /// The key columns' plans, in key order (the spec requires the copied columns to include the key).
+    fn key_columns(&self) -> Vec<&ColumnPlan> {
+        self.key
+            .iter()
+            .filter_map(|k| self.columns.iter().find(|c| &c.name == k))
+            .collect()
     }
 }
 
@@ -93,6 +103,13 @@ impl Copy {
                     stores.sql_names().join(", ")
                 )
             })?;
+            if spec.verify {
+                return Err(format!(
+                    "copy definition: verify = true is for copies into ClickHouse; a copy into the SQL store {:?} \
+                     upserts each batch in a transaction, so remove verify",
+                    spec.to.store
+                ));
+            }
             return Ok(Arc::new(SqlCopy::new(spec, source, target)));
         }
         let target = stores.clickhouse(&spec.to.store).ok_or_else(|| {
@@ -170,12 +187,25 @@ impl Copy {
                     from.table
                 ))
             })?;
-        Ok(CopyPlan {
+        let plan = CopyPlan {
             columns,
             sql,
-            key_arity: from.key.len(),
+            key: from.key.clone(),
             target_table: to.table.clone(),
-        })
+        };
+        if self.spec.verify
+            && let Some(column) = plan
+                .key_columns()
+                .into_iter()
+                .find(|c| !verify::key_type_supported(&c.target))
+        {
+            return Err(invalid(format!(
+                "verify = true needs key columns copied into String or integer ClickHouse columns; key column {} \
+                 is {:?}",
+                column.name, column.target
+            )));
+        }
+        Ok(plan)
     }
 
     /// The target must be a ReplacingMergeTree whose sorting key includes every key column.
@@ -290,13 +320,19 @@ impl Migration for Copy {
         self.plan().await.map(|_| ())
     }
 
+    /// The source's estimated rows; twice that with `verify`, which reads every row a second time.
     async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
-        Ok(self.source.estimate_rows(&self.spec.from.table).await?)
+        let rows = self.source.estimate_rows(&self.spec.from.table).await?;
+        let passes = if self.spec.verify { 2 } else { 1 };
+        Ok(rows.map(|rows| rows * passes))
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let plan = self.plan().await?;
-        let lower = cursor_of(batch.state, plan.key_arity)?;
+        if let Some(verified) = VerifyState::of(batch.state)? {
+            return self.verify_batch(plan, batch, verified).await;
+        }
+        let lower = cursor_of(batch.state, plan.sql_key_arity())?;
         let moved = batch::copy_batch(
             self.source.pool(),
             &self.target,
@@ -306,11 +342,53 @@ impl Migration for Copy {
         )
         .await?;
         let cursor = moved.last_key.or(lower);
+        let verify_next = moved.exhausted && self.spec.verify;
+        let state = if verify_next {
+            json!({ "cursor": cursor, "verify": VerifyState::default() })
+        } else {
+            json!({ "cursor": cursor })
+        };
         Ok(BatchOutcome {
-            state: json!({ "cursor": cursor }),
-            done: moved.exhausted,
+            state,
+            done: moved.exhausted && !verify_next,
             rows: moved.rows,
             bytes: moved.bytes,
+        })
+    }
+}
+
+impl Copy {
+    /// One verify batch: compares the next key range on both sides. Once every range was compared, the next call
+    /// fails the migration if any range differed.
+    async fn verify_batch(
+        &self,
+        plan: &CopyPlan,
+        batch: &Batch<'_>,
+        mut verified: VerifyState,
+    ) -> Result<BatchOutcome, MigrationError> {
+        if verified.complete
+            && let Some(failure) = verified.failure(&plan.target_table)
+        {
+            return Err(failure);
+        }
+        let checked = verify::verify_batch(
+            self.source.pool(),
+            &self.target,
+            plan,
+            verified.cursor.as_deref(),
+            batch.args,
+        )
+        .await?;
+        let (rows, exhausted) = (checked.source.rows, checked.exhausted);
+        verified.record(checked);
+        verified.complete = exhausted && verified.mismatched > 0;
+        let mut state = batch.state.clone();
+        state["verify"] = json!(verified);
+        Ok(BatchOutcome {
+            state,
+            done: exhausted && !verified.complete,
+            rows,
+            bytes: 0,
         })
     }
 }

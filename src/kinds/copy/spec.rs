@@ -11,6 +11,9 @@ pub struct CopySpec {
     pub from: Source,
     /// Where they go.
     pub to: Target,
+    /// After the last batch, compare every key range on both sides (count and checksum); ClickHouse targets only.
+    #[serde(default)]
+    pub verify: bool,
 }
 
 /// `from = { store, table, key, columns, where }`.
@@ -47,7 +50,7 @@ impl CopySpec {
         let spec: CopySpec = serde_json::from_value(params.clone()).map_err(|e| {
             format!(
                 "copy definition: {e} (allowed: from = {{ store, table, key = [columns], columns = [...], where }}, \
-                 to = {{ store, table }})"
+                 to = {{ store, table }}, verify = true|false)"
             )
         })?;
         if spec.from.key.is_empty() {

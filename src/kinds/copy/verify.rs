@@ -1,0 +1,274 @@
+//! The copy's optional verify phase (`verify = true`): after the last batch, the source is walked again in key order,
+//! batch by batch, and each key range is compared on both sides — row count and an order-independent checksum of
+//! the rows as `RowBinary` bytes.
+//!
+//! Postgres sorts text keys by its collation, ClickHouse by bytes, so a range cannot be given by its bounds alone:
+//! each verify batch reads its rows (and their keys) from Postgres as the copy would encode them, then asks
+//! ClickHouse for exactly those keys (`SELECT ... FINAL WHERE key IN (...)`). Both answers go through one digest
+//! ([`crate::clickhouse::digest`]), so equal digests mean equal rows. A range that differs is recorded in the
+//! checkpoint (shown by `show` and the web UI); when the walk ends with any, the migration fails naming them (in
+//! one more batch, after the checkpoint listing them is written).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::batch::{ReadError, encode_batch};
+use super::{CopyPlan, ch_error};
+use crate::args::Args;
+use crate::clickhouse::digest::{DigestError, RowDigest, digest_rows};
+use crate::clickhouse::rowbinary::BodyWriter;
+use crate::clickhouse::{ChType, ClickHouse, quote_ident, quote_literal};
+use crate::migration::MigrationError;
+
+/// Mismatching ranges kept in the checkpoint; more are counted, not listed.
+const LISTED_MISMATCHES: usize = 20;
+
+/// The verify phase's checkpoint: `{"verify": {...}}` beside the copy's cursor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyState {
+    /// The last key verified, one text per key column; `None` before the first verify batch.
+    pub cursor: Option<Vec<String>>,
+    /// Source rows verified so far.
+    pub rows: u64,
+    /// Key ranges verified so far.
+    pub ranges: u64,
+    /// Key ranges that differed.
+    pub mismatched: u64,
+    /// The first mismatching ranges.
+    pub mismatches: Vec<Mismatch>,
+    /// True once every range was compared and some differed: the next batch fails the migration (so the
+    /// checkpoint `show` prints lists every range first).
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// A key range whose rows differ between Postgres and ClickHouse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mismatch {
+    /// The range's first key (inclusive).
+    pub from: Vec<String>,
+    /// The range's last key (inclusive).
+    pub to: Vec<String>,
+    /// Rows in Postgres.
+    pub postgres_rows: u64,
+    /// Rows in ClickHouse with those keys (after `FINAL`).
+    pub clickhouse_rows: u64,
+}
+
+impl VerifyState {
+    /// The verify state in a checkpoint, if the copy has reached that phase.
+    pub fn of(state: &Value) -> Result<Option<VerifyState>, MigrationError> {
+        match state.get("verify") {
+            None | Some(Value::Null) => Ok(None),
+            Some(verify) => serde_json::from_value(verify.clone()).map(Some).map_err(|err| {
+                MigrationError::Invalid(format!(
+                    "the checkpoint's verify state {verify} is unreadable ({err}); fix state or retry --from-start"
+                ))
+            }),
+        }
+    }
+
+    /// Adds one checked range.
+    pub fn record(&mut self, checked: Checked) {
+        self.rows += checked.source.rows;
+        if let Some(last) = checked.keys.last() {
+            self.ranges += 1;
+            self.cursor = Some(last.clone());
+        }
+        if checked.source != checked.target
+            && let (Some(from), Some(to)) = (checked.keys.first(), checked.keys.last())
+        {
+            self.mismatched += 1;
+            if self.mismatches.len() < LISTED_MISMATCHES {
+                self.mismatches.push(Mismatch {
+                    from: from.clone(),
+                    to: to.clone(),
+                    postgres_rows: checked.source.rows,
+                    clickhouse_rows: checked.target.rows,
+                });
+            }
+        }
+    }
+
+    /// The failure when any range differed, naming them.
+    pub fn failure(&self, target_table: &str) -> Option<MigrationError> {
+        if self.mismatched == 0 {
+            return None;
+        }
+        let listed: Vec<String> = self
+            .mismatches
+            .iter()
+            .map(|m| {
+                let what = if m.postgres_rows == m.clickhouse_rows {
+                    format!("{} rows on both sides, checksums differ", m.postgres_rows)
+                } else {
+                    format!(
+                        "Postgres {} rows, ClickHouse {} rows",
+                        m.postgres_rows, m.clickhouse_rows
+                    )
+                };
+                format!(
+                    "keys ({}) to ({}): {what}",
+                    m.from.join(", "),
+                    m.to.join(", ")
+                )
+            })
+            .collect();
+        let more = self.mismatched - self.mismatches.len() as u64;
+        let more = if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        };
+        Some(MigrationError::Invalid(format!(
+            "verify: {} of {} key ranges differ between Postgres and ClickHouse table {target_table}: {}{more}. \
+             Copy again with `bgmigrate retry --from-start NAME` (re-sent rows collapse in the ReplacingMergeTree) \
+             once the source is no longer written",
+            self.mismatched,
+            self.ranges,
+            listed.join("; ")
+        )))
+    }
+}
+
+/// One verified range: its keys in source order and both sides' digests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    /// The keys read from Postgres.
+    pub keys: Vec<Vec<String>>,
+    /// The Postgres rows, as the copy encodes them.
+    pub source: RowDigest,
+    /// The ClickHouse rows with those keys.
+    pub target: RowDigest,
+    /// True when the source has no rows after this range.
+    pub exhausted: bool,
+}
+
+/// Whether verify can name keys of this ClickHouse type in an `IN` list.
+pub fn key_type_supported(ty: &ChType) -> bool {
+    matches!(ty, ChType::String | ChType::Int(_) | ChType::UInt(_))
+}
+
+/// Verifies the range after `lower`: up to `batchSize` rows or `maxBatchBytes` bytes, as a copy batch would read.
+pub async fn verify_batch(
+    pool: &PgPool,
+    clickhouse: &ClickHouse,
+    plan: &CopyPlan,
+    lower: Option<&[String]>,
+    args: &Args,
+) -> Result<Checked, MigrationError> {
+    let types: Vec<ChType> = plan.columns.iter().map(|c| c.target.clone()).collect();
+    let (writer, encoded) = BodyWriter::pipe();
+    let mut keys = Vec::new();
+    let read = encode_batch(pool, plan, lower, args, writer, Some(&mut keys));
+    let (read, source) = tokio::join!(read, digest_rows(encoded, &types));
+    let moved = match read {
+        Ok(moved) => moved,
+        Err(ReadError::Failed(err)) => return Err(err),
+        Err(ReadError::Closed) => return Err(digest_failed("the Postgres rows", source.err())),
+    };
+    let source = source.map_err(|err| digest_failed("the Postgres rows", Some(err)))?;
+    let target = if keys.is_empty() {
+        RowDigest::default()
+    } else {
+        let sql = target_select(plan, &keys)?;
+        let answer = clickhouse.select_rowbinary(&sql).await.map_err(ch_error)?;
+        digest_rows(answer, &types)
+            .await
+            .map_err(|err| digest_failed("ClickHouse's answer", Some(err)))?
+    };
+    Ok(Checked {
+        keys,
+        source,
+        target,
+        exhausted: moved.exhausted,
+    })
+}
+
+/// A digest that could not be completed: the stream broke off (retried) or did not match the types.
+fn digest_failed(side: &str, err: Option<DigestError>) -> MigrationError {
+    let detail = err.map_or_else(|| "the reader stopped".to_owned(), |e| e.to_string());
+    MigrationError::Transient(format!("verify could not read {side}: {detail}"))
+}
+
+/// `SELECT <columns> FROM <table> FINAL WHERE (<key>) IN (...)` for exactly `keys`.
+fn target_select(plan: &CopyPlan, keys: &[Vec<String>]) -> Result<String, MigrationError> {
+    let key_columns = plan.key_columns();
+    let mut tuples = Vec::with_capacity(keys.len());
+    for key in keys {
+        let literals = key
+            .iter()
+            .zip(&key_columns)
+            .map(|(value, column)| key_literal(value, &column.target))
+            .collect::<Result<Vec<_>, _>>()?;
+        tuples.push(format!("({})", literals.join(", ")));
+    }
+    let columns: Vec<String> = plan.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let key_names: Vec<String> = key_columns.iter().map(|c| quote_ident(&c.name)).collect();
+    Ok(format!(
+        "SELECT {} FROM {} FINAL WHERE ({}) IN ({})",
+        columns.join(", "),
+        quote_ident(&plan.target_table),
+        key_names.join(", "),
+        tuples.join(", ")
+    ))
+}
+
+/// A key value (Postgres text) as a ClickHouse literal of the key column's type.
+fn key_literal(value: &str, ty: &ChType) -> Result<String, MigrationError> {
+    match ty {
+        ChType::Int(_) | ChType::UInt(_) => value
+            .parse::<i128>()
+            .map(|n| n.to_string())
+            .map_err(|_| {
+                MigrationError::Invalid(format!(
+                    "verify: the key value {value:?} is not an integer, but its ClickHouse column is {ty:?}"
+                ))
+            }),
+        _ => Ok(quote_literal(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(keys: &[&str], source: (u64, u64), target: (u64, u64)) -> Checked {
+        let digest = |(rows, checksum)| RowDigest { rows, checksum };
+        Checked {
+            keys: keys.iter().map(|k| vec![(*k).to_owned()]).collect(),
+            source: digest(source),
+            target: digest(target),
+            exhausted: false,
+        }
+    }
+
+    #[test]
+    fn matching_ranges_advance_the_cursor_and_differing_ones_are_named_in_the_failure() {
+        let mut state = VerifyState::default();
+        state.record(checked(&["a", "b"], (2, 7), (2, 7)));
+        assert_eq!(state.failure("traces").map(|e| e.to_string()), None);
+        state.record(checked(&["c", "d"], (2, 9), (1, 4)));
+        state.record(checked(&["e", "f"], (2, 9), (2, 5)));
+        assert_eq!(state.cursor, Some(vec!["f".to_owned()]));
+        assert_eq!((state.rows, state.ranges, state.mismatched), (6, 3, 2));
+        let message = state.failure("traces").unwrap().to_string();
+        assert!(
+            message.contains("2 of 3 key ranges differ")
+                && message.contains("keys (c) to (d): Postgres 2 rows, ClickHouse 1 rows")
+                && message.contains("keys (e) to (f): 2 rows on both sides, checksums differ"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn key_literals_are_quoted_as_text_or_checked_as_integers() {
+        assert_eq!(key_literal("it's", &ChType::String).unwrap(), "'it\\'s'");
+        assert_eq!(key_literal("-42", &ChType::Int(64)).unwrap(), "-42");
+        let err = key_literal("1; DROP", &ChType::UInt(32)).unwrap_err();
+        assert!(err.to_string().contains("is not an integer"), "{err}");
+        assert!(!key_type_supported(&ChType::DateTime));
+    }
+}
