@@ -1,7 +1,8 @@
 //! Copy throughput and memory, each beside its reference measured in the same run:
 //!
-//! 1. 1,000,000 rows of ~300 bytes, Postgres → ClickHouse, through the `copy` kind (default args) versus the raw
-//!    pipe `psql -c "COPY (SELECT ...) TO STDOUT" | curl --data-binary @- '...INSERT ... FORMAT TabSeparated'`.
+//! 1. 1,000,000 rows of ~300 bytes with random (md5) text keys, Postgres → ClickHouse, through the `copy` kind
+//!    (default args; in key order, the default, and with `order = "physical"`) versus the raw pipe
+//!    `psql -c "COPY (SELECT ...) TO STDOUT" | curl --data-binary @- '...INSERT ... FORMAT TabSeparated'`.
 //! 2. Peak resident memory (VmHWM) of a `bgmigrate worker` process copying rows of up to 50 MB each at default
 //!    args, against the 128 MiB budget.
 //!
@@ -101,14 +102,15 @@ impl Drop for Databases {
     }
 }
 
-fn definition(dir: &std::path::Path, table: &str) {
+/// A copy definition at default args; `from_extra` is added to `from` (e.g. `, order = "physical"`).
+fn definition(dir: &std::path::Path, table: &str, target: &str, from_extra: &str) {
     let background = dir.join("background");
     std::fs::create_dir_all(&background).unwrap();
     std::fs::write(
-        background.join(format!("20241024_1730_copy_{table}.toml")),
+        background.join(format!("20241024_1730_copy_{target}.toml")),
         format!(
-            "kind = \"copy\"\nfrom = {{ store = \"postgres\", table = \"{table}\", key = [\"id\"] }}\n\
-             to = {{ store = \"clickhouse\", table = \"{table}\" }}\n"
+            "kind = \"copy\"\nfrom = {{ store = \"postgres\", table = \"{table}\", key = [\"id\"]{from_extra} }}\n\
+             to = {{ store = \"clickhouse\", table = \"{target}\" }}\n"
         ),
     )
     .unwrap();
@@ -139,7 +141,6 @@ async fn throughput(rows: u64) {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    clickhouse(&format!("CREATE TABLE {}.traces {CH_TABLE}", dbs.name));
     clickhouse(&format!("CREATE TABLE {}.traces_pipe {CH_TABLE}", dbs.name));
 
     // The reference: Postgres COPY text piped into ClickHouse's TabSeparated parser.
@@ -169,9 +170,36 @@ async fn throughput(rows: u64) {
         rows.to_string()
     );
 
-    // bgmigrate: the copy kind with default args, run by the library's runner.
+    // bgmigrate: the copy kind with default args, run by the library's runner, in key order (the default) and
+    // in physical order.
+    let key_order = copy_with_bgmigrate(&dbs, "traces", "").await;
+    let physical = copy_with_bgmigrate(&dbs, "traces_physical", ", order = \"physical\"").await;
+
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!(
+        "copy {rows} rows (avg {avg} B/row in Postgres, random md5 keys) Postgres -> ClickHouse: reference psql COPY | \
+         curl TabSeparated {:.2} s ({:.0} rows/s)",
+        pipe.as_secs_f64(),
+        rate(pipe),
+    );
+    for (label, took) in [
+        ("key order (default)", key_order),
+        ("order = \"physical\"", physical),
+    ] {
+        println!(
+            "  bgmigrate copy, {label}: {:.2} s ({:.0} rows/s) | ratio {:.2}x the pipe's rows/s",
+            took.as_secs_f64(),
+            rate(took),
+            rate(took) / rate(pipe)
+        );
+    }
+}
+
+/// Copies `traces` into the ClickHouse table `target` with the `copy` kind at default args; returns the time taken.
+async fn copy_with_bgmigrate(dbs: &Databases, target: &str, from_extra: &str) -> Duration {
+    clickhouse(&format!("CREATE TABLE {}.{target} {CH_TABLE}", dbs.name));
     let dir = tempfile::tempdir().unwrap();
-    definition(dir.path(), "traces");
+    definition(dir.path(), "traces", target, from_extra);
     let connected = config::connect(&dbs.pg_url())
         .await
         .unwrap()
@@ -200,33 +228,27 @@ async fn throughput(rows: u64) {
     .join()
     .await
     .unwrap();
-    let ours = started.elapsed();
-    let record = connected
-        .control
-        .get("20241024_1730_copy_traces")
-        .await
-        .unwrap();
+    let took = started.elapsed();
+    let name = format!("20241024_1730_copy_{target}");
+    let record = connected.control.get(&name).await.unwrap();
     assert_eq!(
         record.status,
         Status::Finished,
         "{:?}",
         record.failed_reason
     );
+    let source_rows = {
+        let out = Command::new("psql")
+            .args([&dbs.pg_url(), "-Atc", "SELECT count(*) FROM traces"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
     assert_eq!(
-        clickhouse_value(&format!("SELECT count() FROM {}.traces FINAL", dbs.name)),
-        rows.to_string()
+        clickhouse_value(&format!("SELECT count() FROM {}.{target} FINAL", dbs.name)),
+        source_rows
     );
-
-    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!(
-        "copy {rows} rows (avg {avg} B/row in Postgres) Postgres -> ClickHouse: bgmigrate copy {:.2} s ({:.0} rows/s) | \
-         reference psql COPY | curl TabSeparated {:.2} s ({:.0} rows/s) | ratio {:.2}x the pipe's rows/s",
-        ours.as_secs_f64(),
-        rate(ours),
-        pipe.as_secs_f64(),
-        rate(pipe),
-        rate(ours) / rate(pipe)
-    );
+    took
 }
 
 fn peak_memory() {
@@ -248,7 +270,7 @@ fn peak_memory() {
         dbs.name
     ));
     let dir = tempfile::tempdir().unwrap();
-    definition(dir.path(), "blobs");
+    definition(dir.path(), "blobs", "blobs", "");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
         .args(["worker", "--exit-when-done", "--poll", "100ms"])
         .env("DATABASE_URL", dbs.pg_url())

@@ -7,11 +7,12 @@
 
 use futures_util::StreamExt;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgArguments;
+use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row};
 
 use super::encode::{self, Cell};
 use super::mapping::ColumnPlan;
+use super::pages::{PageWindow, Tid};
 use super::sql::{CopySql, SLICE_BYTES};
 use super::{CopyPlan, ch_error};
 use crate::args::Args;
@@ -29,8 +30,19 @@ pub struct Moved {
     pub bytes: u64,
     /// The key of the last row inserted (the next cursor), `None` when no row was.
     pub last_key: Option<Vec<String>>,
-    /// True when the source has no rows after this batch.
-    pub exhausted: bool,
+    /// The `ctid` of the last row inserted, in a physical-order walk.
+    pub last_tid: Option<Tid>,
+    /// True when the read ended before any limit: every row after the cursor (in the page window) was sent.
+    pub complete: bool,
+}
+
+/// Which rows a batch reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Window<'a> {
+    /// The rows after this key (`None`: from the first), in key order.
+    Keys(Option<&'a [String]>),
+    /// The rows of a page window, in physical order (the plan's statement carries `ctid`).
+    Pages(PageWindow),
 }
 
 /// Why the reading side stopped.
@@ -52,13 +64,13 @@ pub async fn copy_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
-    lower: Option<&[String]>,
+    window: Window<'_>,
     args: &Args,
 ) -> Result<Moved, MigrationError> {
     let (writer, body) = BodyWriter::channel();
     let column_names = plan.column_names();
     let insert = clickhouse.insert_rowbinary(&plan.target_table, &column_names, body);
-    let read = encode_batch(pool, plan, lower, args, writer, None);
+    let read = encode_batch(pool, plan, window, args, writer, None);
     match tokio::join!(read, insert) {
         (Ok(moved), Ok(())) => Ok(moved),
         (Err(ReadError::Failed(err)), _) => Err(err),
@@ -69,12 +81,12 @@ pub async fn copy_batch(
     }
 }
 
-/// Reads the batch after `lower` from Postgres and writes its rows into `writer` as `RowBinary`, ending the body
+/// Reads the batch of `window` from Postgres and writes its rows into `writer` as `RowBinary`, ending the body
 /// (or aborting it on an error). `keys`, when given, receives every row's key in order.
 pub(super) async fn encode_batch(
     pool: &PgPool,
     plan: &CopyPlan,
-    lower: Option<&[String]>,
+    window: Window<'_>,
     args: &Args,
     mut writer: BodyWriter,
     keys: Option<&mut Vec<Vec<String>>>,
@@ -82,10 +94,24 @@ pub(super) async fn encode_batch(
     let mut connection = pool.acquire().await.map_err(|e| {
         ReadError::Failed(StoreError::sql("connect to read a copy batch")(e).into())
     })?;
-    let sql = plan.sql.read(lower.is_some());
+    let (sql, bounds, tid_column) = match window {
+        Window::Keys(lower) => (
+            plan.sql.read(lower.is_some()),
+            lower.unwrap_or_default().to_vec(),
+            None,
+        ),
+        Window::Pages(pages) => (
+            plan.sql.read_pages(),
+            vec![
+                pages.after.to_string(),
+                Tid::page_start(pages.end_page).to_string(),
+            ],
+            Some(plan.ctid_column()),
+        ),
+    };
     let mut query = sqlx::query::<Postgres>(AssertSqlSafe(sql));
-    for bound in lower.unwrap_or_default() {
-        query = query.bind(bound.as_str());
+    for bound in bounds {
+        query = query.bind(bound);
     }
     let query: sqlx::query::Query<'_, Postgres, PgArguments> =
         query.bind(i64::try_from(args.batch_size).unwrap_or(i64::MAX));
@@ -95,7 +121,7 @@ pub(super) async fn encode_batch(
         sql: &plan.sql,
         connection: None,
     };
-    let streamed = stream_rows(rows, plan, args, &mut large, &mut writer, keys).await;
+    let streamed = stream_rows(rows, plan, args, &mut large, &mut writer, keys, tid_column).await;
     let ended = match streamed {
         Ok((moved, drained)) => writer
             .finish()
@@ -121,21 +147,27 @@ async fn stream_rows<'c>(
     large: &mut LargeValues<'_>,
     writer: &mut BodyWriter,
     mut keys: Option<&mut Vec<Vec<String>>>,
+    tid_column: Option<usize>,
 ) -> Result<(Moved, bool), ReadError> {
     let key_start = plan.columns.len();
     let mut moved = Moved {
         rows: 0,
         bytes: 0,
         last_key: None,
-        exhausted: false,
+        last_tid: None,
+        complete: false,
     };
     loop {
         let Some(row) = rows.next().await else {
-            moved.exhausted = moved.rows < args.batch_size;
+            moved.complete = moved.rows < args.batch_size;
             return Ok((moved, true));
         };
         let row =
             row.map_err(|e| ReadError::Failed(StoreError::sql("read a copy batch")(e).into()))?;
+        let tid = match tid_column {
+            Some(index) => Some(next_tid(&row, index, moved.last_tid)?),
+            None => None,
+        };
         let key = (key_start..key_start + plan.sql_key_arity())
             .map(|i| row.try_get::<String, _>(i))
             .collect::<Result<Vec<_>, _>>()
@@ -184,6 +216,7 @@ async fn stream_rows<'c>(
             keys.push(key.clone());
         }
         moved.last_key = Some(key);
+        moved.last_tid = tid;
         if moved.rows >= args.batch_size {
             // The LIMIT is reached: reading the end of the result keeps the connection reusable.
             let drained = rows.next().await.is_none();
@@ -193,6 +226,27 @@ async fn stream_rows<'c>(
             return Ok((moved, false));
         }
     }
+}
+
+/// The row's `ctid`, which must come after the previous row's: the cursor of a physical walk relies on it.
+fn next_tid(row: &PgRow, index: usize, previous: Option<Tid>) -> Result<Tid, ReadError> {
+    let text: &str = row
+        .try_get(index)
+        .map_err(|e| ReadError::Failed(StoreError::sql("read the ctid of a row")(e).into()))?;
+    let tid = Tid::parse(text).ok_or_else(|| {
+        ReadError::Failed(MigrationError::Invalid(format!(
+            "a row's ctid {text:?} is not (page,offset)"
+        )))
+    })?;
+    if let Some(previous) = previous
+        && previous >= tid
+    {
+        return Err(ReadError::Failed(MigrationError::Invalid(format!(
+            "rows arrived out of physical order (ctid {tid} after {previous}); this Postgres does not scan ctid \
+             ranges in order: use the default key order"
+        ))));
+    }
+    Ok(tid)
 }
 
 /// Reads large text values by key, in slices, on a second connection (the batch's read is paused meanwhile).

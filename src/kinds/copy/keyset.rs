@@ -39,6 +39,11 @@ impl Keyset {
         &self.keys
     }
 
+    /// The `where` filter, parenthesised.
+    pub fn filter(&self) -> Option<&str> {
+        self.filter.as_deref()
+    }
+
     /// The quoted table name.
     pub fn table(&self) -> &str {
         &self.table

@@ -17,6 +17,7 @@ mod batch;
 mod encode;
 mod keyset;
 mod mapping;
+mod pages;
 mod spec;
 mod sql;
 mod to_sql;
@@ -37,6 +38,9 @@ pub use self::mapping::{ColumnPlan, plan_column};
 pub use self::spec::CopySpec;
 pub use self::to_sql::SqlCopy;
 
+use self::batch::{Moved, Window};
+use self::pages::{PageWindow, Tid};
+use self::spec::Order;
 use self::sql::CopySql;
 use self::verify::VerifyState;
 
@@ -58,6 +62,8 @@ pub struct CopyPlan {
     sql: CopySql,
     key: Vec<String>,
     target_table: String,
+    /// The source's average rows per heap page, for a physical walk's page windows.
+    rows_per_page: Option<f64>,
 }
 
 impl CopyPlan {
@@ -67,6 +73,11 @@ impl CopyPlan {
 
     fn sql_key_arity(&self) -> usize {
         self.key.len()
+    }
+
+    /// The position of `ctid` in a physical walk's rows: after the values, the key cursors and the large flags.
+    fn ctid_column(&self) -> usize {
+        self.columns.len() + self.key.len() + self.columns.iter().filter(|c| c.sliced()).count()
     }
 
     /// The key columns' plans, in key order (the spec requires the copied columns to include the key).
@@ -103,6 +114,13 @@ impl Copy {
                     stores.sql_names().join(", ")
                 )
             })?;
+            if spec.from.order == Order::Physical {
+                return Err(format!(
+                    "copy definition: order = \"physical\" is for copies into ClickHouse; a copy into the SQL \
+                     store {:?} walks in key order, so remove it",
+                    spec.to.store
+                ));
+            }
             if spec.verify {
                 return Err(format!(
                     "copy definition: verify = true is for copies into ClickHouse; a copy into the SQL store {:?} \
@@ -187,11 +205,20 @@ impl Copy {
                     from.table
                 ))
             })?;
+        let (sql, rows_per_page) = match from.order {
+            Order::Key => (sql, None),
+            Order::Physical => {
+                pages::check_server(self.source.pool()).await?;
+                let rows_per_page = pages::rows_per_page(self.source.pool(), &from.table).await?;
+                (sql.with_ctid(), Some(rows_per_page))
+            }
+        };
         let plan = CopyPlan {
             columns,
             sql,
             key: from.key.clone(),
             target_table: to.table.clone(),
+            rows_per_page,
         };
         if self.spec.verify
             && let Some(column) = plan
@@ -332,28 +359,82 @@ impl Migration for Copy {
         if let Some(verified) = VerifyState::of(batch.state)? {
             return self.verify_batch(plan, batch, verified).await;
         }
+        let (mut state, moved, exhausted) = match plan.rows_per_page {
+            None => self.key_batch(plan, batch).await?,
+            Some(rows_per_page) => self.page_batch(plan, batch, rows_per_page).await?,
+        };
+        let verify_next = exhausted && self.spec.verify;
+        if verify_next {
+            state["verify"] = json!(VerifyState::default());
+        }
+        Ok(BatchOutcome {
+            state,
+            done: exhausted && !verify_next,
+            rows: moved.rows,
+            bytes: moved.bytes,
+        })
+    }
+}
+
+impl Copy {
+    /// A batch in key order: the rows after the key cursor. Returns the new checkpoint, what moved, and whether the
+    /// source is exhausted.
+    async fn key_batch(
+        &self,
+        plan: &CopyPlan,
+        batch: &Batch<'_>,
+    ) -> Result<(Value, Moved, bool), MigrationError> {
         let lower = cursor_of(batch.state, plan.sql_key_arity())?;
+        let window = Window::Keys(lower.as_deref());
+        let moved =
+            batch::copy_batch(self.source.pool(), &self.target, plan, window, batch.args).await?;
+        let cursor = moved.last_key.clone().or(lower);
+        let exhausted = moved.complete;
+        Ok((json!({ "cursor": cursor }), moved, exhausted))
+    }
+
+    /// A batch in physical order: the rows of the page window after the `ctid` cursor. The source is exhausted
+    /// when a window that reached the table's last page was read completely.
+    async fn page_batch(
+        &self,
+        plan: &CopyPlan,
+        batch: &Batch<'_>,
+        rows_per_page: f64,
+    ) -> Result<(Value, Moved, bool), MigrationError> {
+        let after = tid_cursor_of(batch.state)?;
+        let table_pages = pages::heap_pages(self.source.pool(), &self.spec.from.table).await?;
+        let window = PageWindow::after(after, batch.args.batch_size, rows_per_page);
         let moved = batch::copy_batch(
             self.source.pool(),
             &self.target,
             plan,
-            lower.as_deref(),
+            Window::Pages(window),
             batch.args,
         )
         .await?;
-        let cursor = moved.last_key.or(lower);
-        let verify_next = moved.exhausted && self.spec.verify;
-        let state = if verify_next {
-            json!({ "cursor": cursor, "verify": VerifyState::default() })
+        let cursor = if moved.complete {
+            Tid::page_start(window.end_page)
         } else {
-            json!({ "cursor": cursor })
+            moved.last_tid.unwrap_or(after)
         };
-        Ok(BatchOutcome {
-            state,
-            done: moved.exhausted && !verify_next,
-            rows: moved.rows,
-            bytes: moved.bytes,
-        })
+        let exhausted = moved.complete && window.end_page >= table_pages;
+        Ok((json!({ "ctid": cursor.to_string() }), moved, exhausted))
+    }
+}
+
+/// The cursor of a physical walk: the `ctid` after which rows remain (`(0,0)` before the first batch).
+fn tid_cursor_of(state: &Value) -> Result<Tid, MigrationError> {
+    match state.get("ctid") {
+        None | Some(Value::Null) => Ok(Tid::page_start(0)),
+        Some(Value::String(text)) => Tid::parse(text).ok_or_else(|| {
+            MigrationError::Invalid(format!(
+                "the checkpoint {state} holds no ctid cursor (expected {{\"ctid\": \"(page,offset)\"}}); fix \
+                 state or retry --from-start"
+            ))
+        }),
+        Some(other) => Err(MigrationError::Invalid(format!(
+            "the checkpoint's ctid {other} is not a string like \"(12,3)\"; fix state or retry --from-start"
+        ))),
     }
 }
 

@@ -32,6 +32,21 @@ pub struct Source {
     /// Optional filter: only matching rows are copied.
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
+    /// The walk's order: by key (default) or physical (heap order, for tables no longer written).
+    #[serde(default)]
+    pub order: Order,
+}
+
+/// `from.order`: how the source is walked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// In key order, with the key as the cursor: safe while the table is written.
+    #[default]
+    Key,
+    /// In heap order, a window of pages per batch, with `ctid` as the cursor: reads each page once, but may miss
+    /// rows updated during the copy. Postgres sources into ClickHouse only.
+    Physical,
 }
 
 /// `to = { store, table }`.
@@ -49,7 +64,8 @@ impl CopySpec {
     pub fn parse(params: &Value) -> Result<CopySpec, String> {
         let spec: CopySpec = serde_json::from_value(params.clone()).map_err(|e| {
             format!(
-                "copy definition: {e} (allowed: from = {{ store, table, key = [columns], columns = [...], where }}, \
+                "copy definition: {e} (allowed: from = {{ store, table, key = [columns], columns = [...], where, \
+                 order = \"key\"|\"physical\" }}, \
                  to = {{ store, table }}, verify = true|false)"
             )
         })?;

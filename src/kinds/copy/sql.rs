@@ -76,6 +76,29 @@ impl CopySql {
         self.keyset.read(&self.select, has_lower)
     }
 
+    /// The same columns plus each row's `ctid` (last), for a walk in physical order.
+    pub fn with_ctid(mut self) -> Self {
+        self.select.push_str(", bgm_src.ctid::text AS bgm_ctid");
+        self
+    }
+
+    /// Reads the next batch in physical order (see [`super::pages`]), from a [`CopySql::with_ctid`]. Params: the
+    /// `ctid` cursor, the window's end `(page,0)`, then the row limit. Without `ORDER BY`: a TID range scan
+    /// returns the tuples in `ctid` order.
+    pub fn read_pages(&self) -> String {
+        let filter = self
+            .keyset
+            .filter()
+            .map(|f| format!(" AND {f}"))
+            .unwrap_or_default();
+        format!(
+            "SELECT {} FROM {} AS bgm_src WHERE bgm_src.ctid > $1::tid AND bgm_src.ctid < $2::tid{filter} LIMIT \
+             $3::bigint",
+            self.select,
+            self.keyset.table()
+        )
+    }
+
     fn by_key(&self, what: &str) -> String {
         format!(
             "SELECT {what} FROM {} AS bgm_src WHERE ({}) = {}",
@@ -133,6 +156,19 @@ mod tests {
         assert!(sql().read(false).ends_with(
             "AS bgm_src WHERE (project_id = 'p') ORDER BY bgm_src.\"created_at\", bgm_src.\"id\" LIMIT $1::bigint"
         ));
+    }
+
+    #[test]
+    fn the_physical_read_takes_a_ctid_window_with_the_filter_and_a_limit() {
+        let read = sql().with_ctid().read_pages();
+        assert!(
+            read.ends_with(
+                "pg_column_size(\"id\") > 1048576 AS bgm_large_0, bgm_src.ctid::text AS bgm_ctid FROM \
+                 \"public\".\"traces\" AS bgm_src WHERE bgm_src.ctid > $1::tid AND bgm_src.ctid < $2::tid AND \
+                 (project_id = 'p') LIMIT $3::bigint"
+            ),
+            "{read}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::batch::{ReadError, encode_batch};
+use super::batch::{ReadError, Window, encode_batch};
 use super::{CopyPlan, ch_error};
 use crate::args::Args;
 use crate::clickhouse::digest::{DigestError, RowDigest, digest_rows};
@@ -162,7 +162,14 @@ pub async fn verify_batch(
     let types: Vec<ChType> = plan.columns.iter().map(|c| c.target.clone()).collect();
     let (writer, encoded) = BodyWriter::pipe();
     let mut keys = Vec::new();
-    let read = encode_batch(pool, plan, lower, args, writer, Some(&mut keys));
+    let read = encode_batch(
+        pool,
+        plan,
+        Window::Keys(lower),
+        args,
+        writer,
+        Some(&mut keys),
+    );
     let (read, source) = tokio::join!(read, digest_rows(encoded, &types));
     let moved = match read {
         Ok(moved) => moved,
@@ -183,7 +190,7 @@ pub async fn verify_batch(
         keys,
         source,
         target,
-        exhausted: moved.exhausted,
+        exhausted: moved.complete,
     })
 }
 
