@@ -101,6 +101,31 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// The planner's row estimate of `select` (`EXPLAIN`, which does not run it).
+    async fn plan_rows(&self, select: &str, context: &str) -> Result<Option<u64>, StoreError> {
+        let sql = format!("EXPLAIN (FORMAT JSON) {select}\n");
+        let plan: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::sql(context))?;
+        Ok(plan[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .map(|rows| rows as u64))
+    }
+}
+
+/// Rows of `sql/pg_columns.sql` as column descriptions.
+fn column_infos(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<ColumnInfo>, sqlx::Error> {
+    rows.into_iter()
+        .map(|row| {
+            Ok(ColumnInfo {
+                name: row.try_get("name")?,
+                type_name: row.try_get("type_name")?,
+                nullable: row.try_get("nullable")?,
+            })
+        })
+        .collect()
 }
 
 /// An open Postgres transaction.
@@ -216,16 +241,42 @@ impl SqlStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::sql(format!("read the columns of {table}")))?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(ColumnInfo {
-                    name: row.try_get("name")?,
-                    type_name: row.try_get("type_name")?,
-                    nullable: row.try_get("nullable")?,
+        column_infos(rows).map_err(StoreError::sql(format!("read the columns of {table}")))
+    }
+
+    async fn query_columns(&self, query: &str) -> Result<Option<Vec<ColumnInfo>>, StoreError> {
+        // A temporary view of the query, rolled back: Postgres parses and type-checks the query without running
+        // it, and the catalog then spells the output columns' types as it does a table's.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::sql("begin describing a query"))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TEMPORARY VIEW bgm_probe AS {query}\n"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::sql("describe the query"))?;
+        let rows = sqlx::query(include_str!("sql/pg_columns.sql"))
+            .bind("pg_temp.bgm_probe")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::sql("read the columns of the query"))?;
+        tx.rollback()
+            .await
+            .map_err(StoreError::sql("end describing a query"))?;
+        let columns =
+            column_infos(rows).map_err(StoreError::sql("read the columns of the query"))?;
+        Ok(Some(
+            columns
+                .into_iter()
+                .map(|column| ColumnInfo {
+                    nullable: true,
+                    ..column
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::sql(format!("read the columns of {table}")))
+                .collect(),
+        ))
     }
 
     async fn has_unique_index(&self, table: &str, columns: &[String]) -> Result<bool, StoreError> {
@@ -240,18 +291,15 @@ impl SqlStore for PgStore {
     }
 
     async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError> {
-        // The planner's estimate: from statistics after ANALYZE, from the table's size before; never a count(*).
-        let sql = format!(
-            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}",
-            self.dialect().quote_ident(table)
-        );
-        let plan: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
+        // From statistics after ANALYZE, from the table's size before; never a count(*).
+        let select = format!("SELECT 1 FROM {}", self.dialect().quote_ident(table));
+        self.plan_rows(&select, &format!("estimate the rows of {table}"))
             .await
-            .map_err(StoreError::sql(format!("estimate the rows of {table}")))?;
-        Ok(plan[0]["Plan"]["Plan Rows"]
-            .as_f64()
-            .map(|rows| rows as u64))
+    }
+
+    async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError> {
+        self.plan_rows(query, "estimate the rows of the query")
+            .await
     }
 }
 

@@ -128,9 +128,12 @@ async fn stream_rows<'c>(
         let row =
             row.map_err(|e| ReadError::Failed(StoreError::sql("read a copy batch")(e).into()))?;
         let key = (key_start..key_start + plan.sql_key_arity())
-            .map(|i| row.try_get::<String, _>(i))
+            .map(|i| row.try_get::<Option<String>, _>(i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ReadError::Failed(StoreError::sql("read the key of a row")(e).into()))?;
+        let key = (plan.sql.keyset())
+            .next_key(moved.last_key.as_deref(), key)
+            .map_err(ReadError::Failed)?;
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(plan.columns.len());
         let mut size = 0u64;
         let mut flag = key_start + plan.sql_key_arity();

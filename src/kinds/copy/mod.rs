@@ -1,5 +1,6 @@
-//! `kind = "copy"`: copy a table batch by batch in keyset order over a unique key (single or composite; text ids
-//! allowed) — from Postgres into ClickHouse, or from a SQL store into a SQL store (SQLite or Postgres, either way).
+//! `kind = "copy"`: copy a table (or a Postgres query's result) batch by batch in keyset order over a unique key
+//! (single or composite; text ids allowed) — from Postgres into ClickHouse, or from a SQL store into a SQL store
+//! (SQLite or Postgres, either way).
 //! The target's store selects the writer: a ClickHouse store the `RowBinary` stream below, a SQL store the upsert
 //! of [`to_sql`].
 //!
@@ -30,10 +31,10 @@ use tokio::sync::OnceCell;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::{ColumnInfo, PgStore, SqlStore, Stores};
+use crate::store::{ColumnInfo, PgStore, SqlStore, StoreError, Stores};
 
 pub use self::mapping::{ColumnPlan, plan_column};
-pub use self::spec::CopySpec;
+pub use self::spec::{CopySpec, Relation};
 pub use self::to_sql::SqlCopy;
 
 use self::sql::CopySql;
@@ -140,8 +141,10 @@ impl Copy {
         for name in &names {
             let source = source_column(name).ok_or_else(|| {
                 invalid(format!(
-                    "column {name} does not exist in the Postgres table {}",
-                    from.table
+                    "column {name} does not exist in {} of store {} (its columns: {})",
+                    from.relation,
+                    from.store,
+                    names_of(&source_columns)
                 ))
             })?;
             let target = target_columns.iter().find(|c| &c.name == name).ok_or_else(|| {
@@ -153,7 +156,7 @@ impl Copy {
             columns.push(plan_column(name, &source.type_name, &target.type_name).map_err(invalid)?);
         }
         let sql = CopySql::new(
-            &from.table,
+            &from.relation,
             &columns,
             &from.key,
             &key_types,
@@ -167,7 +170,7 @@ impl Copy {
             .map_err(|err| {
                 invalid(format!(
                     "the columns or the where filter do not work on {}: {err}",
-                    from.table
+                    from.relation
                 ))
             })?;
         Ok(CopyPlan {
@@ -210,7 +213,7 @@ impl Copy {
     }
 }
 
-/// The source table as validation found it: its columns, its key's types, and the columns to copy.
+/// The source as validation found it: its columns, its key's types, and the columns to copy.
 struct SourceShape {
     columns: Vec<ColumnInfo>,
     key_types: Vec<String>,
@@ -218,38 +221,52 @@ struct SourceShape {
 }
 
 impl SourceShape {
-    /// Checks that the table exists and that the key is NOT NULL and unique, before any row moves.
+    /// Checks the source before any row moves: a table must exist with a NOT NULL unique key; a query must run
+    /// and have the key among its output columns (its uniqueness is checked as rows are read, see
+    /// [`keyset::Keyset::next_key`]).
     async fn check(
         store: &dyn SqlStore,
         from: &spec::Source,
     ) -> Result<SourceShape, MigrationError> {
         let invalid = MigrationError::Invalid;
-        let source_columns = store.columns(&from.table).await?;
-        if source_columns.is_empty() {
-            return Err(invalid(format!(
-                "table {} does not exist in store {}",
-                from.table, from.store
-            )));
-        }
+        let source_columns = match &from.relation {
+            Relation::Table(table) => {
+                let columns = store.columns(table).await?;
+                if columns.is_empty() {
+                    return Err(invalid(format!(
+                        "table {table} does not exist in store {}",
+                        from.store
+                    )));
+                }
+                columns
+            }
+            Relation::Query(query) => query_columns(store, from, query).await?,
+        };
         let source_column = |name: &str| source_columns.iter().find(|c| c.name == name);
         let mut key_types = Vec::new();
         for key in &from.key {
             let info = source_column(key).ok_or_else(|| {
-                invalid(format!("key column {key} does not exist in {}", from.table))
+                invalid(format!(
+                    "key column {key} does not exist in {} (its columns: {})",
+                    from.relation,
+                    names_of(&source_columns)
+                ))
             })?;
-            if info.nullable {
+            if let Relation::Table(table) = &from.relation
+                && info.nullable
+            {
                 return Err(invalid(format!(
-                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
-                    from.table
+                    "key column {key} of {table} is nullable; a keyset walk needs NOT NULL key columns"
                 )));
             }
             key_types.push(info.type_name.clone());
         }
-        if !store.has_unique_index(&from.table, &from.key).await? {
+        if let Relation::Table(table) = &from.relation
+            && !store.has_unique_index(table, &from.key).await?
+        {
             return Err(invalid(format!(
-                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key",
+                "no unique index or primary key on exactly ({}) of {table}; the keyset walk needs a unique key",
                 from.key.join(", "),
-                from.table
             )));
         }
         let names: Vec<String> = match &from.columns {
@@ -261,6 +278,57 @@ impl SourceShape {
             key_types,
             names,
         })
+    }
+}
+
+/// The output columns of `from.query`: the query must run on its store (a Postgres store) and name its columns
+/// once each.
+async fn query_columns(
+    store: &dyn SqlStore,
+    from: &spec::Source,
+    query: &str,
+) -> Result<Vec<ColumnInfo>, MigrationError> {
+    let described = store.query_columns(query).await.map_err(|err| {
+        if err.is_transient() {
+            MigrationError::Store(err)
+        } else {
+            MigrationError::Invalid(format!(
+                "from.query does not run on store {}: {err}",
+                from.store
+            ))
+        }
+    })?;
+    let columns = described.ok_or_else(|| {
+        MigrationError::Invalid(format!(
+            "from.query needs a Postgres source, but store {} cannot describe a query's columns; copy from a \
+             table (from.table) instead",
+            from.store
+        ))
+    })?;
+    if let Some(unnamed) = columns.iter().find(|c| c.name == "?column?") {
+        return Err(MigrationError::Invalid(format!(
+            "from.query has an unnamed output column ({}); name every computed column with AS",
+            unnamed.type_name
+        )));
+    }
+    Ok(columns)
+}
+
+/// `a, b, c`: the column names, for messages.
+fn names_of(columns: &[ColumnInfo]) -> String {
+    columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The source's row estimate for progress and ETA: the store's statistics for a table, the planner's estimate
+/// of the query's result for a query; never a count.
+async fn estimate(store: &dyn SqlStore, from: &spec::Source) -> Result<Option<u64>, StoreError> {
+    match &from.relation {
+        Relation::Table(table) => store.estimate_rows(table).await,
+        Relation::Query(query) => store.estimate_query_rows(query).await,
     }
 }
 
@@ -291,7 +359,7 @@ impl Migration for Copy {
     }
 
     async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
-        Ok(self.source.estimate_rows(&self.spec.from.table).await?)
+        Ok(estimate(&self.source, &self.spec.from).await?)
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
