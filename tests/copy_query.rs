@@ -74,10 +74,11 @@ async fn run_until_done(connected: &Connected, migrations: &std::path::Path) {
     .expect("runner");
 }
 
-/// A copy definition reading `query` (TOML basic string) with `key` into ClickHouse `table`.
+/// A copy definition reading `query` (a multi-line TOML string, as docs/clickhouse.md shows) with `key` into
+/// ClickHouse `table`.
 fn query_definition(query: &str, key: &str, table: &str, args: &str) -> String {
     format!(
-        "kind = \"copy\"\nfrom = {{ store = \"postgres\", query = \"{query}\", key = {key} }}\n\
+        "kind = \"copy\"\nfrom = {{ store = \"postgres\", key = {key}, query = \"\"\"\n  {query}\n\"\"\" }}\n\
          to = {{ store = \"clickhouse\", table = \"{table}\" }}\n[args]\n{args}\n"
     )
 }
@@ -152,8 +153,8 @@ async fn a_query_with_a_join_and_computed_columns_copies_exactly_across_many_sma
     );
 }
 
-/// A query naming a column that does not exist, a key that is not among the query's output columns, and an
-/// unnamed computed column each fail validation with a message naming the problem; no row reaches ClickHouse.
+/// A query naming a column that does not exist, a key that is not among the query's output columns, an unnamed
+/// computed column and a column name used twice each fail validation with a message naming the problem; no row reaches ClickHouse.
 #[tokio::test]
 async fn a_query_naming_a_missing_column_or_without_the_key_fails_validation_before_any_row_moves()
 {
@@ -182,6 +183,13 @@ async fn a_query_naming_a_missing_column_or_without_the_key_fails_validation_bef
             "[\"id\"]",
             "validation failed: from.query has an unnamed output column (text); name every computed column \
              with AS",
+        ),
+        (
+            "20240101_0004_column_twice",
+            "SELECT t.id, t.name, p.name FROM traces t JOIN projects p ON p.id = t.project_id",
+            "[\"id\"]",
+            "validation failed: from.query has two output columns named name; rename one with AS (columns are \
+             copied by name)",
         ),
     ];
     for (name, query, key, _) in &cases {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
+use sqlx::{
+    AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
+};
 
 use super::{ColumnInfo, Dialect, SqlParam, SqlStore, SqlTx, StoreError};
 
@@ -113,19 +115,6 @@ impl PgStore {
             .as_f64()
             .map(|rows| rows as u64))
     }
-}
-
-/// Rows of `sql/pg_columns.sql` as column descriptions.
-fn column_infos(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<ColumnInfo>, sqlx::Error> {
-    rows.into_iter()
-        .map(|row| {
-            Ok(ColumnInfo {
-                name: row.try_get("name")?,
-                type_name: row.try_get("type_name")?,
-                nullable: row.try_get("nullable")?,
-            })
-        })
-        .collect()
 }
 
 /// An open Postgres transaction.
@@ -241,39 +230,52 @@ impl SqlStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::sql(format!("read the columns of {table}")))?;
-        column_infos(rows).map_err(StoreError::sql(format!("read the columns of {table}")))
+        rows.into_iter()
+            .map(|row| {
+                Ok(ColumnInfo {
+                    name: row.try_get("name")?,
+                    type_name: row.try_get("type_name")?,
+                    nullable: row.try_get("nullable")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::sql(format!("read the columns of {table}")))
     }
 
     async fn query_columns(&self, query: &str) -> Result<Option<Vec<ColumnInfo>>, StoreError> {
-        // A temporary view of the query, rolled back: Postgres parses and type-checks the query without running
-        // it, and the catalog then spells the output columns' types as it does a table's.
-        let mut tx = self
-            .pool
-            .begin()
+        // Preparing a statement makes Postgres parse and type-check it without running it, and works on a
+        // read-only standby. Wrapped as the keyset read wraps it, so only what may stand in a FROM passes.
+        let select = format!("SELECT * FROM (\n{query}\n) AS bgm_src");
+        let statement = (&self.pool)
+            .prepare(AssertSqlSafe(select).into_sql_str())
             .await
-            .map_err(StoreError::sql("begin describing a query"))?;
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TEMPORARY VIEW bgm_probe AS {query}\n"
-        )))
-        .execute(&mut *tx)
+            .map_err(StoreError::sql("describe the query"))?;
+        let mut oids = Vec::with_capacity(statement.columns().len());
+        for column in statement.columns() {
+            let oid = column.type_info().oid().ok_or_else(|| {
+                StoreError::sql("describe the query")(sqlx::Error::Protocol(format!(
+                    "no type OID for column {}",
+                    column.name()
+                )))
+            })?;
+            oids.push(i64::from(oid.0));
+        }
+        let types: Vec<String> = sqlx::query_scalar(
+            "SELECT format_type(t.oid::oid, NULL) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(oid, n) ORDER BY t.n",
+        )
+        .bind(&oids)
+        .fetch_all(&self.pool)
         .await
-        .map_err(StoreError::sql("describe the query"))?;
-        let rows = sqlx::query(include_str!("sql/pg_columns.sql"))
-            .bind("pg_temp.bgm_probe")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::sql("read the columns of the query"))?;
-        tx.rollback()
-            .await
-            .map_err(StoreError::sql("end describing a query"))?;
-        let columns =
-            column_infos(rows).map_err(StoreError::sql("read the columns of the query"))?;
+        .map_err(StoreError::sql("name the types of the query's columns"))?;
         Ok(Some(
-            columns
-                .into_iter()
-                .map(|column| ColumnInfo {
+            statement
+                .columns()
+                .iter()
+                .zip(types)
+                .map(|(column, type_name)| ColumnInfo {
+                    name: column.name().to_owned(),
+                    type_name,
                     nullable: true,
-                    ..column
                 })
                 .collect(),
         ))

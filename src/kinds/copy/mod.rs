@@ -281,8 +281,8 @@ impl SourceShape {
     }
 }
 
-/// The output columns of `from.query`: the query must run on its store (a Postgres store) and name its columns
-/// once each.
+/// The output columns of `from.query`: the query must compile on its store (a Postgres store) and name each of
+/// its columns, once.
 async fn query_columns(
     store: &dyn SqlStore,
     from: &spec::Source,
@@ -309,6 +309,16 @@ async fn query_columns(
         return Err(MigrationError::Invalid(format!(
             "from.query has an unnamed output column ({}); name every computed column with AS",
             unnamed.type_name
+        )));
+    }
+    if let Some(twice) = columns
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| columns[..i].iter().any(|d| d.name == c.name).then_some(c))
+    {
+        return Err(MigrationError::Invalid(format!(
+            "from.query has two output columns named {}; rename one with AS (columns are copied by name)",
+            twice.name
         )));
     }
     Ok(columns)
