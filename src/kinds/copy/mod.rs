@@ -34,9 +34,10 @@ use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::{ColumnInfo, PgStore, SqlStore, StoreError, Stores};
 
 pub use self::mapping::{ColumnPlan, plan_column};
-pub use self::spec::{CopySpec, Relation};
+pub use self::spec::CopySpec;
 pub use self::to_sql::SqlCopy;
 
+use self::spec::Relation;
 use self::sql::CopySql;
 
 /// The name definitions use: `kind = "copy"`.
