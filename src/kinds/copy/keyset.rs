@@ -28,7 +28,7 @@ impl Keyset {
     ) -> Self {
         Self {
             dialect,
-            source: source.from_item(dialect),
+            source: source.sql(dialect),
             names: keys.to_vec(),
             keys: keys
                 .iter()

@@ -48,7 +48,7 @@ pub enum Relation {
 impl Relation {
     /// The `FROM` item in `dialect`: the quoted table, or the parenthesised query (on lines of its own, so that a
     /// trailing `--` comment in the query cannot swallow the closing parenthesis).
-    pub fn from_item(&self, dialect: Dialect) -> String {
+    pub fn sql(&self, dialect: Dialect) -> String {
         match self {
             Relation::Table(table) => dialect.quote_ident(table),
             Relation::Query(query) => format!("(\n{query}\n)"),
@@ -190,7 +190,7 @@ mod tests {
         let query = Relation::Query("SELECT t.id, lower(t.name) AS name FROM traces t".into());
         assert_eq!(spec.from.relation, query);
         assert_eq!(
-            query.from_item(Dialect::Postgres),
+            query.sql(Dialect::Postgres),
             "(\nSELECT t.id, lower(t.name) AS name FROM traces t\n)"
         );
         assert_eq!(spec.from.filter.as_deref(), Some("name <> ''"));
