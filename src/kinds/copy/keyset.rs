@@ -11,7 +11,9 @@ use crate::store::Dialect;
 pub struct Keyset {
     dialect: Dialect,
     source: String,
-    names: Vec<String>,
+    /// The key columns' names, for messages.
+    key_names: Vec<String>,
+    /// The key columns, qualified and quoted.
     keys: Vec<String>,
     key_types: Vec<String>,
     filter: Option<String>,
@@ -29,7 +31,7 @@ impl Keyset {
         Self {
             dialect,
             source: source.sql(dialect),
-            names: keys.to_vec(),
+            key_names: keys.to_vec(),
             keys: keys
                 .iter()
                 .map(|k| format!("bgm_src.{}", dialect.quote_ident(k)))
@@ -86,6 +88,7 @@ impl Keyset {
             self.dialect.param(next, "bigint")
         )
     }
+
     /// The key of a row just read (as text, `None` for NULL), checked against the previous row's key: it must have
     /// no NULL and differ from the previous key (rows arrive in key order, so a duplicate arrives right after its
     /// twin). A table's unique NOT NULL key always passes; a query's result is only known to comply when read.
@@ -94,15 +97,17 @@ impl Keyset {
         previous: Option<&[String]>,
         key: Vec<Option<String>>,
     ) -> Result<Vec<String>, MigrationError> {
+        let after = previous
+            .map(|p| format!(" (after the key ({}))", p.join(", ")))
+            .unwrap_or_default();
         let key = key
             .into_iter()
-            .zip(&self.names)
+            .zip(&self.key_names)
             .map(|(value, name)| {
                 value.ok_or_else(|| {
                     MigrationError::Invalid(format!(
-                        "the source has a row whose key column {name} is NULL (after the key ({})); the copy needs \
-                         a NOT NULL key: filter such rows out (where = \"{name} IS NOT NULL\") or choose another key",
-                        previous.unwrap_or_default().join(", ")
+                        "the source has a row whose key column {name} is NULL{after}; the copy needs a NOT NULL \
+                         key: filter such rows out (where = \"{name} IS NOT NULL\") or choose another key"
                     ))
                 })
             })
@@ -111,7 +116,7 @@ impl Keyset {
             return Err(MigrationError::Invalid(format!(
                 "the source has two rows with the key ({}) = ({}); the copy needs a key unique in the source (for \
                  from.query: in the query's result)",
-                self.names.join(", "),
+                self.key_names.join(", "),
                 key.join(", ")
             )));
         }
@@ -165,8 +170,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            null.contains("key column id is NULL (after the key (7))"),
+            null.contains(
+                "key column id is NULL (after the key (7)); the copy needs a NOT NULL key"
+            ),
             "{null}"
+        );
+        let first_null = keyset.next_key(None, vec![None]).unwrap_err().to_string();
+        assert!(
+            first_null.contains("key column id is NULL; the copy needs"),
+            "{first_null}"
         );
     }
 }
