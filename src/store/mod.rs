@@ -185,6 +185,13 @@ pub trait SqlStore: Send + Sync {
     async fn has_unique_index(&self, table: &str, columns: &[String]) -> Result<bool, StoreError>;
     /// A cheap row-count estimate from statistics (never a full `count(*)`).
     async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError>;
+    /// The output columns of a `SELECT` (name and type; `nullable` is always true, a catalog cannot tell), found
+    /// without reading a row. A query that does not parse or names a missing column is an error; `None` when this
+    /// store cannot describe a query.
+    async fn query_columns(&self, query: &str) -> Result<Option<Vec<ColumnInfo>>, StoreError>;
+    /// The planner's estimate of a `SELECT`'s result rows (never running it); `None` when the store has no such
+    /// estimate.
+    async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError>;
 }
 
 /// The named stores that definitions refer to (`store = "postgres"`, `store = "clickhouse"`).

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
+use sqlx::{
+    AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
+};
 
 use super::{ColumnInfo, Dialect, SqlParam, SqlStore, SqlTx, StoreError};
 
@@ -100,6 +102,18 @@ impl PgStore {
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The planner's row estimate of `select` (`EXPLAIN`, which does not run it).
+    async fn plan_rows(&self, select: &str, context: &str) -> Result<Option<u64>, StoreError> {
+        let sql = format!("EXPLAIN (FORMAT JSON) {select}\n");
+        let plan: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::sql(context))?;
+        Ok(plan[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .map(|rows| rows as u64))
     }
 }
 
@@ -228,6 +242,45 @@ impl SqlStore for PgStore {
             .map_err(StoreError::sql(format!("read the columns of {table}")))
     }
 
+    async fn query_columns(&self, query: &str) -> Result<Option<Vec<ColumnInfo>>, StoreError> {
+        // Preparing a statement makes Postgres parse and type-check it without running it, and works on a
+        // read-only standby. Wrapped as the keyset read wraps it, so only what may stand in a FROM passes.
+        let select = format!("SELECT * FROM (\n{query}\n) AS bgm_src");
+        let statement = (&self.pool)
+            .prepare(AssertSqlSafe(select).into_sql_str())
+            .await
+            .map_err(StoreError::sql("describe the query"))?;
+        let mut oids = Vec::with_capacity(statement.columns().len());
+        for column in statement.columns() {
+            let oid = column.type_info().oid().ok_or_else(|| {
+                StoreError::sql("describe the query")(sqlx::Error::Protocol(format!(
+                    "no type OID for column {}",
+                    column.name()
+                )))
+            })?;
+            oids.push(i64::from(oid.0));
+        }
+        let types: Vec<String> = sqlx::query_scalar(
+            "SELECT format_type(t.oid::oid, NULL) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(oid, n) ORDER BY t.n",
+        )
+        .bind(&oids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::sql("name the types of the query's columns"))?;
+        Ok(Some(
+            statement
+                .columns()
+                .iter()
+                .zip(types)
+                .map(|(column, type_name)| ColumnInfo {
+                    name: column.name().to_owned(),
+                    type_name,
+                    nullable: true,
+                })
+                .collect(),
+        ))
+    }
+
     async fn has_unique_index(&self, table: &str, columns: &[String]) -> Result<bool, StoreError> {
         sqlx::query_scalar(include_str!("sql/pg_has_unique_index.sql"))
             .bind(table)
@@ -240,18 +293,15 @@ impl SqlStore for PgStore {
     }
 
     async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError> {
-        // The planner's estimate: from statistics after ANALYZE, from the table's size before; never a count(*).
-        let sql = format!(
-            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}",
-            self.dialect().quote_ident(table)
-        );
-        let plan: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
+        // From statistics after ANALYZE, from the table's size before; never a count(*).
+        let select = format!("SELECT 1 FROM {}", self.dialect().quote_ident(table));
+        self.plan_rows(&select, &format!("estimate the rows of {table}"))
             .await
-            .map_err(StoreError::sql(format!("estimate the rows of {table}")))?;
-        Ok(plan[0]["Plan"]["Plan Rows"]
-            .as_f64()
-            .map(|rows| rows as u64))
+    }
+
+    async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError> {
+        self.plan_rows(query, "estimate the rows of the query")
+            .await
     }
 }
 

@@ -287,6 +287,17 @@ impl SqlStore for SqliteStore {
             )))
     }
 
+    async fn query_columns(&self, _query: &str) -> Result<Option<Vec<ColumnInfo>>, StoreError> {
+        // SQLite knows the declared types of table columns only, not of expressions: a text cursor could not be
+        // cast back to a computed key's type, so queries are not described (a copy then asks for a table).
+        Ok(None)
+    }
+
+    async fn estimate_query_rows(&self, _query: &str) -> Result<Option<u64>, StoreError> {
+        // SQLite's planner keeps no row estimates.
+        Ok(None)
+    }
+
     async fn estimate_rows(&self, table: &str) -> Result<Option<u64>, StoreError> {
         // The largest rowid: one step down the table's b-tree, never a scan (an overestimate after deletes).
         let sql = format!(

@@ -169,9 +169,11 @@ async fn stream_rows<'c>(
             None => None,
         };
         let key = (key_start..key_start + plan.sql_key_arity())
-            .map(|i| row.try_get::<String, _>(i))
+            .map(|i| row.try_get::<Option<String>, _>(i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ReadError::Failed(StoreError::sql("read the key of a row")(e).into()))?;
+        let key = plan.sql.keyset().next_key(moved.last_key.as_deref(), key);
+        let key = key.map_err(ReadError::Failed)?;
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(plan.columns.len());
         let mut size = 0u64;
         let mut flag = key_start + plan.sql_key_arity();

@@ -1,13 +1,19 @@
-//! The keyset read both copy writers share: `SELECT <select> FROM <table> AS bgm_src WHERE (<key>) > (<cursor>)
-//! [AND (<where>)] ORDER BY bgm_src.<key> LIMIT <batchSize>`, in the source's dialect. Pure.
+//! The keyset read both copy writers share: `SELECT <select> FROM <table or (query)> AS bgm_src WHERE (<key>) >
+//! (<cursor>) [AND (<where>)] ORDER BY bgm_src.<key> LIMIT <batchSize>`, in the source's dialect, and the check
+//! that the rows read have a non-NULL key that strictly increases. Pure.
 
+use super::spec::Relation;
+use crate::migration::MigrationError;
 use crate::store::Dialect;
 
-/// A source table walked in key order.
+/// A source table (or query) walked in key order.
 #[derive(Debug, Clone)]
 pub struct Keyset {
     dialect: Dialect,
-    table: String,
+    source: String,
+    /// The key columns' names, for messages.
+    key_names: Vec<String>,
+    /// The key columns, qualified and quoted.
     keys: Vec<String>,
     key_types: Vec<String>,
     filter: Option<String>,
@@ -17,14 +23,15 @@ impl Keyset {
     /// `keys` are column names; `key_types` their types in the source (to cast the text cursor back).
     pub fn new(
         dialect: Dialect,
-        table: &str,
+        source: &Relation,
         keys: &[String],
         key_types: &[String],
         filter: Option<&str>,
     ) -> Self {
         Self {
             dialect,
-            table: dialect.quote_ident(table),
+            source: source.sql(dialect),
+            key_names: keys.to_vec(),
             keys: keys
                 .iter()
                 .map(|k| format!("bgm_src.{}", dialect.quote_ident(k)))
@@ -44,9 +51,14 @@ impl Keyset {
         self.filter.as_deref()
     }
 
-    /// The quoted table name.
-    pub fn table(&self) -> &str {
-        &self.table
+    /// The `FROM` item: the quoted table name or the parenthesised query.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The source's dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// `(<param first>, ...)`: one key bound as text parameters cast to the key's types.
@@ -76,9 +88,102 @@ impl Keyset {
         };
         format!(
             "SELECT {select} FROM {} AS bgm_src{filter} ORDER BY {} LIMIT {}",
-            self.table,
+            self.source,
             self.keys.join(", "),
             self.dialect.param(next, "bigint")
         )
+    }
+
+    /// The key of a row just read (as text, `None` for NULL), checked against the previous row's key: it must have
+    /// no NULL and differ from the previous key (rows arrive in key order, so a duplicate arrives right after its
+    /// twin). A table's unique NOT NULL key always passes; a query's result is only known to comply when read.
+    pub fn next_key(
+        &self,
+        previous: Option<&[String]>,
+        key: Vec<Option<String>>,
+    ) -> Result<Vec<String>, MigrationError> {
+        let after = previous
+            .map(|p| format!(" (after the key ({}))", p.join(", ")))
+            .unwrap_or_default();
+        let key = key
+            .into_iter()
+            .zip(&self.key_names)
+            .map(|(value, name)| {
+                value.ok_or_else(|| {
+                    MigrationError::Invalid(format!(
+                        "the source has a row whose key column {name} is NULL{after}; the copy needs a NOT NULL \
+                         key: filter such rows out (where = \"{name} IS NOT NULL\") or choose another key"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if previous == Some(key.as_slice()) {
+            return Err(MigrationError::Invalid(format!(
+                "the source has two rows with the key ({}) = ({}); the copy needs a key unique in the source (for \
+                 from.query: in the query's result)",
+                self.key_names.join(", "),
+                key.join(", ")
+            )));
+        }
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyset() -> Keyset {
+        Keyset::new(
+            Dialect::Postgres,
+            &Relation::Query("SELECT t.id, t.n FROM t".into()),
+            &["id".into()],
+            &["bigint".into()],
+            None,
+        )
+    }
+
+    #[test]
+    fn a_query_source_is_read_as_a_subquery_in_key_order() {
+        assert_eq!(
+            keyset().read("bgm_src.\"n\"", true),
+            "SELECT bgm_src.\"n\" FROM (\nSELECT t.id, t.n FROM t\n) AS bgm_src WHERE (bgm_src.\"id\") > \
+             ($1::bigint) ORDER BY bgm_src.\"id\" LIMIT $2::bigint"
+        );
+    }
+
+    #[test]
+    fn a_null_or_repeated_key_is_refused_naming_the_key() {
+        let keyset = keyset();
+        let first = keyset.next_key(None, vec![Some("7".into())]).unwrap();
+        assert_eq!(first, vec!["7".to_owned()]);
+        assert!(
+            keyset
+                .next_key(Some(&first), vec![Some("8".into())])
+                .is_ok()
+        );
+        let twice = keyset
+            .next_key(Some(&first), vec![Some("7".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            twice.contains("two rows with the key (id) = (7)"),
+            "{twice}"
+        );
+        let null = keyset
+            .next_key(Some(&first), vec![None])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            null.contains(
+                "key column id is NULL (after the key (7)); the copy needs a NOT NULL key"
+            ),
+            "{null}"
+        );
+        let first_null = keyset.next_key(None, vec![None]).unwrap_err().to_string();
+        assert!(
+            first_null.contains("key column id is NULL; the copy needs"),
+            "{first_null}"
+        );
     }
 }

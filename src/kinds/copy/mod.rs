@@ -1,5 +1,6 @@
-//! `kind = "copy"`: copy a table batch by batch in keyset order over a unique key (single or composite; text ids
-//! allowed) — from Postgres into ClickHouse, or from a SQL store into a SQL store (SQLite or Postgres, either way).
+//! `kind = "copy"`: copy a table (or a Postgres query's result) batch by batch in keyset order over a unique key
+//! (single or composite; text ids allowed) — from Postgres into ClickHouse, or from a SQL store into a SQL store
+//! (SQLite or Postgres, either way).
 //! The target's store selects the writer: a ClickHouse store the `RowBinary` stream below, a SQL store the upsert
 //! of [`to_sql`].
 //!
@@ -32,7 +33,7 @@ use tokio::sync::OnceCell;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::{ColumnInfo, PgStore, SqlStore, Stores};
+use crate::store::{ColumnInfo, PgStore, SqlStore, StoreError, Stores};
 
 pub use self::mapping::{ColumnPlan, plan_column};
 pub use self::spec::CopySpec;
@@ -41,6 +42,7 @@ pub use self::to_sql::SqlCopy;
 use self::batch::{Moved, Window};
 use self::pages::{PageWindow, Tid};
 use self::spec::Order;
+use self::spec::Relation;
 use self::sql::CopySql;
 use self::verify::VerifyState;
 
@@ -62,8 +64,15 @@ pub struct CopyPlan {
     sql: CopySql,
     key: Vec<String>,
     target_table: String,
-    /// The source's average rows per heap page, for a physical walk's page windows.
-    rows_per_page: Option<f64>,
+    /// Set for a walk in physical order.
+    physical: Option<PhysicalWalk>,
+}
+
+/// What a walk in physical order needs: the table, and its average rows per heap page to size the page windows.
+#[derive(Debug, Clone)]
+struct PhysicalWalk {
+    table: String,
+    rows_per_page: f64,
 }
 
 impl CopyPlan {
@@ -175,8 +184,10 @@ impl Copy {
         for name in &names {
             let source = source_column(name).ok_or_else(|| {
                 invalid(format!(
-                    "column {name} does not exist in the Postgres table {}",
-                    from.table
+                    "column {name} does not exist in {} of store {} (its columns: {})",
+                    from.relation,
+                    from.store,
+                    names_of(&source_columns)
                 ))
             })?;
             let target = target_columns.iter().find(|c| &c.name == name).ok_or_else(|| {
@@ -188,7 +199,7 @@ impl Copy {
             columns.push(plan_column(name, &source.type_name, &target.type_name).map_err(invalid)?);
         }
         let sql = CopySql::new(
-            &from.table,
+            &from.relation,
             &columns,
             &from.key,
             &key_types,
@@ -202,15 +213,26 @@ impl Copy {
             .map_err(|err| {
                 invalid(format!(
                     "the columns or the where filter do not work on {}: {err}",
-                    from.table
+                    from.relation
                 ))
             })?;
-        let (sql, rows_per_page) = match from.order {
-            Order::Key => (sql, None),
-            Order::Physical => {
+        let (sql, physical) = match (from.order, &from.relation) {
+            (Order::Key, _) => (sql, None),
+            (Order::Physical, Relation::Query(_)) => {
+                return Err(invalid(
+                    "order = \"physical\" walks a table's heap; a query source is walked in key order, so remove \
+                     order or copy from.table"
+                        .into(),
+                ));
+            }
+            (Order::Physical, Relation::Table(table)) => {
                 pages::check_server(self.source.pool()).await?;
-                let rows_per_page = pages::rows_per_page(self.source.pool(), &from.table).await?;
-                (sql.with_ctid(), Some(rows_per_page))
+                let rows_per_page = pages::rows_per_page(self.source.pool(), table).await?;
+                let walk = PhysicalWalk {
+                    table: table.clone(),
+                    rows_per_page,
+                };
+                (sql.with_ctid(), Some(walk))
             }
         };
         let plan = CopyPlan {
@@ -218,7 +240,7 @@ impl Copy {
             sql,
             key: from.key.clone(),
             target_table: to.table.clone(),
-            rows_per_page,
+            physical,
         };
         if self.spec.verify
             && let Some(column) = plan
@@ -267,7 +289,7 @@ impl Copy {
     }
 }
 
-/// The source table as validation found it: its columns, its key's types, and the columns to copy.
+/// The source as validation found it: its columns, its key's types, and the columns to copy.
 struct SourceShape {
     columns: Vec<ColumnInfo>,
     key_types: Vec<String>,
@@ -275,38 +297,52 @@ struct SourceShape {
 }
 
 impl SourceShape {
-    /// Checks that the table exists and that the key is NOT NULL and unique, before any row moves.
+    /// Checks the source before any row moves: a table must exist with a NOT NULL unique key; a query must run
+    /// and have the key among its output columns (its uniqueness is checked as rows are read, see
+    /// [`keyset::Keyset::next_key`]).
     async fn check(
         store: &dyn SqlStore,
         from: &spec::Source,
     ) -> Result<SourceShape, MigrationError> {
         let invalid = MigrationError::Invalid;
-        let source_columns = store.columns(&from.table).await?;
-        if source_columns.is_empty() {
-            return Err(invalid(format!(
-                "table {} does not exist in store {}",
-                from.table, from.store
-            )));
-        }
+        let source_columns = match &from.relation {
+            Relation::Table(table) => {
+                let columns = store.columns(table).await?;
+                if columns.is_empty() {
+                    return Err(invalid(format!(
+                        "table {table} does not exist in store {}",
+                        from.store
+                    )));
+                }
+                columns
+            }
+            Relation::Query(query) => query_columns(store, from, query).await?,
+        };
         let source_column = |name: &str| source_columns.iter().find(|c| c.name == name);
         let mut key_types = Vec::new();
         for key in &from.key {
             let info = source_column(key).ok_or_else(|| {
-                invalid(format!("key column {key} does not exist in {}", from.table))
+                invalid(format!(
+                    "key column {key} does not exist in {} (its columns: {})",
+                    from.relation,
+                    names_of(&source_columns)
+                ))
             })?;
-            if info.nullable {
+            if let Relation::Table(table) = &from.relation
+                && info.nullable
+            {
                 return Err(invalid(format!(
-                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
-                    from.table
+                    "key column {key} of {table} is nullable; a keyset walk needs NOT NULL key columns"
                 )));
             }
             key_types.push(info.type_name.clone());
         }
-        if !store.has_unique_index(&from.table, &from.key).await? {
+        if let Relation::Table(table) = &from.relation
+            && !store.has_unique_index(table, &from.key).await?
+        {
             return Err(invalid(format!(
-                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key",
+                "no unique index or primary key on exactly ({}) of {table}; the keyset walk needs a unique key",
                 from.key.join(", "),
-                from.table
             )));
         }
         let names: Vec<String> = match &from.columns {
@@ -318,6 +354,67 @@ impl SourceShape {
             key_types,
             names,
         })
+    }
+}
+
+/// The output columns of `from.query`: the query must compile on its store (a Postgres store) and name each of
+/// its columns, once.
+async fn query_columns(
+    store: &dyn SqlStore,
+    from: &spec::Source,
+    query: &str,
+) -> Result<Vec<ColumnInfo>, MigrationError> {
+    let described = store.query_columns(query).await.map_err(|err| {
+        if err.is_transient() {
+            MigrationError::Store(err)
+        } else {
+            MigrationError::Invalid(format!(
+                "from.query does not run on store {}: {err}",
+                from.store
+            ))
+        }
+    })?;
+    let columns = described.ok_or_else(|| {
+        MigrationError::Invalid(format!(
+            "from.query needs a Postgres source, but store {} cannot describe a query's columns; copy from a \
+             table (from.table) instead",
+            from.store
+        ))
+    })?;
+    if let Some(unnamed) = columns.iter().find(|c| c.name == "?column?") {
+        return Err(MigrationError::Invalid(format!(
+            "from.query has an unnamed output column ({}); name every computed column with AS",
+            unnamed.type_name
+        )));
+    }
+    if let Some(twice) = columns
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| columns[..i].iter().any(|d| d.name == c.name).then_some(c))
+    {
+        return Err(MigrationError::Invalid(format!(
+            "from.query has two output columns named {}; rename one with AS (columns are copied by name)",
+            twice.name
+        )));
+    }
+    Ok(columns)
+}
+
+/// `a, b, c`: the column names, for messages.
+fn names_of(columns: &[ColumnInfo]) -> String {
+    columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The source's row estimate for progress and ETA: the store's statistics for a table, the planner's estimate
+/// of the query's result for a query; never a count.
+async fn estimate(store: &dyn SqlStore, from: &spec::Source) -> Result<Option<u64>, StoreError> {
+    match &from.relation {
+        Relation::Table(table) => store.estimate_rows(table).await,
+        Relation::Query(query) => store.estimate_query_rows(query).await,
     }
 }
 
@@ -349,7 +446,7 @@ impl Migration for Copy {
 
     /// The source's estimated rows; twice that with `verify`, which reads every row a second time.
     async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
-        let rows = self.source.estimate_rows(&self.spec.from.table).await?;
+        let rows = estimate(&self.source, &self.spec.from).await?;
         let passes = if self.spec.verify { 2 } else { 1 };
         Ok(rows.map(|rows| rows * passes))
     }
@@ -359,9 +456,9 @@ impl Migration for Copy {
         if let Some(verified) = VerifyState::of(batch.state)? {
             return self.verify_batch(plan, batch, verified).await;
         }
-        let (mut state, moved, exhausted) = match plan.rows_per_page {
+        let (mut state, moved, exhausted) = match &plan.physical {
             None => self.key_batch(plan, batch).await?,
-            Some(rows_per_page) => self.page_batch(plan, batch, rows_per_page).await?,
+            Some(walk) => self.page_batch(plan, batch, walk).await?,
         };
         let verify_next = exhausted && self.spec.verify;
         if verify_next {
@@ -399,11 +496,11 @@ impl Copy {
         &self,
         plan: &CopyPlan,
         batch: &Batch<'_>,
-        rows_per_page: f64,
+        walk: &PhysicalWalk,
     ) -> Result<(Value, Moved, bool), MigrationError> {
         let after = tid_cursor_of(batch.state)?;
-        let table_pages = pages::heap_pages(self.source.pool(), &self.spec.from.table).await?;
-        let window = PageWindow::after(after, batch.args.batch_size, rows_per_page);
+        let table_pages = pages::heap_pages(self.source.pool(), &walk.table).await?;
+        let window = PageWindow::after(after, batch.args.batch_size, walk.rows_per_page);
         let moved = batch::copy_batch(
             self.source.pool(),
             &self.target,

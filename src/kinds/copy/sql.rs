@@ -1,6 +1,6 @@
 //! The statements of a copy batch. Pure: unit-tested without a database.
 //!
-//! The keyset read: `SELECT <columns>, <key>::text ..., <large flags> FROM <table> AS bgm_src WHERE (<key>) >
+//! The keyset read: `SELECT <columns>, <key>::text ..., <large flags> FROM <table or (query)> AS bgm_src WHERE (<key>) >
 //! (<cursor>) [AND (<where>)] ORDER BY bgm_src.<key> LIMIT <batchSize>`, streamed. Output columns are aliased and
 //! the ORDER BY names the table's columns, so a key read as text still sorts as its own type.
 //!
@@ -10,6 +10,7 @@
 
 use super::keyset::Keyset;
 use super::mapping::ColumnPlan;
+use super::spec::Relation;
 use crate::store::Dialect;
 
 /// Stored size (`pg_column_size`) above which a text value is read in slices.
@@ -19,7 +20,7 @@ pub const SLICE_BYTES: i64 = 4 * 1024 * 1024;
 
 const DIALECT: Dialect = Dialect::Postgres;
 
-/// The statements for one source table.
+/// The statements for one source table or query.
 #[derive(Debug, Clone)]
 pub struct CopySql {
     select: String,
@@ -29,13 +30,13 @@ pub struct CopySql {
 impl CopySql {
     /// The read of `columns`; the key columns' cursors and then one large-value flag per sliced column follow them.
     pub fn new(
-        table: &str,
+        source: &Relation,
         columns: &[ColumnPlan],
         keys: &[String],
         key_types: &[String],
         filter: Option<&str>,
     ) -> Self {
-        let keyset = Keyset::new(DIALECT, table, keys, key_types, filter);
+        let keyset = Keyset::new(DIALECT, source, keys, key_types, filter);
         let values = columns.iter().enumerate().map(|(i, c)| {
             if c.sliced() {
                 format!(
@@ -95,14 +96,19 @@ impl CopySql {
             "SELECT {} FROM {} AS bgm_src WHERE bgm_src.ctid > $1::tid AND bgm_src.ctid < $2::tid{filter} LIMIT \
              $3::bigint",
             self.select,
-            self.keyset.table()
+            self.keyset.source()
         )
+    }
+
+    /// The key walk: the source, its key columns, the check of each row's key.
+    pub fn keyset(&self) -> &Keyset {
+        &self.keyset
     }
 
     fn by_key(&self, what: &str) -> String {
         format!(
             "SELECT {what} FROM {} AS bgm_src WHERE ({}) = {}",
-            self.keyset.table(),
+            self.keyset.source(),
             self.keyset.keys().join(", "),
             self.keyset.bound(1)
         )
@@ -132,7 +138,7 @@ mod tests {
 
     fn sql() -> CopySql {
         CopySql::new(
-            "public.traces",
+            &Relation::Table("public.traces".into()),
             &[
                 plan_column("id", "text", "String").unwrap(),
                 plan_column("n", "integer", "Int32").unwrap(),
@@ -180,5 +186,31 @@ mod tests {
              \"public\".\"traces\" AS bgm_src WHERE (bgm_src.\"created_at\", bgm_src.\"id\") = \
              ($1::timestamp with time zone, $2::text)"
         );
+    }
+
+    #[test]
+    fn large_values_of_a_query_source_are_sliced_from_the_same_query() {
+        let sql = CopySql::new(
+            &Relation::Query(
+                "SELECT t.id, t.input || p.name AS input FROM t JOIN p USING (pid)".into(),
+            ),
+            &[
+                plan_column("id", "bigint", "Int64").unwrap(),
+                plan_column("input", "text", "String").unwrap(),
+            ],
+            &["id".into()],
+            &["bigint".into()],
+            None,
+        );
+        let column = plan_column("input", "text", "String").unwrap();
+        assert_eq!(
+            sql.value_length(&column),
+            "SELECT octet_length(\"input\"::text) FROM (\nSELECT t.id, t.input || p.name AS input FROM t JOIN p USING \
+             (pid)\n) AS bgm_src WHERE (bgm_src.\"id\") = ($1::bigint)"
+        );
+        assert!(sql.read(true).contains(
+            "FROM (\nSELECT t.id, t.input || p.name AS input FROM t JOIN p USING (pid)\n) AS bgm_src WHERE \
+             (bgm_src.\"id\") > ($1::bigint) ORDER BY bgm_src.\"id\" LIMIT $2::bigint"
+        ));
     }
 }

@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::sync::OnceCell;
 
+use super::keyset::Keyset;
 use super::spec::CopySpec;
 use super::upsert::{Side, UpsertSql};
-use super::{SourceShape, cursor_of};
+use super::{SourceShape, cursor_of, estimate};
 use crate::args::Args;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::{SqlParam, SqlStore};
@@ -83,20 +84,22 @@ impl SqlCopy {
                 from.key.join(", ")
             )));
         }
+        let keyset = Keyset::new(
+            self.source.dialect(),
+            &from.relation,
+            &from.key,
+            &shape.key_types,
+            from.filter.as_deref(),
+        );
         let sql = UpsertSql::new(
-            Side {
-                dialect: self.source.dialect(),
-                table: &from.table,
-            },
+            keyset,
             Side {
                 dialect: self.target.dialect(),
                 table: &to.table,
             },
             &shape.names,
             &from.key,
-            &shape.key_types,
             &target_types,
-            from.filter.as_deref(),
         );
         let mut tx = self.source.begin().await?;
         let dry_run = tx
@@ -106,7 +109,7 @@ impl SqlCopy {
         dry_run.map_err(|err| {
             invalid(format!(
                 "the columns or the where filter do not work on {}: {err}",
-                from.table
+                from.relation
             ))
         })?;
         let key_positions = from
@@ -171,19 +174,18 @@ impl Migration for SqlCopy {
     }
 
     async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
-        Ok(self.source.estimate_rows(&self.spec.from.table).await?)
+        Ok(estimate(self.source.as_ref(), &self.spec.from).await?)
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let plan = self.plan().await?;
         let lower = cursor_of(batch.state, plan.key_positions.len())?;
         let (rows, bytes, exhausted) = self.read(plan, lower.as_deref(), batch.args).await?;
-        let last_key = rows.last().map(|row| {
-            plan.key_positions
-                .iter()
-                .map(|&i| row[i].clone().unwrap_or_default())
-                .collect::<Vec<_>>()
-        });
+        let mut last_key: Option<Vec<String>> = None;
+        for row in &rows {
+            let key = plan.key_positions.iter().map(|&i| row[i].clone()).collect();
+            last_key = Some(plan.sql.keyset().next_key(last_key.as_deref(), key)?);
+        }
         let mut tx = self.target.begin().await?;
         for chunk in rows.chunks(plan.sql.rows_per_insert()) {
             let params: Vec<SqlParam> = chunk

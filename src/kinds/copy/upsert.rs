@@ -1,6 +1,6 @@
 //! The statements of a copy into a SQL store. Pure: unit-tested without a database.
 //!
-//! The read: `SELECT <every column as text> FROM <table> AS bgm_src WHERE (<key>) > (<cursor>) [AND (<where>)]
+//! The read: `SELECT <every column as text> FROM <table or (query)> AS bgm_src WHERE (<key>) > (<cursor>) [AND (<where>)]
 //! ORDER BY bgm_src.<key> LIMIT <batchSize>`, in the source's dialect (the ORDER BY names the table's columns, so
 //! a key read as text still sorts as its own type). The write: one multi-row `INSERT ... ON CONFLICT (<key>) DO
 //! UPDATE SET <column> = excluded.<column>` per chunk of rows, each text value cast back to the target column's
@@ -12,7 +12,7 @@ use crate::store::Dialect;
 /// Bound parameters per INSERT statement: under SQLite's 32766 and Postgres's 65535.
 const MAX_PARAMS: usize = 30_000;
 
-/// The statements for one source table and one target table.
+/// The statements for one source (table or query) and one target table.
 #[derive(Debug, Clone)]
 pub struct UpsertSql {
     target: Dialect,
@@ -23,7 +23,7 @@ pub struct UpsertSql {
     on_conflict: String,
 }
 
-/// One side of the copy: its dialect and its table.
+/// The target of the copy: its dialect and its table.
 #[derive(Debug, Clone, Copy)]
 pub struct Side<'a> {
     /// The store's SQL flavour.
@@ -33,18 +33,16 @@ pub struct Side<'a> {
 }
 
 impl UpsertSql {
-    /// `columns` are copied by name; `key_types` are the source's key column types, `target_types` the target's
-    /// types of `columns`.
+    /// Reads `columns` from `keyset`'s source and writes them by name; `target_types` are the target's types of
+    /// `columns`.
     pub fn new(
-        from: Side<'_>,
+        keyset: Keyset,
         to: Side<'_>,
         columns: &[String],
         keys: &[String],
-        key_types: &[String],
         target_types: &[String],
-        filter: Option<&str>,
     ) -> Self {
-        let (src, dst) = (from.dialect, to.dialect);
+        let (src, dst) = (keyset.dialect(), to.dialect);
         let select = columns
             .iter()
             .map(|c| src.as_text(&format!("bgm_src.{}", src.quote_ident(c))))
@@ -65,7 +63,7 @@ impl UpsertSql {
         Self {
             target: dst,
             select,
-            keyset: Keyset::new(src, from.table, keys, key_types, filter),
+            keyset,
             insert_head: format!(
                 "INSERT INTO {} ({}) VALUES ",
                 dst.quote_ident(to.table),
@@ -79,6 +77,11 @@ impl UpsertSql {
     /// Reads the next batch as text. Params: the cursor (if any), one text per key column, then the row limit.
     pub fn read(&self, has_lower: bool) -> String {
         self.keyset.read(&self.select, has_lower)
+    }
+
+    /// The key walk: the source, its key columns, the check of each row's key.
+    pub fn keyset(&self) -> &Keyset {
+        &self.keyset
     }
 
     /// Rows per INSERT statement, so that its parameters stay under both stores' limits.
@@ -111,27 +114,30 @@ impl UpsertSql {
 
 #[cfg(test)]
 mod tests {
+    use super::super::spec::Relation;
     use super::*;
 
     fn sql(from: Dialect, to: Dialect) -> UpsertSql {
+        let keys = ["day".to_owned(), "id".to_owned()];
         UpsertSql::new(
-            Side {
-                dialect: from,
-                table: "traces",
-            },
+            Keyset::new(
+                from,
+                &Relation::Table("traces".into()),
+                &keys,
+                &["timestamp with time zone".into(), "text".into()],
+                Some("n > 0"),
+            ),
             Side {
                 dialect: to,
                 table: "traces",
             },
             &["id".into(), "day".into(), "n".into()],
-            &["day".into(), "id".into()],
-            &["timestamp with time zone".into(), "text".into()],
+            &keys,
             &[
                 "text".into(),
                 "timestamp with time zone".into(),
                 "bigint".into(),
             ],
-            Some("n > 0"),
         )
     }
 
