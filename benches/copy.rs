@@ -1,13 +1,14 @@
 //! Copy throughput and memory, each beside its reference measured in the same run:
 //!
-//! 1. 1,000,000 rows of ~300 bytes with random (md5) text keys, Postgres → ClickHouse, through the `copy` kind
-//!    (default args; in key order, the default, and with `order = "physical"`) versus the raw pipe
+//! 1. 1,000,000 rows of ~300 bytes, Postgres → ClickHouse, through the `copy` kind (default args; in key order,
+//!    the default, and with `order = "physical"`) versus the raw pipe, once with random (md5) text keys and once
+//!    with sequential ones
 //!    `psql -c "COPY (SELECT ...) TO STDOUT" | curl --data-binary @- '...INSERT ... FORMAT TabSeparated'`.
 //! 2. Peak resident memory (VmHWM) of a `bgmigrate worker` process copying rows of up to 50 MB each at default
 //!    args, against the 128 MiB budget.
 //!
 //! Needs the machine's Postgres (127.0.0.1:5432) and ClickHouse (127.0.0.1:8123); `BENCH_ROWS` overrides the row
-//! count. Run with `cargo bench --bench copy`.
+//! count, `BENCH_ARGS` the args (`BENCH_ARGS='batchSize = 50000'`). Run with `cargo bench --bench copy`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,7 +103,8 @@ impl Drop for Databases {
     }
 }
 
-/// A copy definition at default args; `from_extra` is added to `from` (e.g. `, order = "physical"`).
+/// A copy definition at default args (or `BENCH_ARGS`, TOML lines such as `batchSize = 50000`); `from_extra` is
+/// added to `from` (e.g. `, order = "physical"`).
 fn definition(dir: &std::path::Path, table: &str, target: &str, from_extra: &str) {
     let background = dir.join("background");
     std::fs::create_dir_all(&background).unwrap();
@@ -110,23 +112,50 @@ fn definition(dir: &std::path::Path, table: &str, target: &str, from_extra: &str
         background.join(format!("20241024_1730_copy_{target}.toml")),
         format!(
             "kind = \"copy\"\nfrom = {{ store = \"postgres\", table = \"{table}\", key = [\"id\"]{from_extra} }}\n\
-             to = {{ store = \"clickhouse\", table = \"{target}\" }}\n"
+             to = {{ store = \"clickhouse\", table = \"{target}\" }}\n[args]\n{}\n",
+            std::env::var("BENCH_ARGS").unwrap_or_default()
         ),
     )
     .unwrap();
 }
 
-async fn throughput(rows: u64) {
+/// How the benchmark's text keys relate to the order rows were inserted in.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// `md5` ids (like uuid v4): key order is random in the heap, the worst case for a key-order walk.
+    Random,
+    /// Zero-padded counters (like time-ordered ids: cuid, uuid v7): key order follows the heap.
+    Sequential,
+}
+
+impl Keys {
+    fn expression(self) -> &'static str {
+        match self {
+            Keys::Random => "'tr-' || md5(g::text)",
+            Keys::Sequential => "'tr-' || lpad(g::text, 12, '0')",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Keys::Random => "random md5 keys",
+            Keys::Sequential => "sequential keys",
+        }
+    }
+}
+
+async fn throughput(rows: u64, keys: Keys) {
     let dbs = Databases::create("copy");
     psql(&dbs.name, PG_TABLE);
     psql(
         &dbs.name,
         &format!(
-            "INSERT INTO traces SELECT 'tr-' || md5(g::text), 'project-' || (g % 100),
+            "INSERT INTO traces SELECT {}, 'project-' || (g % 100),
                  'trace name ' || g, timestamptz '2024-10-24 12:00:00+00' + (g / 1000) * interval '1 second',
                  jsonb_build_object('prompt', repeat('lorem ipsum ', 12) || g, 'model', 'gpt-4o', 'tokens', g % 4000),
                  g * 0.001, g % 2 = 0
-             FROM generate_series(1, {rows}) g"
+             FROM generate_series(1, {rows}) g",
+            keys.expression()
         ),
     );
     psql(&dbs.name, "VACUUM ANALYZE traces");
@@ -177,8 +206,9 @@ async fn throughput(rows: u64) {
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!(
-        "copy {rows} rows (avg {avg} B/row in Postgres, random md5 keys) Postgres -> ClickHouse: reference psql COPY | \
+        "copy {rows} rows (avg {avg} B/row in Postgres, {}) Postgres -> ClickHouse: reference psql COPY | \
          curl TabSeparated {:.2} s ({:.0} rows/s)",
+        keys.label(),
         pipe.as_secs_f64(),
         rate(pipe),
     );
@@ -321,6 +351,7 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(1_000_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(throughput(rows));
+    runtime.block_on(throughput(rows, Keys::Random));
+    runtime.block_on(throughput(rows, Keys::Sequential));
     peak_memory();
 }

@@ -5,7 +5,8 @@
 
 use serde_json::{Map, Value};
 
-/// Rows per batch when neither the definition nor the operator sets `batchSize`.
+/// Rows per batch when neither the definition nor the operator sets `batchSize` (and the migration has no default
+/// of its own, see [`crate::migration::Migration::default_batch_size`]).
 pub const DEFAULT_BATCH_SIZE: u64 = 10_000;
 /// Bytes per batch when `maxBatchBytes` is not set (a batch closes at whichever limit comes first).
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
@@ -52,6 +53,11 @@ pub enum ArgsError {
 impl Args {
     /// Validates an `args` JSON value (null counts as `{}`).
     pub fn parse(value: &Value) -> Result<Args, ArgsError> {
+        Args::parse_with_default(value, DEFAULT_BATCH_SIZE)
+    }
+
+    /// Validates an `args` JSON value; `batchSize` defaults to `default_batch_size` (the migration's own default).
+    pub fn parse_with_default(value: &Value, default_batch_size: u64) -> Result<Args, ArgsError> {
         let raw = match value {
             Value::Object(map) => map.clone(),
             Value::Null => Map::new(),
@@ -59,7 +65,7 @@ impl Args {
         };
         Ok(Args {
             batch_size: read_u64(&raw, "batchSize", BATCH_SIZE_RANGE)?
-                .unwrap_or(DEFAULT_BATCH_SIZE),
+                .unwrap_or(default_batch_size),
             max_batch_bytes: read_u64(&raw, "maxBatchBytes", MAX_BATCH_BYTES_RANGE)?
                 .unwrap_or(DEFAULT_MAX_BATCH_BYTES),
             sleep_ms: read_u64(&raw, "sleepMs", SLEEP_MS_RANGE)?.unwrap_or(0),
@@ -130,6 +136,14 @@ mod tests {
         assert_eq!(args.batch_size, DEFAULT_BATCH_SIZE);
         assert_eq!(args.sleep_ms, 0);
         assert_eq!(args.raw().get("custom"), Some(&json!("x")));
+    }
+
+    #[test]
+    fn a_migrations_own_default_batch_size_applies_only_when_batch_size_is_not_set() {
+        let unset = Args::parse_with_default(&json!({}), 100_000).unwrap();
+        assert_eq!(unset.batch_size, 100_000);
+        let set = Args::parse_with_default(&json!({"batchSize": 500}), 100_000).unwrap();
+        assert_eq!(set.batch_size, 500);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::args::Args;
+use crate::args::{Args, DEFAULT_BATCH_SIZE};
 use crate::store::{SqlTx, StoreError};
 
 /// What a batch reports back to the engine.
@@ -119,6 +119,12 @@ pub trait Migration: Send + Sync {
 
     /// A cheap estimate of the rows the migration will walk (`None` when unknown). Never a blocking full count.
     async fn estimate(&self) -> Result<Option<u64>, MigrationError>;
+
+    /// Rows per batch when `args` do not set `batchSize`: [`DEFAULT_BATCH_SIZE`] unless the kind knows better (a
+    /// copy into ClickHouse wants fewer, larger inserts).
+    fn default_batch_size(&self) -> u64 {
+        DEFAULT_BATCH_SIZE
+    }
 
     /// Runs one batch from `batch.state`, within `batch.args` limits, and commits it through [`Batch::commit`]
     /// (or commits nothing, for migrations without a SQL store).

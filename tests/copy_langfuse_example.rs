@@ -43,6 +43,17 @@ async fn the_langfuse_v2_to_v3_example_migrates_every_row_into_clickhouse() {
         .map(|r| r["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["finished"; 4], "{}", text(&status));
+    for name in [
+        "20241024_1730_migrate_traces_from_pg_to_ch",
+        "20241024_1737_migrate_observations_from_pg_to_ch",
+        "20241024_1738_migrate_scores_from_pg_to_ch",
+    ] {
+        let shown = text(&db.cli_with_env(&["show", name], &env));
+        assert!(
+            shown.contains("\"mismatched\":0") && shown.contains("\"ctid\":"),
+            "the copy walked the heap and verify found every range equal: {shown}"
+        );
+    }
 
     for (table, expected) in [
         ("traces", 3_000),

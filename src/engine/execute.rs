@@ -168,7 +168,7 @@ async fn batch_loop(
             || async { ctx.control.current(lease).await.map_err(from_control) },
         )
         .await?;
-        let args = Args::parse(&current.args).map_err(|err| {
+        let args = Args::parse_with_default(&current.args, migration.default_batch_size()).map_err(|err| {
             MigrationError::Invalid(format!(
                 "invalid args: {err}; fix them with `bgmigrate set-args {} '{{...}}'`, then `bgmigrate retry {}`",
                 lease.name, lease.name
