@@ -624,3 +624,82 @@ async fn a_physical_order_copy_moves_every_row_exactly_window_by_window() {
         "a 20 MB row travels alone"
     );
 }
+
+/// Copies 45,000 traces at `args` with `verify = true`; returns the copy batches' row counts, in order, after
+/// checking the copy is exact and verified.
+async fn split_copy(test: &str, args: &str) -> Vec<i64> {
+    let db = TestDb::create(test).await;
+    let ch = TestClickHouse::create(test).await;
+    let pool = db.pool().await;
+    sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert_traces(45_000)))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("VACUUM ANALYZE traces")
+        .execute(&pool)
+        .await
+        .unwrap();
+    ch.exec(CH_TRACES).await;
+    let name = "20241024_1730_copy_traces_split";
+    db.define(
+        name,
+        &format!("verify = true\n{}", copy_definition("[\"id\"]", args)),
+    );
+    let connected = connect(&db, &ch.url).await;
+    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
+    run_until_done(&connected, "w1").await;
+
+    let record = connected.control.get(name).await.unwrap();
+    assert_eq!(
+        record.status,
+        Status::Finished,
+        "{:?}",
+        record.failed_reason
+    );
+    assert_eq!(record.state["verify"]["rows"], 45_000);
+    assert_eq!(record.state["verify"]["mismatched"], 0);
+    let (pg, clickhouse) = both_sides(&pool, &ch).await;
+    assert_eq!(clickhouse.len(), 45_000);
+    assert!(pg == clickhouse, "the copy differs from the source");
+    let mut batches = connected.control.batches(name, 1_000).await.unwrap();
+    batches.sort_by_key(|b| b.started_at);
+    batches
+        .iter()
+        .filter(|b| b.state["verify"]["ranges"].as_u64().unwrap_or(0) == 0)
+        .map(|b| b.rows)
+        .collect()
+}
+
+/// A key-order batch of 20,000 rows or more is read as two halves at once; every row arrives, the cursor moves
+/// past both halves, and the tail (fewer rows than half a batch) goes in one stream.
+#[tokio::test]
+async fn a_large_key_order_batch_is_read_as_two_concurrent_halves_and_copies_exactly() {
+    let rows = split_copy("copy_split", "batchSize = 20000").await;
+    assert_eq!(
+        &rows[..3],
+        &[20_000, 20_000, 5_000],
+        "two full split batches, then the tail: {rows:?}"
+    );
+}
+
+/// When the byte budget closes the first half early, the cursor stays in it and the second half's rows are sent
+/// again by a later batch (whole batches from then on): the copy is still exact and verified, and every row is
+/// counted once.
+#[tokio::test]
+async fn a_first_half_closed_by_the_byte_budget_resumes_from_its_last_row_and_copies_exactly() {
+    let rows = split_copy(
+        "copy_split_bytes",
+        "batchSize = 20000\nmaxBatchBytes = 1048576",
+    )
+    .await;
+    assert!(
+        rows[0] < 10_000,
+        "half the byte budget closes the first half before 10,000 rows: {rows:?}"
+    );
+    assert!(
+        rows[1] > rows[0],
+        "later batches are whole, with the whole byte budget: {rows:?}"
+    );
+    assert_eq!(rows.iter().sum::<i64>(), 45_000, "{rows:?}");
+}

@@ -16,6 +16,7 @@
 
 mod batch;
 mod encode;
+mod halves;
 mod keyset;
 mod mapping;
 mod pages;
@@ -26,6 +27,7 @@ mod upsert;
 mod verify;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -39,7 +41,7 @@ pub use self::mapping::{ColumnPlan, plan_column};
 pub use self::spec::CopySpec;
 pub use self::to_sql::SqlCopy;
 
-use self::batch::{Moved, Window};
+use self::batch::Window;
 use self::pages::{PageWindow, Tid};
 use self::spec::Order;
 use self::spec::Relation;
@@ -60,6 +62,8 @@ pub struct Copy {
     source: PgStore,
     target: ClickHouse,
     plan: OnceCell<CopyPlan>,
+    /// Whether large key-order batches are still read as two halves (see [`halves`]).
+    split: AtomicBool,
 }
 
 /// What validation established: the columns with their mapping, and the read statement.
@@ -71,6 +75,9 @@ pub struct CopyPlan {
     target_table: String,
     /// Set for a walk in physical order.
     physical: Option<PhysicalWalk>,
+    /// Whether a large key-order batch may be read as two halves (a table source: its key has an index to find
+    /// the middle key on).
+    splittable: bool,
 }
 
 /// What a walk in physical order needs: the table, and its average rows per heap page to size the page windows.
@@ -166,6 +173,7 @@ impl Copy {
             source,
             target,
             plan: OnceCell::new(),
+            split: AtomicBool::new(true),
         }))
     }
 
@@ -246,6 +254,7 @@ impl Copy {
             key: from.key.clone(),
             target_table: to.table.clone(),
             physical,
+            splittable: matches!(from.relation, Relation::Table(_)),
         };
         if self.spec.verify
             && let Some(column) = plan
@@ -465,48 +474,58 @@ impl Migration for Copy {
         if let Some(verified) = VerifyState::of(batch.state)? {
             return self.verify_batch(plan, batch, verified).await;
         }
-        let (mut state, moved, exhausted) = match &plan.physical {
+        let mut outcome = match &plan.physical {
             None => self.key_batch(plan, batch).await?,
             Some(walk) => self.page_batch(plan, batch, walk).await?,
         };
-        let verify_next = exhausted && self.spec.verify;
-        if verify_next {
-            state["verify"] = json!(VerifyState::default());
+        if outcome.done && self.spec.verify {
+            outcome.state["verify"] = json!(VerifyState::default());
+            outcome.done = false;
         }
-        Ok(BatchOutcome {
-            state,
-            done: exhausted && !verify_next,
-            rows: moved.rows,
-            bytes: moved.bytes,
-        })
+        Ok(outcome)
     }
 }
 
 impl Copy {
-    /// A batch in key order: the rows after the key cursor. Returns the new checkpoint, what moved, and whether the
-    /// source is exhausted.
+    /// A batch in key order: the rows after the key cursor; `done` when the source is exhausted.
     async fn key_batch(
         &self,
         plan: &CopyPlan,
         batch: &Batch<'_>,
-    ) -> Result<(Value, Moved, bool), MigrationError> {
+    ) -> Result<BatchOutcome, MigrationError> {
         let lower = cursor_of(batch.state, plan.sql_key_arity())?;
-        let window = Window::Keys(lower.as_deref());
-        let moved =
-            batch::copy_batch(self.source.pool(), &self.target, plan, window, batch.args).await?;
-        let cursor = moved.last_key.clone().or(lower);
-        let exhausted = moved.complete;
-        Ok((json!({ "cursor": cursor }), moved, exhausted))
+        let walked = halves::copy_key_batch(
+            self.source.pool(),
+            &self.target,
+            plan,
+            lower.as_deref(),
+            batch.args,
+            self.split.load(Ordering::Relaxed),
+        )
+        .await?;
+        if walked.split_wasted {
+            tracing::info!(
+                table = %plan.target_table,
+                "rows are too large to split batches in two; reading whole batches from now on"
+            );
+            self.split.store(false, Ordering::Relaxed);
+        }
+        Ok(BatchOutcome {
+            state: json!({ "cursor": walked.cursor }),
+            done: walked.exhausted,
+            rows: walked.rows,
+            bytes: walked.bytes,
+        })
     }
 
-    /// A batch in physical order: the rows of the page window after the `ctid` cursor. The source is exhausted
-    /// when a window that reached the table's last page was read completely.
+    /// A batch in physical order: the rows of the page window after the `ctid` cursor; `done` when a window that
+    /// reached the table's last page was read completely.
     async fn page_batch(
         &self,
         plan: &CopyPlan,
         batch: &Batch<'_>,
         walk: &PhysicalWalk,
-    ) -> Result<(Value, Moved, bool), MigrationError> {
+    ) -> Result<BatchOutcome, MigrationError> {
         let after = tid_cursor_of(batch.state)?;
         let table_pages = pages::heap_pages(self.source.pool(), &walk.table).await?;
         let window = PageWindow::after(after, batch.args.batch_size, walk.rows_per_page);
@@ -523,8 +542,12 @@ impl Copy {
         } else {
             moved.last_tid.unwrap_or(after)
         };
-        let exhausted = moved.complete && window.end_page >= table_pages;
-        Ok((json!({ "ctid": cursor.to_string() }), moved, exhausted))
+        Ok(BatchOutcome {
+            state: json!({ "ctid": cursor.to_string() }),
+            done: moved.complete && window.end_page >= table_pages,
+            rows: moved.rows,
+            bytes: moved.bytes,
+        })
     }
 }
 
