@@ -74,53 +74,23 @@ impl Keyset {
 
     /// The read of the next batch. Params: the cursor (if any), one text per key column, then the row limit.
     pub fn read(&self, select: &str, has_lower: bool) -> String {
-        self.read_between(select, has_lower, false)
-    }
-
-    /// The read of the rows after the cursor up to an upper key, inclusive. Params: the cursor (if any), the upper
-    /// key, one text per key column each, then the row limit.
-    pub fn read_until(&self, select: &str, has_lower: bool) -> String {
-        self.read_between(select, has_lower, true)
-    }
-
-    fn read_between(&self, select: &str, has_lower: bool, has_upper: bool) -> String {
         let mut conditions = Vec::new();
         let mut next = 1;
-        let keys = self.keys.join(", ");
         if has_lower {
-            conditions.push(format!("({keys}) > {}", self.bound(next)));
-            next += self.keys.len();
-        }
-        if has_upper {
-            conditions.push(format!("({keys}) <= {}", self.bound(next)));
+            conditions.push(format!("({}) > {}", self.keys.join(", "), self.bound(1)));
             next += self.keys.len();
         }
         conditions.extend(self.filter.clone());
-        format!(
-            "SELECT {select} FROM {} AS bgm_src{} ORDER BY {keys} LIMIT {}",
-            self.source,
-            where_clause(&conditions),
-            self.dialect.param(next, "bigint")
-        )
-    }
-
-    /// The key `n` rows after the cursor (the filter ignored: any key splits a range), as text. Params: the cursor
-    /// (if any), then `n - 1` as the offset.
-    pub fn key_after(&self, has_lower: bool) -> String {
-        let keys = self.keys.join(", ");
-        let conditions = if has_lower {
-            vec![format!("({keys}) > {}", self.bound(1))]
+        let filter = if conditions.is_empty() {
+            String::new()
         } else {
-            Vec::new()
+            format!(" WHERE {}", conditions.join(" AND "))
         };
-        let texts: Vec<String> = self.keys.iter().map(|k| self.dialect.as_text(k)).collect();
-        let offset = if has_lower { self.keys.len() + 1 } else { 1 };
         format!(
-            "SELECT {} FROM {} AS bgm_src{} ORDER BY {keys} OFFSET {} LIMIT 1",
-            texts.join(", "),
+            "SELECT {select} FROM {} AS bgm_src{filter} ORDER BY {} LIMIT {}",
             self.source,
-            where_clause(&conditions),
-            self.dialect.param(offset, "bigint")
+            self.keys.join(", "),
+            self.dialect.param(next, "bigint")
         )
     }
 
@@ -159,14 +129,6 @@ impl Keyset {
     }
 }
 
-fn where_clause(conditions: &[String]) -> String {
-    if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,20 +149,6 @@ mod tests {
             keyset().read("bgm_src.\"n\"", true),
             "SELECT bgm_src.\"n\" FROM (\nSELECT t.id, t.n FROM t\n) AS bgm_src WHERE (bgm_src.\"id\") > \
              ($1::bigint) ORDER BY bgm_src.\"id\" LIMIT $2::bigint"
-        );
-    }
-
-    #[test]
-    fn a_range_read_is_bounded_above_and_the_split_key_comes_from_the_key_alone() {
-        assert_eq!(
-            keyset().read_until("x", true),
-            "SELECT x FROM (\nSELECT t.id, t.n FROM t\n) AS bgm_src WHERE (bgm_src.\"id\") > ($1::bigint) AND \
-             (bgm_src.\"id\") <= ($2::bigint) ORDER BY bgm_src.\"id\" LIMIT $3::bigint"
-        );
-        assert_eq!(
-            keyset().key_after(false),
-            "SELECT bgm_src.\"id\"::text FROM (\nSELECT t.id, t.n FROM t\n) AS bgm_src ORDER BY bgm_src.\"id\" \
-             OFFSET $1::bigint LIMIT 1"
         );
     }
 

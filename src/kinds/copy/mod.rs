@@ -16,7 +16,6 @@
 
 mod batch;
 mod encode;
-mod halves;
 mod keyset;
 mod mapping;
 mod pages;
@@ -27,7 +26,6 @@ mod upsert;
 mod verify;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -41,7 +39,7 @@ pub use self::mapping::{ColumnPlan, plan_column};
 pub use self::spec::CopySpec;
 pub use self::to_sql::SqlCopy;
 
-use self::batch::Window;
+use self::batch::{Moved, Window};
 use self::pages::{PageWindow, Tid};
 use self::spec::Order;
 use self::spec::Relation;
@@ -62,8 +60,6 @@ pub struct Copy {
     source: PgStore,
     target: ClickHouse,
     plan: OnceCell<CopyPlan>,
-    /// Whether large key-order batches are still read as two halves (see [`halves`]).
-    split: AtomicBool,
 }
 
 /// What validation established: the columns with their mapping, and the read statement.
@@ -75,9 +71,6 @@ pub struct CopyPlan {
     target_table: String,
     /// Set for a walk in physical order.
     physical: Option<PhysicalWalk>,
-    /// Whether a large key-order batch may be read as two halves (a table source: its key has an index to find
-    /// the middle key on).
-    splittable: bool,
 }
 
 /// What a walk in physical order needs: the table, and its average rows per heap page to size the page windows.
@@ -173,7 +166,6 @@ impl Copy {
             source,
             target,
             plan: OnceCell::new(),
-            split: AtomicBool::new(true),
         }))
     }
 
@@ -254,7 +246,6 @@ impl Copy {
             key: from.key.clone(),
             target_table: to.table.clone(),
             physical,
-            splittable: matches!(from.relation, Relation::Table(_)),
         };
         if self.spec.verify
             && let Some(column) = plan
@@ -474,58 +465,48 @@ impl Migration for Copy {
         if let Some(verified) = VerifyState::of(batch.state)? {
             return self.verify_batch(plan, batch, verified).await;
         }
-        let mut outcome = match &plan.physical {
+        let (mut state, moved, exhausted) = match &plan.physical {
             None => self.key_batch(plan, batch).await?,
             Some(walk) => self.page_batch(plan, batch, walk).await?,
         };
-        if outcome.done && self.spec.verify {
-            outcome.state["verify"] = json!(VerifyState::default());
-            outcome.done = false;
+        let verify_next = exhausted && self.spec.verify;
+        if verify_next {
+            state["verify"] = json!(VerifyState::default());
         }
-        Ok(outcome)
+        Ok(BatchOutcome {
+            state,
+            done: exhausted && !verify_next,
+            rows: moved.rows,
+            bytes: moved.bytes,
+        })
     }
 }
 
 impl Copy {
-    /// A batch in key order: the rows after the key cursor; `done` when the source is exhausted.
+    /// A batch in key order: the rows after the key cursor. Returns the new checkpoint, what moved, and whether the
+    /// source is exhausted.
     async fn key_batch(
         &self,
         plan: &CopyPlan,
         batch: &Batch<'_>,
-    ) -> Result<BatchOutcome, MigrationError> {
+    ) -> Result<(Value, Moved, bool), MigrationError> {
         let lower = cursor_of(batch.state, plan.sql_key_arity())?;
-        let walked = halves::copy_key_batch(
-            self.source.pool(),
-            &self.target,
-            plan,
-            lower.as_deref(),
-            batch.args,
-            self.split.load(Ordering::Relaxed),
-        )
-        .await?;
-        if walked.split_wasted {
-            tracing::info!(
-                table = %plan.target_table,
-                "rows are too large to split batches in two; reading whole batches from now on"
-            );
-            self.split.store(false, Ordering::Relaxed);
-        }
-        Ok(BatchOutcome {
-            state: json!({ "cursor": walked.cursor }),
-            done: walked.exhausted,
-            rows: walked.rows,
-            bytes: walked.bytes,
-        })
+        let window = Window::Keys(lower.as_deref());
+        let moved =
+            batch::copy_batch(self.source.pool(), &self.target, plan, window, batch.args).await?;
+        let cursor = moved.last_key.clone().or(lower);
+        let exhausted = moved.complete;
+        Ok((json!({ "cursor": cursor }), moved, exhausted))
     }
 
-    /// A batch in physical order: the rows of the page window after the `ctid` cursor; `done` when a window that
-    /// reached the table's last page was read completely.
+    /// A batch in physical order: the rows of the page window after the `ctid` cursor. The source is exhausted
+    /// when a window that reached the table's last page was read completely.
     async fn page_batch(
         &self,
         plan: &CopyPlan,
         batch: &Batch<'_>,
         walk: &PhysicalWalk,
-    ) -> Result<BatchOutcome, MigrationError> {
+    ) -> Result<(Value, Moved, bool), MigrationError> {
         let after = tid_cursor_of(batch.state)?;
         let table_pages = pages::heap_pages(self.source.pool(), &walk.table).await?;
         let window = PageWindow::after(after, batch.args.batch_size, walk.rows_per_page);
@@ -542,12 +523,8 @@ impl Copy {
         } else {
             moved.last_tid.unwrap_or(after)
         };
-        Ok(BatchOutcome {
-            state: json!({ "ctid": cursor.to_string() }),
-            done: moved.complete && window.end_page >= table_pages,
-            rows: moved.rows,
-            bytes: moved.bytes,
-        })
+        let exhausted = moved.complete && window.end_page >= table_pages;
+        Ok((json!({ "ctid": cursor.to_string() }), moved, exhausted))
     }
 }
 
