@@ -179,6 +179,7 @@ async fn throughput(rows: u64, keys: Keys) {
         "{CH}/?query=INSERT%20INTO%20{}.traces_pipe%20FORMAT%20TabSeparated",
         dbs.name
     );
+    let pipe_cpu = CpuSeconds::now();
     let started = Instant::now();
     let status = Command::new("bash")
         .args([
@@ -193,6 +194,7 @@ async fn throughput(rows: u64, keys: Keys) {
         .status()
         .unwrap();
     let pipe = started.elapsed();
+    let pipe_cpu = CpuSeconds::now().since(pipe_cpu);
     assert!(status.success(), "the reference pipe failed");
     assert_eq!(
         clickhouse_value(&format!("SELECT count() FROM {}.traces_pipe", dbs.name)),
@@ -207,17 +209,17 @@ async fn throughput(rows: u64, keys: Keys) {
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!(
         "copy {rows} rows (avg {avg} B/row in Postgres, {}) Postgres -> ClickHouse: reference psql COPY | \
-         curl TabSeparated {:.2} s ({:.0} rows/s)",
+         curl TabSeparated {:.2} s ({:.0} rows/s) | {pipe_cpu} (psql, curl and the COPY's Postgres backend exit before the sample: not counted)",
         keys.label(),
         pipe.as_secs_f64(),
         rate(pipe),
     );
-    for (label, took) in [
+    for (label, (took, cpu)) in [
         ("key order (default)", key_order),
         ("order = \"physical\"", physical),
     ] {
         println!(
-            "  bgmigrate copy, {label}: {:.2} s ({:.0} rows/s) | ratio {:.2}x the pipe's rows/s",
+            "  bgmigrate copy, {label}: {:.2} s ({:.0} rows/s) | ratio {:.2}x the pipe's rows/s | {cpu}",
             took.as_secs_f64(),
             rate(took),
             rate(took) / rate(pipe)
@@ -225,8 +227,63 @@ async fn throughput(rows: u64, keys: Keys) {
     }
 }
 
-/// Copies `traces` into the ClickHouse table `target` with the `copy` kind at default args; returns the time taken.
-async fn copy_with_bgmigrate(dbs: &Databases, target: &str, from_extra: &str) -> Duration {
+/// CPU seconds used so far by this process, by all `postgres` processes and by `clickhouse-server` (utime +
+/// stime from `/proc`), to show where a copy's time goes on a small machine.
+#[derive(Clone, Copy, Default)]
+struct CpuSeconds {
+    worker: f64,
+    postgres: f64,
+    clickhouse: f64,
+}
+
+impl CpuSeconds {
+    fn now() -> CpuSeconds {
+        let ticks = |stat: &str| -> f64 {
+            // After the parenthesised command name, utime and stime are the 12th and 13th fields.
+            let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (field(11) + field(12)) / 100.0
+        };
+        let mut cpu = CpuSeconds {
+            worker: ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default()),
+            ..CpuSeconds::default()
+        };
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            if stat.contains("(postgres)") {
+                cpu.postgres += ticks(&stat);
+            } else if stat.contains("(clickhouse-serv") {
+                cpu.clickhouse += ticks(&stat);
+            }
+        }
+        cpu
+    }
+
+    fn since(self, before: CpuSeconds) -> String {
+        format!(
+            "CPU: worker {:.1} s, Postgres {:.1} s, ClickHouse {:.1} s",
+            self.worker - before.worker,
+            self.postgres - before.postgres,
+            self.clickhouse - before.clickhouse
+        )
+    }
+}
+
+/// Copies `traces` into the ClickHouse table `target` with the `copy` kind at default args; returns the time taken
+/// and the CPU it cost.
+async fn copy_with_bgmigrate(
+    dbs: &Databases,
+    target: &str,
+    from_extra: &str,
+) -> (Duration, String) {
     clickhouse(&format!("CREATE TABLE {}.{target} {CH_TABLE}", dbs.name));
     let dir = tempfile::tempdir().unwrap();
     definition(dir.path(), "traces", target, from_extra);
@@ -247,6 +304,7 @@ async fn copy_with_bgmigrate(dbs: &Databases, target: &str, from_extra: &str) ->
         poll_interval: Duration::from_millis(100),
         ..RunnerConfig::default()
     };
+    let cpu = CpuSeconds::now();
     let started = Instant::now();
     Runner::new(
         connected.control.clone(),
@@ -259,6 +317,7 @@ async fn copy_with_bgmigrate(dbs: &Databases, target: &str, from_extra: &str) ->
     .await
     .unwrap();
     let took = started.elapsed();
+    let cpu = CpuSeconds::now().since(cpu);
     let name = format!("20241024_1730_copy_{target}");
     let record = connected.control.get(&name).await.unwrap();
     assert_eq!(
@@ -278,7 +337,7 @@ async fn copy_with_bgmigrate(dbs: &Databases, target: &str, from_extra: &str) ->
         clickhouse_value(&format!("SELECT count() FROM {}.{target} FINAL", dbs.name)),
         source_rows
     );
-    took
+    (took, cpu)
 }
 
 fn peak_memory() {
