@@ -94,17 +94,26 @@ fn save_screenshot(name: &str, png: &[u8]) -> PathBuf {
     path
 }
 
-/// The text of the first element matching `css`, waiting for it to appear (a form post navigates asynchronously).
+/// The text of the first element matching `css`, waiting for it to appear (a form post navigates asynchronously,
+/// so an element found on the page being left can go stale before its text is read: then it is looked up again).
 async fn text(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let element = client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("{css}: {err}; looking it up again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("{css}: {err}"),
+        }
+    }
 }
 
 /// Polls the page until `css`'s text satisfies `check`, or panics with `what` and the last text seen.
