@@ -3,23 +3,12 @@
 
 mod common;
 
-use bgmigrate::{Runner, Status, builtin_registry};
-use common::{TestDb, fast_config, register_dir};
+use bgmigrate::Status;
+use common::TestDb;
 
 /// Runs every registered migration to the end with one library runner.
 async fn run_to_end(db: &TestDb) {
-    let connected = db.connect().await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w1"),
-    )
-    .spawn()
-    .join()
-    .await
-    .expect("runner");
+    common::run_to_end(&db.connect().await, &db.migrations()).await;
 }
 
 async fn scalar(pool: &sqlx::PgPool, sql: &str) -> i64 {

@@ -4,9 +4,9 @@
 mod clickhouse_common;
 mod common;
 
-use bgmigrate::{Runner, Status, builtin_registry};
+use bgmigrate::{Status, builtin_registry};
 use clickhouse_common::TestClickHouse;
-use common::{TestDb, fast_config, register_dir, text};
+use common::{TestDb, register_dir, run_registered, text};
 
 const NAME: &str = "20241101_0001_rewrite_events";
 
@@ -34,16 +34,7 @@ async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
     let (db, ch) = setup("ch_rewrite").await;
     let connected = db.connect().await.with_clickhouse(Some(&ch.url)).unwrap();
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w1"),
-    )
-    .spawn()
-    .join()
-    .await
-    .unwrap();
+    run_registered(&connected, "w1").await;
     let record = connected.control.get(NAME).await.unwrap();
     assert_eq!(
         record.status,
@@ -89,16 +80,7 @@ async fn a_rewrite_resumes_after_its_checkpoint_and_repeats_collapse() {
     .execute(&pool)
     .await
     .unwrap();
-    Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w1"),
-    )
-    .spawn()
-    .join()
-    .await
-    .unwrap();
+    run_registered(&connected, "w1").await;
     assert_eq!(
         connected.control.get(NAME).await.unwrap().status,
         Status::Finished
@@ -131,16 +113,7 @@ async fn a_rewrite_resumes_after_its_checkpoint_and_repeats_collapse() {
         &[("CLICKHOUSE_URL", &ch.url)],
     );
     assert!(out.status.success(), "{}", text(&out));
-    Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w2"),
-    )
-    .spawn()
-    .join()
-    .await
-    .unwrap();
+    run_registered(&connected, "w2").await;
     ch.optimize_final("events").await;
     assert_eq!(ch.value("SELECT count() FROM events").await, "2000");
 }

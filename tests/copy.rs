@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use bgmigrate::config::Connected;
 use bgmigrate::control::EventKind;
+use bgmigrate::control::MigrationRecord;
 use bgmigrate::{Runner, Status, builtin_registry};
 use clickhouse_common::{PrivateServer, TestClickHouse};
-use common::{TestDb, fast_config, register_dir, text, wait_until};
+use common::{TestDb, fast_config, register_dir, run_registered, text, wait_until};
 
 const PG_TRACES: &str = "
 CREATE TABLE traces (
@@ -100,17 +101,6 @@ async fn connect(db: &TestDb, ch_url: &str) -> Connected {
         .expect("clickhouse url")
 }
 
-async fn run_until_done(connected: &Connected, worker: &str) {
-    let handle = Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config(worker),
-    )
-    .spawn();
-    handle.join().await.expect("runner");
-}
-
 fn copy_definition(key: &str, args: &str) -> String {
     format!(
         "kind = \"copy\"\nfrom = {{ store = \"postgres\", table = \"traces\", key = {key} }}\n\
@@ -118,55 +108,92 @@ fn copy_definition(key: &str, args: &str) -> String {
     )
 }
 
-/// Every row arrives exactly — NULLs, unicode, arrays with NULL elements, equal timestamps, and two 20 MB rows
-/// that exceed the byte budget and so travel alone.
-#[tokio::test]
-async fn a_copy_moves_every_row_exactly_including_nulls_unicode_arrays_and_20_mb_rows() {
-    let db = TestDb::create("copy_exact").await;
-    let ch = TestClickHouse::create("copy_exact").await;
-    let pool = db.pool().await;
-    sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(insert_traces(5_000)))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "UPDATE traces SET input = jsonb_build_object('blob', (
-             SELECT string_agg(md5(traces.id || i), '') FROM generate_series(1, 20 * 32768) i))
-         WHERE id IN ('tr-0002500', 'tr-0002501')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    ch.exec(CH_TRACES).await;
-    db.define(
-        "20241024_1730_copy_traces",
-        &copy_definition("[\"id\"]", "batchSize = 700\nmaxBatchBytes = 8388608"),
-    );
-    let connected = connect(&db, &ch.url).await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_until_done(&connected, "w1").await;
+/// A test's own Postgres and ClickHouse databases: `rows` traces in Postgres, an empty ClickHouse table created by
+/// `ch_table`.
+struct Traces {
+    db: TestDb,
+    ch: TestClickHouse,
+    pool: sqlx::PgPool,
+}
 
-    let record = connected
-        .control
-        .get("20241024_1730_copy_traces")
-        .await
-        .unwrap();
+impl Traces {
+    async fn create(test: &str, rows: u32, ch_table: &str) -> Traces {
+        let db = TestDb::create(test).await;
+        let ch = TestClickHouse::create(test).await;
+        let pool = db.pool().await;
+        sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(insert_traces(rows)))
+            .execute(&pool)
+            .await
+            .unwrap();
+        ch.exec(ch_table).await;
+        Traces { db, ch, pool }
+    }
+
+    /// Runs `sql` on the Postgres side.
+    async fn pg(&self, sql: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// Makes the `input` of the traces `ids` (an SQL list) a 20 MB JSON value.
+    async fn make_20_mb(&self, ids: &str) {
+        self.pg(&format!(
+            "UPDATE traces SET input = jsonb_build_object('blob', (
+                 SELECT string_agg(md5(traces.id || i), '') FROM generate_series(1, 20 * 32768) i))
+             WHERE id IN ({ids})"
+        ))
+        .await;
+    }
+
+    /// Registers `definition` as `name`, runs a worker until nothing is left, and returns the connection and the
+    /// migration's record.
+    async fn run(&self, name: &str, definition: &str) -> (Connected, MigrationRecord) {
+        self.db.define(name, definition);
+        let connected = connect(&self.db, &self.ch.url).await;
+        register_dir(&connected, &self.db.migrations(), &builtin_registry()).await;
+        run_registered(&connected, "w1").await;
+        let record = connected.control.get(name).await.unwrap();
+        (connected, record)
+    }
+
+    /// Asserts that ClickHouse holds exactly the Postgres rows, and how many.
+    async fn assert_exact(&self, rows: usize) {
+        let (pg, clickhouse) = both_sides(&self.pool, &self.ch).await;
+        assert_eq!(clickhouse.len(), rows);
+        assert!(pg == clickhouse, "the copy differs from the source");
+    }
+}
+
+fn assert_finished(record: &MigrationRecord) {
     assert_eq!(
         record.status,
         Status::Finished,
         "{:?}",
         record.failed_reason
     );
+}
+
+/// Every row arrives exactly — NULLs, unicode, arrays with NULL elements, equal timestamps, and two 20 MB rows
+/// that exceed the byte budget and so travel alone.
+#[tokio::test]
+async fn a_copy_moves_every_row_exactly_including_nulls_unicode_arrays_and_20_mb_rows() {
+    let traces = Traces::create("copy_exact", 5_000, CH_TRACES).await;
+    traces.make_20_mb("'tr-0002500', 'tr-0002501'").await;
+    let name = "20241024_1730_copy_traces";
+    let (connected, record) = traces
+        .run(
+            name,
+            &copy_definition("[\"id\"]", "batchSize = 700\nmaxBatchBytes = 8388608"),
+        )
+        .await;
+
+    assert_finished(&record);
     assert_eq!(record.rows_done, 5_000);
-    let (pg, clickhouse) = both_sides(&pool, &ch).await;
-    assert_eq!(clickhouse.len(), 5_000);
-    assert!(pg == clickhouse, "the copy differs from the source");
-    let batches = connected
-        .control
-        .batches("20241024_1730_copy_traces", 100)
-        .await
-        .unwrap();
+    traces.assert_exact(5_000).await;
+    let batches = connected.control.batches(name, 100).await.unwrap();
     assert!(
         batches
             .iter()
@@ -184,56 +211,27 @@ async fn a_copy_moves_every_row_exactly_including_nulls_unicode_arrays_and_20_mb
 /// to the end with batches smaller than a group of equal timestamps.
 #[tokio::test]
 async fn a_composite_key_with_thousands_of_equal_timestamps_copies_every_row_and_terminates() {
-    let db = TestDb::create("copy_equal_ts").await;
-    let ch = TestClickHouse::create("copy_equal_ts").await;
-    let pool = db.pool().await;
-    sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
-    sqlx::query("CREATE UNIQUE INDEX traces_created_id ON traces (created_at, id)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(insert_traces(3_000)))
-        .execute(&pool)
-        .await
-        .unwrap();
-    ch.exec(&CH_TRACES.replace("ORDER BY id", "ORDER BY (created_at, id)"))
+    let ch_table = CH_TRACES.replace("ORDER BY id", "ORDER BY (created_at, id)");
+    let traces = Traces::create("copy_equal_ts", 3_000, &ch_table).await;
+    traces
+        .pg("CREATE UNIQUE INDEX traces_created_id ON traces (created_at, id)")
         .await;
-    db.define(
-        "20241024_1730_copy_traces",
-        &copy_definition("[\"created_at\", \"id\"]", "batchSize = 300"),
-    );
-    let connected = connect(&db, &ch.url).await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_until_done(&connected, "w1").await;
-    let record = connected
-        .control
-        .get("20241024_1730_copy_traces")
-        .await
-        .unwrap();
-    assert_eq!(
-        record.status,
-        Status::Finished,
-        "{:?}",
-        record.failed_reason
-    );
-    let (pg, clickhouse) = both_sides(&pool, &ch).await;
-    assert_eq!(clickhouse.len(), 3_000);
-    assert!(pg == clickhouse, "the copy differs from the source");
+    let (_, record) = traces
+        .run(
+            "20241024_1730_copy_traces",
+            &copy_definition("[\"created_at\", \"id\"]", "batchSize = 300"),
+        )
+        .await;
+    assert_finished(&record);
+    traces.assert_exact(3_000).await;
 }
 
 /// A worker killed with SIGKILL in the middle of a copy is taken over by another worker after its lease expires;
 /// the result is exact and, after deduplication, has no duplicate.
 #[tokio::test]
 async fn sigkill_mid_copy_then_resume_leaves_an_exact_copy_without_duplicates() {
-    let db = TestDb::create("copy_sigkill").await;
-    let ch = TestClickHouse::create("copy_sigkill").await;
-    let pool = db.pool().await;
-    sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(insert_traces(4_000)))
-        .execute(&pool)
-        .await
-        .unwrap();
-    ch.exec(CH_TRACES).await;
+    let traces = Traces::create("copy_sigkill", 4_000, CH_TRACES).await;
+    let (db, ch) = (&traces.db, &traces.ch);
     db.define(
         "20241024_1730_copy_traces",
         &copy_definition("[\"id\"]", "batchSize = 100\nsleepMs = 20"),
@@ -249,7 +247,7 @@ async fn sigkill_mid_copy_then_resume_leaves_an_exact_copy_without_duplicates() 
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let connected = connect(&db, &ch.url).await;
+    let connected = connect(db, &ch.url).await;
     wait_until(
         "the first worker copied some batches",
         Duration::from_secs(60),
@@ -289,8 +287,7 @@ async fn sigkill_mid_copy_then_resume_leaves_an_exact_copy_without_duplicates() 
     // background merges run.
     assert_eq!(ch.value("SELECT count() FROM traces FINAL").await, "4000");
     assert_eq!(ch.value("SELECT uniqExact(id) FROM traces").await, "4000");
-    let (pg, clickhouse) = both_sides(&pool, &ch).await;
-    assert!(pg == clickhouse, "the copy differs from the source");
+    traces.assert_exact(4_000).await;
 }
 
 /// ClickHouse going away mid-copy makes the batch retry with backoff, then fail with a reason naming ClickHouse;
@@ -355,7 +352,7 @@ async fn clickhouse_stopped_mid_copy_retries_then_fails_with_a_reason_and_retry_
     server.resume();
     let out = db.cli_with_env(&["retry", name], &[("CLICKHOUSE_URL", &ch.url)]);
     assert!(out.status.success(), "{}", text(&out));
-    run_until_done(&connected, "w2").await;
+    run_registered(&connected, "w2").await;
     let record = connected.control.get(name).await.unwrap();
     assert_eq!(
         record.status,
@@ -409,7 +406,7 @@ async fn an_unmappable_column_fails_validation_naming_column_and_types_before_an
     );
     let connected = connect(&db, &ch.url).await;
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_until_done(&connected, "w1").await;
+    run_registered(&connected, "w1").await;
 
     let bad_type = connected
         .control
@@ -448,49 +445,23 @@ async fn an_unmappable_column_fails_validation_naming_column_and_types_before_an
 /// NULLs, unicode, arrays and a 20 MB row included — then finishes, its progress counting both passes.
 #[tokio::test]
 async fn a_verified_copy_compares_every_key_range_on_both_sides_and_finishes() {
-    let db = TestDb::create("copy_verified").await;
-    let ch = TestClickHouse::create("copy_verified").await;
-    let pool = db.pool().await;
-    sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(insert_traces(3_000)))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "UPDATE traces SET input = jsonb_build_object('blob', (
-             SELECT string_agg(md5(i::text), '') FROM generate_series(1, 20 * 32768) i))
-         WHERE id = 'tr-0001500'",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    ch.exec(CH_TRACES).await;
-    let name = "20241024_1730_copy_traces_verified";
-    db.define(
-        name,
-        &format!(
-            "verify = true\n{}",
-            copy_definition("[\"id\"]", "batchSize = 700\nmaxBatchBytes = 8388608")
-        ),
-    );
-    let connected = connect(&db, &ch.url).await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_until_done(&connected, "w1").await;
+    let traces = Traces::create("copy_verified", 3_000, CH_TRACES).await;
+    traces.make_20_mb("'tr-0001500'").await;
+    let definition = copy_definition("[\"id\"]", "batchSize = 700\nmaxBatchBytes = 8388608");
+    let (_, record) = traces
+        .run(
+            "20241024_1730_copy_traces_verified",
+            &format!("verify = true\n{definition}"),
+        )
+        .await;
 
-    let record = connected.control.get(name).await.unwrap();
-    assert_eq!(
-        record.status,
-        Status::Finished,
-        "{:?}",
-        record.failed_reason
-    );
+    assert_finished(&record);
     let verify = &record.state["verify"];
     assert_eq!(verify["rows"], 3_000, "{}", record.state);
     assert_eq!(verify["mismatched"], 0, "{}", record.state);
     assert!(verify["ranges"].as_u64().unwrap() >= 5, "{}", record.state);
     assert_eq!(record.rows_done, 6_000, "both passes count as progress");
-    let (pg, clickhouse) = both_sides(&pool, &ch).await;
-    assert!(pg == clickhouse, "the copy differs from the source");
+    traces.assert_exact(3_000).await;
 }
 
 /// A row that differs in ClickHouse (here a newer version already in the target, which wins the
@@ -498,38 +469,27 @@ async fn a_verified_copy_compares_every_key_range_on_both_sides_and_finishes() {
 /// range, and the checkpoint lists it for `show`.
 #[tokio::test]
 async fn verify_names_the_key_range_that_differs_and_fails_the_migration() {
-    let db = TestDb::create("copy_verify_mismatch").await;
-    let ch = TestClickHouse::create("copy_verify_mismatch").await;
-    let pool = db.pool().await;
-    sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(insert_traces(2_000)))
-        .execute(&pool)
-        .await
-        .unwrap();
     let versioned = CH_TRACES.replace(
         "\n) ENGINE = ReplacingMergeTree ORDER BY id",
         ", ver UInt64 DEFAULT 0\n) ENGINE = ReplacingMergeTree(ver) ORDER BY id",
     );
     assert_ne!(versioned, CH_TRACES);
-    ch.exec(&versioned).await;
-    ch.exec(
-        "INSERT INTO traces (id, project_id, created_at, is_public, ver)
-         VALUES ('tr-0001900', 'tampered', '2024-10-24 12:00:01', 0, 1)",
-    )
-    .await;
-    let name = "20241024_1730_copy_traces_verify_mismatch";
-    db.define(
-        name,
-        &format!(
-            "verify = true\n{}",
-            copy_definition("[\"id\"]", "batchSize = 500")
-        ),
-    );
-    let connected = connect(&db, &ch.url).await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_until_done(&connected, "w1").await;
+    let traces = Traces::create("copy_verify_mismatch", 2_000, &versioned).await;
+    traces
+        .ch
+        .exec(
+            "INSERT INTO traces (id, project_id, created_at, is_public, ver)
+             VALUES ('tr-0001900', 'tampered', '2024-10-24 12:00:01', 0, 1)",
+        )
+        .await;
+    let definition = copy_definition("[\"id\"]", "batchSize = 500");
+    let (_, record) = traces
+        .run(
+            "20241024_1730_copy_traces_verify_mismatch",
+            &format!("verify = true\n{definition}"),
+        )
+        .await;
 
-    let record = connected.control.get(name).await.unwrap();
     assert_eq!(record.status, Status::Failed);
     let reason = record.failed_reason.clone().unwrap_or_default();
     assert!(
@@ -545,7 +505,7 @@ async fn verify_names_the_key_range_that_differs_and_fails_the_migration() {
         "the listed range holds the tampered key: {mismatch}"
     );
     assert_eq!(
-        ch.value("SELECT count() FROM traces FINAL").await,
+        traces.ch.value("SELECT count() FROM traces FINAL").await,
         "2000",
         "every row was copied before verify ran"
     );
@@ -556,51 +516,25 @@ async fn verify_names_the_key_range_that_differs_and_fails_the_migration() {
 /// the verify pass — which walks by key — finds both sides equal.
 #[tokio::test]
 async fn a_physical_order_copy_moves_every_row_exactly_window_by_window() {
-    let db = TestDb::create("copy_physical").await;
-    let ch = TestClickHouse::create("copy_physical").await;
-    let pool = db.pool().await;
-    sqlx::query(PG_TRACES).execute(&pool).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(insert_traces(5_000)))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM traces WHERE id BETWEEN 'tr-0001000' AND 'tr-0001800'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "UPDATE traces SET input = jsonb_build_object('blob', (
-             SELECT string_agg(md5(traces.id || i), '') FROM generate_series(1, 20 * 32768) i))
-         WHERE id IN ('tr-0002500', 'tr-0004000')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("VACUUM ANALYZE traces")
-        .execute(&pool)
-        .await
-        .unwrap();
-    ch.exec(CH_TRACES).await;
+    let traces = Traces::create("copy_physical", 5_000, CH_TRACES).await;
+    traces
+        .pg("DELETE FROM traces WHERE id BETWEEN 'tr-0001000' AND 'tr-0001800'")
+        .await;
+    traces.make_20_mb("'tr-0002500', 'tr-0004000'").await;
+    traces.pg("VACUUM ANALYZE traces").await;
     let name = "20241024_1730_copy_traces_physical";
-    db.define(
-        name,
-        "kind = \"copy\"\nverify = true\n\
-         from = { store = \"postgres\", table = \"traces\", key = [\"id\"], order = \"physical\" }\n\
-         to = { store = \"clickhouse\", table = \"traces\" }\n[args]\nbatchSize = 700\nmaxBatchBytes = 8388608\n",
-    );
-    let connected = connect(&db, &ch.url).await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_until_done(&connected, "w1").await;
+    let (connected, record) = traces
+        .run(
+            name,
+            "kind = \"copy\"\nverify = true\n\
+             from = { store = \"postgres\", table = \"traces\", key = [\"id\"], order = \"physical\" }\n\
+             to = { store = \"clickhouse\", table = \"traces\" }\n[args]\nbatchSize = 700\nmaxBatchBytes = 8388608\n",
+        )
+        .await;
 
-    let record = connected.control.get(name).await.unwrap();
-    assert_eq!(
-        record.status,
-        Status::Finished,
-        "{:?}",
-        record.failed_reason
-    );
+    assert_finished(&record);
     let source_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM traces")
-        .fetch_one(&pool)
+        .fetch_one(&traces.pool)
         .await
         .unwrap();
     assert!(
@@ -612,9 +546,7 @@ async fn a_physical_order_copy_moves_every_row_exactly_window_by_window() {
     );
     assert_eq!(record.state["verify"]["rows"], source_rows);
     assert_eq!(record.state["verify"]["mismatched"], 0);
-    let (pg, clickhouse) = both_sides(&pool, &ch).await;
-    assert_eq!(clickhouse.len() as i64, source_rows);
-    assert!(pg == clickhouse, "the copy differs from the source");
+    traces.assert_exact(source_rows as usize).await;
     let batches = connected.control.batches(name, 1_000).await.unwrap();
     assert!(batches.iter().all(|b| b.rows <= 700));
     assert!(

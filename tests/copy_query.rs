@@ -9,11 +9,11 @@ mod common;
 
 use std::sync::Arc;
 
+use bgmigrate::Status;
 use bgmigrate::config::Connected;
 use bgmigrate::store::{SqlStore, SqliteStore, sqlite};
-use bgmigrate::{Runner, Status, builtin_registry};
 use clickhouse_common::TestClickHouse;
-use common::{TestDb, fast_config, register_dir};
+use common::{TestDb, run_to_end};
 
 /// Traces with their project: `name` has NULLs and unicode, three bodies are 2 MB (read in slices by key).
 const PG_TABLES: &str = "
@@ -60,20 +60,6 @@ async fn connect(db: &TestDb, ch_url: &str) -> Connected {
         .expect("clickhouse url")
 }
 
-async fn run_until_done(connected: &Connected, migrations: &std::path::Path) {
-    register_dir(connected, migrations, &builtin_registry()).await;
-    Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w1"),
-    )
-    .spawn()
-    .join()
-    .await
-    .expect("runner");
-}
-
 /// A copy definition reading `query` (a multi-line TOML string, as docs/clickhouse.md shows) with `key` into
 /// ClickHouse `table`.
 fn query_definition(query: &str, key: &str, table: &str, args: &str) -> String {
@@ -109,7 +95,7 @@ async fn a_query_with_a_join_and_computed_columns_copies_exactly_across_many_sma
         &query_definition(QUERY, "[\"id\"]", "trace_view", "batchSize = 150"),
     );
     let connected = connect(&db, &ch.url).await;
-    run_until_done(&connected, &db.migrations()).await;
+    run_to_end(&connected, &db.migrations()).await;
 
     let record = connected.control.get(name).await.unwrap();
     assert_eq!(
@@ -196,7 +182,7 @@ async fn a_query_naming_a_missing_column_or_without_the_key_fails_validation_bef
         db.define(name, &query_definition(query, key, "trace_view", ""));
     }
     let connected = connect(&db, &ch.url).await;
-    run_until_done(&connected, &db.migrations()).await;
+    run_to_end(&connected, &db.migrations()).await;
 
     for (name, _, _, reason) in &cases {
         let record = connected.control.get(name).await.unwrap();
@@ -239,7 +225,7 @@ async fn duplicate_keys_in_the_query_result_fail_the_migration_naming_the_key() 
         ),
     );
     let connected = connect(&db, &ch.url).await;
-    run_until_done(&connected, &db.migrations()).await;
+    run_to_end(&connected, &db.migrations()).await;
 
     let record = connected.control.get(name).await.unwrap();
     assert_eq!(record.status, Status::Failed);
@@ -289,7 +275,7 @@ async fn a_query_copies_into_a_sql_store_and_a_sqlite_source_query_is_refused() 
         "kind = \"copy\"\nfrom = { store = \"analytics\", query = \"SELECT 1 AS id\", key = [\"id\"] }\n\
          to = { store = \"postgres\", table = \"trace_view\" }\n",
     );
-    run_until_done(&connected, &db.migrations()).await;
+    run_to_end(&connected, &db.migrations()).await;
 
     let record = connected
         .control

@@ -6,10 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
+use bgmigrate::Status;
 use bgmigrate::config::{self, Connected};
 use bgmigrate::store::{SqlStore, SqliteStore, sqlite};
-use bgmigrate::{Runner, Status, builtin_registry};
-use common::{TestDb, fast_config, register_dir};
+use common::{TestDb, run_to_end};
 
 /// Rows in the source table: several batches of 97, and a few batches closed early by `maxBatchBytes`.
 const ROWS: usize = 2_500;
@@ -80,21 +80,6 @@ fn definition(from: &str, to: &str) -> String {
         "kind = \"copy\"\nfrom = {{ store = \"{from}\", table = \"events\", key = [\"grp\", \"id\"] }}\n\
          to = {{ store = \"{to}\", table = \"events_copy\" }}\n[args]\nbatchSize = 97\nmaxBatchBytes = 30000\n"
     )
-}
-
-/// Registers the definitions in `migrations` and runs them all to the end with one library runner.
-async fn run_to_end(connected: &Connected, migrations: &std::path::Path) {
-    register_dir(connected, migrations, &builtin_registry()).await;
-    Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w1"),
-    )
-    .spawn()
-    .join()
-    .await
-    .expect("runner");
 }
 
 /// Copies `events` into `events_copy` twice (the second copy re-sends every batch over the first one's rows, one

@@ -191,3 +191,23 @@ pub async fn register_dir(connected: &Connected, dir: &Path, registry: &bgmigrat
         .await
         .expect("register");
 }
+
+/// Runs every registered migration to the end with one library runner named `worker` (`--exit-when-done`).
+pub async fn run_registered(connected: &Connected, worker: &str) {
+    bgmigrate::Runner::new(
+        connected.control.clone(),
+        bgmigrate::builtin_registry(),
+        connected.stores.clone(),
+        fast_config(worker),
+    )
+    .spawn()
+    .join()
+    .await
+    .expect("runner");
+}
+
+/// Registers the definitions in `dir`, then runs every migration to the end with one library runner (`w1`).
+pub async fn run_to_end(connected: &Connected, dir: &Path) {
+    register_dir(connected, dir, &bgmigrate::builtin_registry()).await;
+    run_registered(connected, "w1").await;
+}
