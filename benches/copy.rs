@@ -104,14 +104,14 @@ impl Drop for Databases {
 }
 
 /// A copy definition at default args (or `BENCH_ARGS`, TOML lines such as `batchSize = 50000`); `from_extra` is
-/// added to `from` (e.g. `, order = "physical"`).
-fn definition(dir: &std::path::Path, table: &str, target: &str, from_extra: &str) {
+/// added to `from` (e.g. `, order = "physical"`), `top_extra` before it (e.g. `verify = true`).
+fn definition(dir: &std::path::Path, table: &str, target: &str, from_extra: &str, top_extra: &str) {
     let background = dir.join("background");
     std::fs::create_dir_all(&background).unwrap();
     std::fs::write(
         background.join(format!("20241024_1730_copy_{target}.toml")),
         format!(
-            "kind = \"copy\"\nfrom = {{ store = \"postgres\", table = \"{table}\", key = [\"id\"]{from_extra} }}\n\
+            "kind = \"copy\"\n{top_extra}\nfrom = {{ store = \"postgres\", table = \"{table}\", key = [\"id\"]{from_extra} }}\n\
              to = {{ store = \"clickhouse\", table = \"{target}\" }}\n[args]\n{}\n",
             std::env::var("BENCH_ARGS").unwrap_or_default()
         ),
@@ -203,8 +203,11 @@ async fn throughput(rows: u64, keys: Keys) {
 
     // bgmigrate: the copy kind with default args, run by the library's runner, in key order (the default) and
     // in physical order.
-    let key_order = copy_with_bgmigrate(&dbs, "traces", "").await;
-    let physical = copy_with_bgmigrate(&dbs, "traces_physical", ", order = \"physical\"").await;
+    let physical_order = ", order = \"physical\"";
+    let key_order = copy_with_bgmigrate(&dbs, "traces", "", "").await;
+    let physical = copy_with_bgmigrate(&dbs, "traces_physical", physical_order, "").await;
+    let verified =
+        copy_with_bgmigrate(&dbs, "traces_verified", physical_order, "verify = true").await;
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!(
@@ -225,6 +228,12 @@ async fn throughput(rows: u64, keys: Keys) {
             rate(took) / rate(pipe)
         );
     }
+    let (took, cpu) = verified;
+    println!(
+        "  bgmigrate copy, order = \"physical\" then verify = true (every row read again by key and compared): {:.2} s \
+         in all | {cpu}",
+        took.as_secs_f64()
+    );
 }
 
 /// CPU seconds used so far by this process, by all `postgres` processes and by `clickhouse-server` (utime +
@@ -283,10 +292,11 @@ async fn copy_with_bgmigrate(
     dbs: &Databases,
     target: &str,
     from_extra: &str,
+    top_extra: &str,
 ) -> (Duration, String) {
     clickhouse(&format!("CREATE TABLE {}.{target} {CH_TABLE}", dbs.name));
     let dir = tempfile::tempdir().unwrap();
-    definition(dir.path(), "traces", target, from_extra);
+    definition(dir.path(), "traces", target, from_extra, top_extra);
     let connected = config::connect(&dbs.pg_url())
         .await
         .unwrap()
@@ -359,7 +369,7 @@ fn peak_memory() {
         dbs.name
     ));
     let dir = tempfile::tempdir().unwrap();
-    definition(dir.path(), "blobs", "blobs", "");
+    definition(dir.path(), "blobs", "blobs", "", "");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
         .args(["worker", "--exit-when-done", "--poll", "100ms"])
         .env("DATABASE_URL", dbs.pg_url())

@@ -556,3 +556,53 @@ async fn a_physical_order_copy_moves_every_row_exactly_window_by_window() {
         "a 20 MB row travels alone"
     );
 }
+
+/// A verify batch of 55,000 keys (the default batch size is 100,000) is more than one ClickHouse query may name
+/// (`max_ast_elements`: 50,000): the keys are asked for in chunks whose digests add up — an untouched copy verifies, and a
+/// row changed in the last chunk is still found.
+#[tokio::test]
+async fn a_verify_batch_beyond_clickhouses_query_limits_is_compared_in_chunks() {
+    let versioned = CH_TRACES
+        .replace("CREATE TABLE traces", "CREATE TABLE traces_versioned")
+        .replace(
+            "\n) ENGINE = ReplacingMergeTree ORDER BY id",
+            ", ver UInt64 DEFAULT 0\n) ENGINE = ReplacingMergeTree(ver) ORDER BY id",
+        );
+    let traces = Traces::create("copy_verify_chunks", 55_000, CH_TRACES).await;
+    traces.ch.exec(&versioned).await;
+    traces
+        .ch
+        .exec(
+            "INSERT INTO traces_versioned (id, project_id, created_at, is_public, ver)
+             VALUES ('tr-0054001', 'tampered', '2024-10-24 12:00:54', 1, 1)",
+        )
+        .await;
+    let tampered = "kind = \"copy\"\nverify = true\n\
+                    from = { store = \"postgres\", table = \"traces\", key = [\"id\"] }\n\
+                    to = { store = \"clickhouse\", table = \"traces_versioned\" }\n";
+    traces.db.define("20241024_1731_copy_tampered", tampered);
+    let definition = copy_definition("[\"id\"]", "");
+    let (connected, record) = traces
+        .run(
+            "20241024_1730_copy_untouched",
+            &format!("verify = true\n{definition}"),
+        )
+        .await;
+
+    assert_finished(&record);
+    assert_eq!(record.state["verify"]["rows"], 55_000, "{}", record.state);
+    assert_eq!(record.state["verify"]["ranges"], 1, "{}", record.state);
+    assert_eq!(record.state["verify"]["mismatched"], 0, "{}", record.state);
+    let tampered = connected
+        .control
+        .get("20241024_1731_copy_tampered")
+        .await
+        .unwrap();
+    assert_eq!(tampered.status, Status::Failed);
+    let reason = tampered.failed_reason.unwrap_or_default();
+    assert!(
+        reason.contains("verify: 1 of 1 key ranges differ")
+            && reason.contains("55000 rows on both sides, checksums differ"),
+        "{reason}"
+    );
+}
