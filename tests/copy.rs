@@ -557,11 +557,11 @@ async fn a_physical_order_copy_moves_every_row_exactly_window_by_window() {
     );
 }
 
-/// A verify batch of 55,000 keys (the default batch size is 100,000) is more than one ClickHouse query may name
-/// (`max_ast_elements`: 50,000): the keys are asked for in chunks whose digests add up — an untouched copy verifies, and a
-/// row changed in the last chunk is still found.
+/// A verify batch of 55,000 keys (the default batch size is 100,000) is more than a ClickHouse query may name as
+/// literals (`max_ast_elements`: 50,000), so the keys travel as an external table: an untouched copy verifies, and a
+/// row changed near the end of the batch is found.
 #[tokio::test]
-async fn a_verify_batch_beyond_clickhouses_query_limits_is_compared_in_chunks() {
+async fn a_verify_batch_beyond_clickhouses_ast_limit_sends_its_keys_as_a_table() {
     let versioned = CH_TRACES
         .replace("CREATE TABLE traces", "CREATE TABLE traces_versioned")
         .replace(

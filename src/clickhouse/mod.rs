@@ -5,11 +5,12 @@
 //! validating `RowBinaryWithNamesAndTypes`; literals are quoted client-side by [`quote_literal`].
 //!
 //! Layout: [`config`] parses the connection; [`error`] classifies failures; [`types`] reads column types;
-//! [`rowbinary`] writes the insert format; [`digest`] counts and checksums rows in it; [`statements`] splits multi-statement files.
+//! [`rowbinary`] writes the insert format; [`digest`] counts and checksums rows in it; [`external`] sends a table beside a query; [`statements`] splits multi-statement files.
 
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod external;
 pub mod rowbinary;
 pub mod statements;
 pub mod types;
@@ -23,6 +24,7 @@ use tokio_util::io::StreamReader;
 
 pub use self::config::ClickHouseConfig;
 pub use self::error::ClickHouseError;
+pub use self::external::ExternalTable;
 pub use self::types::ChType;
 
 /// How long a single request may take before it counts as a (transient) failure.
@@ -126,19 +128,29 @@ impl ClickHouse {
         url: Url,
         body: Body,
     ) -> Result<reqwest::Response, ClickHouseError> {
+        self.send_typed(context, url, body, None).await
+    }
+
+    async fn send_typed(
+        &self,
+        context: &str,
+        url: Url,
+        body: Body,
+        content_type: Option<&str>,
+    ) -> Result<reqwest::Response, ClickHouseError> {
         let unreachable = |source| ClickHouseError::Unreachable {
             endpoint: self.config.host_port(),
             context: context.to_owned(),
             source,
         };
-        let response = self
+        let mut request = self
             .http
             .post(url)
-            .basic_auth(&self.config.user, Some(&self.config.password))
-            .body(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .basic_auth(&self.config.user, Some(&self.config.password));
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        let response = request.body(body).send().await.map_err(unreachable)?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -211,20 +223,20 @@ impl ClickHouse {
         Ok(())
     }
 
-    /// Runs a `SELECT` (without a `FORMAT` clause) and returns its rows as a `RowBinary` stream, read as it arrives.
-    ///
-    /// The query travels in the request body and `max_query_size` is raised to its length, so long `IN` lists pass
-    /// (the setting exists on 18.16 and current servers).
-    pub async fn select_rowbinary(
+    /// Runs a `SELECT` (without a `FORMAT` clause) that names the external table `external` and returns its rows
+    /// as a `RowBinary` stream, read as it arrives. The table travels as data beside the query (see [`external`]).
+    pub async fn select_rowbinary_with(
         &self,
         sql: &str,
+        external: &ExternalTable,
     ) -> Result<impl AsyncRead + Send + Unpin + 'static, ClickHouseError> {
         let context = format!("run `{}`", short(sql));
-        let mut url = self.url(None);
-        url.query_pairs_mut()
-            .append_pair("max_query_size", &(sql.len() + 1024).to_string());
-        let body = format!("{sql}\nFORMAT RowBinary");
-        let response = self.send(&context, url, Body::from(body)).await?;
+        let mut url = self.url(Some(&format!("{sql}\nFORMAT RowBinary")));
+        url.query_pairs_mut().extend_pairs(external.url_params());
+        let (body, content_type) = external.multipart(random_boundary());
+        let response = self
+            .send_typed(&context, url, Body::from(body), Some(&content_type))
+            .await?;
         let chunks = response.bytes_stream().map_err(std::io::Error::other);
         Ok(StreamReader::new(Box::pin(chunks)))
     }
@@ -271,6 +283,15 @@ impl ClickHouse {
                 engine: std::mem::take(&mut row[0]),
             }))
     }
+}
+
+/// A multipart boundary that no one can predict (so no data can be crafted to contain it).
+fn random_boundary() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness the fixed fallback is still safe: `ExternalTable::multipart` lengthens a boundary that
+    // occurs in the data.
+    let _ = getrandom::fill(&mut bytes);
+    format!("bgmigrate-{}", hex::encode(bytes))
 }
 
 /// A string literal for ClickHouse SQL (`'it\'s'`), safe for any text.

@@ -4,7 +4,7 @@
 //!
 //! Postgres sorts text keys by its collation, ClickHouse by bytes, so a range cannot be given by its bounds alone:
 //! each verify batch reads its rows (and their keys) from Postgres as the copy would encode them, then asks
-//! ClickHouse for exactly those keys (`SELECT ... FINAL WHERE key IN (...)`). Both answers go through one digest
+//! ClickHouse for exactly those keys (`SELECT ... FINAL WHERE key IN bgm_keys`, the keys sent as an external table). Both answers go through one digest
 //! ([`crate::clickhouse::digest`]), so equal digests mean equal rows. A range that differs is recorded in the
 //! checkpoint (shown by `show` and the web UI); when the walk ends with any, the migration fails naming them (in
 //! one more batch, after the checkpoint listing them is written).
@@ -18,7 +18,7 @@ use super::{CopyPlan, ch_error};
 use crate::args::Args;
 use crate::clickhouse::digest::{DigestError, RowDigest, digest_rows};
 use crate::clickhouse::rowbinary::BodyWriter;
-use crate::clickhouse::{ChType, ClickHouse, quote_ident, quote_literal};
+use crate::clickhouse::{ChType, ClickHouse, ExternalTable, quote_ident};
 use crate::migration::MigrationError;
 
 /// Mismatching ranges kept in the checkpoint; more are counted, not listed.
@@ -177,15 +177,18 @@ pub async fn verify_batch(
         Err(ReadError::Closed) => return Err(digest_failed("the Postgres rows", source.err())),
     };
     let source = source.map_err(|err| digest_failed("the Postgres rows", Some(err)))?;
-    let mut target = RowDigest::default();
-    for chunk in keys.chunks(keys_per_query(plan.key.len())) {
-        let sql = target_select(plan, chunk)?;
-        let answer = clickhouse.select_rowbinary(&sql).await.map_err(ch_error)?;
-        let digest = digest_rows(answer, &types)
+    let target = if keys.is_empty() {
+        RowDigest::default()
+    } else {
+        let (sql, external) = target_select(plan, &keys);
+        let answer = clickhouse
+            .select_rowbinary_with(&sql, &external)
             .await
-            .map_err(|err| digest_failed("ClickHouse's answer", Some(err)))?;
-        target = target.plus(digest);
-    }
+            .map_err(ch_error)?;
+        digest_rows(answer, &types)
+            .await
+            .map_err(|err| digest_failed("ClickHouse's answer", Some(err)))?
+    };
     Ok(Checked {
         keys,
         source,
@@ -194,57 +197,33 @@ pub async fn verify_batch(
     })
 }
 
-/// ClickHouse refuses a query whose syntax tree has more than `max_ast_elements` nodes (50,000 by default, on 18.16
-/// and current servers); a key of `arity` columns costs `arity + 1` nodes in the `IN` list. Keys are asked for in
-/// chunks that stay well below, and the chunks' digests add up.
-const AST_NODES_PER_QUERY: usize = 40_000;
-
-fn keys_per_query(arity: usize) -> usize {
-    AST_NODES_PER_QUERY / (arity + 1)
-}
-
 /// A digest that could not be completed: the stream broke off (retried) or did not match the types.
 fn digest_failed(side: &str, err: Option<DigestError>) -> MigrationError {
     let detail = err.map_or_else(|| "the reader stopped".to_owned(), |e| e.to_string());
     MigrationError::Transient(format!("verify could not read {side}: {detail}"))
 }
 
-/// `SELECT <columns> FROM <table> FINAL WHERE (<key>) IN (...)` for exactly `keys`.
-fn target_select(plan: &CopyPlan, keys: &[Vec<String>]) -> Result<String, MigrationError> {
+/// The name of the external table that carries a verify batch's keys.
+const KEYS_TABLE: &str = "bgm_keys";
+
+/// `SELECT <columns> FROM <table> FINAL WHERE (<key>) IN bgm_keys`, and `bgm_keys`: exactly `keys`, sent as data
+/// beside the query (a list of 100,000 keys as SQL literals would cost ClickHouse ~5× more time to parse and
+/// exceed `max_ast_elements`).
+fn target_select(plan: &CopyPlan, keys: &[Vec<String>]) -> (String, ExternalTable) {
     let key_columns = plan.key_columns();
-    let mut tuples = Vec::with_capacity(keys.len());
-    for key in keys {
-        let literals = key
-            .iter()
-            .zip(&key_columns)
-            .map(|(value, column)| key_literal(value, &column.target))
-            .collect::<Result<Vec<_>, _>>()?;
-        tuples.push(format!("({})", literals.join(", ")));
-    }
+    let structure: Vec<(&str, &ChType)> = key_columns
+        .iter()
+        .map(|c| (c.name.as_str(), &c.target))
+        .collect();
     let columns: Vec<String> = plan.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let key_names: Vec<String> = key_columns.iter().map(|c| quote_ident(&c.name)).collect();
-    Ok(format!(
-        "SELECT {} FROM {} FINAL WHERE ({}) IN ({})",
+    let sql = format!(
+        "SELECT {} FROM {} FINAL WHERE ({}) IN {KEYS_TABLE}",
         columns.join(", "),
         quote_ident(&plan.target_table),
-        key_names.join(", "),
-        tuples.join(", ")
-    ))
-}
-
-/// A key value (Postgres text) as a ClickHouse literal of the key column's type.
-fn key_literal(value: &str, ty: &ChType) -> Result<String, MigrationError> {
-    match ty {
-        ChType::Int(_) | ChType::UInt(_) => value
-            .parse::<i128>()
-            .map(|n| n.to_string())
-            .map_err(|_| {
-                MigrationError::Invalid(format!(
-                    "verify: the key value {value:?} is not an integer, but its ClickHouse column is {ty:?}"
-                ))
-            }),
-        _ => Ok(quote_literal(value)),
-    }
+        key_names.join(", ")
+    );
+    (sql, ExternalTable::new(KEYS_TABLE, &structure, keys))
 }
 
 #[cfg(test)]
@@ -280,18 +259,8 @@ mod tests {
     }
 
     #[test]
-    fn long_key_lists_are_asked_for_in_chunks_below_clickhouses_ast_limit() {
-        assert_eq!(keys_per_query(1), 20_000);
-        assert_eq!(keys_per_query(3), 10_000);
-        assert!(keys_per_query(1) * 2 < 50_000);
-    }
-
-    #[test]
-    fn key_literals_are_quoted_as_text_or_checked_as_integers() {
-        assert_eq!(key_literal("it's", &ChType::String).unwrap(), "'it\\'s'");
-        assert_eq!(key_literal("-42", &ChType::Int(64)).unwrap(), "-42");
-        let err = key_literal("1; DROP", &ChType::UInt(32)).unwrap_err();
-        assert!(err.to_string().contains("is not an integer"), "{err}");
+    fn only_string_and_integer_keys_can_be_named_in_the_keys_table() {
+        assert!(key_type_supported(&ChType::String) && key_type_supported(&ChType::UInt(32)));
         assert!(!key_type_supported(&ChType::DateTime));
     }
 }
