@@ -146,7 +146,7 @@ pub struct Checked {
     pub exhausted: bool,
 }
 
-/// Whether verify can name keys of this ClickHouse type in an `IN` list.
+/// Whether verify can send keys of this ClickHouse type in its keys table (built from their Postgres text).
 pub fn key_type_supported(ty: &ChType) -> bool {
     matches!(ty, ChType::String | ChType::Int(_) | ChType::UInt(_))
 }
