@@ -41,6 +41,13 @@ pub struct Moved {
 pub(super) enum Window<'a> {
     /// The rows after this key (`None`: from the first), in key order.
     Keys(Option<&'a [String]>),
+    /// The rows after `after` up to `upto` (inclusive), in any order.
+    KeyRange {
+        /// The lower key, exclusive (`None`: from the first).
+        after: Option<&'a [String]>,
+        /// The upper key, inclusive.
+        upto: &'a [String],
+    },
     /// The rows of a page window, in physical order (the plan's statement carries `ctid`).
     Pages(PageWindow),
 }
@@ -98,6 +105,11 @@ pub(super) async fn encode_batch(
         Window::Keys(lower) => (
             plan.sql.read(lower.is_some()),
             lower.unwrap_or_default().to_vec(),
+            None,
+        ),
+        Window::KeyRange { after, upto } => (
+            plan.sql.read_range(after.is_some()),
+            [after.unwrap_or_default(), upto].concat(),
             None,
         ),
         Window::Pages(pages) => (

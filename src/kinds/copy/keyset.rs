@@ -94,6 +94,45 @@ impl Keyset {
         )
     }
 
+    /// The rows after the cursor up to an upper key, inclusive, in no particular order (Postgres may read them in
+    /// heap order). Params: the cursor (if any), the upper key, then the row limit.
+    pub fn read_range(&self, select: &str, has_lower: bool) -> String {
+        let keys = self.keys.join(", ");
+        let mut conditions = Vec::new();
+        let mut next = 1;
+        if has_lower {
+            conditions.push(format!("({keys}) > {}", self.bound(next)));
+            next += self.keys.len();
+        }
+        conditions.push(format!("({keys}) <= {}", self.bound(next)));
+        next += self.keys.len();
+        conditions.extend(self.filter.clone());
+        format!(
+            "SELECT {select} FROM {} AS bgm_src WHERE {} LIMIT {}",
+            self.source,
+            conditions.join(" AND "),
+            self.dialect.param(next, "bigint")
+        )
+    }
+
+    /// The key `n` rows after the cursor (the filter ignored), as text. Params: the cursor (if any), then `n - 1`.
+    pub fn key_after(&self, has_lower: bool) -> String {
+        let keys = self.keys.join(", ");
+        let lower = if has_lower {
+            format!(" WHERE ({keys}) > {}", self.bound(1))
+        } else {
+            String::new()
+        };
+        let texts: Vec<String> = self.keys.iter().map(|k| self.dialect.as_text(k)).collect();
+        let offset = if has_lower { self.keys.len() + 1 } else { 1 };
+        format!(
+            "SELECT {} FROM {} AS bgm_src{lower} ORDER BY {keys} OFFSET {} LIMIT 1",
+            texts.join(", "),
+            self.source,
+            self.dialect.param(offset, "bigint")
+        )
+    }
+
     /// The key of a row just read (as text, `None` for NULL), checked against the previous row's key: it must have
     /// no NULL and differ from the previous key (rows arrive in key order, so a duplicate arrives right after its
     /// twin). A table's unique NOT NULL key always passes; a query's result is only known to comply when read.
@@ -149,6 +188,20 @@ mod tests {
             keyset().read("bgm_src.\"n\"", true),
             "SELECT bgm_src.\"n\" FROM (\nSELECT t.id, t.n FROM t\n) AS bgm_src WHERE (bgm_src.\"id\") > \
              ($1::bigint) ORDER BY bgm_src.\"id\" LIMIT $2::bigint"
+        );
+    }
+
+    #[test]
+    fn a_key_range_is_read_in_any_order_and_its_end_comes_from_the_key_alone() {
+        assert_eq!(
+            keyset().read_range("x", true),
+            "SELECT x FROM (\nSELECT t.id, t.n FROM t\n) AS bgm_src WHERE (bgm_src.\"id\") > ($1::bigint) AND \
+             (bgm_src.\"id\") <= ($2::bigint) LIMIT $3::bigint"
+        );
+        assert_eq!(
+            keyset().key_after(false),
+            "SELECT bgm_src.\"id\"::text FROM (\nSELECT t.id, t.n FROM t\n) AS bgm_src ORDER BY bgm_src.\"id\" \
+             OFFSET $1::bigint LIMIT 1"
         );
     }
 

@@ -16,6 +16,7 @@
 
 mod batch;
 mod encode;
+mod key_range;
 mod keyset;
 mod mapping;
 mod pages;
@@ -26,6 +27,7 @@ mod upsert;
 mod verify;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -60,6 +62,8 @@ pub struct Copy {
     source: PgStore,
     target: ClickHouse,
     plan: OnceCell<CopyPlan>,
+    /// Whether key-order batches are still read as key ranges (cleared when rows outgrow the byte budget).
+    ranges: AtomicBool,
 }
 
 /// What validation established: the columns with their mapping, and the read statement.
@@ -71,6 +75,9 @@ pub struct CopyPlan {
     target_table: String,
     /// Set for a walk in physical order.
     physical: Option<PhysicalWalk>,
+    /// Whether key-order batches may be read as key ranges (a table source: its key has an index to find a
+    /// range's end on; see [`key_range`]).
+    ranged: bool,
 }
 
 /// What a walk in physical order needs: the table, and its average rows per heap page to size the page windows.
@@ -166,6 +173,7 @@ impl Copy {
             source,
             target,
             plan: OnceCell::new(),
+            ranges: AtomicBool::new(true),
         }))
     }
 
@@ -246,6 +254,7 @@ impl Copy {
             key: from.key.clone(),
             target_table: to.table.clone(),
             physical,
+            ranged: matches!(from.relation, Relation::Table(_)),
         };
         if self.spec.verify
             && let Some(column) = plan
@@ -491,12 +500,16 @@ impl Copy {
         batch: &Batch<'_>,
     ) -> Result<(Value, Moved, bool), MigrationError> {
         let lower = cursor_of(batch.state, plan.sql_key_arity())?;
-        let window = Window::Keys(lower.as_deref());
-        let moved =
-            batch::copy_batch(self.source.pool(), &self.target, plan, window, batch.args).await?;
-        let cursor = moved.last_key.clone().or(lower);
-        let exhausted = moved.complete;
-        Ok((json!({ "cursor": cursor }), moved, exhausted))
+        let done = key_range::copy_key_batch(
+            self.source.pool(),
+            &self.target,
+            plan,
+            lower.as_deref(),
+            batch.args,
+            &self.ranges,
+        )
+        .await?;
+        Ok((json!({ "cursor": done.cursor }), done.moved, done.exhausted))
     }
 
     /// A batch in physical order: the rows of the page window after the `ctid` cursor. The source is exhausted

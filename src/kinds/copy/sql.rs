@@ -77,6 +77,17 @@ impl CopySql {
         self.keyset.read(&self.select, has_lower)
     }
 
+    /// Reads the rows after the cursor up to an upper key, in any order. Params: the cursor (if any), the upper key,
+    /// then the row limit.
+    pub fn read_range(&self, has_lower: bool) -> String {
+        self.keyset.read_range(&self.select, has_lower)
+    }
+
+    /// The key `n` rows after the cursor, as text. Params: the cursor (if any), then `n - 1`.
+    pub fn key_after(&self, has_lower: bool) -> String {
+        self.keyset.key_after(has_lower)
+    }
+
     /// The same columns plus each row's `ctid` (last), for a walk in physical order.
     pub fn with_ctid(mut self) -> Self {
         self.select.push_str(", bgm_src.ctid::text AS bgm_ctid");

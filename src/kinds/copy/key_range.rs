@@ -1,0 +1,111 @@
+//! A key-order batch from a table, read as a key range in whatever order Postgres likes.
+//!
+//! The batch's last key is found first on the key's index (`ORDER BY key OFFSET batchSize - 1 LIMIT 1`, an
+//! index-only scan on a vacuumed table, as the backfill does); then the rows `(cursor, last]` are read without
+//! `ORDER BY`, so Postgres may fetch them with a bitmap heap scan — in heap order, each page once per batch — instead
+//! of one heap page per row in key order. ClickHouse sorts each insert itself, so the order does not matter to it,
+//! and the checkpoint is the range's last key. On random keys (md5, uuid v4) this cut Postgres' CPU for a copy by
+//! ~20 % in the benchmark.
+//!
+//! Within the range the byte budget cannot close the batch at a key (rows are not in key order), so a range that
+//! outgrows `maxBatchBytes` is abandoned: what was sent collapses with the rows sent again, and the batch is read
+//! again in key order, which closes at the budget exactly; the copy then stays in key order (its rows are large).
+//! The last, partial batch (fewer than `batchSize` rows left) is read in key order too. Query sources always are:
+//! their key may have no index to find the range's end on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
+
+use super::CopyPlan;
+use super::batch::{Moved, Window, copy_batch};
+use crate::args::Args;
+use crate::clickhouse::ClickHouse;
+use crate::migration::MigrationError;
+use crate::store::StoreError;
+
+/// What a key-order batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyBatch {
+    /// Rows and bytes moved, counted once (rows of an abandoned range are not counted).
+    pub moved: Moved,
+    /// The next cursor (`None`: still before the first key).
+    pub cursor: Option<Vec<String>>,
+    /// True when the source has no rows after the cursor.
+    pub exhausted: bool,
+}
+
+/// Copies the batch after `lower`: as a key range while `ranges` allows and the source has a full batch left, else
+/// in key order. Clears `ranges` when a range outgrew the byte budget.
+pub async fn copy_key_batch(
+    pool: &PgPool,
+    clickhouse: &ClickHouse,
+    plan: &CopyPlan,
+    lower: Option<&[String]>,
+    args: &Args,
+    ranges: &AtomicBool,
+) -> Result<KeyBatch, MigrationError> {
+    let last = if ranges.load(Ordering::Relaxed) && plan.ranged {
+        key_after(pool, plan, lower, args.batch_size).await?
+    } else {
+        None
+    };
+    if let Some(last) = last {
+        // One more than the range can hold: reading it to its end then reports it complete. More rows than that
+        // (inserted meanwhile) stop it at the limit, incomplete.
+        let mut range_args = args.clone();
+        range_args.batch_size = args.batch_size.saturating_add(1);
+        let window = Window::KeyRange {
+            after: lower,
+            upto: &last,
+        };
+        let moved = copy_batch(pool, clickhouse, plan, window, &range_args).await?;
+        if moved.complete {
+            return Ok(KeyBatch {
+                moved,
+                cursor: Some(last),
+                exhausted: false,
+            });
+        }
+        tracing::info!(
+            table = %plan.target_table,
+            "a key range outgrew maxBatchBytes; reading in key order from now on"
+        );
+        ranges.store(false, Ordering::Relaxed);
+    }
+    let moved = copy_batch(pool, clickhouse, plan, Window::Keys(lower), args).await?;
+    Ok(KeyBatch {
+        cursor: moved
+            .last_key
+            .clone()
+            .or_else(|| lower.map(<[String]>::to_vec)),
+        exhausted: moved.complete,
+        moved,
+    })
+}
+
+/// The key `n` rows after `lower` (the `where` filter aside: any key bounds a range), `None` when fewer remain.
+async fn key_after(
+    pool: &PgPool,
+    plan: &CopyPlan,
+    lower: Option<&[String]>,
+    n: u64,
+) -> Result<Option<Vec<String>>, MigrationError> {
+    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(plan.sql.key_after(lower.is_some())));
+    for part in lower.unwrap_or_default() {
+        query = query.bind(part.as_str());
+    }
+    let row = query
+        .bind(i64::try_from(n.saturating_sub(1)).unwrap_or(i64::MAX))
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::sql("find the last key of a batch"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let key = (0..plan.sql_key_arity())
+        .map(|i| row.try_get::<String, _>(i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::sql("read the last key of a batch"))?;
+    Ok(Some(key))
+}
