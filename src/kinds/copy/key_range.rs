@@ -36,7 +36,7 @@ pub struct KeyBatch {
 }
 
 /// Copies the batch after `lower`: as a key range while `ranges` allows and the source has a full batch left, else
-/// in key order. Clears `ranges` when a range outgrew the byte budget.
+/// in key order. Clears `ranges` when a range could not be read whole.
 pub async fn copy_key_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
@@ -69,7 +69,8 @@ pub async fn copy_key_batch(
         }
         tracing::info!(
             table = %plan.target_table,
-            "a key range outgrew maxBatchBytes; reading in key order from now on"
+            "a key range could not be read whole (it outgrew maxBatchBytes, or rows were added to it meanwhile); \
+             reading in key order from now on"
         );
         ranges.store(false, Ordering::Relaxed);
     }
