@@ -94,12 +94,30 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool,
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT);
-    SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(BUSY_TIMEOUT)
-        .connect_with(options)
-        .await
-        .map_err(StoreError::sql(format!("open {url}")))
+    // Switching a brand-new file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY at once (without
+    // the busy handler) to one of several processes doing so together: such an open is tried again.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let opened = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options.clone())
+            .await;
+        match opened {
+            Err(err) if is_busy(&err) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            opened => return opened.map_err(StoreError::sql(format!("open {url}"))),
+        }
+    }
+}
+
+/// SQLITE_BUSY, in any of its extended forms (the primary code is the low byte).
+fn is_busy(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
 }
 
 /// The file a `sqlite://` URL names, or `None` for in-memory databases and other schemes.
