@@ -32,7 +32,7 @@ async fn setup(test: &str) -> (TestDb, TestClickHouse) {
 #[tokio::test]
 async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
     let (db, ch) = setup("ch_rewrite").await;
-    let connected = db.connect().await.with_clickhouse(Some(&ch.url)).unwrap();
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
     run_registered(&connected, "w1").await;
     let record = connected.control.get(NAME).await.unwrap();
@@ -69,7 +69,7 @@ async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
 #[tokio::test]
 async fn a_rewrite_resumes_after_its_checkpoint_and_repeats_collapse() {
     let (db, ch) = setup("ch_rewrite_resume").await;
-    let connected = db.connect().await.with_clickhouse(Some(&ch.url)).unwrap();
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
     // Pretend the first two partitions were done by an earlier worker.
     let pool = db.pool().await;

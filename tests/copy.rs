@@ -94,13 +94,6 @@ async fn both_sides(
     (pg, clickhouse)
 }
 
-async fn connect(db: &TestDb, ch_url: &str) -> Connected {
-    db.connect()
-        .await
-        .with_clickhouse(Some(ch_url))
-        .expect("clickhouse url")
-}
-
 fn copy_definition(key: &str, args: &str) -> String {
     format!(
         "kind = \"copy\"\nfrom = {{ store = \"postgres\", table = \"traces\", key = {key} }}\n\
@@ -152,7 +145,7 @@ impl Traces {
     /// migration's record.
     async fn run(&self, name: &str, definition: &str) -> (Connected, MigrationRecord) {
         self.db.define(name, definition);
-        let connected = connect(&self.db, &self.ch.url).await;
+        let connected = self.db.connect_with_clickhouse(&self.ch.url).await;
         register_dir(&connected, &self.db.migrations(), &builtin_registry()).await;
         run_registered(&connected, "w1").await;
         let record = connected.control.get(name).await.unwrap();
@@ -247,7 +240,7 @@ async fn sigkill_mid_copy_then_resume_leaves_an_exact_copy_without_duplicates() 
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let connected = connect(db, &ch.url).await;
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     wait_until(
         "the first worker copied some batches",
         Duration::from_secs(60),
@@ -309,7 +302,7 @@ async fn clickhouse_stopped_mid_copy_retries_then_fails_with_a_reason_and_retry_
         name,
         &copy_definition("[\"id\"]", "batchSize = 100\nsleepMs = 30"),
     );
-    let connected = connect(&db, &ch.url).await;
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
     let handle = Runner::new(
         connected.control.clone(),
@@ -404,7 +397,7 @@ async fn an_unmappable_column_fails_validation_naming_column_and_types_before_an
         "kind = \"copy\"\nfrom = { store = \"postgres\", table = \"payments\", key = [\"id\"] }\n\
          to = { store = \"clickhouse\", table = \"payments_plain\" }\n",
     );
-    let connected = connect(&db, &ch.url).await;
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
     run_registered(&connected, "w1").await;
 

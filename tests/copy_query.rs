@@ -10,7 +10,6 @@ mod common;
 use std::sync::Arc;
 
 use bgmigrate::Status;
-use bgmigrate::config::Connected;
 use bgmigrate::store::{SqlStore, SqliteStore, sqlite};
 use clickhouse_common::TestClickHouse;
 use common::{TestDb, run_to_end};
@@ -53,13 +52,6 @@ async fn setup(db: &TestDb) -> sqlx::PgPool {
     pool
 }
 
-async fn connect(db: &TestDb, ch_url: &str) -> Connected {
-    db.connect()
-        .await
-        .with_clickhouse(Some(ch_url))
-        .expect("clickhouse url")
-}
-
 /// A copy definition reading `query` (a multi-line TOML string, as docs/clickhouse.md shows) with `key` into
 /// ClickHouse `table`.
 fn query_definition(query: &str, key: &str, table: &str, args: &str) -> String {
@@ -94,7 +86,7 @@ async fn a_query_with_a_join_and_computed_columns_copies_exactly_across_many_sma
         name,
         &query_definition(QUERY, "[\"id\"]", "trace_view", "batchSize = 150"),
     );
-    let connected = connect(&db, &ch.url).await;
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     run_to_end(&connected, &db.migrations()).await;
 
     let record = connected.control.get(name).await.unwrap();
@@ -181,7 +173,7 @@ async fn a_query_naming_a_missing_column_or_without_the_key_fails_validation_bef
     for (name, query, key, _) in &cases {
         db.define(name, &query_definition(query, key, "trace_view", ""));
     }
-    let connected = connect(&db, &ch.url).await;
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     run_to_end(&connected, &db.migrations()).await;
 
     for (name, _, _, reason) in &cases {
@@ -224,7 +216,7 @@ async fn duplicate_keys_in_the_query_result_fail_the_migration_naming_the_key() 
             "batchSize = 50",
         ),
     );
-    let connected = connect(&db, &ch.url).await;
+    let connected = db.connect_with_clickhouse(&ch.url).await;
     run_to_end(&connected, &db.migrations()).await;
 
     let record = connected.control.get(name).await.unwrap();

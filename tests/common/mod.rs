@@ -61,6 +61,14 @@ impl TestDb {
         connected
     }
 
+    /// Connects the library to this database and to the ClickHouse at `clickhouse_url` (the `clickhouse` store).
+    pub async fn connect_with_clickhouse(&self, clickhouse_url: &str) -> Connected {
+        self.connect()
+            .await
+            .with_clickhouse(Some(clickhouse_url))
+            .expect("clickhouse url")
+    }
+
     /// A plain pool for arranging and checking data.
     pub async fn pool(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.url).await.expect("pool")

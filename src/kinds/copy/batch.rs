@@ -6,6 +6,7 @@
 //! does the engine write the checkpoint.
 
 use futures_util::StreamExt;
+use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row};
@@ -36,6 +37,17 @@ pub struct Moved {
     pub complete: bool,
 }
 
+/// What a copy batch did, however it walked the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Walked {
+    /// The new checkpoint.
+    pub state: Value,
+    /// Rows and bytes moved, each row counted once.
+    pub moved: Moved,
+    /// True when the source has no rows after the checkpoint.
+    pub exhausted: bool,
+}
+
 /// Which rows a batch reads.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Window<'a> {
@@ -58,6 +70,13 @@ pub(super) enum ReadError {
     Closed,
     /// Reading or encoding failed.
     Failed(MigrationError),
+}
+
+impl ReadError {
+    /// A failed Postgres call while `context`, as a `map_err` argument.
+    fn sql(context: &'static str) -> impl Fn(sqlx::Error) -> ReadError {
+        move |err| ReadError::Failed(StoreError::sql(context)(err).into())
+    }
 }
 
 impl From<BodyClosed> for ReadError {
@@ -98,9 +117,10 @@ pub(super) async fn encode_batch(
     mut writer: BodyWriter,
     keys: Option<&mut Vec<Vec<String>>>,
 ) -> Result<Moved, ReadError> {
-    let mut connection = pool.acquire().await.map_err(|e| {
-        ReadError::Failed(StoreError::sql("connect to read a copy batch")(e).into())
-    })?;
+    let mut connection = pool
+        .acquire()
+        .await
+        .map_err(ReadError::sql("connect to read a copy batch"))?;
     let (sql, bounds, tid_column) = match window {
         Window::Keys(lower) => (
             plan.sql.read(lower.is_some()),
@@ -174,8 +194,7 @@ async fn stream_rows<'c>(
             moved.complete = moved.rows < args.batch_size;
             return Ok((moved, true));
         };
-        let row =
-            row.map_err(|e| ReadError::Failed(StoreError::sql("read a copy batch")(e).into()))?;
+        let row = row.map_err(ReadError::sql("read a copy batch"))?;
         let tid = match tid_column {
             Some(index) => Some(next_tid(&row, index, moved.last_tid)?),
             None => None,
@@ -183,7 +202,7 @@ async fn stream_rows<'c>(
         let key = (key_start..key_start + plan.sql_key_arity())
             .map(|i| row.try_get::<Option<String>, _>(i))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ReadError::Failed(StoreError::sql("read the key of a row")(e).into()))?;
+            .map_err(ReadError::sql("read the key of a row"))?;
         let key = plan.sql.keyset().next_key(moved.last_key.as_deref(), key);
         let key = key.map_err(ReadError::Failed)?;
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(plan.columns.len());
@@ -193,7 +212,7 @@ async fn stream_rows<'c>(
             let is_large = column.sliced() && {
                 flag += 1;
                 row.try_get::<Option<bool>, _>(flag - 1)
-                    .map_err(|e| ReadError::Failed(StoreError::sql("read a row")(e).into()))?
+                    .map_err(ReadError::sql("read a row"))?
                     .unwrap_or(false)
             };
             let cell = if is_large {
@@ -246,7 +265,7 @@ async fn stream_rows<'c>(
 fn next_tid(row: &PgRow, index: usize, previous: Option<Tid>) -> Result<Tid, ReadError> {
     let text: &str = row
         .try_get(index)
-        .map_err(|e| ReadError::Failed(StoreError::sql("read the ctid of a row")(e).into()))?;
+        .map_err(ReadError::sql("read the ctid of a row"))?;
     let tid = Tid::parse(text).ok_or_else(|| {
         ReadError::Failed(MigrationError::Invalid(format!(
             "a row's ctid {text:?} is not (page,offset)"
@@ -327,9 +346,7 @@ impl LargeValues<'_> {
                 .bind(want as i32)
                 .fetch_optional(&mut **connection)
                 .await
-                .map_err(|e| {
-                    ReadError::Failed(StoreError::sql("read a slice of a large value")(e).into())
-                })?
+                .map_err(ReadError::sql("read a slice of a large value"))?
                 .filter(|slice| slice.len() == want)
                 .ok_or_else(|| ReadError::Failed(changed(column, key)))?;
             writer.put_raw(&slice).await?;

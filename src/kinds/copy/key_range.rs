@@ -13,39 +13,31 @@
 //! The last, partial batch (fewer than `batchSize` rows left) is read in key order too. Query sources always are:
 //! their key may have no index to find the range's end on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
 
-use super::CopyPlan;
-use super::batch::{Moved, Window, copy_batch};
+use serde_json::{Value, json};
+
+use super::batch::{Walked, Window, copy_batch};
+use super::{CopyPlan, cursor_of};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::migration::MigrationError;
 use crate::store::StoreError;
 
-/// What a key-order batch did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeyBatch {
-    /// Rows and bytes moved, counted once (rows of an abandoned range are not counted).
-    pub moved: Moved,
-    /// The next cursor (`None`: still before the first key).
-    pub cursor: Option<Vec<String>>,
-    /// True when the source has no rows after the cursor.
-    pub exhausted: bool,
-}
-
-/// Copies the batch after `lower`: as a key range while `ranges` allows and the source has a full batch left, else
-/// in key order. Clears `ranges` when a range could not be read whole.
+/// Copies the batch after the checkpoint's key cursor: as a key range while the plan allows and the source has a
+/// full batch left, else in key order. Stops reading ranges for good when one could not be read whole.
 pub async fn copy_key_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
-    lower: Option<&[String]>,
+    state: &Value,
     args: &Args,
-    ranges: &AtomicBool,
-) -> Result<KeyBatch, MigrationError> {
-    let last = if ranges.load(Ordering::Relaxed) && plan.ranged {
+) -> Result<Walked, MigrationError> {
+    let lower = cursor_of(state, plan.sql_key_arity())?;
+    let lower = lower.as_deref();
+    let last = if plan.ranged.load(Ordering::Relaxed) {
         key_after(pool, plan, lower, args.batch_size).await?
     } else {
         None
@@ -61,9 +53,9 @@ pub async fn copy_key_batch(
         };
         let moved = copy_batch(pool, clickhouse, plan, window, &range_args).await?;
         if moved.complete {
-            return Ok(KeyBatch {
+            return Ok(Walked {
+                state: json!({ "cursor": last }),
                 moved,
-                cursor: Some(last),
                 exhausted: false,
             });
         }
@@ -72,14 +64,12 @@ pub async fn copy_key_batch(
             "a key range could not be read whole (it outgrew maxBatchBytes, or rows were added to it meanwhile); \
              reading in key order from now on"
         );
-        ranges.store(false, Ordering::Relaxed);
+        plan.ranged.store(false, Ordering::Relaxed);
     }
     let moved = copy_batch(pool, clickhouse, plan, Window::Keys(lower), args).await?;
-    Ok(KeyBatch {
-        cursor: moved
-            .last_key
-            .clone()
-            .or_else(|| lower.map(<[String]>::to_vec)),
+    let cursor = moved.last_key.as_deref().or(lower);
+    Ok(Walked {
+        state: json!({ "cursor": cursor }),
         exhausted: moved.complete,
         moved,
     })

@@ -46,16 +46,6 @@ impl Keyset {
         &self.keys
     }
 
-    /// The `where` filter, parenthesised.
-    pub fn filter(&self) -> Option<&str> {
-        self.filter.as_deref()
-    }
-
-    /// The `FROM` item: the quoted table name or the parenthesised query.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// The source's dialect.
     pub fn dialect(&self) -> Dialect {
         self.dialect
@@ -74,62 +64,65 @@ impl Keyset {
 
     /// The read of the next batch. Params: the cursor (if any), one text per key column, then the row limit.
     pub fn read(&self, select: &str, has_lower: bool) -> String {
-        let mut conditions = Vec::new();
-        let mut next = 1;
-        if has_lower {
-            conditions.push(format!("({}) > {}", self.keys.join(", "), self.bound(1)));
-            next += self.keys.len();
-        }
-        conditions.extend(self.filter.clone());
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
-        format!(
-            "SELECT {select} FROM {} AS bgm_src{filter} ORDER BY {} LIMIT {}",
-            self.source,
+        let (bounds, next) = self.key_bounds(has_lower, false);
+        let tail = format!(
+            " ORDER BY {} LIMIT {}",
             self.keys.join(", "),
             self.dialect.param(next, "bigint")
-        )
+        );
+        self.select(select, &self.filtered(bounds), &tail)
     }
 
     /// The rows after the cursor up to an upper key, inclusive, in no particular order (Postgres may read them in
     /// heap order). Params: the cursor (if any), the upper key, then the row limit.
     pub fn read_range(&self, select: &str, has_lower: bool) -> String {
-        let keys = self.keys.join(", ");
-        let mut conditions = Vec::new();
-        let mut next = 1;
-        if has_lower {
-            conditions.push(format!("({keys}) > {}", self.bound(next)));
-            next += self.keys.len();
-        }
-        conditions.push(format!("({keys}) <= {}", self.bound(next)));
-        next += self.keys.len();
-        conditions.extend(self.filter.clone());
-        format!(
-            "SELECT {select} FROM {} AS bgm_src WHERE {} LIMIT {}",
-            self.source,
-            conditions.join(" AND "),
-            self.dialect.param(next, "bigint")
-        )
+        let (bounds, next) = self.key_bounds(has_lower, true);
+        let tail = format!(" LIMIT {}", self.dialect.param(next, "bigint"));
+        self.select(select, &self.filtered(bounds), &tail)
     }
 
     /// The key `n` rows after the cursor (the filter ignored), as text. Params: the cursor (if any), then `n - 1`.
     pub fn key_after(&self, has_lower: bool) -> String {
-        let keys = self.keys.join(", ");
-        let lower = if has_lower {
-            format!(" WHERE ({keys}) > {}", self.bound(1))
-        } else {
-            String::new()
-        };
+        let (bounds, next) = self.key_bounds(has_lower, false);
         let texts: Vec<String> = self.keys.iter().map(|k| self.dialect.as_text(k)).collect();
-        let offset = if has_lower { self.keys.len() + 1 } else { 1 };
+        let tail = format!(
+            " ORDER BY {} OFFSET {} LIMIT 1",
+            self.keys.join(", "),
+            self.dialect.param(next, "bigint")
+        );
+        self.select(&texts.join(", "), &bounds, &tail)
+    }
+
+    /// `(key) > cursor` and/or `(key) <= upper`, bound from parameter 1 on; returns them and the next parameter.
+    fn key_bounds(&self, has_lower: bool, has_upper: bool) -> (Vec<String>, usize) {
+        let keys = self.keys.join(", ");
+        let mut bounds = Vec::new();
+        let mut next = 1;
+        for (wanted, op) in [(has_lower, ">"), (has_upper, "<=")] {
+            if wanted {
+                bounds.push(format!("({keys}) {op} {}", self.bound(next)));
+                next += self.keys.len();
+            }
+        }
+        (bounds, next)
+    }
+
+    /// `conditions` and the definition's `where` filter.
+    pub fn filtered(&self, mut conditions: Vec<String>) -> Vec<String> {
+        conditions.extend(self.filter.clone());
+        conditions
+    }
+
+    /// `SELECT <select> FROM <source> AS bgm_src [WHERE <conditions, joined by AND>]<tail>`.
+    pub fn select(&self, select: &str, conditions: &[String], tail: &str) -> String {
+        let clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
         format!(
-            "SELECT {} FROM {} AS bgm_src{lower} ORDER BY {keys} OFFSET {} LIMIT 1",
-            texts.join(", "),
-            self.source,
-            self.dialect.param(offset, "bigint")
+            "SELECT {select} FROM {} AS bgm_src{clause}{tail}",
+            self.source
         )
     }
 
@@ -141,17 +134,20 @@ impl Keyset {
         previous: Option<&[String]>,
         key: Vec<Option<String>>,
     ) -> Result<Vec<String>, MigrationError> {
-        let after = previous
-            .map(|p| format!(" (after the key ({}))", p.join(", ")))
-            .unwrap_or_default();
+        let after = || {
+            previous
+                .map(|p| format!(" (after the key ({}))", p.join(", ")))
+                .unwrap_or_default()
+        };
         let key = key
             .into_iter()
             .zip(&self.key_names)
             .map(|(value, name)| {
                 value.ok_or_else(|| {
                     MigrationError::Invalid(format!(
-                        "the source has a row whose key column {name} is NULL{after}; the copy needs a NOT NULL \
-                         key: filter such rows out (where = \"{name} IS NOT NULL\") or choose another key"
+                        "the source has a row whose key column {name} is NULL{}; the copy needs a NOT NULL \
+                         key: filter such rows out (where = \"{name} IS NOT NULL\") or choose another key",
+                        after()
                     ))
                 })
             })

@@ -41,8 +41,8 @@ pub use self::mapping::{ColumnPlan, plan_column};
 pub use self::spec::CopySpec;
 pub use self::to_sql::SqlCopy;
 
-use self::batch::{Moved, Window};
-use self::pages::{PageWindow, Tid};
+use self::batch::Walked;
+use self::pages::PhysicalWalk;
 use self::spec::Order;
 use self::spec::Relation;
 use self::sql::CopySql;
@@ -62,12 +62,10 @@ pub struct Copy {
     source: PgStore,
     target: ClickHouse,
     plan: OnceCell<CopyPlan>,
-    /// Whether key-order batches are still read as key ranges (cleared when rows outgrow the byte budget).
-    ranges: AtomicBool,
 }
 
 /// What validation established: the columns with their mapping, and the read statement.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CopyPlan {
     columns: Vec<ColumnPlan>,
     sql: CopySql,
@@ -75,16 +73,9 @@ pub struct CopyPlan {
     target_table: String,
     /// Set for a walk in physical order.
     physical: Option<PhysicalWalk>,
-    /// Whether key-order batches may be read as key ranges (a table source: its key has an index to find a
-    /// range's end on; see [`key_range`]).
-    ranged: bool,
-}
-
-/// What a walk in physical order needs: the table, and its average rows per heap page to size the page windows.
-#[derive(Debug, Clone)]
-struct PhysicalWalk {
-    table: String,
-    rows_per_page: f64,
+    /// Whether key-order batches are read as key ranges: a table source (its key has an index to find a range's
+    /// end on), until a range could not be read whole (see [`key_range`]).
+    ranged: AtomicBool,
 }
 
 impl CopyPlan {
@@ -173,7 +164,6 @@ impl Copy {
             source,
             target,
             plan: OnceCell::new(),
-            ranges: AtomicBool::new(true),
         }))
     }
 
@@ -239,12 +229,7 @@ impl Copy {
                 ));
             }
             (Order::Physical, Relation::Table(table)) => {
-                pages::check_server(self.source.pool()).await?;
-                let rows_per_page = pages::rows_per_page(self.source.pool(), table).await?;
-                let walk = PhysicalWalk {
-                    table: table.clone(),
-                    rows_per_page,
-                };
+                let walk = PhysicalWalk::prepare(self.source.pool(), table).await?;
                 (sql.with_ctid(), Some(walk))
             }
         };
@@ -254,7 +239,7 @@ impl Copy {
             key: from.key.clone(),
             target_table: to.table.clone(),
             physical,
-            ranged: matches!(from.relation, Relation::Table(_)),
+            ranged: AtomicBool::new(matches!(from.relation, Relation::Table(_))),
         };
         if self.spec.verify
             && let Some(column) = plan
@@ -474,9 +459,15 @@ impl Migration for Copy {
         if let Some(verified) = VerifyState::of(batch.state)? {
             return self.verify_batch(plan, batch, verified).await;
         }
-        let (mut state, moved, exhausted) = match &plan.physical {
-            None => self.key_batch(plan, batch).await?,
-            Some(walk) => self.page_batch(plan, batch, walk).await?,
+        let (pool, target, state, args) =
+            (self.source.pool(), &self.target, batch.state, batch.args);
+        let Walked {
+            mut state,
+            moved,
+            exhausted,
+        } = match &plan.physical {
+            None => key_range::copy_key_batch(pool, target, plan, state, args).await?,
+            Some(walk) => pages::copy_page_batch(pool, target, plan, walk, state, args).await?,
         };
         let verify_next = exhausted && self.spec.verify;
         if verify_next {
@@ -488,72 +479,6 @@ impl Migration for Copy {
             rows: moved.rows,
             bytes: moved.bytes,
         })
-    }
-}
-
-impl Copy {
-    /// A batch in key order: the rows after the key cursor. Returns the new checkpoint, what moved, and whether the
-    /// source is exhausted.
-    async fn key_batch(
-        &self,
-        plan: &CopyPlan,
-        batch: &Batch<'_>,
-    ) -> Result<(Value, Moved, bool), MigrationError> {
-        let lower = cursor_of(batch.state, plan.sql_key_arity())?;
-        let done = key_range::copy_key_batch(
-            self.source.pool(),
-            &self.target,
-            plan,
-            lower.as_deref(),
-            batch.args,
-            &self.ranges,
-        )
-        .await?;
-        Ok((json!({ "cursor": done.cursor }), done.moved, done.exhausted))
-    }
-
-    /// A batch in physical order: the rows of the page window after the `ctid` cursor. The source is exhausted
-    /// when a window that reached the table's last page was read completely.
-    async fn page_batch(
-        &self,
-        plan: &CopyPlan,
-        batch: &Batch<'_>,
-        walk: &PhysicalWalk,
-    ) -> Result<(Value, Moved, bool), MigrationError> {
-        let after = tid_cursor_of(batch.state)?;
-        let table_pages = pages::heap_pages(self.source.pool(), &walk.table).await?;
-        let window = PageWindow::after(after, batch.args.batch_size, walk.rows_per_page);
-        let moved = batch::copy_batch(
-            self.source.pool(),
-            &self.target,
-            plan,
-            Window::Pages(window),
-            batch.args,
-        )
-        .await?;
-        let cursor = if moved.complete {
-            Tid::page_start(window.end_page)
-        } else {
-            moved.last_tid.unwrap_or(after)
-        };
-        let exhausted = moved.complete && window.end_page >= table_pages;
-        Ok((json!({ "ctid": cursor.to_string() }), moved, exhausted))
-    }
-}
-
-/// The cursor of a physical walk: the `ctid` after which rows remain (`(0,0)` before the first batch).
-fn tid_cursor_of(state: &Value) -> Result<Tid, MigrationError> {
-    match state.get("ctid") {
-        None | Some(Value::Null) => Ok(Tid::page_start(0)),
-        Some(Value::String(text)) => Tid::parse(text).ok_or_else(|| {
-            MigrationError::Invalid(format!(
-                "the checkpoint {state} holds no ctid cursor (expected {{\"ctid\": \"(page,offset)\"}}); fix \
-                 state or retry --from-start"
-            ))
-        }),
-        Some(other) => Err(MigrationError::Invalid(format!(
-            "the checkpoint's ctid {other} is not a string like \"(12,3)\"; fix state or retry --from-start"
-        ))),
     }
 }
 

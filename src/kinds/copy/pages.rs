@@ -8,8 +8,15 @@
 //! Only for tables that are no longer written: an `UPDATE` moves a row to another page, where a physical walk can
 //! miss it. The definition says so by choosing this order; `verify = true` checks the result by key afterwards.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use super::CopyPlan;
+use super::batch::{Walked, Window, copy_batch};
+use crate::args::Args;
+use crate::clickhouse::ClickHouse;
 use crate::migration::MigrationError;
 use crate::store::{Dialect, StoreError};
 
@@ -67,8 +74,84 @@ impl PageWindow {
     }
 }
 
+/// What a walk in physical order needs: the table, its average rows per heap page to size the page windows, and its
+/// size in pages as last read.
+#[derive(Debug)]
+pub struct PhysicalWalk {
+    table: String,
+    rows_per_page: f64,
+    /// The table's pages when last read: re-read only when a window reaches them, so that a batch in the middle of
+    /// the table costs no extra query (a table only grows while it is walked; a VACUUM that truncates its end is
+    /// seen when the walk gets there).
+    known_pages: AtomicU64,
+}
+
+impl PhysicalWalk {
+    /// Checks that the server runs `ctid` ranges as TID range scans and reads the table's shape.
+    pub async fn prepare(pool: &PgPool, table: &str) -> Result<PhysicalWalk, MigrationError> {
+        check_server(pool).await?;
+        Ok(PhysicalWalk {
+            table: table.to_owned(),
+            rows_per_page: rows_per_page(pool, table).await?,
+            known_pages: AtomicU64::new(heap_pages(pool, table).await?),
+        })
+    }
+
+    /// Whether the table has pages at or after `page`.
+    async fn has_pages_from(&self, pool: &PgPool, page: u64) -> Result<bool, MigrationError> {
+        if page < self.known_pages.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let pages = heap_pages(pool, &self.table).await?;
+        self.known_pages.store(pages, Ordering::Relaxed);
+        Ok(page < pages)
+    }
+}
+
+/// Copies the page window after the checkpoint's `ctid` cursor. The table is exhausted when a window that reached
+/// its last page was read whole.
+pub async fn copy_page_batch(
+    pool: &PgPool,
+    clickhouse: &ClickHouse,
+    plan: &CopyPlan,
+    walk: &PhysicalWalk,
+    state: &Value,
+    args: &Args,
+) -> Result<Walked, MigrationError> {
+    let after = tid_cursor_of(state)?;
+    let window = PageWindow::after(after, args.batch_size, walk.rows_per_page);
+    let moved = copy_batch(pool, clickhouse, plan, Window::Pages(window), args).await?;
+    let cursor = if moved.complete {
+        Tid::page_start(window.end_page)
+    } else {
+        moved.last_tid.unwrap_or(after)
+    };
+    let exhausted = moved.complete && !walk.has_pages_from(pool, window.end_page).await?;
+    Ok(Walked {
+        state: json!({ "ctid": cursor.to_string() }),
+        moved,
+        exhausted,
+    })
+}
+
+/// The cursor of a physical walk: the `ctid` after which rows remain (`(0,0)` before the first batch).
+fn tid_cursor_of(state: &Value) -> Result<Tid, MigrationError> {
+    match state.get("ctid") {
+        None | Some(Value::Null) => Ok(Tid::page_start(0)),
+        Some(Value::String(text)) => Tid::parse(text).ok_or_else(|| {
+            MigrationError::Invalid(format!(
+                "the checkpoint {state} holds no ctid cursor (expected {{\"ctid\": \"(page,offset)\"}}); fix \
+                 state or retry --from-start"
+            ))
+        }),
+        Some(other) => Err(MigrationError::Invalid(format!(
+            "the checkpoint's ctid {other} is not a string like \"(12,3)\"; fix state or retry --from-start"
+        ))),
+    }
+}
+
 /// The table's average rows per heap page, from the planner's statistics.
-pub async fn rows_per_page(pool: &PgPool, table: &str) -> Result<f64, MigrationError> {
+async fn rows_per_page(pool: &PgPool, table: &str) -> Result<f64, MigrationError> {
     let sql =
         "SELECT reltuples::float8, relpages::float8 FROM pg_class WHERE oid = $1::text::regclass";
     let (tuples, pages): (f64, f64) = sqlx::query_as(sql)
@@ -86,7 +169,7 @@ pub async fn rows_per_page(pool: &PgPool, table: &str) -> Result<f64, MigrationE
 }
 
 /// The table's current number of heap pages (rows appended during the copy land at the end and are read).
-pub async fn heap_pages(pool: &PgPool, table: &str) -> Result<u64, MigrationError> {
+async fn heap_pages(pool: &PgPool, table: &str) -> Result<u64, MigrationError> {
     let sql =
         "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::int)::int8";
     let pages: i64 = sqlx::query_scalar(sql)
@@ -98,7 +181,7 @@ pub async fn heap_pages(pool: &PgPool, table: &str) -> Result<u64, MigrationErro
 }
 
 /// Postgres runs a `ctid` range as a TID range scan from version 14; before, every batch would scan the table.
-pub async fn check_server(pool: &PgPool) -> Result<(), MigrationError> {
+async fn check_server(pool: &PgPool) -> Result<(), MigrationError> {
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
         .fetch_one(pool)
         .await

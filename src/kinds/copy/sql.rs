@@ -98,17 +98,12 @@ impl CopySql {
     /// `ctid` cursor, the window's end `(page,0)`, then the row limit. Without `ORDER BY`: a TID range scan
     /// returns the tuples in `ctid` order.
     pub fn read_pages(&self) -> String {
-        let filter = self
-            .keyset
-            .filter()
-            .map(|f| format!(" AND {f}"))
-            .unwrap_or_default();
-        format!(
-            "SELECT {} FROM {} AS bgm_src WHERE bgm_src.ctid > $1::tid AND bgm_src.ctid < $2::tid{filter} LIMIT \
-             $3::bigint",
-            self.select,
-            self.keyset.source()
-        )
+        let window = vec![
+            "bgm_src.ctid > $1::tid".to_owned(),
+            "bgm_src.ctid < $2::tid".to_owned(),
+        ];
+        let keyset = &self.keyset;
+        keyset.select(&self.select, &keyset.filtered(window), " LIMIT $3::bigint")
     }
 
     /// The key walk: the source, its key columns, the check of each row's key.
@@ -117,12 +112,12 @@ impl CopySql {
     }
 
     fn by_key(&self, what: &str) -> String {
-        format!(
-            "SELECT {what} FROM {} AS bgm_src WHERE ({}) = {}",
-            self.keyset.source(),
+        let key = format!(
+            "({}) = {}",
             self.keyset.keys().join(", "),
             self.keyset.bound(1)
-        )
+        );
+        self.keyset.select(what, &[key], "")
     }
 
     /// The byte length of a large value. Params: the row's key.
