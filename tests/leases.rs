@@ -738,16 +738,6 @@ async fn hits_not_one(pool: &sqlx::PgPool) -> i64 {
         .unwrap()
 }
 
-async fn event_kinds(pool: &sqlx::PgPool, name: &str) -> Vec<(String, String, Value)> {
-    sqlx::query_as(
-        "SELECT kind, actor, detail FROM background_migration_events WHERE migration_name = $1 ORDER BY id",
-    )
-    .bind(name)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
 /// Waits until the worker has committed some batches of `name` and is still running it.
 async fn wait_until_mid_run(pool: &sqlx::PgPool, name: &str, log: &Path) {
     let started = Instant::now();
@@ -818,7 +808,7 @@ async fn a_worker_killed_with_sigkill_mid_run_is_resumed_exactly() {
         0,
         "a row was skipped or updated twice"
     );
-    let events = event_kinds(&pool, name).await;
+    let events = db.events(name).await;
     assert!(
         events
             .iter()
@@ -881,7 +871,7 @@ async fn sigterm_finishes_the_batch_and_releases_the_lease() {
             .await
             .unwrap();
     assert_eq!(lease_expires, None);
-    let events = event_kinds(&pool, name).await;
+    let events = db.events(name).await;
     assert!(
         events
             .iter()
@@ -894,7 +884,7 @@ async fn sigterm_finishes_the_batch_and_releases_the_lease() {
     assert_eq!(status, "finished");
     assert_eq!(rows_done, 20_000);
     assert_eq!(hits_not_one(&pool).await, 0);
-    let events = event_kinds(&pool, name).await;
+    let events = db.events(name).await;
     assert!(
         events
             .iter()
@@ -944,7 +934,7 @@ async fn a_worker_started_before_migrate_creates_the_control_tables_itself() {
 
     assert_eq!(db.status_of(name).await, Status::Finished);
     assert_eq!(hits_not_one(&pool).await, 0);
-    let events = event_kinds(&pool, name).await;
+    let events = db.events(name).await;
     let count = |k: &str| events.iter().filter(|(kind, _, _)| kind == k).count();
     assert_eq!(count("registered"), 1, "{events:?}");
     assert_eq!(count("claimed"), 1, "{events:?}");

@@ -69,47 +69,6 @@ async fn row(db: &TestDb, name: &str) -> bgmigrate::control::MigrationRecord {
     db.connect().await.control.get(name).await.expect("row")
 }
 
-/// `(batch_size, rows, state)` of every recorded batch, oldest first.
-async fn batches(db: &TestDb, name: &str) -> Vec<(i32, i64, Value)> {
-    let pool = db.pool().await;
-    let rows = sqlx::query_as(
-        "SELECT batch_size, rows, state FROM background_migration_batches WHERE migration_name = $1 ORDER BY id",
-    )
-    .bind(name)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    rows
-}
-
-async fn batch_count(db: &TestDb, name: &str) -> i64 {
-    let pool = db.pool().await;
-    let count = sqlx::query_scalar(
-        "SELECT count(*) FROM background_migration_batches WHERE migration_name = $1",
-    )
-    .bind(name)
-    .fetch_one(&pool)
-    .await
-    .unwrap_or(0);
-    pool.close().await;
-    count
-}
-
-/// `(kind, actor, detail)` of every event of one migration, oldest first.
-async fn events(db: &TestDb, name: &str) -> Vec<(String, String, Value)> {
-    let pool = db.pool().await;
-    let rows = sqlx::query_as(
-        "SELECT kind, actor, detail FROM background_migration_events WHERE migration_name = $1 ORDER BY id",
-    )
-    .bind(name)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    rows
-}
-
 /// Runs one SQL statement on the test database.
 async fn exec(db: &TestDb, sql: &str) {
     let pool = db.pool().await;
@@ -181,7 +140,7 @@ async fn fail_midway_with_bad_args(db: &TestDb, name: &str) -> Output {
     wait_until(
         "a few batches are committed",
         Duration::from_secs(15),
-        move || async move { batch_count(db, name).await >= 2 },
+        move || async move { db.batches(name).await.len() >= 2 },
     )
     .await;
     exec(
@@ -212,7 +171,7 @@ async fn an_args_edit_takes_effect_on_the_next_batch() {
     wait_until(
         "two batches are committed",
         Duration::from_secs(15),
-        move || async move { batch_count(dbr, name).await >= 2 },
+        move || async move { dbr.batches(name).await.len() >= 2 },
     )
     .await;
     let set = cli(&db, &["set-args", name, r#"{"batchSize":250}"#]).await;
@@ -224,7 +183,7 @@ async fn an_args_edit_takes_effect_on_the_next_batch() {
     let record = row(&db, name).await;
     assert_eq!(record.status, Status::Finished);
     assert_eq!(record.args, json!({"batchSize": 250, "sleepMs": 250}));
-    let all = batches(&db, name).await;
+    let all = db.batches(name).await;
     let first_small = all
         .iter()
         .position(|(size, _, _)| *size == 250)
@@ -247,7 +206,7 @@ async fn an_args_edit_takes_effect_on_the_next_batch() {
     assert!(last.1 <= 250, "{all:?}");
     assert_eq!(hits(&db).await, (0, 6000, 0));
 
-    let events = events(&db, name).await;
+    let events = db.events(name).await;
     let changed = events
         .iter()
         .find(|(kind, _, _)| kind == "args_changed")
@@ -351,7 +310,7 @@ async fn set_args_refuses_invalid_json_and_values_and_changes_nothing() {
         text(&unknown)
     );
     assert!(
-        !events(&db, name)
+        !db.events(name)
             .await
             .iter()
             .any(|(kind, _, _)| kind == "args_changed"),
@@ -436,7 +395,7 @@ async fn retry_resumes_from_the_checkpoint() {
         "no row skipped, no row done twice"
     );
     assert_eq!(record.rows_done, 10_000);
-    let history = events(&db, name).await;
+    let history = db.events(name).await;
     assert!(
         history
             .iter()
@@ -602,7 +561,7 @@ async fn pause_resume_and_cancel_follow_the_allowed_transitions() {
     wait_until(
         "a few batches are committed",
         Duration::from_secs(15),
-        move || async move { batch_count(dbr, a).await >= 2 },
+        move || async move { dbr.batches(a).await.len() >= 2 },
     )
     .await;
     let pause = cli(&db, &["pause", a]).await;
@@ -612,7 +571,7 @@ async fn pause_resume_and_cancel_follow_the_allowed_transitions() {
         "{}",
         text(&pause)
     );
-    let at_pause = batch_count(&db, a).await;
+    let at_pause = db.batches(a).await.len();
     wait_until("the runner lets go", Duration::from_secs(5), || {
         let state = handle.state();
         async move { state != RunnerState::Running(a.to_owned()) }
@@ -624,7 +583,7 @@ async fn pause_resume_and_cancel_follow_the_allowed_transitions() {
     assert_eq!(paused.worker_id, None);
     assert_eq!(paused.lease_expires_at, None);
     assert_eq!(
-        batch_count(&db, a).await,
+        db.batches(a).await.len(),
         at_pause,
         "no batch may commit while paused"
     );
@@ -663,7 +622,7 @@ async fn pause_resume_and_cancel_follow_the_allowed_transitions() {
     // The runner stays up; it must not pick the cancelled migration.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(row(&db, b).await.status, Status::Cancelled);
-    assert_eq!(batch_count(&db, b).await, 0);
+    assert_eq!(db.batches(b).await.len(), 0);
     let pool = db.pool().await;
     let touched: i64 = sqlx::query_scalar("SELECT count(*) FROM others WHERE v <> 0")
         .fetch_one(&pool)
@@ -685,7 +644,7 @@ async fn pause_resume_and_cancel_follow_the_allowed_transitions() {
         "{}",
         text(&refused)
     );
-    let history = events(&db, a).await;
+    let history = db.events(a).await;
     for action in ["pause", "resume"] {
         assert!(
             history
@@ -1032,7 +991,7 @@ async fn a_transient_batch_error_is_retried_and_a_cursor_that_does_not_advance_f
         "both retries are recorded",
         Duration::from_secs(5),
         move || async move {
-            events(dbr, "0001_flaky")
+            dbr.events("0001_flaky")
                 .await
                 .iter()
                 .filter(|(kind, _, _)| kind == "batch_retried")
@@ -1041,7 +1000,7 @@ async fn a_transient_batch_error_is_retried_and_a_cursor_that_does_not_advance_f
         },
     )
     .await;
-    let retried = events(&db, "0001_flaky").await;
+    let retried = db.events("0001_flaky").await;
     let retry = retried
         .iter()
         .find(|(kind, _, _)| kind == "batch_retried")
@@ -1061,5 +1020,5 @@ async fn a_transient_batch_error_is_retried_and_a_cursor_that_does_not_advance_f
     let reason = stuck.failed_reason.unwrap_or_default();
     assert!(reason.contains("did not advance"), "{reason}");
     assert_eq!(stuck.rows_done, 0, "the stuck batch was not counted");
-    assert_eq!(batch_count(&db, "0002_stuck").await, 0);
+    assert_eq!(db.batches("0002_stuck").await.len(), 0);
 }

@@ -69,6 +69,30 @@ impl TestDb {
             .expect("clickhouse url")
     }
 
+    /// `(kind, actor, detail)` of every event of `name`, oldest first, read through the control store.
+    pub async fn events(&self, name: &str) -> Vec<(String, String, serde_json::Value)> {
+        let events = self.connect().await.control.events(name, i64::MAX).await;
+        let mut events: Vec<_> = events
+            .expect("events")
+            .into_iter()
+            .map(|e| (e.kind, e.actor, e.detail))
+            .collect();
+        events.reverse();
+        events
+    }
+
+    /// `(batch_size, rows, state)` of every recorded batch of `name`, oldest first, read through the control store.
+    pub async fn batches(&self, name: &str) -> Vec<(i32, i64, serde_json::Value)> {
+        let batches = self.connect().await.control.batches(name, i64::MAX).await;
+        let mut batches: Vec<_> = batches
+            .expect("batches")
+            .into_iter()
+            .map(|b| (b.batch_size, b.rows, b.state))
+            .collect();
+        batches.reverse();
+        batches
+    }
+
     /// A plain pool for arranging and checking data.
     pub async fn pool(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.url).await.expect("pool")
