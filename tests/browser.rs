@@ -141,29 +141,27 @@ async fn wait_for_text(
     }
 }
 
+/// Clicks the element `locator` finds.
+async fn click(client: &Client, locator: Locator<'_>) {
+    client.find(locator).await.unwrap().click().await.unwrap();
+}
+
+/// Types `text` into the field with id `id`.
+async fn type_into(client: &Client, id: &str, text: &str) {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 /// Logs in through the form on the current page (which must be the login page).
 async fn log_in(client: &Client, name: &str) {
-    client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys(name)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(client, "token", ADMIN).await;
+    type_into(client, "name", name).await;
+    click(client, Locator::Id("login")).await;
 }
 
 fn runner(
@@ -349,13 +347,7 @@ async fn an_operator_logs_in_retries_a_failed_migration_and_sees_it_finish() {
             .unwrap()
             .contains(failed.failed_reason.as_deref().unwrap())
     );
-    client
-        .find(Locator::LinkText("Retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::LinkText("Retry")).await;
     assert!(
         client
             .current_url()
@@ -443,13 +435,7 @@ async fn invalid_args_are_refused_with_the_error_next_to_the_field() {
     );
     field.clear().await.unwrap();
     field.send_keys("abc").await.unwrap();
-    client
-        .find(Locator::Css("form.args button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("form.args button[type=submit]")).await;
     let error = text(&client, "[data-error-for=batchSize]").await;
     assert_eq!(
         error,
@@ -480,13 +466,7 @@ async fn invalid_args_are_refused_with_the_error_next_to_the_field() {
     let field = client.find(Locator::Id("arg-batchSize")).await.unwrap();
     field.clear().await.unwrap();
     field.send_keys("250").await.unwrap();
-    client
-        .find(Locator::Css("form.args button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("form.args button[type=submit]")).await;
     assert_eq!(
         text(&client, ".notice.ok").await,
         "Args saved; the worker uses them from its next batch."

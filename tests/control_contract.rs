@@ -508,6 +508,27 @@ async fn the_batches_table_keeps_only_the_latest_batches_of_each_migration(env: 
     );
 }
 
+/// Registers one backfill, runs every migration to the end and checks that it finished.
+async fn backfill_to_the_end(
+    env: &Env,
+    name: &str,
+    table: &str,
+    key: &[&str],
+    set: Value,
+    batch: u64,
+) {
+    env.register(
+        &[env.backfill(name, table, key, set, batch)],
+        &builtin_registry(),
+    )
+    .await;
+    env.run_to_end().await;
+    assert_eq!(
+        env.control().get(name).await.unwrap().status,
+        Status::Finished
+    );
+}
+
 async fn backfill_is_exact_on_text_keys(env: &Env) {
     env.exec(&[
         "CREATE TABLE items (id text NOT NULL PRIMARY KEY, a integer NOT NULL, b integer NOT NULL, total integer,
@@ -516,16 +537,7 @@ async fn backfill_is_exact_on_text_keys(env: &Env) {
     ])
     .await;
     let set = json!({"total": "a + b", "hits": "hits + 1"});
-    env.register(
-        &[env.backfill("0001_total", "items", &["id"], set, 1000)],
-        &builtin_registry(),
-    )
-    .await;
-    env.run_to_end().await;
-    assert_eq!(
-        env.control().get("0001_total").await.unwrap().status,
-        Status::Finished
-    );
+    backfill_to_the_end(env, "0001_total", "items", &["id"], set, 1000).await;
     assert_eq!(
         env.scalar("SELECT count(*) FROM items WHERE hits <> 1 OR coalesce(total, -1) <> a + b")
             .await,
@@ -545,16 +557,7 @@ async fn backfill_is_exact_on_composite_keys(env: &Env) {
     ])
     .await;
     let set = json!({"doubled": "v * 2", "hits": "hits + 1"});
-    env.register(
-        &[env.backfill("0001_double", "scores", &["tenant", "id"], set, 333)],
-        &builtin_registry(),
-    )
-    .await;
-    env.run_to_end().await;
-    assert_eq!(
-        env.control().get("0001_double").await.unwrap().status,
-        Status::Finished
-    );
+    backfill_to_the_end(env, "0001_double", "scores", &["tenant", "id"], set, 333).await;
     assert_eq!(
         env.scalar("SELECT count(*) FROM scores WHERE hits <> 1 OR coalesce(doubled, -1) <> v * 2")
             .await,
@@ -570,16 +573,7 @@ async fn backfill_is_exact_on_integer_keys(env: &Env) {
     ])
     .await;
     let set = json!({"d": "v * 2", "hits": "hits + 1"});
-    env.register(
-        &[env.backfill("0001_d", "nums", &["id"], set, 97)],
-        &builtin_registry(),
-    )
-    .await;
-    env.run_to_end().await;
-    assert_eq!(
-        env.control().get("0001_d").await.unwrap().status,
-        Status::Finished
-    );
+    backfill_to_the_end(env, "0001_d", "nums", &["id"], set, 97).await;
     assert_eq!(
         env.scalar("SELECT count(*) FROM nums WHERE hits <> 1 OR coalesce(d, -1) <> v * 2")
             .await,
