@@ -5,6 +5,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod sqlx_tx;
 
 use std::any::Any;
 use std::collections::BTreeMap;

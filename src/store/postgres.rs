@@ -1,6 +1,5 @@
 //! Postgres as a source and target of migrations: the [`SqlStore`] implementation over an sqlx pool.
 
-use std::any::Any;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use sqlx::{
     AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
 };
 
-use super::{ColumnInfo, Dialect, SqlParam, SqlStore, SqlTx, StoreError};
+use super::{ColumnInfo, Dialect, SqlStore, SqlTx, StoreError};
 
 /// SQLSTATE classes and codes that a retry may cure.
 const TRANSIENT_SQLSTATES: &[&str] = &[
@@ -123,87 +122,7 @@ pub struct PgTx {
     pub tx: Transaction<'static, Postgres>,
 }
 
-fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    params: &'q [SqlParam],
-) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    for param in params {
-        query = match param {
-            SqlParam::Text(text) => query.bind(text.as_str()),
-            SqlParam::Int(n) => query.bind(*n),
-            SqlParam::Null => query.bind(None::<String>),
-        };
-    }
-    query
-}
-
-#[async_trait]
-impl SqlTx for PgTx {
-    async fn execute(&mut self, sql: &str, params: &[SqlParam]) -> Result<u64, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let done = query
-            .execute(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn fetch_optional_text(
-        &mut self,
-        sql: &str,
-        params: &[SqlParam],
-    ) -> Result<Option<Vec<String>>, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let row = query
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        row.map(|row| {
-            (0..row.len())
-                .map(|i| row.try_get::<String, _>(i))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(StoreError::sql("read a key row"))
-        })
-        .transpose()
-    }
-
-    async fn fetch_all_text(
-        &mut self,
-        sql: &str,
-        params: &[SqlParam],
-    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let rows = query
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        rows.iter()
-            .map(super::texts_of)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::sql("read rows as text"))
-    }
-
-    async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let row = query
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        row.try_get::<i64, _>(0)
-            .map_err(StoreError::sql("read a count"))
-    }
-
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx
-            .commit()
-            .await
-            .map_err(StoreError::sql("commit the batch"))
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
+super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments);
 
 #[async_trait]
 impl SqlStore for PgStore {

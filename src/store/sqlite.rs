@@ -4,7 +4,6 @@
 //! transaction that reads first and writes later can fail with `SQLITE_BUSY` instead of waiting. Taking the write
 //! lock up front lets `busy_timeout` queue writers — several worker processes sharing one file included.
 
-use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
 
-use super::{ColumnInfo, Dialect, SqlParam, SqlStore, SqlTx, StoreError};
+use super::{ColumnInfo, Dialect, SqlStore, SqlTx, StoreError};
 
 /// How long a connection waits for another writer (this process or another) before giving up with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -165,87 +164,7 @@ pub struct SqliteTx {
     pub tx: Transaction<'static, Sqlite>,
 }
 
-fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
-    params: &'q [SqlParam],
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-    for param in params {
-        query = match param {
-            SqlParam::Text(text) => query.bind(text.as_str()),
-            SqlParam::Int(n) => query.bind(*n),
-            SqlParam::Null => query.bind(None::<String>),
-        };
-    }
-    query
-}
-
-#[async_trait]
-impl SqlTx for SqliteTx {
-    async fn execute(&mut self, sql: &str, params: &[SqlParam]) -> Result<u64, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let done = query
-            .execute(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn fetch_optional_text(
-        &mut self,
-        sql: &str,
-        params: &[SqlParam],
-    ) -> Result<Option<Vec<String>>, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let row = query
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        row.map(|row| {
-            (0..row.len())
-                .map(|i| row.try_get::<String, _>(i))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(StoreError::sql("read a key row"))
-        })
-        .transpose()
-    }
-
-    async fn fetch_all_text(
-        &mut self,
-        sql: &str,
-        params: &[SqlParam],
-    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let rows = query
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        rows.iter()
-            .map(super::texts_of)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::sql("read rows as text"))
-    }
-
-    async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let row = query
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(StoreError::sql(format!("run `{}`", super::short(sql))))?;
-        row.try_get::<i64, _>(0)
-            .map_err(StoreError::sql("read a count"))
-    }
-
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx
-            .commit()
-            .await
-            .map_err(StoreError::sql("commit the batch"))
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
+super::sqlx_tx::sql_tx_over_sqlx!(SqliteTx, Sqlite, sqlx::sqlite::SqliteArguments);
 
 /// `schema.table` split for the pragma functions (`main` when unqualified).
 fn schema_and_table(table: &str) -> (&str, &str) {

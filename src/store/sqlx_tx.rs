@@ -1,0 +1,102 @@
+//! [`SqlTx`](super::SqlTx) over a sqlx transaction, written once for both drivers: the Postgres and SQLite
+//! implementations differ only in the driver's type names, and sqlx's generic executor bounds would cost more lines
+//! than the copy they replace.
+
+/// Implements [`SqlTx`](super::SqlTx) for `$tx`, a struct whose `tx` field is a `sqlx::Transaction<'static, $db>`
+/// (`$args`: the driver's argument buffer).
+macro_rules! sql_tx_over_sqlx {
+    ($tx:ty, $db:ty, $args:ty) => {
+        fn bind_all<'q>(
+            mut query: ::sqlx::query::Query<'q, $db, $args>,
+            params: &'q [$crate::store::SqlParam],
+        ) -> ::sqlx::query::Query<'q, $db, $args> {
+            for param in params {
+                query = match param {
+                    $crate::store::SqlParam::Text(text) => query.bind(text.as_str()),
+                    $crate::store::SqlParam::Int(n) => query.bind(*n),
+                    $crate::store::SqlParam::Null => query.bind(None::<String>),
+                };
+            }
+            query
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::SqlTx for $tx {
+            async fn execute(
+                &mut self,
+                sql: &str,
+                params: &[$crate::store::SqlParam],
+            ) -> Result<u64, $crate::store::StoreError> {
+                let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let done =
+                    query
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err($crate::store::StoreError::sql(format!(
+                            "run `{}`",
+                            $crate::store::short(sql)
+                        )))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn fetch_optional_text(
+                &mut self,
+                sql: &str,
+                params: &[$crate::store::SqlParam],
+            ) -> Result<Option<Vec<String>>, $crate::store::StoreError> {
+                let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let row = query.fetch_optional(&mut *self.tx).await.map_err(
+                    $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
+                )?;
+                row.map(|row| {
+                    (0..::sqlx::Row::len(&row))
+                        .map(|i| ::sqlx::Row::try_get::<String, _>(&row, i))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err($crate::store::StoreError::sql("read a key row"))
+                })
+                .transpose()
+            }
+
+            async fn fetch_all_text(
+                &mut self,
+                sql: &str,
+                params: &[$crate::store::SqlParam],
+            ) -> Result<Vec<Vec<Option<String>>>, $crate::store::StoreError> {
+                let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let rows = query.fetch_all(&mut *self.tx).await.map_err(
+                    $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
+                )?;
+                rows.iter()
+                    .map($crate::store::texts_of)
+                    .collect::<Result<_, _>>()
+                    .map_err($crate::store::StoreError::sql("read rows as text"))
+            }
+
+            async fn fetch_count(
+                &mut self,
+                sql: &str,
+                params: &[$crate::store::SqlParam],
+            ) -> Result<i64, $crate::store::StoreError> {
+                let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let row = query.fetch_one(&mut *self.tx).await.map_err(
+                    $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
+                )?;
+                ::sqlx::Row::try_get::<i64, _>(&row, 0)
+                    .map_err($crate::store::StoreError::sql("read a count"))
+            }
+
+            async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
+                self.tx
+                    .commit()
+                    .await
+                    .map_err($crate::store::StoreError::sql("commit the batch"))
+            }
+
+            fn as_any_mut(&mut self) -> &mut dyn ::std::any::Any {
+                self
+            }
+        }
+    };
+}
+
+pub(super) use sql_tx_over_sqlx;
