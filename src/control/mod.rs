@@ -5,6 +5,7 @@
 
 pub mod postgres;
 mod record;
+mod record_queries;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::PgControlStore;
-use crate::control::{BatchRecord, ControlError, EventRecord, Lease, MigrationRecord};
+use crate::control::{BatchRecord, ControlError, EventRecord, MigrationRecord};
 
 /// The columns of a [`MigrationRecord`]; the original system's timestamp columns may be `timestamp`, hence the casts.
 const RECORD_COLUMNS: &str = "id::text AS id, name, script, args, state, status, definition, depends_on, \
@@ -51,61 +51,9 @@ fn decode(row: &PgRow) -> Result<MigrationRecord, ControlError> {
     Ok(record)
 }
 
+crate::control::record_queries::record_queries!(PgControlStore, sqlx::PgConnection);
+
 impl PgControlStore {
-    pub(super) async fn list_records(&self) -> Result<Vec<MigrationRecord>, ControlError> {
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM background_migrations ORDER BY name");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Self::sql_err("list background migrations"))?;
-        rows.iter().map(decode).collect()
-    }
-
-    pub(super) async fn get_record(&self, name: &str) -> Result<MigrationRecord, ControlError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(Self::sql_err("read a background migration"))?;
-        Self::record_in(&mut conn, name).await
-    }
-
-    /// One row, read on `conn` (e.g. inside the transaction that just changed it).
-    pub(super) async fn record_in(
-        conn: &mut sqlx::PgConnection,
-        name: &str,
-    ) -> Result<MigrationRecord, ControlError> {
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM background_migrations WHERE name = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(Self::sql_err("read a background migration"))?;
-        row.as_ref()
-            .map(decode)
-            .transpose()?
-            .ok_or_else(|| ControlError::NotFound(name.to_owned()))
-    }
-
-    /// The row while `lease` still holds it.
-    pub(super) async fn held_record(&self, lease: &Lease) -> Result<MigrationRecord, ControlError> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM background_migrations \
-             WHERE id = $1 AND worker_id = $2 AND lease_epoch = $3 AND status = 'running'"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&lease.migration_id)
-            .bind(&lease.worker_id)
-            .bind(lease.epoch)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Self::sql_err("re-read the migration before a batch"))?;
-        row.as_ref()
-            .map(decode)
-            .transpose()?
-            .ok_or_else(|| ControlError::LeaseLost(lease.name.clone()))
-    }
-
     pub(super) async fn list_events(
         &self,
         name: &str,
