@@ -70,7 +70,7 @@ impl Migration for NormalizeEmails {
             rows: rows as u64,
             bytes: 0,
         };
-        batch.commit(self.store.id(), tx, &outcome).await?;
+        batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }
 }

@@ -29,6 +29,7 @@ pub struct Args {
 
 /// Why an `args` value was refused; the message names the key and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArgsError {
     /// The args are not a JSON object.
     #[error("args must be a JSON object like {{\"batchSize\": 5000}}, got {0}")]
@@ -48,6 +49,11 @@ pub enum ArgsError {
     /// Text that is not JSON at all.
     #[error("args are not valid JSON: {0}")]
     NotJson(String),
+    /// A key holds a number beyond what can be read (±1.8e308, written by hand in SQL) and the patch leaves it.
+    #[error(
+        "args.{0} holds a number outside what can be read (about ±1.8e308); set it in the same patch, e.g. {{\"{0}\": 2500}}, or remove it with {{\"{0}\": null}}"
+    )]
+    Unreadable(String),
 }
 
 impl Args {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
-use crate::control::{ControlStore, PgControlStore, SqliteControlStore};
+use crate::control::{ControlStore, SqlControlStore};
 use crate::store::{PgStore, SqliteStore, StoreError, Stores, postgres, sqlite};
 
 /// What is wrong with the configuration, in words that say what to change.
@@ -83,7 +83,7 @@ pub async fn connect(database_url: &str) -> Result<Connected, ConfigError> {
     }
     let pool = postgres::connect_pool(database_url, 8).await?;
     let store = PgStore::new(pool.clone(), PgStore::id_for_url(database_url));
-    let control: Arc<dyn ControlStore> = Arc::new(PgControlStore::new(&store));
+    let control: Arc<dyn ControlStore> = Arc::new(SqlControlStore::postgres(&store));
     Ok(Connected {
         control,
         stores: Stores::new().with_postgres("postgres", store),
@@ -96,7 +96,7 @@ async fn connect_sqlite(database_url: &str) -> Result<Connected, ConfigError> {
     let pool = sqlite::connect_pool(database_url, 8).await?;
     let path = sqlite::file_of(database_url).unwrap_or_default();
     let store = SqliteStore::new(pool, SqliteStore::id_for_path(&path));
-    let control: Arc<dyn ControlStore> = Arc::new(SqliteControlStore::new(&store));
+    let control: Arc<dyn ControlStore> = Arc::new(SqlControlStore::sqlite(&store));
     Ok(Connected {
         control,
         stores: Stores::new().with_sql(SQLITE_STORE, Arc::new(store)),

@@ -16,9 +16,9 @@ pub mod store;
 pub mod web;
 
 pub use args::Args;
-pub use control::{ControlError, ControlStore, PgControlStore, SqliteControlStore};
+pub use control::{ControlError, ControlStore, SqlControlStore};
 pub use definition::Registration;
-pub use engine::{Runner, RunnerConfig, RunnerHandle};
+pub use engine::{Runner, RunnerConfig, RunnerError, RunnerHandle};
 pub use kinds::builtin_registry;
 pub use migration::{Batch, BatchOutcome, Migration, MigrationError};
 pub use registry::Registry;

@@ -3,10 +3,14 @@
 //! The engine owns the loop around it (leases, args, pause, progress, retries, throttling), so a migration never
 //! sleeps, never loops over the whole table and never writes the control table itself.
 
+use std::time::Instant;
+
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::args::{Args, DEFAULT_BATCH_SIZE};
+use crate::control::{BatchCommit, ControlError, Lease, LeaseStore};
 use crate::store::{SqlTx, StoreError};
 
 /// What a batch reports back to the engine.
@@ -25,10 +29,16 @@ pub struct BatchOutcome {
 
 /// Why a batch (or validation) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MigrationError {
-    /// The definition or the data does not allow this migration to run; fails it with this message.
+    /// The definition does not allow this migration to run (a missing table or column, a key without a unique
+    /// index, a type that cannot be mapped): found by validation, before any row changes.
     #[error("{0}")]
     Invalid(String),
+    /// A batch failed in a way a retry will not cure (a value that does not fit its target, a NULL or repeated key,
+    /// a cursor that did not move, unreadable args or checkpoint); fails the migration with this message.
+    #[error("{0}")]
+    Permanent(String),
     /// A store error; transient ones retry the batch, others fail the migration.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -48,22 +58,86 @@ impl MigrationError {
         match self {
             MigrationError::Transient(_) => true,
             MigrationError::Store(err) => err.is_transient(),
-            MigrationError::Invalid(_) | MigrationError::LeaseLost => false,
+            MigrationError::Invalid(_)
+            | MigrationError::Permanent(_)
+            | MigrationError::LeaseLost => false,
         }
     }
 }
 
-/// Writes a batch's checkpoint inside the batch's own transaction, fenced on the lease. Provided by the engine.
-#[async_trait]
-pub trait Checkpointer: Send + Sync {
-    /// Whether a transaction of the store with this id can carry the checkpoint (the control table lives there).
-    fn shares_store(&self, store_id: &str) -> bool;
-    /// Writes the checkpoint in `tx`; fails with [`MigrationError::LeaseLost`] when the lease is gone.
-    async fn write_in(
-        &self,
-        tx: &mut dyn SqlTx,
-        outcome: &BatchOutcome,
-    ) -> Result<(), MigrationError>;
+/// What a control-store error means to a batch: a lost lease, a store error (transient or not), or a permanent
+/// failure.
+impl From<ControlError> for MigrationError {
+    fn from(err: ControlError) -> Self {
+        match err {
+            ControlError::LeaseLost(_) => MigrationError::LeaseLost,
+            ControlError::Store(err) => MigrationError::Store(err),
+            other => MigrationError::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// How one batch's checkpoint is built and where it is written; the engine builds one for each batch.
+pub struct Checkpointer<'a> {
+    control: &'a dyn LeaseStore,
+    lease: &'a Lease,
+    previous_state: &'a Value,
+    batch_size: u64,
+    started_at: DateTime<Utc>,
+    started: Instant,
+    rate_after: &'a (dyn Fn(u64) -> f64 + Send + Sync),
+}
+
+impl<'a> Checkpointer<'a> {
+    /// The checkpoint of a batch of up to `batch_size` rows run under `lease`, starting now from
+    /// `previous_state`; `rate_after(rows)` gives the smoothed rate once the batch's rows are counted.
+    pub fn new(
+        control: &'a dyn LeaseStore,
+        lease: &'a Lease,
+        previous_state: &'a Value,
+        batch_size: u64,
+        rate_after: &'a (dyn Fn(u64) -> f64 + Send + Sync),
+    ) -> Self {
+        Self {
+            control,
+            lease,
+            previous_state,
+            batch_size,
+            started_at: Utc::now(),
+            started: Instant::now(),
+            rate_after,
+        }
+    }
+
+    /// The checkpoint for `outcome`, refusing a cursor that did not move (the original system's endless loop).
+    fn commit_for(&self, outcome: &BatchOutcome) -> Result<BatchCommit, MigrationError> {
+        if !outcome.done && &outcome.state == self.previous_state {
+            return Err(MigrationError::Permanent(format!(
+                "the cursor did not advance (still at {}); the key is not unique or the migration does not move its \
+                 checkpoint — fix the definition, then retry",
+                self.previous_state
+            )));
+        }
+        Ok(BatchCommit {
+            state: outcome.state.clone(),
+            rows: outcome.rows,
+            bytes: outcome.bytes,
+            batch_size: self.batch_size,
+            started_at: self.started_at,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            rows_per_sec: (self.rate_after)(outcome.rows),
+        })
+    }
+}
+
+/// A batch's checkpoint, and whether it is already written.
+#[derive(Debug, Clone)]
+pub enum Checkpoint {
+    /// Written in the batch's own transaction (its store holds the control table): exactly-once.
+    Written(BatchCommit),
+    /// Still to be written, after the batch's effects committed elsewhere: at-least-once, so the kind's writes are
+    /// idempotent.
+    Pending(BatchCommit),
 }
 
 /// One batch's inputs: where to start, how much to do, and how to commit.
@@ -72,41 +146,51 @@ pub struct Batch<'a> {
     pub state: &'a Value,
     /// The validated args, re-read before this batch.
     pub args: &'a Args,
-    checkpointer: &'a dyn Checkpointer,
-    checkpointed: bool,
+    checkpointer: &'a Checkpointer<'a>,
+    checkpoint: Option<Checkpoint>,
 }
 
 impl<'a> Batch<'a> {
     /// Built by the engine for each batch.
-    pub fn new(state: &'a Value, args: &'a Args, checkpointer: &'a dyn Checkpointer) -> Self {
+    pub fn new(state: &'a Value, args: &'a Args, checkpointer: &'a Checkpointer<'a>) -> Self {
         Self {
             state,
             args,
             checkpointer,
-            checkpointed: false,
+            checkpoint: None,
         }
     }
 
-    /// Commits the batch's transaction in `store_id`. When that store also holds the control table, the checkpoint
-    /// is written in the same transaction (exactly-once); otherwise the engine writes it right after the commit
-    /// (at-least-once: the kind's writes must be idempotent).
+    /// Commits the batch's transaction `tx`. When `tx`'s database also holds the control table, the checkpoint is
+    /// written in the same transaction (exactly-once); otherwise the engine writes it right after the commit
+    /// (at-least-once: the kind's writes must be idempotent). The one place that asks where a checkpoint goes.
     pub async fn commit(
         &mut self,
-        store_id: &str,
         mut tx: Box<dyn SqlTx>,
         outcome: &BatchOutcome,
     ) -> Result<(), MigrationError> {
-        if self.checkpointer.shares_store(store_id) {
-            self.checkpointer.write_in(tx.as_mut(), outcome).await?;
-            self.checkpointed = true;
-        }
+        let commit = self.checkpointer.commit_for(outcome)?;
+        let cp = self.checkpointer;
+        let checkpoint = if tx.database() == cp.control.database() {
+            cp.control
+                .write_checkpoint_in(tx.as_mut(), cp.lease, &commit)
+                .await?;
+            Checkpoint::Written(commit)
+        } else {
+            Checkpoint::Pending(commit)
+        };
         tx.commit().await?;
+        self.checkpoint = Some(checkpoint);
         Ok(())
     }
 
-    /// Whether [`Batch::commit`] already wrote the checkpoint.
-    pub fn checkpointed(&self) -> bool {
-        self.checkpointed
+    /// The batch's checkpoint once it returned `outcome`: what [`Batch::commit`] wrote or left to write, or, for a
+    /// batch that committed nothing through it (a ClickHouse target), the checkpoint still to be written.
+    pub fn into_checkpoint(self, outcome: &BatchOutcome) -> Result<Checkpoint, MigrationError> {
+        match self.checkpoint {
+            Some(checkpoint) => Ok(checkpoint),
+            None => Ok(Checkpoint::Pending(self.checkpointer.commit_for(outcome)?)),
+        }
     }
 }
 

@@ -8,14 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bgmigrate::config::{self, Connected};
-use bgmigrate::control::{BatchCommit, Lease};
+use bgmigrate::control::BatchCommit;
 use bgmigrate::migration::Checkpointer;
-use bgmigrate::store::{SqlStore, SqlTx};
+use bgmigrate::store::SqlStore;
 use bgmigrate::{
-    Action, Args, Batch, BatchOutcome, ControlError, MigrationError, Registration, Registry,
-    Runner, Status, builtin_registry,
+    Action, Args, Batch, ControlError, MigrationError, Registration, Registry, Runner, Status,
+    builtin_registry,
 };
 use chrono::Utc;
 use common::{TestDb, fast_config, text};
@@ -586,38 +585,6 @@ async fn backfill_is_exact_on_integer_keys(env: &Env) {
     );
 }
 
-/// The engine's checkpointer, reduced to the fenced write: what [`Batch::commit`] calls inside the transaction.
-struct Fenced<'a> {
-    env: &'a Env,
-    lease: Lease,
-}
-
-#[async_trait]
-impl Checkpointer for Fenced<'_> {
-    fn shares_store(&self, store_id: &str) -> bool {
-        self.env.control().store_id() == store_id
-    }
-
-    async fn write_in(
-        &self,
-        tx: &mut dyn SqlTx,
-        outcome: &BatchOutcome,
-    ) -> Result<(), MigrationError> {
-        self.env
-            .control()
-            .write_checkpoint_in(
-                tx,
-                &self.lease,
-                &commit_of(outcome.state.clone(), outcome.rows),
-            )
-            .await
-            .map_err(|err| match err {
-                ControlError::LeaseLost(_) => MigrationError::LeaseLost,
-                other => MigrationError::Invalid(other.to_string()),
-            })
-    }
-}
-
 async fn a_backfill_batch_and_its_checkpoint_commit_together_or_not_at_all(env: &Env) {
     env.exec(&[
         "CREATE TABLE items (id integer PRIMARY KEY, hits integer NOT NULL DEFAULT 0)",
@@ -655,7 +622,8 @@ async fn a_backfill_batch_and_its_checkpoint_commit_together_or_not_at_all(env: 
     let args = Args::parse(&json!({"batchSize": 10})).unwrap();
     let start = json!({});
 
-    let stale_writer = Fenced { env, lease: stale };
+    let no_rate = |_: u64| 0.0;
+    let stale_writer = Checkpointer::new(env.control(), &stale, &start, 10, &no_rate);
     let refused = migration
         .run_batch(&mut Batch::new(&start, &args, &stale_writer))
         .await;
@@ -670,7 +638,7 @@ async fn a_backfill_batch_and_its_checkpoint_commit_together_or_not_at_all(env: 
         "the UPDATE rolled back"
     );
 
-    let live_writer = Fenced { env, lease: live };
+    let live_writer = Checkpointer::new(env.control(), &live, &start, 10, &no_rate);
     let outcome = migration
         .run_batch(&mut Batch::new(&start, &args, &live_writer))
         .await

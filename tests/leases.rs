@@ -167,7 +167,7 @@ impl Migration for Touching {
             rows,
             bytes: 0,
         };
-        batch.commit(self.store.id(), tx, &outcome).await?;
+        batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }
 }

@@ -1,12 +1,23 @@
-//! The control store: the `background_migrations` table and its events and batches, behind one contract.
+//! The control store: the `background_migrations` table and its events and batches.
 //!
-//! The engine, the CLI and (later) the web layer talk only to [`ControlStore`]; Postgres implements it in
-//! [`postgres`], SQLite in [`sqlite`].
+//! The contract is split by role, as each caller uses it: [`Registrar`] (schema and registration, at start),
+//! [`LeaseStore`] (a worker's claim, heartbeat, checkpoints and outcome, every write fenced on its lease),
+//! [`OperatorStore`] (validated actions and args edits) and [`HistoryStore`] (the reads behind `status`, `show` and
+//! the web UI). [`ControlStore`] is all four.
+//!
+//! Layout: one implementation for every SQL store, [`SqlControlStore`] (`sql_store.rs`: the type, schema and
+//! registration), written once over the store's transactions; [`dialect`] holds the few fragments Postgres and
+//! SQLite spell differently; `lease.rs` the worker's fenced writes; `operator.rs` the operator's side; `read.rs`
+//! the rows as text and their decoding; `changes.rs` the change signal; `record.rs` the rows as Rust values.
 
-pub mod postgres;
+mod changes;
+mod dialect;
+mod lease;
+mod lenient_json;
+mod operator;
+mod read;
 mod record;
-mod record_queries;
-pub mod sqlite;
+mod sql_store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,31 +30,15 @@ use crate::args::ArgsError;
 use crate::definition::Registration;
 use crate::registry::Registry;
 use crate::status::{Action, TransitionError};
-use crate::store::{SqlTx, StoreError};
+use crate::store::{DatabaseId, SqlTx, StoreError};
 
-pub use self::postgres::PgControlStore;
 pub use self::record::{
     BatchCommit, BatchRecord, Claim, EventKind, EventRecord, Lease, MigrationRecord,
 };
-pub use self::sqlite::SqliteControlStore;
+pub use self::sql_store::SqlControlStore;
 
 /// How many recent batches the batches table keeps per migration.
 pub const BATCHES_KEPT: i64 = 1000;
-
-/// The columns an operator action resets besides `status`: one SQL fragment that every store's dialect accepts.
-pub(crate) fn action_assignments(action: Action, from_start: bool) -> &'static str {
-    match action {
-        Action::Pause | Action::Cancel => {
-            "worker_id = NULL, locked_at = NULL, lease_expires_at = NULL"
-        }
-        Action::Resume => "worker_id = NULL",
-        Action::Retry if from_start => {
-            "failed_at = NULL, failed_reason = NULL, finished_at = NULL, state = '{}', rows_done = 0, \
-             bytes_done = 0, rows_total = NULL, started_at = NULL, rows_per_sec = NULL"
-        }
-        Action::Retry => "failed_at = NULL, failed_reason = NULL, finished_at = NULL",
-    }
-}
 
 /// What can go wrong talking to the control store.
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +83,9 @@ impl ControlError {
     }
 }
 
-/// The control store contract.
+/// Setting up: the tables, and the rows of the definitions a release ships.
 #[async_trait]
-pub trait ControlStore: Send + Sync {
-    /// Identity of the database holding the control table (see [`crate::store::SqlStore::id`]).
-    fn store_id(&self) -> &str;
-
+pub trait Registrar: Send + Sync {
     /// Creates or upgrades the control tables, idempotently, under a lock.
     async fn ensure_schema(&self) -> Result<(), ControlError>;
 
@@ -104,6 +96,14 @@ pub trait ControlStore: Send + Sync {
         registrations: &[Registration],
         registry: &Registry,
     ) -> Result<Vec<String>, ControlError>;
+}
+
+/// A worker's side: claim a migration, keep the lease, checkpoint batches, record the outcome. Every write is
+/// fenced on the lease (owner + epoch + still running), so a stalled worker cannot overwrite its successor.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// The database holding the control table: a batch's transaction in this database also carries its checkpoint.
+    fn database(&self) -> &DatabaseId;
 
     /// Atomically claims the next runnable migration among `scripts`: pending and not waiting on another, or
     /// running with an expired lease (a takeover).
@@ -127,14 +127,15 @@ pub trait ControlStore: Send + Sync {
         rows_total: Option<u64>,
     ) -> Result<(), ControlError>;
 
-    /// Writes a batch's checkpoint and progress, fenced on the lease.
+    /// Writes a batch's checkpoint and progress in a transaction of its own.
     async fn write_checkpoint(
         &self,
         lease: &Lease,
         commit: &BatchCommit,
     ) -> Result<(), ControlError>;
 
-    /// The same inside a transaction of the control database, so a batch and its checkpoint commit together.
+    /// The same inside `tx`, a transaction of the control database ([`LeaseStore::database`]), so a batch and
+    /// its checkpoint commit together.
     async fn write_checkpoint_in(
         &self,
         tx: &mut dyn SqlTx,
@@ -151,18 +152,19 @@ pub trait ControlStore: Send + Sync {
     /// Gives the migration back (pending, checkpoint kept), e.g. on shutdown.
     async fn release(&self, lease: &Lease) -> Result<(), ControlError>;
 
-    /// Every migration, in run order.
-    async fn list(&self) -> Result<Vec<MigrationRecord>, ControlError>;
+    /// Appends an event (batch-size changes, retried batches).
+    async fn record_event(
+        &self,
+        name: &str,
+        kind: EventKind,
+        actor: &str,
+        detail: Value,
+    ) -> Result<(), ControlError>;
+}
 
-    /// One migration.
-    async fn get(&self, name: &str) -> Result<MigrationRecord, ControlError>;
-
-    /// The latest events of one migration, newest first.
-    async fn events(&self, name: &str, limit: i64) -> Result<Vec<EventRecord>, ControlError>;
-
-    /// The latest batches of one migration, newest first.
-    async fn batches(&self, name: &str, limit: i64) -> Result<Vec<BatchRecord>, ControlError>;
-
+/// The operator's side: status transitions and args edits, validated first and recorded with their actor.
+#[async_trait]
+pub trait OperatorStore: Send + Sync {
     /// Applies an operator action (validated transition); `from_start` (retry only) also clears the checkpoint.
     async fn act(
         &self,
@@ -179,17 +181,29 @@ pub trait ControlStore: Send + Sync {
         patch: &Value,
         actor: &str,
     ) -> Result<MigrationRecord, ControlError>;
+}
 
-    /// Appends an event.
-    async fn record_event(
-        &self,
-        name: &str,
-        kind: EventKind,
-        actor: &str,
-        detail: Value,
-    ) -> Result<(), ControlError>;
+/// The reads behind `status`, `show`, the web UI and a worker's drain.
+#[async_trait]
+pub trait HistoryStore: Send + Sync {
+    /// Every migration, in run order.
+    async fn list(&self) -> Result<Vec<MigrationRecord>, ControlError>;
+
+    /// One migration.
+    async fn get(&self, name: &str) -> Result<MigrationRecord, ControlError>;
+
+    /// The latest events of one migration, newest first.
+    async fn events(&self, name: &str, limit: i64) -> Result<Vec<EventRecord>, ControlError>;
+
+    /// The latest batches of one migration, newest first.
+    async fn batches(&self, name: &str, limit: i64) -> Result<Vec<BatchRecord>, ControlError>;
 
     /// A signal woken whenever a row changes (registrations, operator actions, finished migrations); wake-ups may
     /// be missed while reconnecting, so callers also poll.
     async fn changes(&self) -> Result<Arc<Notify>, ControlError>;
 }
+
+/// The whole control store: every role. Implemented for anything that implements them all.
+pub trait ControlStore: Registrar + LeaseStore + OperatorStore + HistoryStore {}
+
+impl<T: Registrar + LeaseStore + OperatorStore + HistoryStore> ControlStore for T {}

@@ -55,6 +55,9 @@ pub struct MigrationRecord {
     pub rows_per_sec: Option<f64>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Why part of this row could not be read (e.g. a number in `args` beyond what JSON readers hold, written by
+    /// hand), and how to fix it; the fields it names hold marker strings in the meantime. `None` for a sound row.
+    pub unreadable: Option<String>,
 }
 
 impl MigrationRecord {
@@ -89,6 +92,18 @@ pub struct Lease {
     pub worker_id: String,
     /// Fencing token: a write succeeds only while the row still carries this epoch.
     pub epoch: i64,
+}
+
+impl Lease {
+    /// The parameters of the fence predicate (`$1` id, `$2` worker, `$3` epoch), which every worker write carries.
+    pub(crate) fn fence_params(&self) -> Vec<crate::store::SqlParam> {
+        use crate::store::SqlParam;
+        vec![
+            SqlParam::Text(self.migration_id.clone()),
+            SqlParam::Text(self.worker_id.clone()),
+            SqlParam::Int(self.epoch),
+        ]
+    }
 }
 
 /// A successful claim.

@@ -1,10 +1,6 @@
 //! The batch loop for one claimed migration: read args, run a batch, commit it with its checkpoint, report
 //! progress, throttle, repeat; stop on finish, failure, lease loss or shutdown.
 
-use std::sync::Mutex;
-
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -12,9 +8,8 @@ use super::backoff::with_retries;
 use super::progress::ProgressTracker;
 use super::{EngineContext, heartbeat};
 use crate::args::Args;
-use crate::control::{BatchCommit, Claim, ControlError, EventKind, Lease};
-use crate::migration::{Batch, BatchOutcome, Checkpointer, Migration, MigrationError};
-use crate::store::SqlTx;
+use crate::control::{Claim, ControlError, EventKind, Lease};
+use crate::migration::{Batch, BatchOutcome, Checkpoint, Checkpointer, Migration, MigrationError};
 
 /// How a worker's hold on one migration ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,14 +24,6 @@ pub enum Ending {
     LeaseLost,
 }
 
-fn from_control(err: ControlError) -> MigrationError {
-    match err {
-        ControlError::LeaseLost(_) => MigrationError::LeaseLost,
-        ControlError::Store(err) => MigrationError::Store(err),
-        other => MigrationError::Invalid(other.to_string()),
-    }
-}
-
 /// Runs `claim` until it ends.
 pub(crate) async fn run_claimed(
     ctx: &EngineContext,
@@ -45,7 +32,7 @@ pub(crate) async fn run_claimed(
 ) -> Ending {
     let lease = claim.lease.clone();
     let beat = heartbeat::start(
-        ctx.control.clone(),
+        ctx.leases.clone(),
         lease.clone(),
         ctx.config.lease_ttl,
         ctx.config.heartbeat_interval,
@@ -77,9 +64,9 @@ pub(crate) async fn run_claimed(
 /// Writes the outcome (finished / failed / released); a lost lease writes nothing.
 async fn record_ending(ctx: &EngineContext, lease: &Lease, ending: Ending) -> Ending {
     let written = match &ending {
-        Ending::Finished => ctx.control.finish(lease).await,
-        Ending::Failed(reason) => ctx.control.fail(lease, reason).await,
-        Ending::Released => ctx.control.release(lease).await,
+        Ending::Finished => ctx.leases.finish(lease).await,
+        Ending::Failed(reason) => ctx.leases.fail(lease, reason).await,
+        Ending::Released => ctx.leases.release(lease).await,
         Ending::LeaseLost => Ok(()),
     };
     match (written, &ending) {
@@ -150,10 +137,7 @@ async fn batch_loop(
     if record.rows_total.is_none() {
         let estimate =
             with_retries(policy, stop, retry_log("estimate"), || migration.estimate()).await?;
-        ctx.control
-            .set_rows_total(lease, estimate)
-            .await
-            .map_err(from_control)?;
+        ctx.leases.set_rows_total(lease, estimate).await?;
         tracker.set_total(estimate);
     }
     let mut previous_batch_size = record.batch_size.map(|b| b as u64);
@@ -165,31 +149,35 @@ async fn batch_loop(
             policy,
             stop,
             retry_log("re-reading the migration"),
-            || async { ctx.control.current(lease).await.map_err(from_control) },
+            || async { Ok(ctx.leases.current(lease).await?) },
         )
         .await?;
+        if let Some(reason) = &current.unreadable {
+            return Err(MigrationError::Permanent(format!(
+                "the control row cannot be read: {reason}"
+            )));
+        }
         let args = Args::parse_with_default(&current.args, migration.default_batch_size()).map_err(|err| {
-            MigrationError::Invalid(format!(
+            MigrationError::Permanent(format!(
                 "invalid args: {err}; fix them with `bgmigrate set-args {} '{{...}}'`, then `bgmigrate retry {}`",
                 lease.name, lease.name
             ))
         })?;
         if previous_batch_size.is_some_and(|size| size != args.batch_size) {
             let detail = json!({"before": previous_batch_size, "after": args.batch_size});
-            ctx.control
+            ctx.leases
                 .record_event(
                     &lease.name,
                     EventKind::BatchSizeChanged,
                     &lease.worker_id,
                     detail,
                 )
-                .await
-                .map_err(from_control)?;
+                .await?;
             tracing::info!(migration = %lease.name, batch_size = args.batch_size, "batch size changed");
         }
         previous_batch_size = Some(args.batch_size);
 
-        let (outcome, commit, checkpointed) = run_one_batch(
+        let (outcome, checkpoint) = run_one_batch(
             ctx,
             &*migration,
             lease,
@@ -199,15 +187,16 @@ async fn batch_loop(
             stop,
         )
         .await?;
-        if !checkpointed {
-            with_retries(policy, stop, retry_log("checkpoint"), || async {
-                ctx.control
-                    .write_checkpoint(lease, &commit)
-                    .await
-                    .map_err(from_control)
-            })
-            .await?;
-        }
+        let commit = match checkpoint {
+            Checkpoint::Written(commit) => commit,
+            Checkpoint::Pending(commit) => {
+                with_retries(policy, stop, retry_log("checkpoint"), || async {
+                    Ok(ctx.leases.write_checkpoint(lease, &commit).await?)
+                })
+                .await?;
+                commit
+            }
+        };
         let name = lease.name.clone();
         metrics::counter!("bgmigrate_rows_processed_total", "migration" => name.clone())
             .increment(outcome.rows);
@@ -234,8 +223,7 @@ async fn batch_loop(
     }
 }
 
-/// One batch with transient retries. Returns the outcome, its checkpoint, and whether the checkpoint was already
-/// written inside the batch's transaction.
+/// One batch with transient retries. Returns the outcome and its checkpoint, written or still to be written.
 async fn run_one_batch(
     ctx: &EngineContext,
     migration: &dyn Migration,
@@ -244,100 +232,150 @@ async fn run_one_batch(
     args: &Args,
     tracker: &ProgressTracker,
     stop: &CancellationToken,
-) -> Result<(BatchOutcome, BatchCommit, bool), MigrationError> {
+) -> Result<(BatchOutcome, Checkpoint), MigrationError> {
     let name = lease.name.clone();
-    let control = ctx.control.clone();
+    let leases = ctx.leases.clone();
     let on_retry = move |attempt: u32, err: &MigrationError, wait: std::time::Duration| {
         tracing::warn!(migration = %name, attempt, error = %err, wait_ms = wait.as_millis() as u64, "batch failed; retrying");
         metrics::counter!("bgmigrate_batch_retries_total", "migration" => name.clone())
             .increment(1);
-        let (control, name, detail) = (
-            control.clone(),
+        let (leases, name, detail) = (
+            leases.clone(),
             name.clone(),
             json!({"attempt": attempt, "error": err.to_string()}),
         );
         tokio::spawn(async move {
-            let _ = control
+            let _ = leases
                 .record_event(&name, EventKind::BatchRetried, "engine", detail)
                 .await;
         });
     };
+    let rate_after = |rows: u64| tracker.rate_after(rows);
     with_retries(&ctx.config.retry, stop, on_retry, || async {
-        let checkpointer = EngineCheckpointer {
-            ctx,
-            lease,
-            previous_state: state,
-            batch_size: args.batch_size,
-            started_at: Utc::now(),
-            started: std::time::Instant::now(),
-            tracker,
-            written: Mutex::new(None),
-        };
+        let checkpointer =
+            Checkpointer::new(&*ctx.leases, lease, state, args.batch_size, &rate_after);
         let mut batch = Batch::new(state, args, &checkpointer);
         let outcome = migration.run_batch(&mut batch).await?;
-        let checkpointed = batch.checkpointed();
-        let commit = match checkpointer.written.lock().expect("poisoned").take() {
-            Some(commit) => commit,
-            None => checkpointer.commit_for(&outcome)?,
-        };
-        Ok((outcome, commit, checkpointed))
+        let checkpoint = batch.into_checkpoint(&outcome)?;
+        Ok((outcome, checkpoint))
     })
     .await
 }
 
-/// The engine's [`Checkpointer`]: builds the batch's [`BatchCommit`] and writes it in the batch's transaction when
-/// the batch's store holds the control table.
-struct EngineCheckpointer<'a> {
-    ctx: &'a EngineContext,
-    lease: &'a Lease,
-    previous_state: &'a Value,
-    batch_size: u64,
-    started_at: DateTime<Utc>,
-    started: std::time::Instant,
-    tracker: &'a ProgressTracker,
-    written: Mutex<Option<BatchCommit>>,
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
 
-impl EngineCheckpointer<'_> {
-    /// The checkpoint for `outcome`, refusing a cursor that did not move (the original system's endless loop).
-    fn commit_for(&self, outcome: &BatchOutcome) -> Result<BatchCommit, MigrationError> {
-        if !outcome.done && &outcome.state == self.previous_state {
-            return Err(MigrationError::Invalid(format!(
-                "the cursor did not advance (still at {}); the key is not unique or the migration does not move its \
-                 checkpoint — fix the definition, then retry",
-                self.previous_state
-            )));
+    use serde_json::json;
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::engine::RunnerConfig;
+    use crate::engine::fake_leases::{Counting, FakeLeases, Renewal};
+    use crate::registry::Registry;
+    use crate::store::Stores;
+
+    fn context(leases: Arc<FakeLeases>, batches: u64) -> EngineContext {
+        let mut registry = Registry::empty();
+        registry.register("count", move |_, _| Ok(Arc::new(Counting { batches })));
+        EngineContext {
+            leases,
+            registry,
+            stores: Stores::new(),
+            config: RunnerConfig {
+                worker_id: "w1".into(),
+                lease_ttl: Duration::from_secs(30),
+                heartbeat_interval: Duration::from_secs(10),
+                ..RunnerConfig::default()
+            },
+            progress: broadcast::channel(64).0,
         }
-        Ok(BatchCommit {
-            state: outcome.state.clone(),
-            rows: outcome.rows,
-            bytes: outcome.bytes,
-            batch_size: self.batch_size,
-            started_at: self.started_at,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            rows_per_sec: self.tracker.rate_after(outcome.rows),
-        })
-    }
-}
-
-#[async_trait]
-impl Checkpointer for EngineCheckpointer<'_> {
-    fn shares_store(&self, store_id: &str) -> bool {
-        self.ctx.control.store_id() == store_id
     }
 
-    async fn write_in(
-        &self,
-        tx: &mut dyn SqlTx,
-        outcome: &BatchOutcome,
-    ) -> Result<(), MigrationError> {
-        let commit = self.commit_for(outcome)?;
-        self.ctx
-            .control
-            .write_checkpoint_in(tx, self.lease, &commit)
-            .await
-            .map_err(from_control)?;
-        *self.written.lock().expect("poisoned") = Some(commit);
-        Ok(())
+    /// Every batch's checkpoint is written, then the outcome.
+    #[tokio::test(start_paused = true)]
+    async fn a_migration_runs_to_the_end_and_is_marked_finished() {
+        let store = FakeLeases::new(Renewal::Holds);
+        let ctx = context(store.clone(), 5);
+        let ending = run_claimed(&ctx, FakeLeases::claim(), &CancellationToken::new()).await;
+        assert_eq!(ending, Ending::Finished);
+        let seen = store.seen.lock().unwrap();
+        assert_eq!(seen.checkpoints.last(), Some(&json!({"n": 5})));
+        assert_eq!(seen.checkpoints.len(), 5);
+        assert_eq!(seen.endings, ["finished"]);
+    }
+
+    /// Shutdown lets the batch in flight commit, then gives the migration back with its checkpoint.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_stops_between_batches_and_releases_the_lease() {
+        let store = FakeLeases::new(Renewal::Holds);
+        let ctx = Arc::new(context(store.clone(), 1_000));
+        let shutdown = CancellationToken::new();
+        let run = {
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            tokio::spawn(async move { run_claimed(&ctx, FakeLeases::claim(), &shutdown).await })
+        };
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        shutdown.cancel();
+        assert_eq!(run.await.unwrap(), Ending::Released);
+        let seen = store.seen.lock().unwrap();
+        assert_eq!(seen.endings, ["released"]);
+        assert_eq!(
+            seen.checkpoints.last(),
+            Some(&json!({"n": 4})),
+            "the batch in flight when shutdown came committed"
+        );
+    }
+
+    /// A lost lease stops the loop and writes nothing more: no checkpoint, no outcome.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_stops_the_loop_without_writing_an_outcome() {
+        let store = FakeLeases::new(Renewal::LostAfter(1));
+        let ctx = context(store.clone(), 1_000);
+        let ending = run_claimed(&ctx, FakeLeases::claim(), &CancellationToken::new()).await;
+        assert_eq!(ending, Ending::LeaseLost);
+        let seen = store.seen.lock().unwrap();
+        assert!(seen.endings.is_empty(), "{:?}", seen.endings);
+        assert!(
+            seen.checkpoints.len() <= 21,
+            "stopped at the renewal that found the lease gone (20 s), not later: {}",
+            seen.checkpoints.len()
+        );
+    }
+
+    /// A checkpoint that does not move fails the migration instead of looping forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_cursor_that_does_not_move_fails_the_migration() {
+        struct Stuck;
+        #[async_trait::async_trait]
+        impl Migration for Stuck {
+            async fn validate(&self) -> Result<(), MigrationError> {
+                Ok(())
+            }
+            async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
+                Ok(None)
+            }
+            async fn run_batch(
+                &self,
+                batch: &mut Batch<'_>,
+            ) -> Result<BatchOutcome, MigrationError> {
+                Ok(BatchOutcome {
+                    state: batch.state.clone(),
+                    done: false,
+                    rows: 1,
+                    bytes: 0,
+                })
+            }
+        }
+        let store = FakeLeases::new(Renewal::Holds);
+        let mut ctx = context(store.clone(), 1);
+        ctx.registry.register("count", |_, _| Ok(Arc::new(Stuck)));
+        let ending = run_claimed(&ctx, FakeLeases::claim(), &CancellationToken::new()).await;
+        let Ending::Failed(reason) = ending else {
+            panic!("{ending:?}")
+        };
+        assert!(reason.contains("the cursor did not advance"), "{reason}");
+        assert_eq!(store.seen.lock().unwrap().endings.len(), 1);
     }
 }

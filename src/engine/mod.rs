@@ -6,6 +6,8 @@
 
 pub mod backoff;
 mod execute;
+#[cfg(test)]
+mod fake_leases;
 mod heartbeat;
 pub mod progress;
 
@@ -16,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{ControlError, ControlStore};
+use crate::control::{ControlError, ControlStore, LeaseStore};
 use crate::registry::Registry;
 use crate::status::Status;
 use crate::store::Stores;
@@ -100,9 +102,9 @@ pub struct RunSummary {
     pub failed: Vec<(String, String)>,
 }
 
-/// Shared by the claim loop and the batch loops.
+/// What the batch loop of one claimed migration needs: the worker's side of the control store only.
 pub(crate) struct EngineContext {
-    pub(crate) control: Arc<dyn ControlStore>,
+    pub(crate) leases: Arc<dyn LeaseStore>,
     pub(crate) registry: Registry,
     pub(crate) stores: Stores,
     pub(crate) config: RunnerConfig,
@@ -111,6 +113,7 @@ pub(crate) struct EngineContext {
 
 /// Runs background migrations; build one, then [`Runner::spawn`] it beside the host's own work.
 pub struct Runner {
+    control: Arc<dyn ControlStore>,
     ctx: EngineContext,
 }
 
@@ -133,12 +136,13 @@ impl Runner {
         let (progress, _) = broadcast::channel(256);
         Self {
             ctx: EngineContext {
-                control,
+                leases: control.clone(),
                 registry,
                 stores,
                 config,
                 progress,
             },
+            control,
         }
     }
 
@@ -147,7 +151,12 @@ impl Runner {
         let shutdown = CancellationToken::new();
         let (state_tx, state) = watch::channel(RunnerState::Starting);
         let progress = self.ctx.progress.clone();
-        let task = tokio::spawn(claim_loop(self.ctx, shutdown.clone(), state_tx));
+        let task = tokio::spawn(claim_loop(
+            self.control,
+            self.ctx,
+            shutdown.clone(),
+            state_tx,
+        ));
         RunnerHandle {
             shutdown,
             state,
@@ -174,20 +183,32 @@ impl RunnerHandle {
     }
 
     /// Asks the runner to stop after the current batch (releasing its lease) and waits for it.
-    pub async fn shutdown(self) -> Result<RunSummary, ControlError> {
+    pub async fn shutdown(self) -> Result<RunSummary, RunnerError> {
         self.shutdown.cancel();
         self.join().await
     }
 
     /// Waits until the runner stops by itself (`exit_when_done`) or is shut down.
-    pub async fn join(self) -> Result<RunSummary, ControlError> {
+    pub async fn join(self) -> Result<RunSummary, RunnerError> {
         match self.task.await {
-            Ok(result) => result,
-            Err(join_error) => Err(ControlError::Corrupt(format!(
-                "the runner task panicked: {join_error}"
-            ))),
+            Ok(result) => Ok(result?),
+            Err(join_error) => Err(RunnerError::Panicked(join_error.to_string())),
         }
     }
+}
+
+/// Why a runner stopped without finishing its work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The control store failed persistently (transient failures are retried for as long as the runner runs).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The runner's task panicked: a bug in bgmigrate or in a custom migration, not a problem of the data.
+    #[error(
+        "internal error: the runner task panicked ({0}); the lease it held expires and another worker resumes"
+    )]
+    Panicked(String),
 }
 
 /// Retries `op` while the control store is unreachable: a worker never gives up because the database is restarting.
@@ -215,30 +236,32 @@ where
 }
 
 async fn claim_loop(
+    control: Arc<dyn ControlStore>,
     ctx: EngineContext,
     shutdown: CancellationToken,
     state: watch::Sender<RunnerState>,
 ) -> Result<RunSummary, ControlError> {
-    let result = claim_until_done(&ctx, &shutdown, &state).await;
+    let result = claim_until_done(&*control, &ctx, &shutdown, &state).await;
     let _ = state.send(RunnerState::Stopped);
     result
 }
 
 async fn claim_until_done(
+    control: &dyn ControlStore,
     ctx: &EngineContext,
     shutdown: &CancellationToken,
     state: &watch::Sender<RunnerState>,
 ) -> Result<RunSummary, ControlError> {
     let mut summary = RunSummary::default();
     let Some(schema) = patiently(ctx, shutdown, "preparing the control tables", || {
-        ctx.control.ensure_schema()
+        control.ensure_schema()
     })
     .await
     else {
         return Ok(summary);
     };
     schema?;
-    let changes = match ctx.control.changes().await {
+    let changes = match control.changes().await {
         Ok(changes) => Some(changes),
         Err(err) => {
             tracing::warn!(error = %err, "cannot listen for changes; polling only");
@@ -258,7 +281,7 @@ async fn claim_until_done(
         if !ctx.config.enabled {
             let _ = state.send(RunnerState::Disabled);
             if !warned_disabled {
-                warn_disabled(ctx).await;
+                warn_disabled(control).await;
                 warned_disabled = true;
             }
             if ctx.config.exit_when_done {
@@ -266,8 +289,7 @@ async fn claim_until_done(
             }
         } else {
             let claimed = patiently(ctx, shutdown, "claiming", || {
-                ctx.control
-                    .claim_next(&ctx.config.worker_id, ctx.config.lease_ttl, &scripts)
+                control.claim_next(&ctx.config.worker_id, ctx.config.lease_ttl, &scripts)
             })
             .await;
             match claimed {
@@ -295,7 +317,7 @@ async fn claim_until_done(
                 }
                 Some(Ok(None)) => {
                     let _ = state.send(RunnerState::Idle);
-                    if ctx.config.exit_when_done && !work_in_flight(ctx, shutdown).await? {
+                    if ctx.config.exit_when_done && !work_in_flight(control, ctx, shutdown).await? {
                         break;
                     }
                 }
@@ -312,10 +334,11 @@ async fn claim_until_done(
 
 /// Whether another worker still runs something (a drain waits for it: what follows may become runnable).
 async fn work_in_flight(
+    control: &dyn ControlStore,
     ctx: &EngineContext,
     shutdown: &CancellationToken,
 ) -> Result<bool, ControlError> {
-    let Some(records) = patiently(ctx, shutdown, "listing", || ctx.control.list()).await else {
+    let Some(records) = patiently(ctx, shutdown, "listing", || control.list()).await else {
         return Ok(false);
     };
     let records = records?;
@@ -333,8 +356,8 @@ async fn work_in_flight(
     Ok(running)
 }
 
-async fn warn_disabled(ctx: &EngineContext) {
-    let pending: Vec<String> = match ctx.control.list().await {
+async fn warn_disabled(control: &dyn ControlStore) {
+    let pending: Vec<String> = match control.list().await {
         Ok(records) => records
             .into_iter()
             .filter(|r| !r.status.is_terminal())

@@ -7,7 +7,6 @@ pub mod postgres;
 pub mod sqlite;
 mod sqlx_tx;
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -25,6 +24,8 @@ pub enum SqlParam {
     Text(String),
     /// An integer value.
     Int(i64),
+    /// A floating-point value.
+    Float(f64),
     /// SQL `NULL`.
     Null,
 }
@@ -38,6 +39,30 @@ pub struct ColumnInfo {
     pub type_name: String,
     /// Whether the column accepts NULL.
     pub nullable: bool,
+}
+
+/// Which database a store (and each of its transactions) works in: host, port and database name, or a SQLite file's
+/// absolute path. Two stores with the same identity share one database, so one transaction can carry a batch's
+/// writes and its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DatabaseId(String);
+
+impl DatabaseId {
+    /// An identity from its canonical text (see [`PgStore::id_for_url`] and [`SqliteStore::id_for_path`]).
+    pub fn new(canonical: impl Into<String>) -> Self {
+        Self(canonical.into())
+    }
+
+    /// The canonical text, for messages.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The SQL flavour of a store: quoting, placeholders and casts.
@@ -107,6 +132,7 @@ pub(crate) fn short(sql: &str) -> String {
 
 /// A store error, classified as transient (retry the batch) or persistent (fail the migration).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// A driver error while doing `context`.
     #[error("{context}: {source}")]
@@ -164,22 +190,27 @@ pub trait SqlTx: Send {
     ) -> Result<Vec<Vec<Option<String>>>, StoreError>;
     /// Runs a query returning one integer.
     async fn fetch_count(&mut self, sql: &str, params: &[SqlParam]) -> Result<i64, StoreError>;
+    /// Runs several statements separated by `;` (a schema script), without parameters.
+    async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError>;
     /// Commits.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
-    /// Lets the store that owns this transaction reach its driver type (same-store checkpoints).
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The database this transaction works in: where it can also carry the control table's checkpoint.
+    fn database(&self) -> &DatabaseId;
 }
 
 /// A SQL store a migration reads or writes.
 #[async_trait]
 pub trait SqlStore: Send + Sync {
-    /// Identity of the database (host, port, database name), used to know when a target and the control table share
-    /// one database and so one transaction.
-    fn id(&self) -> &str;
+    /// Identity of the database, used to know when a target and the control table share one database and so one
+    /// transaction.
+    fn id(&self) -> &DatabaseId;
     /// The SQL flavour.
     fn dialect(&self) -> Dialect;
-    /// Opens a transaction.
+    /// Opens a write transaction (on SQLite it takes the write lock at once: `BEGIN IMMEDIATE`).
     async fn begin(&self) -> Result<Box<dyn SqlTx>, StoreError>;
+    /// Opens a transaction that only reads (on SQLite it takes no write lock, so readers never queue behind a
+    /// batch).
+    async fn begin_read(&self) -> Result<Box<dyn SqlTx>, StoreError>;
     /// The table's columns, or an empty list if the table does not exist.
     async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError>;
     /// Whether a unique index or primary key covers exactly `columns`.

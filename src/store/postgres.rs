@@ -9,7 +9,7 @@ use sqlx::{
     AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
 };
 
-use super::{ColumnInfo, Dialect, SqlStore, SqlTx, StoreError};
+use super::{ColumnInfo, DatabaseId, Dialect, SqlStore, SqlTx, StoreError};
 
 /// SQLSTATE classes and codes that a retry may cure.
 const TRANSIENT_SQLSTATES: &[&str] = &[
@@ -73,21 +73,18 @@ pub fn redact(url: &str) -> String {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    id: String,
+    id: DatabaseId,
 }
 
 impl PgStore {
     /// Wraps a pool; `id` names the database (see [`SqlStore::id`]).
-    pub fn new(pool: PgPool, id: impl Into<String>) -> Self {
-        Self {
-            pool,
-            id: id.into(),
-        }
+    pub fn new(pool: PgPool, id: DatabaseId) -> Self {
+        Self { pool, id }
     }
 
-    /// The identity string for a URL: `postgres://host:port/database`.
-    pub fn id_for_url(url: &str) -> String {
-        match PgConnectOptions::from_str(url) {
+    /// The identity of the database a URL names: `postgres://host:port/database`.
+    pub fn id_for_url(url: &str) -> DatabaseId {
+        DatabaseId::new(match PgConnectOptions::from_str(url) {
             Ok(opts) => format!(
                 "postgres://{}:{}/{}",
                 opts.get_host(),
@@ -95,12 +92,24 @@ impl PgStore {
                 opts.get_database().unwrap_or_default()
             ),
             Err(_) => redact(url),
-        }
+        })
     }
 
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    async fn begin_with(&self, statement: &'static str) -> Result<Box<dyn SqlTx>, StoreError> {
+        let tx = self
+            .pool
+            .begin_with(statement)
+            .await
+            .map_err(StoreError::sql("begin a transaction"))?;
+        Ok(Box::new(PgTx {
+            tx,
+            database: self.id.clone(),
+        }))
     }
 
     /// The planner's row estimate of `select` (`EXPLAIN`, which does not run it).
@@ -118,15 +127,15 @@ impl PgStore {
 
 /// An open Postgres transaction.
 pub struct PgTx {
-    /// The driver transaction; the control store writes its checkpoint through it.
-    pub tx: Transaction<'static, Postgres>,
+    tx: Transaction<'static, Postgres>,
+    database: DatabaseId,
 }
 
 super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments);
 
 #[async_trait]
 impl SqlStore for PgStore {
-    fn id(&self) -> &str {
+    fn id(&self) -> &DatabaseId {
         &self.id
     }
 
@@ -135,12 +144,11 @@ impl SqlStore for PgStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTx>, StoreError> {
-        let tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::sql("begin a batch"))?;
-        Ok(Box::new(PgTx { tx }))
+        self.begin_with("BEGIN").await
+    }
+
+    async fn begin_read(&self) -> Result<Box<dyn SqlTx>, StoreError> {
+        self.begin_with("BEGIN READ ONLY").await
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {

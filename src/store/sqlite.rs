@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
 
-use super::{ColumnInfo, Dialect, SqlStore, SqlTx, StoreError};
+use super::{ColumnInfo, DatabaseId, Dialect, SqlStore, SqlTx, StoreError};
 
 /// How long a connection waits for another writer (this process or another) before giving up with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -132,24 +132,33 @@ pub fn file_of(url: &str) -> Option<PathBuf> {
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    id: String,
+    id: DatabaseId,
 }
 
 impl SqliteStore {
     /// Wraps a pool; `id` names the database file (see [`SqlStore::id`] and [`SqliteStore::id_for_path`]).
-    pub fn new(pool: SqlitePool, id: impl Into<String>) -> Self {
-        Self {
-            pool,
-            id: id.into(),
-        }
+    pub fn new(pool: SqlitePool, id: DatabaseId) -> Self {
+        Self { pool, id }
     }
 
     /// The identity of a database file: `sqlite://` and its absolute path, so two spellings of one file agree.
-    pub fn id_for_path(path: &Path) -> String {
+    pub fn id_for_path(path: &Path) -> DatabaseId {
         let absolute = std::fs::canonicalize(path)
             .or_else(|_| std::path::absolute(path))
             .unwrap_or_else(|_| path.to_owned());
-        format!("sqlite://{}", absolute.display())
+        DatabaseId::new(format!("sqlite://{}", absolute.display()))
+    }
+
+    async fn begin_with(&self, statement: &'static str) -> Result<Box<dyn SqlTx>, StoreError> {
+        let tx = self
+            .pool
+            .begin_with(statement)
+            .await
+            .map_err(StoreError::sql("begin a transaction"))?;
+        Ok(Box::new(SqliteTx {
+            tx,
+            database: self.id.clone(),
+        }))
     }
 
     /// The underlying pool.
@@ -158,10 +167,10 @@ impl SqliteStore {
     }
 }
 
-/// An open SQLite transaction (begun with `BEGIN IMMEDIATE`).
+/// An open SQLite transaction (`BEGIN IMMEDIATE` for writes, a deferred `BEGIN` for reads).
 pub struct SqliteTx {
-    /// The driver transaction; the control store writes its checkpoint through it.
-    pub tx: Transaction<'static, Sqlite>,
+    tx: Transaction<'static, Sqlite>,
+    database: DatabaseId,
 }
 
 super::sqlx_tx::sql_tx_over_sqlx!(SqliteTx, Sqlite, sqlx::sqlite::SqliteArguments);
@@ -173,7 +182,7 @@ fn schema_and_table(table: &str) -> (&str, &str) {
 
 #[async_trait]
 impl SqlStore for SqliteStore {
-    fn id(&self) -> &str {
+    fn id(&self) -> &DatabaseId {
         &self.id
     }
 
@@ -182,12 +191,11 @@ impl SqlStore for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTx>, StoreError> {
-        let tx = self
-            .pool
-            .begin_with(BEGIN_IMMEDIATE)
-            .await
-            .map_err(StoreError::sql("begin a batch"))?;
-        Ok(Box::new(SqliteTx { tx }))
+        self.begin_with(BEGIN_IMMEDIATE).await
+    }
+
+    async fn begin_read(&self) -> Result<Box<dyn SqlTx>, StoreError> {
+        self.begin_with("BEGIN").await
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {

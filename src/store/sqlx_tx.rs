@@ -3,7 +3,8 @@
 //! than the copy they replace.
 
 /// Implements [`SqlTx`](super::SqlTx) for `$tx`, a struct whose `tx` field is a `sqlx::Transaction<'static, $db>`
-/// (`$args`: the driver's argument buffer).
+/// and whose `database` field is its store's [`DatabaseId`](super::DatabaseId) (`$args`: the driver's argument
+/// buffer).
 macro_rules! sql_tx_over_sqlx {
     ($tx:ty, $db:ty, $args:ty) => {
         fn bind_all<'q>(
@@ -14,6 +15,7 @@ macro_rules! sql_tx_over_sqlx {
                 query = match param {
                     $crate::store::SqlParam::Text(text) => query.bind(text.as_str()),
                     $crate::store::SqlParam::Int(n) => query.bind(*n),
+                    $crate::store::SqlParam::Float(x) => query.bind(*x),
                     $crate::store::SqlParam::Null => query.bind(None::<String>),
                 };
             }
@@ -85,6 +87,17 @@ macro_rules! sql_tx_over_sqlx {
                     .map_err($crate::store::StoreError::sql("read a count"))
             }
 
+            async fn execute_script(&mut self, sql: &str) -> Result<(), $crate::store::StoreError> {
+                ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err($crate::store::StoreError::sql(format!(
+                        "run `{}`",
+                        $crate::store::short(sql)
+                    )))?;
+                Ok(())
+            }
+
             async fn commit(self: Box<Self>) -> Result<(), $crate::store::StoreError> {
                 self.tx
                     .commit()
@@ -92,8 +105,8 @@ macro_rules! sql_tx_over_sqlx {
                     .map_err($crate::store::StoreError::sql("commit the batch"))
             }
 
-            fn as_any_mut(&mut self) -> &mut dyn ::std::any::Any {
-                self
+            fn database(&self) -> &$crate::store::DatabaseId {
+                &self.database
             }
         }
     };

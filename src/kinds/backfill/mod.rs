@@ -190,7 +190,7 @@ impl Migration for Backfill {
                 }
             }
         };
-        batch.commit(self.store.id(), tx, &outcome).await?;
+        batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }
 }

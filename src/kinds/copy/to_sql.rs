@@ -201,7 +201,7 @@ impl Migration for SqlCopy {
             rows: rows.len() as u64,
             bytes,
         };
-        batch.commit(self.target.id(), tx, &outcome).await?;
+        batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }
 }

@@ -4,10 +4,10 @@ UPDATE background_migrations
 SET status = 'running',
     worker_id = $2,
     lease_epoch = lease_epoch + 1,
-    locked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-    lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || $3 || ' seconds'),
-    started_at = coalesce(started_at, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    locked_at = {now},
+    lease_expires_at = {expires},
+    started_at = coalesce(started_at, {now}),
     attempts = attempts + 1,
-    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+    updated_at = {now}
 WHERE id = $1
 RETURNING lease_epoch
