@@ -1,7 +1,9 @@
 //! The one keyset walk every key-ordered kind builds its statements on (`backfill`, `copy` into ClickHouse or a SQL
 //! store): the key columns and their types, the bounds `(key) > cursor` and `(key) <= upper`, the key of the row
 //! `n` rows after the cursor, the read of the next batch, and the check that the rows read have a non-NULL key that
-//! strictly increases. In either SQL dialect; pure, unit-tested without a database (and once against SQLite).
+//! strictly increases. In either SQL dialect; the statements are pure, unit-tested without a database (and once
+//! against SQLite). Beside them, the checks a keyset walk needs before it starts: [`key_types`] (the key exists,
+//! NOT NULL in a table) and [`check_unique_key`].
 //!
 //! Cursors travel as text (they are stored in the JSON checkpoint) and are cast back to the key's types by
 //! [`Dialect::param`], so an integer key sorts as an integer, not as text. Never `OFFSET` over the rows done: the
