@@ -236,3 +236,63 @@ async fn an_empty_table_finishes_at_once() {
         0
     );
 }
+
+/// A checkpoint as earlier versions wrote it (`{"cursor": ["60"]}`) resumes after that key; one that cannot be read
+/// (a number where the key's text belongs) fails the migration, saying to fix the state or start again, before any
+/// row changes.
+#[tokio::test]
+async fn a_stored_checkpoint_resumes_and_an_unreadable_one_fails_saying_what_to_do() {
+    let db = TestDb::create("checkpoints").await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE items (id int PRIMARY KEY, a int NOT NULL, total int);
+         CREATE TABLE other (id int PRIMARY KEY, a int NOT NULL, total int);
+         INSERT INTO items SELECT g, g FROM generate_series(1, 100) g;
+         INSERT INTO other SELECT g, g FROM generate_series(1, 100) g;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (name, table) in [("0001_resume", "items"), ("0002_unreadable", "other")] {
+        db.define(
+            name,
+            &format!(
+                "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"{table}\"\nkey = [\"id\"]\n\
+                 set = {{ total = \"a\" }}\n[args]\nbatchSize = 15"
+            ),
+        );
+    }
+    let connected = db.connect().await;
+    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    sqlx::raw_sql(
+        "UPDATE background_migrations SET state = '{\"cursor\": [\"60\"]}' WHERE name = '0001_resume';
+         UPDATE background_migrations SET state = '{\"cursor\": [60]}' WHERE name = '0002_unreadable';",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    common::run_registered(&connected, "w1").await;
+
+    assert_eq!(db.status_of("0001_resume").await, Status::Finished);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM items WHERE total IS DISTINCT FROM (CASE WHEN id > 60 THEN a END)"
+        )
+        .await,
+        0,
+        "only the keys after the stored cursor are updated"
+    );
+    let record = connected.control.get("0002_unreadable").await.unwrap();
+    assert_eq!(record.status, Status::Failed);
+    let reason = record.failed_reason.unwrap_or_default();
+    assert!(
+        reason.contains("the checkpoint {\"cursor\":[60]} cannot be read")
+            && reason.contains("fix the state or retry --from-start"),
+        "{reason}"
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM other WHERE total IS NOT NULL").await,
+        0
+    );
+}

@@ -3,6 +3,9 @@
 //!
 //! Each batch's UPDATE and its checkpoint commit in one transaction when the table lives in the control database,
 //! so a crash at any point neither skips nor repeats a row.
+//!
+//! Layout: this file checks the table and runs a batch, with the [`BackfillCheckpoint`]; [`spec`] parses the
+//! definition; [`sql`] builds the statements on the shared [`crate::kinds::keyset::Keyset`].
 
 mod spec;
 mod sql;
@@ -10,9 +13,12 @@ mod sql;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use super::checkpoint::{Checkpoint, KeyCursor};
+use super::keyset;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::{SqlParam, SqlStore, Stores};
 
@@ -63,27 +69,8 @@ impl Backfill {
             )));
         }
         let column = |name: &str| columns.iter().find(|c| c.name == name);
-        let mut key_types = Vec::new();
-        for key in &spec.key {
-            let info = column(key).ok_or_else(|| {
-                invalid(format!("key column {key} does not exist in {}", spec.table))
-            })?;
-            if info.nullable {
-                return Err(invalid(format!(
-                    "key column {key} of {} is nullable; a keyset walk needs NOT NULL key columns",
-                    spec.table
-                )));
-            }
-            key_types.push(info.type_name.clone());
-        }
-        if !self.store.has_unique_index(&spec.table, &spec.key).await? {
-            return Err(invalid(format!(
-                "no unique index or primary key on exactly ({}) of {}; the keyset walk needs a unique key (add the \
-                 index, or name the columns of an existing unique index)",
-                spec.key.join(", "),
-                spec.table
-            )));
-        }
+        let key_types = keyset::key_types(&columns, &spec.key, &spec.table, Some(&spec.table))?;
+        keyset::check_unique_key(self.store.as_ref(), &spec.table, &spec.key).await?;
         if let Some(missing) = spec.set.keys().find(|c| column(c).is_none()) {
             return Err(invalid(format!(
                 "set assigns column {missing}, which does not exist in {}",
@@ -116,25 +103,19 @@ impl Backfill {
     }
 }
 
-/// The cursor in a checkpoint: the last key done, as text, one entry per key column.
-fn cursor_of(state: &Value, arity: usize) -> Result<Option<Vec<String>>, MigrationError> {
-    match state.get("cursor") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) if items.len() == arity => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .map(Some)
-            .ok_or_else(|| bad_cursor(state)),
-        Some(_) => Err(bad_cursor(state)),
-    }
+/// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackfillCheckpoint {
+    /// The last key updated.
+    #[serde(flatten)]
+    pub at: KeyCursor,
+    /// Written (as `true`) by the last batch only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
-fn bad_cursor(state: &Value) -> MigrationError {
-    MigrationError::Invalid(format!(
-        "the checkpoint {state} is not a backfill cursor (expected {{\"cursor\": [\"key\", ...]}}); fix state or retry \
-         --from-start"
-    ))
+impl Checkpoint for BackfillCheckpoint {
+    const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false}";
 }
 
 fn texts(values: &[String]) -> Vec<SqlParam> {
@@ -153,9 +134,10 @@ impl Migration for Backfill {
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let statements = self.statements().await?;
-        let lower = cursor_of(batch.state, statements.arity())?;
+        let checkpoint = BackfillCheckpoint::read(batch.state)?;
+        let lower = checkpoint.at.keys(statements.arity(), batch.state)?;
         let has_lower = lower.is_some();
-        let mut params = texts(lower.as_deref().unwrap_or_default());
+        let mut params = texts(lower.unwrap_or_default());
         let size = batch.args.batch_size;
 
         let mut tx = self.store.begin().await?;
@@ -169,8 +151,12 @@ impl Migration for Backfill {
                 params.extend(texts(&upper));
                 tx.execute(&statements.update_range(has_lower), &params)
                     .await?;
+                let next = BackfillCheckpoint {
+                    at: KeyCursor::after(Some(upper)),
+                    done: false,
+                };
                 BatchOutcome {
-                    state: json!({ "cursor": upper }),
+                    state: next.to_state(),
                     done: false,
                     rows: size,
                     bytes: 0,
@@ -182,8 +168,12 @@ impl Migration for Backfill {
                     .await?;
                 tx.execute(&statements.update_tail(has_lower), &params)
                     .await?;
+                let last = BackfillCheckpoint {
+                    at: KeyCursor::after(lower.map(<[String]>::to_vec)),
+                    done: true,
+                };
                 BatchOutcome {
-                    state: json!({ "cursor": lower, "done": true }),
+                    state: last.to_state(),
                     done: true,
                     rows: rows.max(0) as u64,
                     bytes: 0,

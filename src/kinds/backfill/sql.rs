@@ -1,21 +1,20 @@
-//! The statements of a keyset backfill, generated for a dialect. Pure: unit-tested without a database.
+//! The statements of a keyset backfill, generated for a dialect on the shared [`Keyset`]. Pure: unit-tested without
+//! a database.
 //!
 //! Each batch is an index range: read the batch's last key first (`... ORDER BY key LIMIT 1 OFFSET n-1`), then
 //! `UPDATE ... WHERE key > $lo AND key <= $hi`. The CTE-join form (`WITH batch AS (SELECT ... LIMIT n) UPDATE ...
 //! FROM batch`) switches to a hash join over a sequential scan around 10k rows per batch and runs several times
 //! slower, so it is not used.
 
+use crate::kinds::keyset::Keyset;
 use crate::store::Dialect;
 
 /// The statements for one table, key and `set`.
 #[derive(Debug, Clone)]
 pub struct BackfillSql {
-    dialect: Dialect,
+    keyset: Keyset,
     table: String,
-    keys: Vec<String>,
-    key_types: Vec<String>,
     set: String,
-    filter: Option<String>,
 }
 
 impl BackfillSql {
@@ -34,88 +33,37 @@ impl BackfillSql {
             .collect::<Vec<_>>()
             .join(", ");
         Self {
-            dialect,
+            keyset: Keyset::table(dialect, table, keys, key_types, filter),
             table: dialect.quote_ident(table),
-            keys: keys.iter().map(|k| dialect.quote_ident(k)).collect(),
-            key_types: key_types.to_vec(),
             set,
-            filter: filter.map(|f| format!("({f})")),
         }
     }
 
     /// Number of key columns (and so of parameters per bound).
     pub fn arity(&self) -> usize {
-        self.keys.len()
-    }
-
-    fn key_tuple(&self) -> String {
-        format!("({})", self.keys.join(", "))
-    }
-
-    /// `($first::t1, $first+1::t2, ...)`.
-    fn bound_tuple(&self, first: usize) -> String {
-        let params: Vec<String> = self
-            .key_types
-            .iter()
-            .enumerate()
-            .map(|(i, ty)| self.dialect.param(first + i, ty))
-            .collect();
-        format!("({})", params.join(", "))
-    }
-
-    fn after_lower(&self, has_lower: bool) -> Option<String> {
-        has_lower.then(|| format!("{} > {}", self.key_tuple(), self.bound_tuple(1)))
+        self.keyset.arity()
     }
 
     /// Selects the key of the batch's last row. Params: lower bound (if any), then the offset (`batchSize - 1`).
     pub fn upper_bound(&self, has_lower: bool) -> String {
-        // Aliased: an output column named like the key would make `ORDER BY key` sort the text, not the key.
-        let columns: Vec<String> = self
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{} AS cursor_{i}", self.dialect.as_text(k)))
-            .collect();
-        let offset = self
-            .dialect
-            .param(if has_lower { self.arity() + 1 } else { 1 }, "bigint");
-        let filter = self
-            .after_lower(has_lower)
-            .map(|c| format!(" WHERE {c}"))
-            .unwrap_or_default();
-        format!(
-            // LIMIT before OFFSET: the order both Postgres and SQLite accept.
-            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT 1 OFFSET {offset}",
-            columns.join(", "),
-            self.table,
-            self.keys.join(", ")
-        )
+        self.keyset.key_after(has_lower)
     }
 
     /// Updates the rows in (lower, upper]. Params: lower bound (if any), then upper bound.
     pub fn update_range(&self, has_lower: bool) -> String {
-        let upper_first = if has_lower { self.arity() + 1 } else { 1 };
-        let mut conditions: Vec<String> = self.after_lower(has_lower).into_iter().collect();
-        conditions.push(format!(
-            "{} <= {}",
-            self.key_tuple(),
-            self.bound_tuple(upper_first)
-        ));
-        self.update_where(conditions)
+        self.update_where(self.keyset.key_bounds(has_lower, true).0)
     }
 
     /// Updates every row after the lower bound (the last batch). Params: lower bound (if any).
     pub fn update_tail(&self, has_lower: bool) -> String {
-        self.update_where(self.after_lower(has_lower).into_iter().collect())
+        self.update_where(self.keyset.key_bounds(has_lower, false).0)
     }
 
-    /// Counts the rows after the lower bound (fewer than a batch, by construction). Params: lower bound (if any).
+    /// Counts the rows after the lower bound (fewer than a batch, by construction), the filter aside: progress
+    /// counts the rows walked. Params: lower bound (if any).
     pub fn count_tail(&self, has_lower: bool) -> String {
-        let filter = self
-            .after_lower(has_lower)
-            .map(|c| format!(" WHERE {c}"))
-            .unwrap_or_default();
-        format!("SELECT count(*) FROM {}{filter}", self.table)
+        let (bounds, _) = self.keyset.key_bounds(has_lower, false);
+        self.keyset.select("count(*)", &bounds, "")
     }
 
     /// An UPDATE that touches nothing but makes the server check every column and expression (for `validate`).
@@ -123,14 +71,14 @@ impl BackfillSql {
         format!("EXPLAIN {}", self.update_where(vec!["false".to_owned()]))
     }
 
-    fn update_where(&self, mut conditions: Vec<String>) -> String {
-        conditions.extend(self.filter.clone());
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        };
-        format!("UPDATE {} SET {}{filter}", self.table, self.set)
+    fn update_where(&self, conditions: Vec<String>) -> String {
+        let conditions = self.keyset.filtered(conditions);
+        format!(
+            "UPDATE {} SET {}{}",
+            self.table,
+            self.set,
+            Keyset::where_clause(&conditions)
+        )
     }
 }
 

@@ -4,14 +4,18 @@
 //! The checkpoint is the last partition id done; partitions are walked in id order, so a retry resumes after it.
 //! Idempotent like `copy`: the target must be a `ReplacingMergeTree`, so a partition inserted twice (a crash after
 //! ClickHouse acknowledged it, before the checkpoint) collapses on merge.
+//!
+//! Layout: one file — the definition ([`RewriteSpec`]), the checkpoint ([`RewriteCheckpoint`]), the statement and
+//! the batch. Partitions are not keys: the shared keyset does not apply, the shared checkpoint error does.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::copy::ch_error;
+use super::ch_error;
+use super::checkpoint::Checkpoint;
 use crate::clickhouse::{ClickHouse, quote_ident, quote_literal};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::Stores;
@@ -38,6 +42,21 @@ pub struct RewriteSpec {
     /// Optional filter on source rows.
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
+}
+
+/// A rewrite's checkpoint: `{"partition": "<last partition id done>", "done": true|false}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewriteCheckpoint {
+    /// The last partition rewritten; `None` (written `null`) before the first.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// True after the last partition.
+    #[serde(default)]
+    pub done: bool,
+}
+
+impl Checkpoint for RewriteCheckpoint {
+    const SHAPE: &'static str = "{\"partition\": \"partition id\", \"done\": true|false}";
 }
 
 /// A rewrite bound to its store.
@@ -159,19 +178,19 @@ impl Migration for ClickHouseRewrite {
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
-        let after = batch
-            .state
-            .get("partition")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let after = RewriteCheckpoint::read(batch.state)?.partition;
         let mut remaining = self
             .partitions()
             .await?
             .into_iter()
             .filter(|(id, _)| after.as_ref().is_none_or(|done| id > done));
         let Some((partition, rows)) = remaining.next() else {
+            let last = RewriteCheckpoint {
+                partition: after,
+                done: true,
+            };
             return Ok(BatchOutcome {
-                state: json!({ "partition": after, "done": true }),
+                state: last.to_state(),
                 done: true,
                 rows: 0,
                 bytes: 0,
@@ -184,8 +203,12 @@ impl Migration for ClickHouseRewrite {
             .map_err(ch_error)?;
         // The last partition listed ends the rewrite; partitions created after the listing are not its business.
         let done = remaining.next().is_none();
+        let next = RewriteCheckpoint {
+            partition: Some(partition),
+            done,
+        };
         Ok(BatchOutcome {
-            state: json!({ "partition": partition, "done": done }),
+            state: next.to_state(),
             done,
             rows,
             bytes: 0,

@@ -6,19 +6,19 @@
 //! does the engine write the checkpoint.
 
 use futures_util::StreamExt;
-use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row};
 
+use super::CopyPlan;
 use super::encode::{self, Cell};
 use super::mapping::ColumnPlan;
 use super::pages::{PageWindow, Tid};
 use super::sql::{CopySql, SLICE_BYTES};
-use super::{CopyPlan, ch_error};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::clickhouse::rowbinary::{BodyClosed, BodyWriter};
+use crate::kinds::ch_error;
 use crate::migration::MigrationError;
 use crate::store::StoreError;
 
@@ -37,11 +37,11 @@ pub struct Moved {
     pub complete: bool,
 }
 
-/// What a copy batch did, however it walked the source.
+/// What a copy batch did, however it walked the source; `W` is the walk's position.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Walked {
-    /// The new checkpoint.
-    pub state: Value,
+pub struct Walked<W> {
+    /// The walk's new position.
+    pub at: W,
     /// Rows and bytes moved, each row counted once.
     pub moved: Moved,
     /// True when the source has no rows after the checkpoint.
@@ -138,7 +138,7 @@ pub(super) async fn encode_batch(
                 pages.after.to_string(),
                 Tid::page_start(pages.end_page).to_string(),
             ],
-            Some(plan.ctid_column()),
+            plan.sql.layout().ctid(),
         ),
     };
     let mut query = sqlx::query::<Postgres>(AssertSqlSafe(sql));
@@ -181,7 +181,7 @@ async fn stream_rows<'c>(
     mut keys: Option<&mut Vec<Vec<String>>>,
     tid_column: Option<usize>,
 ) -> Result<(Moved, bool), ReadError> {
-    let key_start = plan.columns.len();
+    let layout = plan.sql.layout();
     let mut moved = Moved {
         rows: 0,
         bytes: 0,
@@ -199,7 +199,8 @@ async fn stream_rows<'c>(
             Some(index) => Some(next_tid(&row, index, moved.last_tid)?),
             None => None,
         };
-        let key = (key_start..key_start + plan.sql_key_arity())
+        let key = layout
+            .key()
             .map(|i| row.try_get::<Option<String>, _>(i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ReadError::sql("read the key of a row"))?;
@@ -207,13 +208,13 @@ async fn stream_rows<'c>(
         let key = key.map_err(ReadError::Failed)?;
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(plan.columns.len());
         let mut size = 0u64;
-        let mut flag = key_start + plan.sql_key_arity();
         for (index, column) in plan.columns.iter().enumerate() {
-            let is_large = column.sliced() && {
-                flag += 1;
-                row.try_get::<Option<bool>, _>(flag - 1)
+            let is_large = match layout.large_flag(index) {
+                Some(flag) => row
+                    .try_get::<Option<bool>, _>(flag)
                     .map_err(ReadError::sql("read a row"))?
-                    .unwrap_or(false)
+                    .unwrap_or(false),
+                None => false,
             };
             let cell = if is_large {
                 Cell::Large(
@@ -223,7 +224,7 @@ async fn stream_rows<'c>(
                         .map_err(ReadError::Failed)?,
                 )
             } else {
-                encode::read(&row, index, column).map_err(|e| {
+                encode::read(&row, layout.value(index), column).map_err(|e| {
                     ReadError::Failed(bad_value(column, &key, &format!("cannot be read: {e}")))
                 })?
             };

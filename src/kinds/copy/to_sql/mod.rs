@@ -5,18 +5,23 @@
 //! When the target is the control database, the upsert and the checkpoint commit in one transaction (exactly
 //! once); otherwise the engine writes the checkpoint after the target committed, and a batch re-sent after a crash
 //! upserts the same rows again (at least once, made exact by the upsert).
+//!
+//! Layout: this file checks the target and runs a batch (read, fit to the byte budget, upsert, checkpoint);
+//! [`upsert`] builds the read and the upsert statements.
+
+mod upsert;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::json;
 use tokio::sync::OnceCell;
 
-use super::keyset::Keyset;
+use self::upsert::{Side, UpsertSql};
+use super::source::{SourceShape, estimate};
 use super::spec::CopySpec;
-use super::upsert::{Side, UpsertSql};
-use super::{SourceShape, cursor_of, estimate};
 use crate::args::Args;
+use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
+use crate::kinds::keyset::Keyset;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::{SqlParam, SqlStore};
 
@@ -84,9 +89,10 @@ impl SqlCopy {
                 from.key.join(", ")
             )));
         }
-        let keyset = Keyset::new(
-            self.source.dialect(),
-            &from.relation,
+        let dialect = self.source.dialect();
+        let keyset = Keyset::aliased(
+            dialect,
+            &from.relation.sql(dialect),
             &from.key,
             &shape.key_types,
             from.filter.as_deref(),
@@ -179,8 +185,9 @@ impl Migration for SqlCopy {
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let plan = self.plan().await?;
-        let lower = cursor_of(batch.state, plan.key_positions.len())?;
-        let (rows, bytes, exhausted) = self.read(plan, lower.as_deref(), batch.args).await?;
+        let checkpoint = KeyCursor::read(batch.state)?;
+        let lower = checkpoint.keys(plan.key_positions.len(), batch.state)?;
+        let (rows, bytes, exhausted) = self.read(plan, lower, batch.args).await?;
         let mut last_key: Option<Vec<String>> = None;
         for row in &rows {
             let key = plan.key_positions.iter().map(|&i| row[i].clone()).collect();
@@ -196,7 +203,7 @@ impl Migration for SqlCopy {
             tx.execute(&plan.sql.upsert(chunk.len()), &params).await?;
         }
         let outcome = BatchOutcome {
-            state: json!({ "cursor": last_key.or(lower) }),
+            state: KeyCursor::after(last_key.or_else(|| lower.map(<[String]>::to_vec))).to_state(),
             done: exhausted,
             rows: rows.len() as u64,
             bytes,

@@ -10,15 +10,15 @@
 //! one more batch, after the checkpoint listing them is written).
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::PgPool;
 
+use super::CopyPlan;
 use super::batch::{ReadError, Window, encode_batch};
-use super::{CopyPlan, ch_error};
 use crate::args::Args;
 use crate::clickhouse::digest::{DigestError, RowDigest, digest_rows};
 use crate::clickhouse::rowbinary::BodyWriter;
 use crate::clickhouse::{ChType, ClickHouse, ExternalTable, quote_ident};
+use crate::kinds::ch_error;
 use crate::migration::MigrationError;
 
 /// Mismatching ranges kept in the checkpoint; more are counted, not listed.
@@ -58,18 +58,6 @@ pub struct Mismatch {
 }
 
 impl VerifyState {
-    /// The verify state in a checkpoint, if the copy has reached that phase.
-    pub fn of(state: &Value) -> Result<Option<VerifyState>, MigrationError> {
-        match state.get("verify") {
-            None | Some(Value::Null) => Ok(None),
-            Some(verify) => serde_json::from_value(verify.clone()).map(Some).map_err(|err| {
-                MigrationError::Invalid(format!(
-                    "the checkpoint's verify state {verify} is unreadable ({err}); fix state or retry --from-start"
-                ))
-            }),
-        }
-    }
-
     /// Adds one checked range.
     pub fn record(&mut self, checked: Checked) {
         self.rows += checked.source.rows;

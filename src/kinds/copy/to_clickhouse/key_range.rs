@@ -1,6 +1,6 @@
 //! A key-order batch from a table, read as a key range in whatever order Postgres likes.
 //!
-//! The batch's last key is found first on the key's index (`ORDER BY key OFFSET batchSize - 1 LIMIT 1`, an
+//! The batch's last key is found first on the key's index (`ORDER BY key LIMIT 1 OFFSET batchSize - 1`, an
 //! index-only scan on a vacuumed table, as the backfill does); then the rows `(cursor, last]` are read without
 //! `ORDER BY`, so Postgres may fetch them with a bitmap heap scan — in heap order, each page once per batch — instead
 //! of one heap page per row in key order. ClickHouse sorts each insert itself, so the order does not matter to it,
@@ -17,26 +17,23 @@ use std::sync::atomic::Ordering;
 
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
 
-use serde_json::{Value, json};
-
+use super::CopyPlan;
 use super::batch::{Walked, Window, copy_batch};
-use super::{CopyPlan, cursor_of};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
+use crate::kinds::checkpoint::KeyCursor;
 use crate::migration::MigrationError;
 use crate::store::StoreError;
 
-/// Copies the batch after the checkpoint's key cursor: as a key range while the plan allows and the source has a
-/// full batch left, else in key order. Stops reading ranges for good when one could not be read whole.
+/// Copies the batch after the checkpoint's key cursor `lower`: as a key range while the plan allows and the source
+/// has a full batch left, else in key order. Stops reading ranges for good when one could not be read whole.
 pub async fn copy_key_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
-    state: &Value,
+    lower: Option<&[String]>,
     args: &Args,
-) -> Result<Walked, MigrationError> {
-    let lower = cursor_of(state, plan.sql_key_arity())?;
-    let lower = lower.as_deref();
+) -> Result<Walked<KeyCursor>, MigrationError> {
     let last = if plan.ranged.load(Ordering::Relaxed) {
         key_after(pool, plan, lower, args.batch_size).await?
     } else {
@@ -54,7 +51,7 @@ pub async fn copy_key_batch(
         let moved = copy_batch(pool, clickhouse, plan, window, &range_args).await?;
         if moved.complete {
             return Ok(Walked {
-                state: json!({ "cursor": last }),
+                at: KeyCursor::after(Some(last)),
                 moved,
                 exhausted: false,
             });
@@ -67,9 +64,12 @@ pub async fn copy_key_batch(
         plan.ranged.store(false, Ordering::Relaxed);
     }
     let moved = copy_batch(pool, clickhouse, plan, Window::Keys(lower), args).await?;
-    let cursor = moved.last_key.as_deref().or(lower);
+    let cursor = moved
+        .last_key
+        .clone()
+        .or_else(|| lower.map(<[String]>::to_vec));
     Ok(Walked {
-        state: json!({ "cursor": cursor }),
+        at: KeyCursor::after(cursor),
         exhausted: moved.complete,
         moved,
     })
@@ -94,7 +94,7 @@ async fn key_after(
     let Some(row) = row else {
         return Ok(None);
     };
-    let key = (0..plan.sql_key_arity())
+    let key = (0..plan.key.len())
         .map(|i| row.try_get::<String, _>(i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(StoreError::sql("read the last key of a batch"))?;

@@ -2,15 +2,18 @@
 //!
 //! The keyset read: `SELECT <columns>, <key>::text ..., <large flags> FROM <table or (query)> AS bgm_src WHERE (<key>) >
 //! (<cursor>) [AND (<where>)] ORDER BY bgm_src.<key> LIMIT <batchSize>`, streamed. Output columns are aliased and
-//! the ORDER BY names the table's columns, so a key read as text still sorts as its own type.
+//! the ORDER BY names the table's columns, so a key read as text still sorts as its own type. Where each part of
+//! such a row sits is [`RowLayout`]'s to say, and no one else's.
 //!
 //! Large text values (stored size over [`LARGE_VALUE_BYTES`]) are left out of the row (`NULL` plus a flag) and read
 //! afterwards in slices of [`SLICE_BYTES`] by key: a 50 MB value never becomes one 50 MB protocol message, which the
 //! driver would buffer two or three times over.
 
-use super::keyset::Keyset;
+use std::ops::Range;
+
 use super::mapping::ColumnPlan;
-use super::spec::Relation;
+use crate::kinds::copy::spec::Relation;
+use crate::kinds::keyset::Keyset;
 use crate::store::Dialect;
 
 /// Stored size (`pg_column_size`) above which a text value is read in slices.
@@ -20,15 +23,76 @@ pub const SLICE_BYTES: i64 = 4 * 1024 * 1024;
 
 const DIALECT: Dialect = Dialect::Postgres;
 
+/// Where each part of a row read by [`CopySql`] sits: the copied values in column order, then the key as text (the
+/// row's cursor), then one large-value flag per sliced column, then, in a physical walk, the row's `ctid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowLayout {
+    key: Range<usize>,
+    /// Per copied column, the position of its large-value flag (sliced columns only).
+    flags: Vec<Option<usize>>,
+    ctid: Option<usize>,
+}
+
+impl RowLayout {
+    fn new(columns: &[ColumnPlan], key_columns: usize) -> Self {
+        let key = columns.len()..columns.len() + key_columns;
+        let mut next = key.end;
+        let flags = columns
+            .iter()
+            .map(|c| {
+                c.sliced().then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        Self {
+            key,
+            flags,
+            ctid: None,
+        }
+    }
+
+    /// The position of copied column `column`'s value.
+    pub fn value(&self, column: usize) -> usize {
+        column
+    }
+
+    /// The positions of the key's texts.
+    pub fn key(&self) -> Range<usize> {
+        self.key.clone()
+    }
+
+    /// The position of copied column `column`'s large-value flag, if the column is read in slices.
+    pub fn large_flag(&self, column: usize) -> Option<usize> {
+        self.flags.get(column).copied().flatten()
+    }
+
+    /// The position of the row's `ctid`, in a read [`CopySql::with_ctid`].
+    pub fn ctid(&self) -> Option<usize> {
+        self.ctid
+    }
+
+    /// The position after the last flag.
+    fn end(&self) -> usize {
+        self.flags
+            .iter()
+            .flatten()
+            .max()
+            .map_or(self.key.end, |last| last + 1)
+    }
+}
+
 /// The statements for one source table or query.
 #[derive(Debug, Clone)]
 pub struct CopySql {
     select: String,
     keyset: Keyset,
+    layout: RowLayout,
 }
 
 impl CopySql {
-    /// The read of `columns`; the key columns' cursors and then one large-value flag per sliced column follow them.
+    /// The read of `columns`, laid out as [`RowLayout`] says.
     pub fn new(
         source: &Relation,
         columns: &[ColumnPlan],
@@ -36,7 +100,8 @@ impl CopySql {
         key_types: &[String],
         filter: Option<&str>,
     ) -> Self {
-        let keyset = Keyset::new(DIALECT, source, keys, key_types, filter);
+        let keyset = Keyset::aliased(DIALECT, &source.sql(DIALECT), keys, key_types, filter);
+        let layout = RowLayout::new(columns, keys.len());
         let values = columns.iter().enumerate().map(|(i, c)| {
             if c.sliced() {
                 format!(
@@ -69,7 +134,13 @@ impl CopySql {
                 .collect::<Vec<_>>()
                 .join(", "),
             keyset,
+            layout,
         }
+    }
+
+    /// Where each part of a row read sits.
+    pub fn layout(&self) -> &RowLayout {
+        &self.layout
     }
 
     /// Reads the next batch. Params: the cursor (if any), one text per key column, then the row limit.
@@ -91,6 +162,7 @@ impl CopySql {
     /// The same columns plus each row's `ctid` (last), for a walk in physical order.
     pub fn with_ctid(mut self) -> Self {
         self.select.push_str(", bgm_src.ctid::text AS bgm_ctid");
+        self.layout.ctid = Some(self.layout.end());
         self
     }
 
@@ -181,6 +253,29 @@ mod tests {
             ),
             "{read}"
         );
+    }
+
+    #[test]
+    fn a_row_holds_the_values_then_the_key_then_the_large_flags_then_the_ctid() {
+        let sql = CopySql::new(
+            &Relation::Table("t".into()),
+            &[
+                plan_column("a", "text", "String").unwrap(),
+                plan_column("n", "integer", "Int32").unwrap(),
+                plan_column("b", "jsonb", "String").unwrap(),
+            ],
+            &["n".into(), "a".into()],
+            &["integer".into(), "text".into()],
+            None,
+        );
+        let layout = sql.layout().clone();
+        assert_eq!((layout.value(1), layout.key()), (1, 3..5));
+        assert_eq!(
+            (0..3).map(|c| layout.large_flag(c)).collect::<Vec<_>>(),
+            [Some(5), None, Some(6)]
+        );
+        assert_eq!(layout.ctid(), None);
+        assert_eq!(sql.with_ctid().layout().ctid(), Some(7));
     }
 
     #[test]

@@ -10,11 +10,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use super::CopyPlan;
 use super::batch::{Walked, Window, copy_batch};
+use super::checkpoint::PageCursor;
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::migration::MigrationError;
@@ -23,8 +24,9 @@ use crate::store::{Dialect, StoreError};
 /// Rows per page assumed when the table has no statistics yet.
 const DEFAULT_ROWS_PER_PAGE: f64 = 50.0;
 
-/// A heap tuple id, `(page,offset)`, as Postgres prints `ctid`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A heap tuple id, `(page,offset)`, as Postgres prints `ctid` (and as the checkpoint stores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Tid {
     /// Block number.
     pub page: u64,
@@ -45,6 +47,20 @@ impl Tid {
             page: page.trim().parse().ok()?,
             offset: offset.trim().parse().ok()?,
         })
+    }
+}
+
+impl TryFrom<String> for Tid {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Tid, String> {
+        Tid::parse(&text).ok_or_else(|| format!("the ctid {text:?} is not \"(page,offset)\""))
+    }
+}
+
+impl From<Tid> for String {
+    fn from(tid: Tid) -> String {
+        tid.to_string()
     }
 }
 
@@ -108,17 +124,16 @@ impl PhysicalWalk {
     }
 }
 
-/// Copies the page window after the checkpoint's `ctid` cursor. The table is exhausted when a window that reached
-/// its last page was read whole.
+/// Copies the page window after the checkpoint's `ctid` cursor `after`. The table is exhausted when a window that
+/// reached its last page was read whole.
 pub async fn copy_page_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     walk: &PhysicalWalk,
-    state: &Value,
+    after: Tid,
     args: &Args,
-) -> Result<Walked, MigrationError> {
-    let after = tid_cursor_of(state)?;
+) -> Result<Walked<PageCursor>, MigrationError> {
     let window = PageWindow::after(after, args.batch_size, walk.rows_per_page);
     let moved = copy_batch(pool, clickhouse, plan, Window::Pages(window), args).await?;
     let cursor = if moved.complete {
@@ -128,26 +143,10 @@ pub async fn copy_page_batch(
     };
     let exhausted = moved.complete && !walk.has_pages_from(pool, window.end_page).await?;
     Ok(Walked {
-        state: json!({ "ctid": cursor.to_string() }),
+        at: PageCursor::after_tid(cursor),
         moved,
         exhausted,
     })
-}
-
-/// The cursor of a physical walk: the `ctid` after which rows remain (`(0,0)` before the first batch).
-fn tid_cursor_of(state: &Value) -> Result<Tid, MigrationError> {
-    match state.get("ctid") {
-        None | Some(Value::Null) => Ok(Tid::page_start(0)),
-        Some(Value::String(text)) => Tid::parse(text).ok_or_else(|| {
-            MigrationError::Invalid(format!(
-                "the checkpoint {state} holds no ctid cursor (expected {{\"ctid\": \"(page,offset)\"}}); fix \
-                 state or retry --from-start"
-            ))
-        }),
-        Some(other) => Err(MigrationError::Invalid(format!(
-            "the checkpoint's ctid {other} is not a string like \"(12,3)\"; fix state or retry --from-start"
-        ))),
-    }
 }
 
 /// The table's average rows per heap page, from the planner's statistics.

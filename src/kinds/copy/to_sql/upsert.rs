@@ -6,7 +6,7 @@
 //! UPDATE SET <column> = excluded.<column>` per chunk of rows, each text value cast back to the target column's
 //! type by the target's dialect, so a batch sent twice leaves one row per key.
 
-use super::keyset::Keyset;
+use crate::kinds::keyset::Keyset;
 use crate::store::Dialect;
 
 /// Bound parameters per INSERT statement: under SQLite's 32766 and Postgres's 65535.
@@ -114,15 +114,14 @@ impl UpsertSql {
 
 #[cfg(test)]
 mod tests {
-    use super::super::spec::Relation;
     use super::*;
 
     fn sql(from: Dialect, to: Dialect) -> UpsertSql {
         let keys = ["day".to_owned(), "id".to_owned()];
         UpsertSql::new(
-            Keyset::new(
+            Keyset::aliased(
                 from,
-                &Relation::Table("traces".into()),
+                &from.quote_ident("traces"),
                 &keys,
                 &["timestamp with time zone".into(), "text".into()],
                 Some("n > 0"),

@@ -1,0 +1,307 @@
+//! The copy from Postgres into ClickHouse, idempotent under retries and crashes: the target must be a
+//! `ReplacingMergeTree` whose `ORDER BY` includes the key, so a batch sent twice (a crash after ClickHouse
+//! acknowledged the insert but before the checkpoint was written) collapses into one row per key on merge
+//! (`SELECT ... FINAL` reads it deduplicated at once). The checkpoint advances only after ClickHouse acknowledged the
+//! batch's insert.
+//!
+//! Layout: this file checks both tables and builds the [`CopyPlan`], then runs a batch of the walk the plan chose;
+//! [`checkpoint`] is the checkpoint. [`mapping`] maps and checks types; [`sql`] builds the reads (with the
+//! large-value reads) and names the layout of a row read; [`encode`] turns Postgres values into `RowBinary`;
+//! [`batch`] streams one batch. The walks: [`key_range`] (key order, as key ranges while it can), [`pages`]
+//! (physical order). [`verify`] compares both sides after the last batch.
+
+mod batch;
+mod checkpoint;
+mod encode;
+mod key_range;
+mod mapping;
+mod pages;
+mod sql;
+mod verify;
+
+use std::sync::atomic::AtomicBool;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+use super::source::{SourceShape, estimate, names_of};
+use super::spec::{CopySpec, Order, Relation};
+use crate::args::Args;
+use crate::clickhouse::ClickHouse;
+use crate::kinds::ch_error;
+use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
+use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
+use crate::store::PgStore;
+
+pub use self::mapping::{ColumnPlan, plan_column};
+
+use self::batch::Walked;
+use self::checkpoint::{CopyCheckpoint, PageCursor};
+use self::pages::PhysicalWalk;
+use self::sql::CopySql;
+use self::verify::VerifyState;
+
+/// Rows per batch into ClickHouse unless `args.batchSize` says otherwise. Each insert becomes a part the server
+/// merges later, so fewer, larger inserts cost it less (ClickHouse's own advice: 10k–100k+ rows, about one insert
+/// per second); `maxBatchBytes` still bounds a batch, and memory does not grow with it (rows stream).
+pub const CLICKHOUSE_BATCH_SIZE: u64 = 100_000;
+
+/// A copy from Postgres into ClickHouse, bound to its stores.
+pub struct ClickHouseCopy {
+    spec: CopySpec,
+    source: PgStore,
+    target: ClickHouse,
+    plan: OnceCell<CopyPlan>,
+}
+
+/// What validation established: the columns with their mapping, and the read statement.
+#[derive(Debug)]
+pub struct CopyPlan {
+    columns: Vec<ColumnPlan>,
+    sql: CopySql,
+    key: Vec<String>,
+    target_table: String,
+    /// Set for a walk in physical order.
+    physical: Option<PhysicalWalk>,
+    /// Whether key-order batches are read as key ranges: a table source (its key has an index to find a range's
+    /// end on), until a range could not be read whole (see [`key_range`]).
+    ranged: AtomicBool,
+}
+
+impl CopyPlan {
+    fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The key columns' plans, in key order (the spec requires the copied columns to include the key).
+    fn key_columns(&self) -> Vec<&ColumnPlan> {
+        self.key
+            .iter()
+            .filter_map(|k| self.columns.iter().find(|c| &c.name == k))
+            .collect()
+    }
+}
+
+impl ClickHouseCopy {
+    /// Binds a parsed definition to its Postgres source and ClickHouse target.
+    pub fn new(spec: CopySpec, source: PgStore, target: ClickHouse) -> Self {
+        Self {
+            spec,
+            source,
+            target,
+            plan: OnceCell::new(),
+        }
+    }
+
+    async fn plan(&self) -> Result<&CopyPlan, MigrationError> {
+        self.plan.get_or_try_init(|| self.prepare()).await
+    }
+
+    /// Checks both tables and maps every column, before any row moves.
+    async fn prepare(&self) -> Result<CopyPlan, MigrationError> {
+        let (from, to) = (&self.spec.from, &self.spec.to);
+        let invalid = MigrationError::Invalid;
+        let shape = SourceShape::check(&self.source, from).await?;
+        self.check_target().await?;
+        let target_columns = self.target.columns(&to.table).await.map_err(ch_error)?;
+        let mut columns = Vec::with_capacity(shape.names.len());
+        for name in &shape.names {
+            let source = shape.column(name).ok_or_else(|| {
+                invalid(format!(
+                    "column {name} does not exist in {} of store {} (its columns: {})",
+                    from.relation,
+                    from.store,
+                    names_of(&shape.columns)
+                ))
+            })?;
+            let target = target_columns.iter().find(|c| &c.name == name).ok_or_else(|| {
+                invalid(format!(
+                    "column {name}: the ClickHouse table {} has no column of that name (columns are copied by name)",
+                    to.table
+                ))
+            })?;
+            columns.push(plan_column(name, &source.type_name, &target.type_name).map_err(invalid)?);
+        }
+        let sql = CopySql::new(
+            &from.relation,
+            &columns,
+            &from.key,
+            &shape.key_types,
+            from.filter.as_deref(),
+        );
+        let explain = format!("EXPLAIN {}", sql.read(false));
+        sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind(1i64)
+            .execute(self.source.pool())
+            .await
+            .map_err(|err| {
+                invalid(format!(
+                    "the columns or the where filter do not work on {}: {err}",
+                    from.relation
+                ))
+            })?;
+        let (sql, physical) = match (from.order, &from.relation) {
+            (Order::Key, _) => (sql, None),
+            (Order::Physical, Relation::Query(_)) => {
+                return Err(invalid(
+                    "order = \"physical\" walks a table's heap; a query source is walked in key order, so remove \
+                     order or copy from.table"
+                        .into(),
+                ));
+            }
+            (Order::Physical, Relation::Table(table)) => {
+                let walk = PhysicalWalk::prepare(self.source.pool(), table).await?;
+                (sql.with_ctid(), Some(walk))
+            }
+        };
+        let plan = CopyPlan {
+            columns,
+            sql,
+            key: from.key.clone(),
+            target_table: to.table.clone(),
+            physical,
+            ranged: AtomicBool::new(matches!(from.relation, Relation::Table(_))),
+        };
+        if self.spec.verify
+            && let Some(column) = plan
+                .key_columns()
+                .into_iter()
+                .find(|c| !verify::key_type_supported(&c.target))
+        {
+            return Err(invalid(format!(
+                "verify = true needs key columns copied into String or integer ClickHouse columns; key column {} \
+                 is {:?}",
+                column.name, column.target
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// The target must be a ReplacingMergeTree whose sorting key includes every key column.
+    async fn check_target(&self) -> Result<(), MigrationError> {
+        let (from, to) = (&self.spec.from, &self.spec.to);
+        let table = self.target.table(&to.table).await.map_err(ch_error)?.ok_or_else(|| {
+            MigrationError::Invalid(format!(
+                "the ClickHouse table {} does not exist in database {}; create it in a ClickHouse fast migration \
+                 (migrations/clickhouse/)",
+                to.table,
+                self.target.database()
+            ))
+        })?;
+        let sorting: Vec<String> = table
+            .sorting_key
+            .split(',')
+            .map(|part| part.trim().trim_matches('`').to_owned())
+            .collect();
+        let missing: Vec<&String> = from.key.iter().filter(|k| !sorting.contains(k)).collect();
+        if !table.engine.contains("ReplacingMergeTree") || !missing.is_empty() {
+            return Err(MigrationError::Invalid(format!(
+                "the ClickHouse table {} is {} ORDER BY ({}); the copy needs a ReplacingMergeTree whose ORDER BY \
+                 includes the key ({}), so that a batch sent twice after a crash or retry collapses into one row \
+                 per key",
+                to.table,
+                table.engine,
+                table.sorting_key,
+                from.key.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checkpoint after a copy batch: the walk's new position, and the verify phase's start once the source
+    /// is exhausted (when the definition asks for it).
+    fn walked<W: Serialize + DeserializeOwned>(&self, walked: Walked<W>) -> BatchOutcome {
+        let verify_next = walked.exhausted && self.spec.verify;
+        let checkpoint = CopyCheckpoint {
+            walk: walked.at,
+            verify: verify_next.then(VerifyState::default),
+        };
+        BatchOutcome {
+            state: checkpoint.to_state(),
+            done: walked.exhausted && !verify_next,
+            rows: walked.moved.rows,
+            bytes: walked.moved.bytes,
+        }
+    }
+
+    /// One verify batch: compares the next key range on both sides. Once every range was compared, the next call
+    /// fails the migration if any range differed.
+    async fn verify_batch<W: Serialize + DeserializeOwned>(
+        &self,
+        plan: &CopyPlan,
+        args: &Args,
+        mut checkpoint: CopyCheckpoint<W>,
+        mut verified: VerifyState,
+    ) -> Result<BatchOutcome, MigrationError> {
+        if verified.complete
+            && let Some(failure) = verified.failure(&plan.target_table)
+        {
+            return Err(failure);
+        }
+        let checked = verify::verify_batch(
+            self.source.pool(),
+            &self.target,
+            plan,
+            verified.cursor.as_deref(),
+            args,
+        )
+        .await?;
+        let (rows, exhausted) = (checked.source.rows, checked.exhausted);
+        verified.record(checked);
+        verified.complete = exhausted && verified.mismatched > 0;
+        let done = exhausted && !verified.complete;
+        checkpoint.verify = Some(verified);
+        Ok(BatchOutcome {
+            state: checkpoint.to_state(),
+            done,
+            rows,
+            bytes: 0,
+        })
+    }
+}
+
+#[async_trait]
+impl Migration for ClickHouseCopy {
+    async fn validate(&self) -> Result<(), MigrationError> {
+        self.plan().await.map(|_| ())
+    }
+
+    fn default_batch_size(&self) -> u64 {
+        CLICKHOUSE_BATCH_SIZE
+    }
+
+    /// The source's estimated rows; twice that with `verify`, which reads every row a second time.
+    async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
+        let rows = estimate(&self.source, &self.spec.from).await?;
+        let passes = if self.spec.verify { 2 } else { 1 };
+        Ok(rows.map(|rows| rows * passes))
+    }
+
+    async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
+        let plan = self.plan().await?;
+        let (pool, target, state, args) =
+            (self.source.pool(), &self.target, batch.state, batch.args);
+        match &plan.physical {
+            None => {
+                let mut checkpoint = CopyCheckpoint::<KeyCursor>::read(state)?;
+                if let Some(verified) = checkpoint.verify.take() {
+                    return self.verify_batch(plan, args, checkpoint, verified).await;
+                }
+                let lower = checkpoint.walk.keys(plan.key.len(), state)?;
+                let walked = key_range::copy_key_batch(pool, target, plan, lower, args).await?;
+                Ok(self.walked(walked))
+            }
+            Some(walk) => {
+                let mut checkpoint = CopyCheckpoint::<PageCursor>::read(state)?;
+                if let Some(verified) = checkpoint.verify.take() {
+                    return self.verify_batch(plan, args, checkpoint, verified).await;
+                }
+                let after = checkpoint.walk.after();
+                let walked = pages::copy_page_batch(pool, target, plan, walk, after, args).await?;
+                Ok(self.walked(walked))
+            }
+        }
+    }
+}
