@@ -123,7 +123,7 @@ async fn batch_loop(
     })
     .await
     .map_err(|err| match err {
-        MigrationError::Invalid(reason) => {
+        MigrationError::Invalid(reason) | MigrationError::Permanent(reason) => {
             MigrationError::Invalid(format!("validation failed: {reason}"))
         }
         other => other,

@@ -32,7 +32,7 @@ pub trait Checkpoint: Serialize + DeserializeOwned {
 
 /// The error for a checkpoint that cannot be read: what is wrong, the shape expected, and what to do.
 pub fn unreadable(state: &Value, shape: &str, problem: impl Display) -> MigrationError {
-    MigrationError::Invalid(format!(
+    MigrationError::Permanent(format!(
         "the checkpoint {state} cannot be read ({problem}; expected {shape}); fix the state or retry --from-start"
     ))
 }

@@ -209,7 +209,7 @@ impl Keyset {
             .zip(&self.key_names)
             .map(|(value, name)| {
                 value.ok_or_else(|| {
-                    MigrationError::Invalid(format!(
+                    MigrationError::Permanent(format!(
                         "the source has a row whose key column {name} is NULL{}; the copy needs a NOT NULL \
                          key: filter such rows out (where = \"{name} IS NOT NULL\") or choose another key",
                         after()
@@ -218,7 +218,7 @@ impl Keyset {
             })
             .collect::<Result<Vec<_>, _>>()?;
         if previous == Some(key.as_slice()) {
-            return Err(MigrationError::Invalid(format!(
+            return Err(MigrationError::Permanent(format!(
                 "the source has two rows with the key ({}) = ({}); the copy needs a key unique in the source (for \
                  from.query: in the query's result)",
                 self.key_names.join(", "),

@@ -32,6 +32,6 @@ pub(crate) fn ch_error(err: ClickHouseError) -> MigrationError {
     if err.is_transient() {
         MigrationError::Transient(err.to_string())
     } else {
-        MigrationError::Invalid(err.to_string())
+        MigrationError::Permanent(err.to_string())
     }
 }

@@ -268,14 +268,14 @@ fn next_tid(row: &PgRow, index: usize, previous: Option<Tid>) -> Result<Tid, Rea
         .try_get(index)
         .map_err(ReadError::sql("read the ctid of a row"))?;
     let tid = Tid::parse(text).ok_or_else(|| {
-        ReadError::Failed(MigrationError::Invalid(format!(
+        ReadError::Failed(MigrationError::Permanent(format!(
             "a row's ctid {text:?} is not (page,offset)"
         )))
     })?;
     if let Some(previous) = previous
         && previous >= tid
     {
-        return Err(ReadError::Failed(MigrationError::Invalid(format!(
+        return Err(ReadError::Failed(MigrationError::Permanent(format!(
             "rows arrived out of physical order (ctid {tid} after {previous}); this Postgres does not scan ctid \
              ranges in order: use the default key order"
         ))));
@@ -366,7 +366,7 @@ fn changed(column: &ColumnPlan, key: &[String]) -> MigrationError {
 }
 
 fn bad_value(column: &ColumnPlan, key: &[String], problem: &str) -> MigrationError {
-    MigrationError::Invalid(format!(
+    MigrationError::Permanent(format!(
         "the row with key ({}): column {} ({}) {problem}",
         key.join(", "),
         column.name,

@@ -110,7 +110,7 @@ impl VerifyState {
         } else {
             String::new()
         };
-        Some(MigrationError::Invalid(format!(
+        Some(MigrationError::Permanent(format!(
             "verify: {} of {} key ranges differ between Postgres and ClickHouse table {target_table}: {}{more}. \
              Copy again with `bgmigrate retry --from-start NAME` (re-sent rows collapse in the ReplacingMergeTree) \
              once the source is no longer written",
