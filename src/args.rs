@@ -11,9 +11,19 @@ pub const DEFAULT_BATCH_SIZE: u64 = 10_000;
 /// Bytes per batch when `maxBatchBytes` is not set (a batch closes at whichever limit comes first).
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The batch duration the engine sizes batches toward when `batchSize` is not set (`targetBatchMs`): long enough
+/// that per-batch overhead is small (one plain `UPDATE` is within 10 %, see the README's benchmarks), short enough
+/// that row locks and a lost batch cost little — pt-online-schema-change's chunk time.
+pub const DEFAULT_TARGET_BATCH_MS: u64 = 500;
+/// Smallest adaptive batch (`minBatchSize`).
+pub const DEFAULT_MIN_BATCH_SIZE: u64 = 100;
+/// Largest adaptive batch (`maxBatchSize`); `maxBatchBytes` still closes a batch of wide rows earlier.
+pub const DEFAULT_MAX_BATCH_SIZE: u64 = 500_000;
+
 const BATCH_SIZE_RANGE: (u64, u64) = (1, 10_000_000);
 const MAX_BATCH_BYTES_RANGE: (u64, u64) = (1024, 4 * 1024 * 1024 * 1024);
 const SLEEP_MS_RANGE: (u64, u64) = (0, 3_600_000);
+const TARGET_BATCH_MS_RANGE: (u64, u64) = (10, 600_000);
 
 /// The validated view of a migration's `args` JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +34,22 @@ pub struct Args {
     pub max_batch_bytes: u64,
     /// Pause between batches in milliseconds (`sleepMs`), to throttle load on the store.
     pub sleep_ms: u64,
+    /// How the engine sizes batches: `None` when `batchSize` is set (honoured exactly), else adaptive.
+    pub adaptive: Option<AdaptiveSizing>,
+    /// The health thresholds past which the migration holds back.
+    pub throttle: crate::throttle::Limits,
     raw: Map<String, Value>,
+}
+
+/// Batch sizing toward a target duration, used when `args` set no `batchSize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveSizing {
+    /// `targetBatchMs`.
+    pub target_ms: u64,
+    /// `minBatchSize`.
+    pub min: u64,
+    /// `maxBatchSize`.
+    pub max: u64,
 }
 
 /// Why an `args` value was refused; the message names the key and what is allowed.
@@ -69,12 +94,24 @@ impl Args {
             Value::Null => Map::new(),
             other => return Err(ArgsError::NotAnObject(other.to_string())),
         };
+        let explicit = read_u64(&raw, "batchSize", BATCH_SIZE_RANGE)?;
+        let min =
+            read_u64(&raw, "minBatchSize", BATCH_SIZE_RANGE)?.unwrap_or(DEFAULT_MIN_BATCH_SIZE);
+        let max = read_u64(&raw, "maxBatchSize", (min, BATCH_SIZE_RANGE.1))?
+            .unwrap_or(DEFAULT_MAX_BATCH_SIZE.max(min));
+        let adaptive = AdaptiveSizing {
+            target_ms: read_u64(&raw, "targetBatchMs", TARGET_BATCH_MS_RANGE)?
+                .unwrap_or(DEFAULT_TARGET_BATCH_MS),
+            min,
+            max,
+        };
         Ok(Args {
-            batch_size: read_u64(&raw, "batchSize", BATCH_SIZE_RANGE)?
-                .unwrap_or(default_batch_size),
+            batch_size: explicit.unwrap_or(default_batch_size.clamp(min, max)),
             max_batch_bytes: read_u64(&raw, "maxBatchBytes", MAX_BATCH_BYTES_RANGE)?
                 .unwrap_or(DEFAULT_MAX_BATCH_BYTES),
             sleep_ms: read_u64(&raw, "sleepMs", SLEEP_MS_RANGE)?.unwrap_or(0),
+            adaptive: explicit.is_none().then_some(adaptive),
+            throttle: crate::throttle::Limits::parse(&raw)?,
             raw,
         })
     }
@@ -112,7 +149,8 @@ pub fn merge_patch(current: &Value, patch: &Value) -> Result<Value, ArgsError> {
     Ok(merged)
 }
 
-fn read_u64(
+/// Reads integer `key` from `raw`, refusing values outside `min..=max` with a message naming the key and range.
+pub(crate) fn read_u64(
     raw: &Map<String, Value>,
     key: &'static str,
     (min, max): (u64, u64),
@@ -166,6 +204,31 @@ mod tests {
         assert!(Args::parse(&json!({"batchSize": 0})).is_err());
         assert!(Args::parse(&json!({"batchSize": -5})).is_err());
         assert!(Args::parse(&json!({"batchSize": 1.5})).is_err());
+    }
+
+    #[test]
+    fn without_batch_size_the_engine_adapts_between_the_bounds_and_starts_from_the_default() {
+        let args = Args::parse_with_default(&json!({"minBatchSize": 500}), 100).unwrap();
+        assert_eq!(
+            args.batch_size, 500,
+            "the default is clamped into the bounds"
+        );
+        let sizing = args.adaptive.expect("adaptive");
+        assert_eq!(
+            (sizing.target_ms, sizing.min, sizing.max),
+            (500, 500, 500_000)
+        );
+        let fixed = Args::parse(&json!({"batchSize": 2500, "minBatchSize": 5000})).unwrap();
+        assert_eq!((fixed.batch_size, fixed.adaptive), (2500, None));
+    }
+
+    #[test]
+    fn a_max_batch_size_below_the_min_is_refused_naming_both_bounds() {
+        let err = Args::parse(&json!({"minBatchSize": 1000, "maxBatchSize": 10})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.maxBatchSize must be an integer from 1000 to 10000000, got 10"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod migration;
 pub mod registry;
 pub mod status;
 pub mod store;
+pub mod throttle;
 pub mod web;
 
 pub use args::Args;

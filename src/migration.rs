@@ -210,6 +210,12 @@ pub trait Migration: Send + Sync {
         DEFAULT_BATCH_SIZE
     }
 
+    /// The health signals of the stores this migration writes, read before every batch ([`crate::throttle`]);
+    /// none by default. Called once per run, so a check may keep state (averages) between batches.
+    fn health_checks(&self) -> Vec<std::sync::Arc<dyn crate::throttle::HealthCheck>> {
+        Vec::new()
+    }
+
     /// Runs one batch from `batch.state`, within `batch.args` limits, and commits it through [`Batch::commit`]
     /// (or commits nothing, for migrations without a SQL store).
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError>;

@@ -1,4 +1,4 @@
-//! Leases with fencing (DESIGN §5): one worker per migration at a time, takeover of a dead worker's lease without a
+//! Leases with fencing: one worker per migration at a time, takeover of a dead worker's lease without a
 //! restart, no writes from a worker that lost its lease, and exact resumption after SIGKILL / SIGTERM of the real
 //! binary. Every test runs against the real Postgres in a database of its own.
 

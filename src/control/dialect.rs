@@ -135,6 +135,18 @@ impl ControlSql {
         }
     }
 
+    /// Columns added after a release that created the tables, with the statement that adds each, where the
+    /// schema script cannot say "add if missing" itself (Postgres' script does: `ADD COLUMN IF NOT EXISTS`).
+    pub(super) fn added_columns(self) -> &'static [(&'static str, &'static str)] {
+        match self.dialect {
+            Dialect::Postgres => &[],
+            Dialect::Sqlite => &[(
+                "throttled",
+                "ALTER TABLE background_migrations ADD COLUMN throttled TEXT",
+            )],
+        }
+    }
+
     /// Serialises schema changes of concurrent processes, inside the schema's transaction (SQLite: `BEGIN
     /// IMMEDIATE` already does).
     pub(super) fn schema_lock(self) -> Option<String> {

@@ -120,7 +120,7 @@ impl SqlControlStore {
         };
         let sql = format!(
             "UPDATE background_migrations SET {set}, worker_id = NULL, locked_at = NULL, lease_expires_at = NULL, \
-             updated_at = {now} WHERE {}",
+             throttled = NULL, updated_at = {now} WHERE {}",
             super::dialect::FENCE
         );
         let mut params = lease.fence_params();
@@ -250,6 +250,29 @@ impl LeaseStore for SqlControlStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), ControlError> {
         self.end(lease, Ending::Released).await
+    }
+
+    async fn set_throttled(
+        &self,
+        lease: &Lease,
+        throttled: Option<&str>,
+        detail: Value,
+    ) -> Result<(), ControlError> {
+        let mut params = lease.fence_params();
+        params.push(throttled.map_or(SqlParam::Null, |r| SqlParam::Text(r.to_owned())));
+        let mut tx = self.write().await?;
+        fenced(
+            tx.execute(&self.statements.set_throttled, &params).await?,
+            lease,
+        )?;
+        let kind = if throttled.is_some() {
+            EventKind::Throttled
+        } else {
+            EventKind::Unthrottled
+        };
+        self.insert_event(tx.as_mut(), &lease.name, kind, &lease.worker_id, &detail)
+            .await?;
+        self.commit(tx).await
     }
 
     async fn record_event(

@@ -152,6 +152,14 @@ pub trait LeaseStore: Send + Sync {
     /// Gives the migration back (pending, checkpoint kept), e.g. on shutdown.
     async fn release(&self, lease: &Lease) -> Result<(), ControlError>;
 
+    /// Says why the migration holds back now (`None`: it no longer does), with an event carrying `detail`.
+    async fn set_throttled(
+        &self,
+        lease: &Lease,
+        throttled: Option<&str>,
+        detail: Value,
+    ) -> Result<(), ControlError>;
+
     /// Appends an event (batch-size changes, retried batches).
     async fn record_event(
         &self,

@@ -16,7 +16,7 @@ use crate::store::SqlParam;
 fn action_assignments(action: Action, from_start: bool) -> &'static str {
     match action {
         Action::Pause | Action::Cancel => {
-            "worker_id = NULL, locked_at = NULL, lease_expires_at = NULL"
+            "worker_id = NULL, locked_at = NULL, lease_expires_at = NULL, throttled = NULL"
         }
         Action::Resume => "worker_id = NULL",
         Action::Retry if from_start => {

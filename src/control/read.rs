@@ -55,6 +55,7 @@ pub(super) const RECORD_COLUMNS: &[(&str, Kind)] = &[
     ("last_batch_ms", Kind::Plain),
     ("rows_per_sec", Kind::Plain),
     ("updated_at", Kind::Timestamp),
+    ("throttled", Kind::Plain),
 ];
 
 /// The columns of an [`EventRecord`], in the order [`decode_event`] reads them.
@@ -223,6 +224,7 @@ fn decode_record(row: &[Option<String>]) -> Result<MigrationRecord, ControlError
         last_batch_ms: f.optional_number("last_batch_ms")?,
         rows_per_sec: f.optional_number("rows_per_sec")?,
         updated_at: f.timestamp("updated_at")?,
+        throttled: f.optional_text("throttled")?,
         unreadable: Unreadable::explain(&unreadable, &name),
         name,
     })

@@ -55,6 +55,8 @@ pub struct MigrationRecord {
     pub rows_per_sec: Option<f64>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Why the migration is holding back now (a health signal past its threshold), `None` when it is not.
+    pub throttled: Option<String>,
     /// Why part of this row could not be read (e.g. a number in `args` beyond what JSON readers hold, written by
     /// hand), and how to fix it; the fields it names hold marker strings in the meantime. `None` for a sound row.
     pub unreadable: Option<String>,
@@ -191,6 +193,10 @@ pub enum EventKind {
     ArgsChanged,
     /// The batch size in force changed (operator edit or tuning).
     BatchSizeChanged,
+    /// The migration started holding back on a health signal.
+    Throttled,
+    /// It stopped holding back.
+    Unthrottled,
 }
 
 impl EventKind {
@@ -207,6 +213,8 @@ impl EventKind {
             EventKind::Operator(action) => action.as_str(),
             EventKind::ArgsChanged => "args_changed",
             EventKind::BatchSizeChanged => "batch_size_changed",
+            EventKind::Throttled => "throttled",
+            EventKind::Unthrottled => "unthrottled",
         }
     }
 }

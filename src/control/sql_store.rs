@@ -44,6 +44,7 @@ pub(super) struct Statements {
     pub(super) lock_status: String,
     pub(super) lock_args: String,
     pub(super) write_args: String,
+    pub(super) set_throttled: String,
 }
 
 /// `template` with each `{key}` replaced by its value.
@@ -120,6 +121,9 @@ impl Statements {
             lock_args: format!(
                 "SELECT CAST(args AS TEXT) FROM background_migrations m WHERE name = $1 {}",
                 sql.lock_rows("m")
+            ),
+            set_throttled: format!(
+                "UPDATE background_migrations SET throttled = $4, updated_at = {now} WHERE {FENCE}"
             ),
             write_args: format!(
                 "UPDATE background_migrations SET args = {}, updated_at = {now} WHERE name = $1",
@@ -202,6 +206,17 @@ impl Registrar for SqlControlStore {
             tx.execute(&lock, &[]).await?;
         }
         tx.execute_script(self.sql.schema()).await?;
+        for (column, ddl) in self.sql.added_columns() {
+            let present = tx
+                .fetch_count(
+                    "SELECT count(*) FROM pragma_table_info('background_migrations') WHERE name = $1",
+                    &[SqlParam::Text((*column).to_owned())],
+                )
+                .await?;
+            if present == 0 {
+                tx.execute(ddl, &[]).await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -6,6 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::with_retries;
 use super::progress::ProgressTracker;
+use super::sizing::BatchSizer;
+use super::throttling::Throttle;
 use super::{EngineContext, heartbeat};
 use crate::args::Args;
 use crate::control::{Claim, ControlError, EventKind, Lease};
@@ -140,31 +142,55 @@ async fn batch_loop(
         ctx.leases.set_rows_total(lease, estimate).await?;
         tracker.set_total(estimate);
     }
-    let mut previous_batch_size = record.batch_size.map(|b| b as u64);
-    loop {
-        if stop.is_cancelled() {
-            return Ok(Ending::Released);
+    let parse_args = |record: &crate::control::MigrationRecord| -> Result<Args, MigrationError> {
+        if let Some(reason) = &record.unreadable {
+            return Err(MigrationError::Permanent(format!(
+                "the control row cannot be read: {reason}"
+            )));
         }
-        let current = with_retries(
+        Args::parse_with_default(&record.args, migration.default_batch_size()).map_err(|err| {
+            MigrationError::Permanent(format!(
+                "invalid args: {err}; fix them with `bgmigrate set-args {} '{{...}}'`, then `bgmigrate retry {}`",
+                lease.name, lease.name
+            ))
+        })
+    };
+    let reread = || async {
+        let record = with_retries(
             policy,
             stop,
             retry_log("re-reading the migration"),
             || async { Ok(ctx.leases.current(lease).await?) },
         )
         .await?;
-        if let Some(reason) = &current.unreadable {
-            return Err(MigrationError::Permanent(format!(
-                "the control row cannot be read: {reason}"
-            )));
+        let args = parse_args(&record)?;
+        Ok::<_, MigrationError>((record, args))
+    };
+    let mut sizer = BatchSizer::new(
+        record.batch_size.map(|b| b.max(1) as u64),
+        &parse_args(record)?,
+    );
+    let mut throttle = Throttle::new(migration.health_checks());
+    loop {
+        if stop.is_cancelled() {
+            return Ok(Ending::Released);
         }
-        let args = Args::parse_with_default(&current.args, migration.default_batch_size()).map_err(|err| {
-            MigrationError::Permanent(format!(
-                "invalid args: {err}; fix them with `bgmigrate set-args {} '{{...}}'`, then `bgmigrate retry {}`",
-                lease.name, lease.name
-            ))
-        })?;
-        if previous_batch_size.is_some_and(|size| size != args.batch_size) {
-            let detail = json!({"before": previous_batch_size, "after": args.batch_size});
+        let (_, args) = reread().await?;
+        let after = throttle
+            .before_batch(&*ctx.leases, lease, &args, stop, || async {
+                Ok(reread().await?.1)
+            })
+            .await?;
+        if stop.is_cancelled() {
+            return Ok(Ending::Released);
+        }
+        // The state is read after any wait: an operator may have changed the row meanwhile.
+        let (current, mut args) = reread().await?;
+        let (size, change) = sizer.next(&args);
+        args.batch_size = size;
+        if let Some(change) = change {
+            let detail =
+                json!({"before": change.before, "after": change.after, "reason": change.reason});
             ctx.leases
                 .record_event(
                     &lease.name,
@@ -173,9 +199,8 @@ async fn batch_loop(
                     detail,
                 )
                 .await?;
-            tracing::info!(migration = %lease.name, batch_size = args.batch_size, "batch size changed");
+            tracing::info!(migration = %lease.name, batch_size = size, "batch size changed ({})", change.reason);
         }
-        previous_batch_size = Some(args.batch_size);
 
         let (outcome, checkpoint) = run_one_batch(
             ctx,
@@ -204,6 +229,7 @@ async fn batch_loop(
             .record(commit.duration_ms as f64 / 1000.0);
         metrics::gauge!("bgmigrate_batch_size", "migration" => name).set(args.batch_size as f64);
         tracker.record(outcome.rows, args.batch_size, commit.rows_per_sec);
+        sizer.observe(args.adaptive, outcome.rows, commit.duration_ms);
         if outcome.done {
             tracker.finish();
         }
@@ -214,6 +240,14 @@ async fn batch_loop(
         if outcome.done {
             return Ok(Ending::Finished);
         }
+        throttle
+            .rest(
+                lease,
+                after,
+                std::time::Duration::from_millis(commit.duration_ms),
+                stop,
+            )
+            .await;
         if args.sleep_ms > 0 {
             tokio::select! {
                 _ = stop.cancelled() => {}

@@ -98,6 +98,7 @@ fn record(state: Value, status: Status) -> MigrationRecord {
         last_batch_ms: None,
         rows_per_sec: None,
         updated_at: Utc::now(),
+        throttled: None,
         unreadable: None,
     }
 }
@@ -170,6 +171,15 @@ impl LeaseStore for FakeLeases {
 
     async fn release(&self, _: &Lease) -> Result<(), ControlError> {
         self.seen().endings.push("released".into());
+        Ok(())
+    }
+
+    async fn set_throttled(
+        &self,
+        _: &Lease,
+        _: Option<&str>,
+        _: Value,
+    ) -> Result<(), ControlError> {
         Ok(())
     }
 

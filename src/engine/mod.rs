@@ -2,7 +2,8 @@
 //!
 //! Layout: this file holds the [`Runner`] (claim loop, wake-ups, drain) and its [`RunnerHandle`]; [`execute`] the
 //! batch loop of one migration; [`heartbeat`] the lease renewal; [`backoff`] transient retries; [`progress`] rate,
-//! ETA and the log line. Nothing here is specific to a store.
+//! ETA and the log line; [`sizing`] adaptive batch sizes; [`throttling`] holding back on health signals. Nothing
+//! here is specific to a store.
 
 pub mod backoff;
 mod execute;
@@ -10,6 +11,8 @@ mod execute;
 mod fake_leases;
 mod heartbeat;
 pub mod progress;
+mod sizing;
+mod throttling;
 
 use std::sync::Arc;
 use std::time::Duration;

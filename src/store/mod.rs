@@ -221,6 +221,9 @@ pub trait SqlStore: Send + Sync {
     /// without reading a row. A query that does not parse or names a missing column is an error; `None` when this
     /// store cannot describe a query.
     async fn query_columns(&self, query: &str) -> Result<Option<Vec<ColumnInfo>>, StoreError>;
+    /// The health signals of this database for a migration writing `table` ([`crate::throttle`]); `None` where the
+    /// store has none (an embedded SQLite file serves no one else).
+    fn health_check(&self, table: &str) -> Option<Arc<dyn crate::throttle::HealthCheck>>;
     /// The planner's estimate of a `SELECT`'s result rows (never running it); `None` when the store has no such
     /// estimate.
     async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError>;

@@ -48,7 +48,9 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, Sto
         .options([(
             "idle_in_transaction_session_timeout",
             IDLE_IN_TRANSACTION_TIMEOUT,
-        )]);
+        )])
+        // Health checks leave bgmigrate's own sessions out of the foreground activity they measure.
+        .application_name(crate::throttle::postgres::APPLICATION_NAME);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -224,6 +226,15 @@ impl SqlStore for PgStore {
         let select = format!("SELECT 1 FROM {}", self.dialect().quote_ident(table));
         self.plan_rows(&select, &format!("estimate the rows of {table}"))
             .await
+    }
+
+    fn health_check(
+        &self,
+        table: &str,
+    ) -> Option<std::sync::Arc<dyn crate::throttle::HealthCheck>> {
+        Some(std::sync::Arc::new(
+            crate::throttle::postgres::PgHealth::new(self.pool.clone(), Some(table.to_owned())),
+        ))
     }
 
     async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError> {

@@ -198,6 +198,13 @@ impl SqlStore for SqliteStore {
         self.begin_with("BEGIN").await
     }
 
+    fn health_check(
+        &self,
+        _table: &str,
+    ) -> Option<std::sync::Arc<dyn crate::throttle::HealthCheck>> {
+        None
+    }
+
     async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {
         let (schema, name) = schema_and_table(table);
         let rows = sqlx::query(include_str!("sql/sqlite_columns.sql"))

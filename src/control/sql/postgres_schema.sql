@@ -28,7 +28,8 @@ ALTER TABLE background_migrations
     ADD COLUMN IF NOT EXISTS last_batch_ms    integer,
     ADD COLUMN IF NOT EXISTS rows_per_sec     double precision,
     ADD COLUMN IF NOT EXISTS created_at       timestamptz NOT NULL DEFAULT now(),
-    ADD COLUMN IF NOT EXISTS updated_at       timestamptz NOT NULL DEFAULT now();
+    ADD COLUMN IF NOT EXISTS updated_at       timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN IF NOT EXISTS throttled        text;
 
 -- Rows written by the original system carry only finished_at / failed_at: derive their status.
 UPDATE background_migrations

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS background_migrations (
     last_batch_ms    INTEGER,
     rows_per_sec     REAL,
     created_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    updated_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    updated_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    throttled        TEXT
 );
 
 CREATE TABLE IF NOT EXISTS background_migration_events (

@@ -128,6 +128,13 @@ impl Migration for Backfill {
         self.statements().await.map(|_| ())
     }
 
+    fn health_checks(&self) -> Vec<Arc<dyn crate::throttle::HealthCheck>> {
+        self.store
+            .health_check(&self.spec.table)
+            .into_iter()
+            .collect()
+    }
+
     async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
         Ok(self.store.estimate_rows(&self.spec.table).await?)
     }

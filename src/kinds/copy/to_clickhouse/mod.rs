@@ -268,6 +268,15 @@ impl Migration for ClickHouseCopy {
         self.plan().await.map(|_| ())
     }
 
+    fn health_checks(&self) -> Vec<std::sync::Arc<dyn crate::throttle::HealthCheck>> {
+        vec![std::sync::Arc::new(
+            crate::throttle::clickhouse::ChHealth::new(
+                self.target.clone(),
+                self.spec.to.table.clone(),
+            ),
+        )]
+    }
+
     fn default_batch_size(&self) -> u64 {
         CLICKHOUSE_BATCH_SIZE
     }

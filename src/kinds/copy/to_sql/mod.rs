@@ -179,6 +179,13 @@ impl Migration for SqlCopy {
         self.plan().await.map(|_| ())
     }
 
+    fn health_checks(&self) -> Vec<Arc<dyn crate::throttle::HealthCheck>> {
+        self.target
+            .health_check(&self.spec.to.table)
+            .into_iter()
+            .collect()
+    }
+
     async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
         Ok(estimate(self.source.as_ref(), &self.spec.from).await?)
     }

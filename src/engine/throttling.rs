@@ -1,0 +1,188 @@
+//! Holding back on health signals: before each batch the migration's checks are read; while one says hold, the
+//! engine waits — between batches, with no transaction or lock open — and looks again every `throttleCheckMs`;
+//! while one says yield, it rests after each batch. The row says why (`throttled`), an event marks each period,
+//! and `bgmigrate_throttled_seconds_total{migration,reason}` counts the time.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::Args;
+use crate::control::{Lease, LeaseStore};
+use crate::migration::MigrationError;
+use crate::throttle::{Health, HealthCheck, Limits};
+
+/// The throttle state of one running migration.
+pub(crate) struct Throttle {
+    checks: Vec<Arc<dyn HealthCheck>>,
+    /// The reason in force (as written to the row), its signal, and since when.
+    current: Option<(String, &'static str, Instant)>,
+    /// Unreadable-signal messages already logged (each once).
+    logged: BTreeSet<String>,
+    /// Throttled time not yet counted in the (whole-second) metric.
+    uncounted: Duration,
+}
+
+/// What the next batch should do after it ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct AfterBatch {
+    /// Rest for this many times the batch's duration.
+    pub(crate) rest_ratio: f64,
+}
+
+impl Throttle {
+    pub(crate) fn new(checks: Vec<Arc<dyn HealthCheck>>) -> Self {
+        Self {
+            checks,
+            current: None,
+            logged: BTreeSet::new(),
+            uncounted: Duration::ZERO,
+        }
+    }
+
+    /// The first hold among the checks, else the first yield, else fine. An unreadable signal lets go (each check
+    /// documents why); its message is logged once.
+    async fn read(&mut self, limits: &Limits, migration: &str) -> Health {
+        let mut verdict = Health::Fine;
+        for check in &self.checks {
+            match check.check(limits).await {
+                Ok(hold @ Health::Hold { .. }) => return hold,
+                Ok(yielding @ Health::Yield { .. }) if verdict == Health::Fine => {
+                    verdict = yielding
+                }
+                Ok(_) => {}
+                Err(message) => {
+                    if self.logged.insert(message.clone()) {
+                        tracing::warn!(migration, "{message}; going on without this signal");
+                    }
+                }
+            }
+        }
+        verdict
+    }
+
+    /// Waits while a check says hold, re-reading the args (thresholds may change) through `reread`; returns how to
+    /// rest after the coming batch. Stops waiting when `stop` fires.
+    pub(crate) async fn before_batch<F, Fut>(
+        &mut self,
+        leases: &dyn LeaseStore,
+        lease: &Lease,
+        args: &Args,
+        stop: &CancellationToken,
+        mut reread: F,
+    ) -> Result<AfterBatch, MigrationError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Args, MigrationError>>,
+    {
+        let mut limits = args.throttle.clone();
+        loop {
+            match self.read(&limits, &lease.name).await {
+                Health::Fine => {
+                    self.set(leases, lease, None).await?;
+                    return Ok(AfterBatch { rest_ratio: 0.0 });
+                }
+                Health::Yield {
+                    signal,
+                    reason,
+                    rest_ratio,
+                } => {
+                    self.set(leases, lease, Some((reason, signal))).await?;
+                    return Ok(AfterBatch { rest_ratio });
+                }
+                Health::Hold { signal, reason } => {
+                    self.set(leases, lease, Some((reason, signal))).await?;
+                    let wait = Duration::from_millis(limits.check_ms);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(AfterBatch { rest_ratio: 0.0 }),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    self.count(&lease.name, signal, wait);
+                    limits = reread().await?.throttle;
+                }
+            }
+        }
+    }
+
+    /// Rests after a batch that took `took` while yielding.
+    pub(crate) async fn rest(
+        &mut self,
+        lease: &Lease,
+        after: AfterBatch,
+        took: Duration,
+        stop: &CancellationToken,
+    ) {
+        if after.rest_ratio <= 0.0 {
+            return;
+        }
+        let rest = took.mul_f64(after.rest_ratio);
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(rest) => {}
+        }
+        if let Some(signal) = self.current.as_ref().map(|(_, signal, _)| *signal) {
+            self.count(&lease.name, signal, rest);
+        }
+    }
+
+    /// Adds `waited` to `bgmigrate_throttled_seconds_total` in whole seconds, carrying the rest.
+    fn count(&mut self, migration: &str, signal: &'static str, waited: Duration) {
+        self.uncounted += waited;
+        let seconds = self.uncounted.as_secs();
+        if seconds > 0 {
+            self.uncounted -= Duration::from_secs(seconds);
+            metrics::counter!(
+                "bgmigrate_throttled_seconds_total",
+                "migration" => migration.to_owned(),
+                "reason" => signal
+            )
+            .increment(seconds);
+        }
+    }
+
+    /// Writes a change of reason to the row (with an event); nothing when it did not change.
+    async fn set(
+        &mut self,
+        leases: &dyn LeaseStore,
+        lease: &Lease,
+        next: Option<(String, &'static str)>,
+    ) -> Result<(), MigrationError> {
+        let unchanged = match (&self.current, &next) {
+            (None, None) => true,
+            (Some((reason, ..)), Some((next_reason, _))) => reason == next_reason,
+            _ => false,
+        };
+        if unchanged {
+            return Ok(());
+        }
+        match &next {
+            Some((reason, signal)) => {
+                tracing::info!(migration = %lease.name, signal, "holding back: {reason}");
+                let detail = json!({"signal": signal, "reason": reason});
+                leases.set_throttled(lease, Some(reason), detail).await?;
+            }
+            None => {
+                let seconds = self
+                    .current
+                    .as_ref()
+                    .map(|(_, _, since)| since.elapsed().as_secs_f64());
+                tracing::info!(migration = %lease.name, seconds, "no longer holding back");
+                let signal = self.current.as_ref().map(|(_, signal, _)| *signal);
+                let detail = json!({"signal": signal, "seconds": seconds});
+                leases.set_throttled(lease, None, detail).await?;
+            }
+        }
+        self.current = next.map(|(reason, signal)| {
+            let since = match &self.current {
+                Some((_, _, since)) => *since,
+                None => Instant::now(),
+            };
+            (reason, signal, since)
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Health signals that make a migration hold back: the database tells the engine when it is busy, and the engine
+//! waits between batches — never with a transaction or a lock open — until it is not.
+//!
+//! Each signal has an `args` threshold with a documented default ([`Limits`]); a migration names the checks of the
+//! stores it touches ([`crate::migration::Migration::health_checks`]). Layout: this file holds the contract and the
+//! limits; [`postgres`] reads replication, WAL, lock, vacuum and load signals; [`clickhouse`] reads parts and merges.
+
+pub mod clickhouse;
+pub mod postgres;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::args::{ArgsError, read_u64};
+
+/// What a health check says about its store now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    /// Go on at full speed.
+    Fine,
+    /// Hold before the next batch until the check passes; the reason says which signal and by how much.
+    Hold {
+        /// Short signal name for metrics (`replication_lag`).
+        signal: &'static str,
+        /// A sentence for operators, e.g. "replication lag 12.0 MiB > 1.0 MiB on standby s1".
+        reason: String,
+    },
+    /// Run, but rest after each batch for `rest_ratio` times the batch's duration, so foreground work gets the
+    /// database for that share of the time.
+    Yield {
+        /// Short signal name for metrics.
+        signal: &'static str,
+        /// A sentence for operators.
+        reason: String,
+        /// Rest per unit of batch time.
+        rest_ratio: f64,
+    },
+}
+
+/// One signal of one store.
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// Reads the signal. An error means it could not be read; each check decides (and documents) whether that holds
+    /// or lets go, by returning `Hold` or `Fine` itself — errors reaching the engine are logged and let go.
+    async fn check(&self, limits: &Limits) -> Result<Health, String>;
+}
+
+/// The thresholds, from `args` (each optional; 0 turns a signal off).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// `maxReplicationLagMs` (default 5,000): replay lag of any streaming standby.
+    pub max_replication_lag_ms: u64,
+    /// `maxReplicationLagBytes` (default 256 MiB): WAL a standby has not replayed yet.
+    pub max_replication_lag_bytes: u64,
+    /// `maxSlotRetainedBytes` (default 10 GiB): WAL kept for a replication slot (disk filling up).
+    pub max_slot_retained_bytes: u64,
+    /// `maxLockWaiters` (default 5): sessions waiting for a lock in the migration's database.
+    pub max_lock_waiters: u64,
+    /// `foregroundActivePercent` (default 20): when other sessions are busy in the database — on average over
+    /// recent checks, in percent of one session — the migration yields.
+    pub foreground_active_percent: u64,
+    /// `yieldPercent` (default 100): rest after each batch while yielding, in percent of the batch's duration.
+    pub yield_percent: u64,
+    /// `maxPartsPercent` (default 60): active parts of one ClickHouse partition, in percent of the table's
+    /// `parts_to_delay_insert`.
+    pub max_parts_percent: u64,
+    /// `throttleCheckMs` (default 1,000): how often a held migration looks again.
+    pub check_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_replication_lag_ms: 5_000,
+            max_replication_lag_bytes: 256 * 1024 * 1024,
+            max_slot_retained_bytes: 10 * 1024 * 1024 * 1024,
+            max_lock_waiters: 5,
+            foreground_active_percent: 20,
+            yield_percent: 100,
+            max_parts_percent: 60,
+            check_ms: 1_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Reads the thresholds from `args`, naming the key and range of a bad one.
+    pub fn parse(raw: &Map<String, Value>) -> Result<Limits, ArgsError> {
+        let d = Limits::default();
+        let big = (0, u64::MAX >> 1);
+        Ok(Limits {
+            max_replication_lag_ms: read_u64(raw, "maxReplicationLagMs", big)?
+                .unwrap_or(d.max_replication_lag_ms),
+            max_replication_lag_bytes: read_u64(raw, "maxReplicationLagBytes", big)?
+                .unwrap_or(d.max_replication_lag_bytes),
+            max_slot_retained_bytes: read_u64(raw, "maxSlotRetainedBytes", big)?
+                .unwrap_or(d.max_slot_retained_bytes),
+            max_lock_waiters: read_u64(raw, "maxLockWaiters", (0, 100_000))?
+                .unwrap_or(d.max_lock_waiters),
+            foreground_active_percent: read_u64(raw, "foregroundActivePercent", (0, 100_000))?
+                .unwrap_or(d.foreground_active_percent),
+            yield_percent: read_u64(raw, "yieldPercent", (0, 10_000))?.unwrap_or(d.yield_percent),
+            max_parts_percent: read_u64(raw, "maxPartsPercent", (0, 100))?
+                .unwrap_or(d.max_parts_percent),
+            check_ms: read_u64(raw, "throttleCheckMs", (10, 600_000))?.unwrap_or(d.check_ms),
+        })
+    }
+}
+
+/// Bytes in words (`12.0 MiB`).
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn thresholds_default_and_a_bad_one_names_its_key_and_range() {
+        let limits =
+            Limits::parse(json!({"maxReplicationLagMs": 100}).as_object().unwrap()).unwrap();
+        assert_eq!(limits.max_replication_lag_ms, 100);
+        assert_eq!(limits.max_lock_waiters, 5);
+        let err = Limits::parse(json!({"maxPartsPercent": 150}).as_object().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.maxPartsPercent must be an integer from 0 to 100, got 150"
+        );
+    }
+
+    #[test]
+    fn bytes_read_in_binary_units() {
+        assert_eq!(bytes(512), "512.0 B");
+        assert_eq!(bytes(12 * 1024 * 1024 + 1), "12.0 MiB");
+    }
+}

@@ -1,0 +1,176 @@
+//! Postgres health: replication lag of every streaming standby (time and bytes), WAL kept for replication slots,
+//! sessions waiting for locks, an anti-wraparound autovacuum of the migration's table, and foreground activity.
+//!
+//! What an unreadable signal does: replication and slot figures need `pg_monitor` on managed services; without it
+//! Postgres shows NULLs, which read as "no lag" — letting go, because a role without that grant would otherwise
+//! never run. Any query error lets go too (logged by the engine): health must not turn a reachable database into a
+//! stuck migration; the batch itself will fail loudly if the database is really down.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use sqlx::{PgPool, Row};
+
+use super::{Health, HealthCheck, Limits, bytes};
+
+/// The application name bgmigrate's Postgres sessions carry, so foreground activity can leave them out.
+pub const APPLICATION_NAME: &str = "bgmigrate";
+
+/// Weight of the newest sample in the foreground-activity average.
+const ACTIVITY_SMOOTHING: f64 = 0.3;
+
+/// Every Postgres signal for one database (and optionally the migration's table).
+pub struct PgHealth {
+    pool: PgPool,
+    table: Option<String>,
+    /// Smoothed count of other sessions running a statement, sampled at each check.
+    activity: Mutex<f64>,
+}
+
+impl PgHealth {
+    /// Checks on the database behind `pool`; `table` (schema-qualified or not) for the autovacuum signal.
+    pub fn new(pool: PgPool, table: Option<String>) -> Self {
+        Self {
+            pool,
+            table,
+            activity: Mutex::new(0.0),
+        }
+    }
+
+    async fn replication(&self, limits: &Limits) -> Result<Option<Health>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT coalesce(application_name, client_addr::text, pid::text) AS standby, \
+                    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint AS lag_bytes, \
+                    coalesce(extract(epoch FROM replay_lag) * 1000, 0)::bigint AS lag_ms \
+             FROM pg_stat_replication",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let standby: String = row.try_get("standby")?;
+            let lag_bytes = row.try_get::<i64, _>("lag_bytes")?.max(0) as u64;
+            let lag_ms = row.try_get::<i64, _>("lag_ms")?.max(0) as u64;
+            if limits.max_replication_lag_bytes > 0 && lag_bytes > limits.max_replication_lag_bytes
+            {
+                return Ok(Some(hold(
+                    "replication_lag",
+                    format!(
+                        "replication lag {} > {} on standby {standby} (maxReplicationLagBytes)",
+                        bytes(lag_bytes),
+                        bytes(limits.max_replication_lag_bytes)
+                    ),
+                )));
+            }
+            if limits.max_replication_lag_ms > 0 && lag_ms > limits.max_replication_lag_ms {
+                return Ok(Some(hold(
+                    "replication_lag",
+                    format!(
+                        "replication lag {:.1} s > {:.1} s on standby {standby} (maxReplicationLagMs)",
+                        lag_ms as f64 / 1000.0,
+                        limits.max_replication_lag_ms as f64 / 1000.0
+                    ),
+                )));
+            }
+        }
+        if limits.max_slot_retained_bytes > 0 {
+            let slot = sqlx::query(
+                "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS kept \
+                 FROM pg_replication_slots WHERE restart_lsn IS NOT NULL ORDER BY 2 DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(slot) = slot {
+                let name: String = slot.try_get(0)?;
+                let kept = slot.try_get::<i64, _>(1)?.max(0) as u64;
+                if kept > limits.max_slot_retained_bytes {
+                    return Ok(Some(hold(
+                        "wal_retention",
+                        format!(
+                            "replication slot {name} keeps {} of WAL > {} (maxSlotRetainedBytes)",
+                            bytes(kept),
+                            bytes(limits.max_slot_retained_bytes)
+                        ),
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn sessions(&self, limits: &Limits) -> Result<Option<Health>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting, \
+                    count(*) FILTER (WHERE state <> 'idle' AND application_name NOT LIKE $1 || '%') AS active, \
+                    count(*) FILTER (WHERE backend_type = 'autovacuum worker' AND query LIKE '%to prevent wraparound%' \
+                                     AND $2::text IS NOT NULL AND query LIKE '%' || $2 || '%') AS wraparound \
+             FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND backend_type IN ('client backend', 'autovacuum worker')",
+        )
+        .bind(APPLICATION_NAME)
+        .bind(self.table.as_deref().map(|t| t.rsplit('.').next().unwrap_or(t).to_owned()))
+        .fetch_one(&self.pool)
+        .await?;
+        let waiting = row.try_get::<i64, _>("waiting")?.max(0) as u64;
+        let active = row.try_get::<i64, _>("active")?.max(0) as f64;
+        let wraparound = row.try_get::<i64, _>("wraparound")?;
+        if wraparound > 0 {
+            return Ok(Some(hold(
+                "autovacuum",
+                format!(
+                    "an autovacuum to prevent wraparound runs on {}",
+                    self.table.as_deref().unwrap_or("the table")
+                ),
+            )));
+        }
+        if limits.max_lock_waiters > 0 && waiting > limits.max_lock_waiters {
+            return Ok(Some(hold(
+                "lock_waits",
+                format!(
+                    "{waiting} sessions wait for locks > {} (maxLockWaiters)",
+                    limits.max_lock_waiters
+                ),
+            )));
+        }
+        let smoothed = {
+            let mut average = self.activity.lock().expect("poisoned");
+            *average = ACTIVITY_SMOOTHING * active + (1.0 - ACTIVITY_SMOOTHING) * *average;
+            *average
+        };
+        let threshold = limits.foreground_active_percent as f64 / 100.0;
+        if limits.foreground_active_percent > 0 && smoothed > threshold {
+            return Ok(Some(Health::Yield {
+                signal: "foreground_load",
+                reason: format!(
+                    "foreground load: {smoothed:.2} other sessions busy on average > {threshold:.2} \
+                     (foregroundActivePercent); resting {}% of each batch's time",
+                    limits.yield_percent
+                ),
+                rest_ratio: limits.yield_percent as f64 / 100.0,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+fn hold(signal: &'static str, reason: String) -> Health {
+    Health::Hold { signal, reason }
+}
+
+#[async_trait]
+impl HealthCheck for PgHealth {
+    async fn check(&self, limits: &Limits) -> Result<Health, String> {
+        let replication = self
+            .replication(limits)
+            .await
+            .map_err(|err| format!("replication signals unreadable: {err}"))?;
+        if let Some(health) = replication {
+            return Ok(health);
+        }
+        let sessions = self
+            .sessions(limits)
+            .await
+            .map_err(|err| format!("session signals unreadable: {err}"))?;
+        Ok(sessions.unwrap_or(Health::Fine))
+    }
+}
