@@ -101,6 +101,8 @@ async fn the_json_api_survives_openapi_driven_fuzzing() {
             "--report-dir",
             &report.path().display().to_string(),
         ])
+        // Its caches and reports stay out of the work tree.
+        .current_dir(report.path())
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .stdout(Stdio::piped())
