@@ -9,9 +9,10 @@
 //! # }
 //! ```
 //!
-//! Layout: `auth` tokens and CSRF; `session` login sessions; `guard` the host and origin checks, body limits,
-//! security headers and JSON errors around every request; `serve` a listener loop with connection timeouts; `error` the JSON error type; `api` the JSON handlers; `pages`
-//! (and `login`) the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
+//! Layout: `auth` tokens and CSRF; `session` login sessions; `input` names and args refused at the edge; `guard`
+//! the host and origin checks, body limits, security headers and JSON errors around every request; `serve` a
+//! listener loop with connection timeouts; `error` the JSON error type; `api` the JSON handlers; `pages` (and
+//! `login`) the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
 //! `indicator` the status indicator; `live` the SSE stream; `badge` the SVG badge; [`metrics`] the Prometheus
 //! endpoint; `view` what a migration looks like to a reader (derived figures, secrets masked).
 
