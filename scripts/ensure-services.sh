@@ -3,6 +3,8 @@
 # running: PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) and
 # ClickHouse on 127.0.0.1:8123 (user "default", empty password). With
 # BGMIGRATE_NEED_BROWSER=1 it also installs Debian's chromium + chromedriver.
+# schemathesis (PyPI, for tests/hostile.rs) goes into its own virtualenv
+# (scripts/ensure-schemathesis.sh).
 #
 # Idempotent and quick when everything already runs. Meant for a Debian 12
 # machine without systemd, run as root (CI runs it non-interactively).
@@ -200,6 +202,13 @@ if [ "${BGMIGRATE_NEED_BROWSER:-0}" = "1" ]; then
     fi
     say "browser: ok, /usr/bin/chromium and /usr/bin/chromedriver"
 fi
+
+# ---------------------------------------------------------------- schemathesis
+# The hostile-input suite (tests/hostile.rs) fuzzes the JSON API from its OpenAPI document with schemathesis.
+if ! ST_BIN=$(bash "$(dirname "$0")/ensure-schemathesis.sh" | tail -n 1); then
+    die "schemathesis: install failed (scripts/ensure-schemathesis.sh)"
+fi
+say "schemathesis: ok, $ST_BIN"
 
 elapsed_ms=$(( $(date +%s%3N) - START_MS ))
 say "done in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000))) s"

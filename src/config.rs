@@ -81,6 +81,7 @@ pub async fn connect(database_url: &str) -> Result<Connected, ConfigError> {
     if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
         return Err(ConfigError::UnsupportedUrl(postgres::redact(database_url)));
     }
+    refuse_unreachable(database_url).await?;
     let pool = postgres::connect_pool(database_url, 8).await?;
     let store = PgStore::new(pool.clone(), PgStore::id_for_url(database_url));
     let control: Arc<dyn ControlStore> = Arc::new(SqlControlStore::postgres(&store));
@@ -90,6 +91,31 @@ pub async fn connect(database_url: &str) -> Result<Connected, ConfigError> {
         pool: Some(pool),
         clickhouse: None,
     })
+}
+
+/// One plain connection first, so that a server that is down or refuses the login is reported as such at once (the
+/// pool would retry for its acquire timeout and then say only "pool timed out"). A URL that does not parse is left
+/// to the pool, which explains it.
+async fn refuse_unreachable(database_url: &str) -> Result<(), ConfigError> {
+    use sqlx::ConnectOptions;
+    let Ok(options) = database_url.parse::<sqlx::postgres::PgConnectOptions>() else {
+        return Ok(());
+    };
+    let context = || format!("connect to {}", postgres::redact(database_url));
+    match tokio::time::timeout(std::time::Duration::from_secs(10), options.connect()).await {
+        Ok(Ok(connection)) => {
+            let _ = sqlx::Connection::close(connection).await;
+            Ok(())
+        }
+        Ok(Err(err)) => Err(StoreError::sql(context())(err).into()),
+        Err(_) => Err(
+            StoreError::sql(context())(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the server did not answer within 10 s",
+            )))
+            .into(),
+        ),
+    }
 }
 
 async fn connect_sqlite(database_url: &str) -> Result<Connected, ConfigError> {

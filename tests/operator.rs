@@ -1022,3 +1022,98 @@ async fn a_transient_batch_error_is_retried_and_a_cursor_that_does_not_advance_f
     assert_eq!(stuck.rows_done, 0, "the stuck batch was not counted");
     assert_eq!(db.batches("0002_stuck").await.len(), 0);
 }
+
+/// Hostile or mistaken CLI input is refused with exit 2 and a message naming what to fix: a NUL character in
+/// args, control characters in a name, a migrations directory that does not exist, a short admin token; a
+/// database that refuses connections is reported as such at once, each sentence once; secret-looking args never
+/// reach the terminal.
+#[tokio::test]
+async fn the_cli_refuses_hostile_input_and_keeps_secrets_out_of_its_output() {
+    const NAME: &str = "20240101_0001_hostile";
+    let db = TestDb::create("cli_hostile").await;
+    items(&db, 10).await;
+    db.define(NAME, &backfill("batchSize = 10"));
+    let migrate = cli(&db, &["migrate"]).await;
+    assert!(migrate.status.success(), "{}", text(&migrate));
+
+    let nul = cli(&db, &["set-args", NAME, r#"{"note": "a\u0000b"}"#]).await;
+    assert_eq!(nul.status.code(), Some(2), "{}", text(&nul));
+    assert!(
+        stderr(&nul).contains("args.note contains the NUL character"),
+        "{}",
+        stderr(&nul)
+    );
+    let name = cli(&db, &["pause", "bad\u{1}name"]).await;
+    assert_eq!(name.status.code(), Some(2), "{}", text(&name));
+    assert!(
+        stderr(&name).contains("control characters"),
+        "{}",
+        stderr(&name)
+    );
+    assert_eq!(row(&db, NAME).await.args, json!({"batchSize": 10}));
+
+    let missing = cli_env(
+        &db,
+        &["migrate"],
+        &[("BGMIGRATE_MIGRATIONS_DIR", "/nonexistent/migrations")],
+    )
+    .await;
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(stderr(&missing).contains("/nonexistent/migrations does not exist"));
+    let short = cli_env(
+        &db,
+        &["web", "--bind", "127.0.0.1:0"],
+        &[("BGMIGRATE_ADMIN_TOKEN", "x")],
+    )
+    .await;
+    assert_eq!(short.status.code(), Some(2), "{}", text(&short));
+    assert!(
+        stderr(&short).contains("BGMIGRATE_ADMIN_TOKEN has 1 characters"),
+        "{}",
+        stderr(&short)
+    );
+
+    let started = std::time::Instant::now();
+    let refused = cli_env(
+        &db,
+        &["status"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing")],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let message = stderr(&refused);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(message.contains("refused"), "{message}");
+    assert!(!message.contains("pool timed out"), "{message}");
+    assert_eq!(
+        message.matches("error communicating with database").count(),
+        1,
+        "{message}"
+    );
+
+    let set = cli(&db, &["set-args", NAME, r#"{"apiToken": "hunter2"}"#]).await;
+    assert!(set.status.success(), "{}", text(&set));
+    for args in [
+        &["set-args", NAME, r#"{"sleepMs": 1}"#][..],
+        &["show", NAME][..],
+        &["show", NAME, "--json"][..],
+        &["status", "--json"][..],
+    ] {
+        let out = cli(&db, args).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            !text(&out).contains("hunter2"),
+            "{args:?} printed the secret: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        stdout(&set).contains("\"apiToken\":\"********\""),
+        "{}",
+        stdout(&set)
+    );
+}

@@ -175,11 +175,11 @@ fn serve_web(
     let state = WebState::new(connected.control.clone())
         .admin_token(token)
         .background_enabled(true);
-    Ok(tokio::spawn(
-        axum::serve(listener, web::router(state))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .into_future(),
-    ))
+    Ok(tokio::spawn(web::serve(
+        listener,
+        web::router(state),
+        stop.cancelled_owned(),
+    )))
 }
 
 /// The `[args]` header of the demo's definitions, with why they sleep between batches.

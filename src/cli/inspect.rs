@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use bgmigrate::config::Connected;
+use bgmigrate::web::mask_secrets;
 use serde_json::json;
 
 use super::control;
@@ -32,7 +33,15 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
     control(connected).ensure_schema().await?;
     let record = control(connected).get(name).await?;
     let batches = control(connected).batches(name, RECENT).await?;
-    let events = control(connected).events(name, RECENT).await?;
+    let events: Vec<_> = control(connected)
+        .events(name, RECENT)
+        .await?
+        .into_iter()
+        .map(|mut event| {
+            event.detail = mask_secrets(&event.detail);
+            event
+        })
+        .collect();
     if as_json {
         let view =
             json!({"migration": RecordView::new(&record), "batches": batches, "events": events});
@@ -40,7 +49,7 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", status_table(std::slice::from_ref(&record)));
-    println!("\nargs:  {}", record.args);
+    println!("\nargs:  {}", mask_secrets(&record.args));
     println!("state: {}", record.state);
     println!(
         "attempts: {}  started: {}  finished: {}  failed: {}",

@@ -10,6 +10,15 @@ use super::BadInput;
 
 /// Applies fast migrations and registers background definitions; refuses (and changes nothing) on a bad definition.
 pub async fn run(connected: &Connected, dir: &Path) -> anyhow::Result<ExitCode> {
+    if !dir.is_dir() {
+        // Most likely a typo: applying "nothing" and exiting 0 would hide it until the release misses its schema.
+        return Err(BadInput(format!(
+            "the migrations directory {} does not exist: point --migrations-dir (BGMIGRATE_MIGRATIONS_DIR, default \
+             ./migrations) at the directory holding postgres/, clickhouse/ and background/, or create it",
+            dir.display()
+        ))
+        .into());
+    }
     let registrations = load_and_check(connected, dir)?;
     let clickhouse_dir = dir.join("clickhouse");
     check_clickhouse(connected, &clickhouse_dir)?;

@@ -101,6 +101,22 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+impl Command {
+    /// The migration names given on the command line.
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Command::Show { name, .. }
+            | Command::Retry { name, .. }
+            | Command::Pause { name }
+            | Command::Resume { name }
+            | Command::Cancel { name }
+            | Command::SetArgs { name, .. } => vec![name.as_str()],
+            Command::Wait(args) => args.names(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Bad input: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -159,6 +175,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )
         .into()),
     };
+    if let Some(name) = cli
+        .command
+        .names()
+        .into_iter()
+        .find_map(bgmigrate::web::name_problem)
+    {
+        return Err(BadInput(name).into());
+    }
     let connected = config::connect(&url)
         .await?
         .with_clickhouse(cli.clickhouse_url.as_deref())?;

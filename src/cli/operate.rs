@@ -33,7 +33,14 @@ pub async fn act(
 pub async fn set_args(connected: &Connected, name: &str, json: &str) -> anyhow::Result<ExitCode> {
     let patch = Args::parse_text(json)
         .map_err(|e| BadInput(format!("{name}: {e}; nothing was changed")))?;
+    if let Some(problem) = bgmigrate::web::args_problem(&patch) {
+        return Err(BadInput(format!("{name}: {problem}; nothing was changed")).into());
+    }
     let record = control(connected).set_args(name, &patch, &actor()).await?;
-    println!("{name}: args are now {}", record.args);
+    // Secret-looking values stay out of terminals and CI logs, as in the UI.
+    println!(
+        "{name}: args are now {}",
+        bgmigrate::web::mask_secrets(&record.args)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -4,20 +4,23 @@ use bgmigrate::control::MigrationRecord;
 use bgmigrate::engine::progress::format_duration;
 use serde::Serialize;
 
-/// A record plus the figures derived from it (percent, ETA), as `status --json` prints it.
+/// A record plus the figures derived from it (percent, ETA), as `status --json` prints it; secret-looking args
+/// values are masked as in the UI.
 #[derive(Serialize)]
-pub struct RecordView<'a> {
+pub struct RecordView {
     #[serde(flatten)]
-    record: &'a MigrationRecord,
+    record: MigrationRecord,
     percent: Option<f64>,
     eta_seconds: Option<f64>,
 }
 
-impl<'a> RecordView<'a> {
+impl RecordView {
     /// Wraps a record.
-    pub fn new(record: &'a MigrationRecord) -> Self {
+    pub fn new(record: &MigrationRecord) -> Self {
+        let mut masked = record.clone();
+        masked.args = bgmigrate::web::mask_secrets(&record.args);
         Self {
-            record,
+            record: masked,
             percent: record.percent(),
             eta_seconds: record.eta_seconds(),
         }

@@ -19,6 +19,13 @@ pub struct WaitArgs {
     timeout: Option<Duration>,
 }
 
+impl WaitArgs {
+    /// The names waited for.
+    pub fn names(&self) -> Vec<&str> {
+        self.names.iter().map(String::as_str).collect()
+    }
+}
+
 const POLL: Duration = Duration::from_millis(500);
 
 /// Exit 0 when all are finished; 1 when one failed or was cancelled, or on timeout; 2 for an unknown name.

@@ -7,7 +7,9 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
+use super::auth::{Access, Caller};
 use super::error::ApiError;
+use super::input::{check_args, check_name};
 use super::view::{MigrationView, masked_event};
 use super::{Shared, metrics};
 use crate::status::Action;
@@ -33,6 +35,7 @@ pub async fn show(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     state.access.require_read(&headers)?;
+    check_name(&name)?;
     let record = state.control.get(&name).await?;
     let events: Vec<_> = state
         .control
@@ -46,6 +49,57 @@ pub async fn show(
         "migration": MigrationView::new(&record),
         "events": events,
         "batches": batches,
+    })))
+}
+
+/// The header a cookie-authenticated API change must carry, holding the session's CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// An admin for an API change: the admin token, or an admin session that proves with [`CSRF_HEADER`] that the
+/// request comes from a page of this origin (a page of another origin can neither read the token nor send a
+/// custom header without a CORS preflight, which this server never grants).
+fn admin_for_api(state: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = state.access.require_admin(headers)?;
+    if caller.by_cookie {
+        let token = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !Access::csrf_ok(&caller, token) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "a change made with the login cookie needs the session's CSRF token in the X-CSRF-Token \
+                 header (GET /api/session gives it); scripts send `Authorization: Bearer <BGMIGRATE_ADMIN_TOKEN>` \
+                 instead",
+            ));
+        }
+    }
+    Ok(caller)
+}
+
+/// `GET /api/session`: who the login cookie says you are, the CSRF token its changes need, and when it ends.
+pub async fn session(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state.access.require_read(&headers)?;
+    let Some(Caller {
+        role,
+        actor,
+        session: Some(session),
+        ..
+    }) = caller
+    else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "no login session: log in at /login (API clients send a Bearer token and need no session)",
+        ));
+    };
+    Ok(Json(json!({
+        "role": if role == super::auth::Role::Admin { "admin" } else { "read" },
+        "actor": actor,
+        "csrf_token": if role == super::auth::Role::Admin { Some(session.csrf.as_str()) } else { None },
+        "expires_in_seconds": session.remaining().as_secs(),
     })))
 }
 
@@ -100,7 +154,8 @@ pub async fn act(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.access.require_admin(&headers)?;
+    let caller = admin_for_api(&state, &headers)?;
+    check_name(&name)?;
     let action = parse_action(&action)?;
     let from_start = from_start(query.as_deref(), action)?;
     let record = state
@@ -121,12 +176,14 @@ pub async fn set_args(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.access.require_admin(&headers)?;
+    let caller = admin_for_api(&state, &headers)?;
+    check_name(&name)?;
     let patch: Value = serde_json::from_slice(&body).map_err(|err| {
         ApiError::bad_request(format!(
             "the body is not valid JSON ({err}); send an object like {{\"batchSize\": 2500}}"
         ))
     })?;
+    check_args(&patch)?;
     let record = state.control.set_args(&name, &patch, &caller.actor).await?;
     Ok(Json(json!({
         "message": format!("{name}: args updated"),

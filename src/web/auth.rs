@@ -1,15 +1,17 @@
 //! Access control: the admin token (every mutation), the optional read token (pages and read API), login
-//! sessions in a signed cookie, and CSRF tokens for the HTML forms.
+//! sessions (`session`), and the CSRF proof that a cookie-authenticated change must carry.
 //!
-//! API clients send `Authorization: Bearer <token>`. The login form checks a token once and sets a `Secure`,
-//! `HttpOnly`, `SameSite=Strict` cookie signed with a key made at process start (so a restart logs everyone out);
-//! forms carry a CSRF token derived from that cookie.
+//! API clients send `Authorization: Bearer <token>` (scheme in any case); a header of another scheme (a proxy's
+//! Basic credentials) is ignored rather than refused. The login form checks a token once and sets a `Secure`,
+//! `HttpOnly`, `SameSite=Strict` cookie holding a random session id; a change made with that cookie needs the
+//! session's CSRF token, in the form (`csrf` field) or in the `X-CSRF-Token` header (JSON API).
+
+use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
-use hmac::{KeyInit, Mac};
-use sha2::Sha256;
 
 use super::error::ApiError;
+use super::session::{Session, Sessions};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "bgmigrate_session";
@@ -39,15 +41,17 @@ pub struct Caller {
     pub role: Role,
     /// How it is recorded in the events table: `api:token` or `web:NAME`.
     pub actor: String,
-    /// Whether it came with the session cookie (and so must show a CSRF token on forms).
+    /// Whether it came with the session cookie (and so must show a CSRF token for changes).
     pub by_cookie: bool,
+    /// The session it came with, if any.
+    pub session: Option<Session>,
 }
 
-/// The configured tokens and the session signing key.
+/// The configured tokens and the live sessions.
 pub struct Access {
     admin: Option<String>,
     read: Option<String>,
-    key: [u8; 32],
+    sessions: Sessions,
 }
 
 fn non_empty(token: Option<String>) -> Option<String> {
@@ -55,13 +59,16 @@ fn non_empty(token: Option<String>) -> Option<String> {
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn same(a: &str, b: &str) -> bool {
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
 }
+
+/// Tokens shorter than this are accepted by the library with a warning, and refused by `bgmigrate web`.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Keeps a login name printable and short, so it can go into a cookie and the events table as is.
 pub fn clean_name(name: &str) -> String {
@@ -78,20 +85,33 @@ pub fn clean_name(name: &str) -> String {
 }
 
 impl Access {
-    /// Tokens as configured (empty counts as unset) and a fresh signing key.
+    /// Tokens as configured (empty counts as unset), no sessions yet.
     pub fn new(admin: Option<String>, read: Option<String>) -> Self {
-        let mut key = [0u8; 32];
-        if getrandom::fill(&mut key).is_err() {
-            // The key stays all zero, which `usable_key` refuses: logins fail rather than use a guessable key.
-            tracing::error!(
-                "no randomness for the session key; the login form will refuse to log in"
-            );
-        }
-        Self {
-            admin: non_empty(admin),
-            read: non_empty(read),
-            key,
-        }
+        let mut access = Self {
+            admin: None,
+            read: None,
+            sessions: Sessions::new(super::session::DEFAULT_LIFETIME),
+        };
+        access.set_admin(admin);
+        access.set_read(read);
+        access
+    }
+
+    /// Sets the admin token (empty counts as unset).
+    pub fn set_admin(&mut self, token: Option<String>) {
+        self.admin = non_empty(token);
+        warn_if_short("admin", self.admin.as_deref());
+    }
+
+    /// Sets the read token (empty counts as unset).
+    pub fn set_read(&mut self, token: Option<String>) {
+        self.read = non_empty(token);
+        warn_if_short("read", self.read.as_deref());
+    }
+
+    /// Sets how long a login session lasts (existing sessions are dropped).
+    pub fn set_session_lifetime(&mut self, lifetime: Duration) {
+        self.sessions = Sessions::new(lifetime);
     }
 
     /// The admin token, if set.
@@ -104,14 +124,9 @@ impl Access {
         self.read.as_deref()
     }
 
-    fn usable_key(&self) -> bool {
-        self.key != [0u8; 32]
-    }
-
-    fn sign(&self, what: &str) -> String {
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
-        mac.update(what.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+    /// The live sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The role a token grants, if any.
@@ -129,59 +144,28 @@ impl Access {
         }
     }
 
-    /// The cookie value for a logged-in `name` with `role`: `role.name.signature`.
-    pub fn session_value(&self, role: Role, name: &str) -> Option<String> {
-        if !self.usable_key() {
-            return None;
-        }
-        let body = format!("{}.{}", role.as_str(), clean_name(name));
-        Some(format!("{body}.{}", self.sign(&body)))
-    }
-
-    /// The role and name a cookie value carries, if its signature holds.
-    fn session_role(&self, value: &str) -> Option<(Role, String)> {
-        let (body, signature) = value.rsplit_once('.')?;
-        if !self.usable_key() || !same(&self.sign(body), signature) {
-            return None;
-        }
-        let (role, name) = body.split_once('.')?;
-        let role = match role {
-            "admin" => Role::Admin,
-            "read" => Role::Read,
-            _ => return None,
-        };
-        // An admin session is worth nothing once the admin token is unset.
-        let still_valid = match role {
+    /// The session a cookie value names, if it is live and its role still means something (an admin session is
+    /// worth nothing once the admin token is unset).
+    fn session(&self, id: &str) -> Option<Session> {
+        let session = self.sessions.get(id)?;
+        let still_valid = match session.role {
             Role::Admin => self.admin.is_some(),
             Role::Read => self.admin.is_some() || self.read.is_some(),
         };
-        still_valid.then(|| (role, name.to_owned()))
+        still_valid.then_some(session)
     }
 
-    /// The CSRF token that forms of this session must carry.
-    pub fn csrf_for(&self, session: &str) -> String {
-        self.sign(&format!("csrf:{session}"))
-    }
-
-    /// Whether `token` is the CSRF token of the request's session.
-    pub fn csrf_ok(&self, headers: &HeaderMap, token: &str) -> bool {
-        session_cookie(headers).is_some_and(|session| same(&self.csrf_for(session), token))
+    /// Whether `token` is the CSRF token of the caller's session.
+    pub fn csrf_ok(caller: &Caller, token: &str) -> bool {
+        caller
+            .session
+            .as_ref()
+            .is_some_and(|session| same(&session.csrf, token))
     }
 
     /// The caller, from a Bearer token or the session cookie; `None` for an anonymous request.
     pub fn caller(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
-        if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "the Authorization header must be `Bearer <token>`",
-                    )
-                })?;
+        if let Some(token) = bearer_token(headers)? {
             let role = self.role_for_token(token).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -192,14 +176,16 @@ impl Access {
                 role,
                 actor: format!("api:{}-token", role.as_str()),
                 by_cookie: false,
+                session: None,
             }));
         }
         Ok(session_cookie(headers)
-            .and_then(|value| self.session_role(value))
-            .map(|(role, name)| Caller {
-                role,
-                actor: format!("web:{name}"),
+            .and_then(|id| self.session(id))
+            .map(|session| Caller {
+                role: session.role,
+                actor: format!("web:{}", session.name),
                 by_cookie: true,
+                session: Some(session),
             }))
     }
 
@@ -240,6 +226,42 @@ impl Access {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (scheme in any case); `None` without one or for another
+/// scheme (e.g. Basic credentials a proxy adds), which counts as no token at all.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let Ok(value) = value.to_str() else {
+        return Ok(None);
+    };
+    let value = value.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the Authorization header must be `Bearer <token>`; the token is missing",
+        ));
+    }
+    Ok(Some(token))
+}
+
+fn warn_if_short(which: &str, token: Option<&str>) {
+    if let Some(token) = token
+        && token.chars().count() < MIN_TOKEN_LEN
+    {
+        tracing::warn!(
+            "the {which} token has {} characters, fewer than {MIN_TOKEN_LEN}: use a long random one, e.g. \
+             `openssl rand -hex 24`",
+            token.chars().count()
+        );
+    }
+}
+
 /// The session cookie's value, if the request has one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -253,11 +275,12 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `Set-Cookie` for a session (`value`) or for logging out (`None`).
-pub fn set_cookie(value: Option<&str>) -> String {
+pub fn set_cookie(value: Option<&str>, lifetime: Duration) -> String {
     match value {
-        Some(value) => {
-            format!("{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=43200")
-        }
+        Some(value) => format!(
+            "{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+            lifetime.as_secs().max(1)
+        ),
         None => format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"),
     }
 }
@@ -267,34 +290,41 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn with_cookie(value: &str) -> HeaderMap {
+    fn with(name: header::HeaderName, value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_str(&format!("other=1; {COOKIE}={value}")).unwrap(),
-        );
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
         headers
     }
 
     #[test]
-    fn a_signed_session_grants_its_role_and_a_tampered_one_grants_nothing() {
+    fn a_live_session_grants_its_role_and_an_unknown_id_grants_nothing() {
         let access = Access::new(Some("adm".into()), None);
-        let value = access.session_value(Role::Admin, "alice").unwrap();
-        let caller = access.caller(&with_cookie(&value)).unwrap().unwrap();
+        let id = access
+            .sessions()
+            .start(Role::Admin, clean_name("alice"))
+            .unwrap();
+        let cookie = |id: &str| with(header::COOKIE, &format!("other=1; {COOKIE}={id}"));
+        let caller = access.caller(&cookie(&id)).unwrap().unwrap();
         assert_eq!(
             (caller.role, caller.actor.as_str()),
             (Role::Admin, "web:alice")
         );
-        let forged = value.replacen("admin.alice", "admin.mallory", 1);
-        assert_eq!(access.caller(&with_cookie(&forged)).unwrap(), None);
+        assert_eq!(access.caller(&cookie("admin.mallory")).unwrap(), None);
     }
 
     #[test]
-    fn csrf_tokens_belong_to_one_session() {
+    fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_ignored() {
         let access = Access::new(Some("adm".into()), None);
-        let one = access.session_value(Role::Admin, "a").unwrap();
-        let two = access.session_value(Role::Admin, "b").unwrap();
-        assert!(access.csrf_ok(&with_cookie(&one), &access.csrf_for(&one)));
-        assert!(!access.csrf_ok(&with_cookie(&one), &access.csrf_for(&two)));
+        for value in ["Bearer adm", "bearer adm", "BEARER  adm "] {
+            let caller = access.caller(&with(header::AUTHORIZATION, value)).unwrap();
+            assert_eq!(caller.map(|c| c.role), Some(Role::Admin), "{value}");
+        }
+        let basic = with(header::AUTHORIZATION, "Basic dXNlcjpwYXNz");
+        assert_eq!(access.caller(&basic).unwrap(), None);
+        assert!(
+            access
+                .caller(&with(header::AUTHORIZATION, "Bearer"))
+                .is_err()
+        );
     }
 }

@@ -145,7 +145,7 @@ fn actions(detail: &Detail) -> Markup {
             div.actions {
                 @for (action, from_start) in allowed {
                     a.button.danger[action == Action::Cancel]
-                        href={ (detail.base) "/migrations/" (record.name) "/confirm/" (action.as_str()) @if from_start { "?from_start=true" } }
+                        href={ (detail.base) "/migrations/" (super::layout::encode(&record.name)) "/confirm/" (action.as_str()) @if from_start { "?from_start=true" } }
                         { (label(action, from_start)) }
                 }
             }
@@ -158,7 +158,7 @@ fn args_form(detail: &Detail) -> Markup {
     let form = &detail.form;
     let disabled = detail.csrf.is_none();
     html! {
-        form.args method="post" action={ (detail.base) "/migrations/" (detail.record.name) "/args" } {
+        form.args method="post" action={ (detail.base) "/migrations/" (super::layout::encode(&detail.record.name)) "/args" } {
             @if let Some(csrf) = &detail.csrf { input type="hidden" name="csrf" value=(csrf); }
             @if let Some(error) = &form.error { p.field-error role="alert" { (error) } }
             @for field in &form.fields {
@@ -183,7 +183,7 @@ fn args_form(detail: &Detail) -> Markup {
             @if !detail.admin_configured {
                 p.muted { "Editing is disabled: no admin token is configured (BGMIGRATE_ADMIN_TOKEN)." }
             } @else if disabled {
-                p.muted { a href={ (detail.base) "/login?next=/migrations/" (detail.record.name) } { "Log in" } " with the admin token to edit args." }
+                p.muted { a href={ (detail.base) "/login?next=" (super::layout::encode_path(&format!("/migrations/{}", detail.record.name))) } { "Log in" } " with the admin token to edit args." }
             } @else {
                 button.primary type="submit" { "Save args" }
             }

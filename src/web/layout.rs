@@ -42,6 +42,29 @@ pub fn href(base: &str, path: &str) -> String {
     }
 }
 
+/// `text` percent-encoded for one path segment or query value (everything but `A-Z a-z 0-9 - . _ ~`), so a name
+/// with `?`, `#`, `/` or white space still makes a valid link and `Location` header.
+pub fn encode(text: &str) -> String {
+    encode_keeping(text, b"")
+}
+
+/// A path as a query value (`?next=/migrations/NAME`): like [`encode`], but `/` stays as it is.
+pub fn encode_path(text: &str) -> String {
+    encode_keeping(text, b"/")
+}
+
+fn encode_keeping(text: &str, keep: &[u8]) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// What the frame shows around a page's content.
 pub struct Frame<'a> {
     /// The page title.
@@ -120,6 +143,11 @@ pub fn page(state: &WebState, frame: &Frame, content: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (frame.title) " · bgmigrate" }
+                // For scripts of this origin that change things through the JSON API with the login cookie: they send
+                // it as X-CSRF-Token. Another origin cannot read this page.
+                @if let Some(Caller { role: Role::Admin, session: Some(session), .. }) = frame.caller {
+                    meta name="csrf-token" content=(session.csrf);
+                }
                 style { (PreEscaped(STYLE)) }
             }
             body data-base=(base) {

@@ -34,7 +34,7 @@ pub fn table(base: &str, records: &[MigrationRecord]) -> Markup {
                     @let view = MigrationView::new(record);
                     @let cells = view.cells();
                     tr data-migration=(record.name) {
-                        td.name { a href={ (base) "/migrations/" (record.name) } { code { (record.name) } } }
+                        td.name { a href={ (base) "/migrations/" (super::layout::encode(&record.name)) } { code { (record.name) } } }
                         td { (record.script) }
                         td { span.badge.(cells.status) data-field="status" { (cells.status) } }
                         td.nowrap { (progress(&view)) }

@@ -9,8 +9,10 @@
 //! # }
 //! ```
 //!
-//! Layout: `auth` tokens, login sessions and CSRF; `error` the JSON error type; `api` the JSON handlers; `pages`
-//! (and `login`) the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
+//! Layout: `auth` tokens and CSRF; `session` login sessions; `input` names and args refused at the edge; `guard`
+//! the host and origin checks, body limits, security headers and JSON errors around every request; `serve` a
+//! listener loop with connection timeouts; `error` the JSON error type; `api` the JSON handlers; `pages` (and
+//! `login`) the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
 //! `indicator` the status indicator; `live` the SSE stream; `badge` the SVG badge; [`metrics`] the Prometheus
 //! endpoint; `view` what a migration looks like to a reader (derived figures, secrets masked).
 
@@ -21,24 +23,36 @@ mod chart;
 mod detail;
 mod error;
 mod forms;
+mod guard;
 mod indicator;
+mod input;
 mod layout;
 mod list;
 mod live;
 mod login;
 pub mod metrics;
 mod pages;
+mod serve;
+mod session;
 mod view;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post, put};
 
 use crate::control::ControlStore;
 
+pub use self::auth::MIN_TOKEN_LEN;
 pub use self::error::ApiError;
+pub use self::guard::AllowedHosts;
 pub use self::indicator::{Indicator, IndicatorState};
+pub use self::input::{args_problem, name_problem};
+pub use self::serve::{HEADER_TIMEOUT, serve};
+pub use self::session::DEFAULT_LIFETIME as DEFAULT_SESSION_LIFETIME;
 pub use self::view::{MASK, looks_secret, mask_secrets};
 
 /// bgmigrate's own version, shown in the header beside the host application's.
@@ -50,6 +64,8 @@ pub struct WebState {
     app_version: Option<String>,
     background_enabled: bool,
     access: auth::Access,
+    allowed_hosts: AllowedHosts,
+    logins: login::Throttle,
 }
 
 impl WebState {
@@ -60,6 +76,8 @@ impl WebState {
             app_version: None,
             background_enabled: true,
             access: auth::Access::new(None, None),
+            allowed_hosts: AllowedHosts::default(),
+            logins: login::Throttle::default(),
         }
     }
 
@@ -71,13 +89,27 @@ impl WebState {
 
     /// The token every mutating call needs (`BGMIGRATE_ADMIN_TOKEN`); `None` or empty refuses all mutations.
     pub fn admin_token(mut self, token: Option<String>) -> Self {
-        self.access = auth::Access::new(token, self.access.read_token().map(str::to_owned));
+        self.access.set_admin(token);
         self
     }
 
     /// The token pages and the read API need (`BGMIGRATE_READ_TOKEN`); `None` or empty leaves them open.
     pub fn read_token(mut self, token: Option<String>) -> Self {
-        self.access = auth::Access::new(self.access.admin_token().map(str::to_owned), token);
+        self.access.set_read(token);
+        self
+    }
+
+    /// How long a login session lasts from login ([`DEFAULT_SESSION_LIFETIME`], 12 h, unless set). Sessions live in
+    /// this process's memory: a restart logs everyone out.
+    pub fn session_lifetime(mut self, lifetime: Duration) -> Self {
+        self.access.set_session_lifetime(lifetime);
+        self
+    }
+
+    /// Which `Host` names requests may carry besides IP addresses and `localhost` (`BGMIGRATE_ALLOWED_HOSTS`):
+    /// the name the operators' browsers use, e.g. behind a reverse proxy that passes `Host` on.
+    pub fn allowed_hosts(mut self, hosts: AllowedHosts) -> Self {
+        self.allowed_hosts = hosts;
         self
     }
 
@@ -104,6 +136,7 @@ pub fn router(state: WebState) -> Router {
         .route("/migrations/{name}/{action}", post(api::act))
         .route("/migrations/{name}/args", put(api::set_args))
         .route("/status", get(api::status))
+        .route("/session", get(api::session))
         .route("/events", get(live::events))
         .route("/openapi.json", get(api::openapi))
         .fallback(api::not_found);
@@ -119,6 +152,7 @@ pub fn router(state: WebState) -> Router {
         .route("/metrics", get(metrics::endpoint))
         .nest("/api", api)
         .fallback(pages::not_found)
+        .layer(from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
 }
 

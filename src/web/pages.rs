@@ -13,7 +13,8 @@ use super::auth::{self, Caller, Role};
 use super::detail::{self, Detail, Notice, label};
 use super::error::ApiError;
 use super::forms::ArgsForm;
-use super::layout::{Base, Frame, page};
+use super::input::check_name;
+use super::layout::{Base, Frame, encode, encode_path, page};
 use super::{Shared, list, metrics};
 use crate::control::ControlError;
 use crate::status::Action;
@@ -67,7 +68,7 @@ fn reader(
     match state.access.require_read(headers) {
         Ok(caller) => Ok(caller),
         Err(err) if err.status == StatusCode::UNAUTHORIZED => Err(Box::new(
-            Redirect::to(&format!("{base}/login?next={back}")).into_response(),
+            Redirect::to(&format!("{base}/login?next={}", encode_path(back))).into_response(),
         )),
         Err(err) => Err(Box::new(PageError(err).into_response())),
     }
@@ -76,7 +77,7 @@ fn reader(
 /// An admin for a form: the admin token or an admin session whose form carries its CSRF token.
 fn admin_for_form(state: &Shared, headers: &HeaderMap, csrf: &str) -> Result<Caller, PageError> {
     let caller = state.access.require_admin(headers)?;
-    if caller.by_cookie && !state.access.csrf_ok(headers, csrf) {
+    if caller.by_cookie && !auth::Access::csrf_ok(&caller, csrf) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "the form's CSRF token does not match your session; reload the page and try again",
@@ -87,14 +88,16 @@ fn admin_for_form(state: &Shared, headers: &HeaderMap, csrf: &str) -> Result<Cal
 }
 
 /// The CSRF token to put in forms, for an admin session.
-fn csrf_for(state: &Shared, headers: &HeaderMap, caller: Option<&Caller>) -> Option<String> {
+pub fn csrf_for(caller: Option<&Caller>) -> Option<String> {
     let caller = caller?;
     if caller.role != Role::Admin {
         return None;
     }
     Some(
-        auth::session_cookie(headers)
-            .map(|session| state.access.csrf_for(session))
+        caller
+            .session
+            .as_ref()
+            .map(|session| session.csrf.clone())
             .unwrap_or_default(),
     )
 }
@@ -161,7 +164,6 @@ struct Shown {
 async fn detail_page(
     state: &Shared,
     base: &str,
-    headers: &HeaderMap,
     caller: Option<&Caller>,
     name: &str,
     shown: Shown,
@@ -177,7 +179,7 @@ async fn detail_page(
         form: shown
             .form
             .unwrap_or_else(|| ArgsForm::from_args(&record.args)),
-        csrf: csrf_for(state, headers, caller),
+        csrf: csrf_for(caller),
         admin_configured: state.access.admin_token().is_some(),
         notice: shown.notice,
     };
@@ -193,6 +195,7 @@ pub async fn detail(
     Query(query): Query<DoneQuery>,
     headers: HeaderMap,
 ) -> PageResult {
+    check_name(&name)?;
     let caller = match reader(&state, &headers, &base, &format!("/migrations/{name}")) {
         Ok(caller) => caller,
         Err(response) => return Ok(*response),
@@ -219,7 +222,6 @@ pub async fn detail(
     detail_page(
         &state,
         &base,
-        &headers,
         caller.as_ref(),
         &name,
         Shown {
@@ -239,24 +241,27 @@ pub async fn confirm(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> PageResult {
+    check_name(&name)?;
     let action = parse_action(&action)?;
     let from_start = action == Action::Retry && query.as_deref() == Some("from_start=true");
     let here = format!(
         "/migrations/{name}/confirm/{action}{}",
-        if from_start {
-            "%3Ffrom_start%3Dtrue"
-        } else {
-            ""
-        }
+        if from_start { "?from_start=true" } else { "" }
     );
     let caller = match state.access.require_admin(&headers) {
         Ok(caller) => caller,
         Err(err) if err.status == StatusCode::UNAUTHORIZED => {
-            return Ok(Redirect::to(&format!("{base}/login?next={here}")).into_response());
+            return Ok(
+                Redirect::to(&format!("{base}/login?next={}", encode_path(&here))).into_response(),
+            );
         }
         Err(err) => return Err(err.into()),
     };
     let record = state.control.get(&name).await?;
+    // Offer only what the status allows: a refused action gets no form to submit, just the reason.
+    if let Err(refused) = record.status.apply(action) {
+        return Err(ApiError::new(StatusCode::CONFLICT, refused.to_string()).into());
+    }
     let consequence = match (action, from_start) {
         (Action::Retry, false) => {
             "It becomes pending and resumes from its checkpoint when a worker claims it."
@@ -270,17 +275,17 @@ pub async fn confirm(
         (Action::Resume, _) => "It becomes pending and continues from its checkpoint.",
         (Action::Cancel, _) => "It stops for good, until someone retries it.",
     };
-    let csrf = csrf_for(&state, &headers, Some(&caller)).unwrap_or_default();
+    let csrf = csrf_for(Some(&caller)).unwrap_or_default();
     let content = html! {
         h1 { (label(action, from_start)) " " code { (name) } "?" }
         p { "It is " span.badge.(record.status.as_str()) { (record.status) } " now. " (consequence) }
-        form method="post" action={ (base) "/migrations/" (name) "/action" } {
+        form method="post" action={ (base) "/migrations/" (encode(&name)) "/action" } {
             input type="hidden" name="csrf" value=(csrf);
             input type="hidden" name="action" value=(action.as_str());
             input type="hidden" name="from_start" value=(from_start);
             div.actions {
                 button.primary.danger[action == Action::Cancel] #confirm type="submit" { "Yes, " (label(action, from_start).to_lowercase()) }
-                a.button href={ (base) "/migrations/" (name) } { "No, go back" }
+                a.button href={ (base) "/migrations/" (encode(&name)) } { "No, go back" }
             }
         }
     };
@@ -306,6 +311,7 @@ pub async fn act(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> PageResult {
+    check_name(&name)?;
     let caller = admin_for_form(&state, &headers, &form.csrf)?;
     let action = parse_action(&form.action)?;
     match state
@@ -320,7 +326,11 @@ pub async fn act(
     {
         Ok(_) => {
             metrics::count_action(action);
-            Ok(Redirect::to(&format!("{base}/migrations/{name}?done={action}")).into_response())
+            Ok(Redirect::to(&format!(
+                "{base}/migrations/{}?done={action}",
+                encode(&name)
+            ))
+            .into_response())
         }
         Err(err) => {
             let err = ApiError::from(err);
@@ -328,7 +338,6 @@ pub async fn act(
             detail_page(
                 &state,
                 &base,
-                &headers,
                 Some(&caller),
                 &name,
                 Shown {
@@ -354,24 +363,29 @@ pub async fn set_args(
         .iter()
         .find(|(k, _)| k == "csrf")
         .map_or("", |(_, v)| v.as_str());
+    check_name(&name)?;
     let caller = admin_for_form(&state, &headers, csrf)?;
     let record = state.control.get(&name).await?;
     let form = ArgsForm::from_submission(&pairs);
     let patch = form.patch(&record.args);
+    super::input::check_args(&patch)?;
     if patch.as_object().is_some_and(|p| p.is_empty()) {
-        return Ok(
-            Redirect::to(&format!("{base}/migrations/{name}?done=args-unchanged")).into_response(),
-        );
+        return Ok(Redirect::to(&format!(
+            "{base}/migrations/{}?done=args-unchanged",
+            encode(&name)
+        ))
+        .into_response());
     }
     match state.control.set_args(&name, &patch, &caller.actor).await {
-        Ok(_) => Ok(Redirect::to(&format!("{base}/migrations/{name}?done=args")).into_response()),
+        Ok(_) => Ok(
+            Redirect::to(&format!("{base}/migrations/{}?done=args", encode(&name))).into_response(),
+        ),
         Err(ControlError::InvalidArgs { source, .. }) => {
             let form = form.with_error(&source);
             let notice = Notice::Refused("The args were not saved: fix the marked value.".into());
             detail_page(
                 &state,
                 &base,
-                &headers,
                 Some(&caller),
                 &name,
                 Shown {

@@ -175,3 +175,33 @@ pub async fn force_status(db: &TestDb, name: &str, status: &str, reason: Option<
 pub fn control(connected: &Connected) -> Arc<dyn ControlStore> {
     connected.control.clone()
 }
+
+/// Logs in through the form with `token` and `name`; the `name=value` of the session cookie.
+pub async fn login(server: &Server, token: &str, name: &str) -> String {
+    let reply = request(
+        Method::POST,
+        &format!("{}/login", server.base),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("token={token}&name={name}&next=/"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    reply.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The CSRF token of a logged-in admin session, from `GET /api/session`.
+pub async fn csrf_token(server: &Server, cookie: &str) -> String {
+    let session = get(
+        &format!("{}/api/session", server.base),
+        &[("cookie", cookie)],
+    )
+    .await;
+    assert_eq!(session.status, StatusCode::OK, "{}", session.body);
+    session.json()["csrf_token"].as_str().unwrap().to_owned()
+}
