@@ -61,6 +61,12 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
     if let Some(reason) = &record.failed_reason {
         println!("failed reason: {reason}");
     }
+    if let Some(reason) = &record.throttled {
+        println!("holding back: {reason}");
+    }
+    if let Some(reason) = &record.unreadable {
+        println!("unreadable: {reason}");
+    }
     println!("\nrecent batches (newest first):");
     println!(
         "  {:<32} {:>8} {:>10} {:>10}  cursor",

@@ -1,4 +1,4 @@
-//! Command-line surface (DESIGN §2): arguments, dispatch, exit codes. Each command lives in its own file.
+//! Command-line surface: arguments, dispatch, exit codes. Each command lives in its own file.
 
 mod demo;
 mod inspect;
@@ -21,7 +21,7 @@ use bgmigrate::fast::clickhouse::ClickHouseMigrateError;
 use bgmigrate::fast::postgres::FastMigrationError;
 use clap::{Parser, Subcommand};
 
-/// bgmigrate: background migrations for Postgres and SQLite (ClickHouse next), batched, resumable, leased.
+/// bgmigrate: background migrations for Postgres, ClickHouse and SQLite, batched, resumable, leased, observable.
 #[derive(Debug, Parser)]
 #[command(name = "bgmigrate", version, about)]
 pub struct Cli {

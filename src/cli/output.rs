@@ -61,6 +61,8 @@ pub fn status_table(records: &[MigrationRecord]) -> String {
                 r.batch_size.map_or("-".into(), |b| b.to_string()),
                 r.failed_reason
                     .clone()
+                    .or_else(|| r.unreadable.clone())
+                    .or_else(|| r.throttled.as_ref().map(|t| format!("holding back: {t}")))
                     .or_else(|| r.worker_id.clone())
                     .unwrap_or_default(),
             ]

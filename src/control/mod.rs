@@ -211,7 +211,12 @@ pub trait HistoryStore: Send + Sync {
     async fn changes(&self) -> Result<Arc<Notify>, ControlError>;
 }
 
-/// The whole control store: every role. Implemented for anything that implements them all.
-pub trait ControlStore: Registrar + LeaseStore + OperatorStore + HistoryStore {}
+/// What the operator surfaces (web UI, API, metrics) use: reads and operator actions, nothing of a worker's.
+pub trait OperatorView: OperatorStore + HistoryStore {}
 
-impl<T: Registrar + LeaseStore + OperatorStore + HistoryStore> ControlStore for T {}
+impl<T: OperatorStore + HistoryStore> OperatorView for T {}
+
+/// The whole control store: every role. Implemented for anything that implements them all.
+pub trait ControlStore: Registrar + LeaseStore + OperatorView {}
+
+impl<T: Registrar + LeaseStore + OperatorView> ControlStore for T {}

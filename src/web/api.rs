@@ -1,4 +1,4 @@
-//! The JSON API (DESIGN §6): list, detail, status, operator actions and args, each behind the right token.
+//! The JSON API: list, detail, status, operator actions and args, each behind the right token.
 
 use axum::Json;
 use axum::body::Bytes;

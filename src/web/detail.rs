@@ -87,6 +87,12 @@ pub fn content(detail: &Detail) -> Markup {
             @if let Some(reason) = &record.failed_reason {
                 p.notice.err { strong { "Failed reason: " } (reason) }
             }
+            @if let Some(reason) = &record.throttled {
+                p.notice { strong { "Holding back: " } (reason) }
+            }
+            @if let Some(reason) = &record.unreadable {
+                p.notice.err { strong { "This row cannot be read in full: " } (reason) }
+            }
         }
         h2 { "Actions" }
         (actions(detail))

@@ -47,6 +47,8 @@ pub fn table(base: &str, records: &[MigrationRecord]) -> Markup {
                         td.time title=(when(record.failed_at)) {
                             (when_short(record.failed_at))
                             @if let Some(reason) = &record.failed_reason { div.reason { (reason) } }
+                            @if let Some(reason) = &record.throttled { div.reason.throttled { "Holding back: " (reason) } }
+                            @if let Some(reason) = &record.unreadable { div.reason.err { "Unreadable: " (reason) } }
                         }
                         td.time data-field="worker" { (cells.worker) }
                     }

@@ -44,7 +44,7 @@ use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post, put};
 
-use crate::control::ControlStore;
+use crate::control::OperatorView;
 
 pub use self::auth::MIN_TOKEN_LEN;
 pub use self::error::ApiError;
@@ -60,7 +60,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What the web surface needs: the control store, the tokens, and what the host tells about itself.
 pub struct WebState {
-    control: Arc<dyn ControlStore>,
+    control: Arc<dyn OperatorView>,
     app_version: Option<String>,
     background_enabled: bool,
     access: auth::Access,
@@ -70,7 +70,7 @@ pub struct WebState {
 
 impl WebState {
     /// A state over `control` with no tokens (read-only: mutations are refused until an admin token is set).
-    pub fn new(control: Arc<dyn ControlStore>) -> Self {
+    pub fn new(control: Arc<dyn OperatorView>) -> Self {
         Self {
             control,
             app_version: None,
