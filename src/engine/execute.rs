@@ -189,8 +189,10 @@ async fn batch_loop(
         let (size, change) = sizer.next(&args);
         args.batch_size = size;
         if let Some(change) = change {
-            let detail =
-                json!({"before": change.before, "after": change.after, "reason": change.reason});
+            let mut detail = json!({"before": change.before, "after": change.after});
+            if let Some(reason) = &change.reason {
+                detail["reason"] = json!(reason);
+            }
             ctx.leases
                 .record_event(
                     &lease.name,
@@ -199,7 +201,7 @@ async fn batch_loop(
                     detail,
                 )
                 .await?;
-            tracing::info!(migration = %lease.name, batch_size = size, "batch size changed ({})", change.reason);
+            tracing::info!(migration = %lease.name, batch_size = size, reason = change.reason.as_deref().unwrap_or("batchSize set in args"), "batch size changed");
         }
 
         let (outcome, checkpoint) = run_one_batch(

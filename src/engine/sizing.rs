@@ -23,7 +23,8 @@ pub(crate) struct BatchSizer {
 pub(crate) struct SizeChange {
     pub(crate) before: Option<u64>,
     pub(crate) after: u64,
-    pub(crate) reason: String,
+    /// Why, when the engine chose it (`None`: an operator set `batchSize`).
+    pub(crate) reason: Option<String>,
 }
 
 impl BatchSizer {
@@ -38,10 +39,10 @@ impl BatchSizer {
     /// The size of the next batch under `args`, and the change to announce, if any.
     pub(crate) fn next(&mut self, args: &Args) -> (u64, Option<SizeChange>) {
         let (size, reason) = match args.adaptive {
-            None => (args.batch_size, "batchSize set in args"),
+            None => (args.batch_size, None),
             Some(sizing) => (
                 self.adaptive_size.clamp(sizing.min, sizing.max),
-                "adapted toward targetBatchMs",
+                Some(format!("adapted toward targetBatchMs {}", sizing.target_ms)),
             ),
         };
         let noteworthy = match (self.announced, args.adaptive) {
@@ -52,10 +53,10 @@ impl BatchSizer {
                 ratio >= NOTEWORTHY
             }
         };
-        let change = noteworthy.then(|| SizeChange {
+        let change = noteworthy.then_some(SizeChange {
             before: self.announced,
             after: size,
-            reason: reason.to_owned(),
+            reason,
         });
         if self.announced.is_none() || noteworthy {
             self.announced = Some(size);
