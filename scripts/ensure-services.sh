@@ -201,6 +201,9 @@ if [ "${BGMIGRATE_NEED_BROWSER:-0}" = "1" ]; then
     say "browser: ok, /usr/bin/chromium and /usr/bin/chromedriver"
 fi
 
+# ---------------------------------------------------------------- chDB (current ClickHouse in-process, tests/chdb_types.rs)
+bash "$(dirname "$0")/ensure-chdb.sh" >/dev/null || die "chdb: scripts/ensure-chdb.sh failed"
+
 elapsed_ms=$(( $(date +%s%3N) - START_MS ))
 say "done in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000))) s"
 say "ready: postgres $PG_VERSION, clickhouse $CH_VERSION"
