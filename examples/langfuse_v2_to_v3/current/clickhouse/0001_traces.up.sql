@@ -1,5 +1,5 @@
 -- Langfuse v3's traces table (names and types as Langfuse creates it), for current ClickHouse: Map, Bool and
--- DateTime64 do not exist on 18.16. tests/chdb_types.rs creates it in chDB and copies v2 rows into it.
+-- DateTime64 do not exist on 18.16. tests/chdb_types.rs applies it to chDB with `bgmigrate migrate` and copies v2 rows into it.
 CREATE TABLE IF NOT EXISTS traces{on_cluster} (
     `id` String,
     `timestamp` DateTime64(3),
