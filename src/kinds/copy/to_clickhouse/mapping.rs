@@ -75,7 +75,13 @@ pub struct ColumnPlan {
 }
 
 impl ColumnPlan {
-    /// Whether a large value of this column is read in slices rather than with its row (scalar text).
+    /// Whether the Postgres column is plain text (`text`, `varchar`, `char`), whose byte length is its size as
+    /// sent.
+    pub fn text_source(&self) -> bool {
+        TEXT_TYPES.contains(&normalise(&self.pg_type).as_str())
+    }
+
+    /// Whether a large value of this column is read in slices rather than with its row (scalar text into String).
     pub fn sliced(&self) -> bool {
         self.read == PgRead::Text && !self.array && *self.target.non_null() == ChType::String
     }
