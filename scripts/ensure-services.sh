@@ -210,6 +210,9 @@ if ! ST_BIN=$(bash "$(dirname "$0")/ensure-schemathesis.sh" | tail -n 1); then
 fi
 say "schemathesis: ok, $ST_BIN"
 
+# ---------------------------------------------------------------- chDB (current ClickHouse in-process, tests/chdb_types.rs)
+bash "$(dirname "$0")/ensure-chdb.sh" >/dev/null || die "chdb: scripts/ensure-chdb.sh failed"
+
 elapsed_ms=$(( $(date +%s%3N) - START_MS ))
 say "done in $((elapsed_ms / 1000)).$(printf %03d $((elapsed_ms % 1000))) s"
 say "ready: postgres $PG_VERSION, clickhouse $CH_VERSION"

@@ -411,7 +411,7 @@ async fn an_unmappable_column_fails_validation_naming_column_and_types_before_an
         bad_type.failed_reason.as_deref(),
         Some(
             "validation failed: column amount: Postgres type bigint cannot be copied into ClickHouse type Int32 \
-             (allowed: Int64, String; each may be Nullable)"
+             (allowed: Int64..Int256, UInt64..UInt256, Decimal, Enum, FixedString, String; each may be Nullable)"
         )
     );
     let plain = connected

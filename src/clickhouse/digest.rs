@@ -107,13 +107,21 @@ async fn value<R: AsyncRead + Unpin>(
                 .await
                 .map_err(read_error)
         }
-        ChType::Int(bits) | ChType::UInt(bits) => {
-            fixed(reader, usize::from(*bits) / 8, hasher, piece, row).await
+        ChType::Map(key, val) => {
+            let len = leb128(reader).await.map_err(read_error)?;
+            hasher.update(len.to_le_bytes());
+            for _ in 0..len {
+                Box::pin(value(reader, key, hasher, piece, row)).await?;
+                Box::pin(value(reader, val, hasher, piece, row)).await?;
+            }
+            Ok(())
         }
-        ChType::Bool => fixed(reader, 1, hasher, piece, row).await,
-        ChType::Date => fixed(reader, 2, hasher, piece, row).await,
-        ChType::Float32 | ChType::DateTime => fixed(reader, 4, hasher, piece, row).await,
-        ChType::Float64 | ChType::DateTime64(_) => fixed(reader, 8, hasher, piece, row).await,
+        fixed_type => {
+            let width = fixed_type
+                .fixed_width()
+                .expect("every other type has a fixed width");
+            fixed(reader, width, hasher, piece, row).await
+        }
     }
 }
 

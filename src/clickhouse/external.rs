@@ -67,11 +67,10 @@ impl ExternalTable {
     }
 }
 
-/// The type as the external table declares it (key columns are `String` or integers).
+/// The type as the external table declares it (key columns are `String`, integers or `UUID`, sent as text).
 fn type_name(ty: &ChType) -> String {
     match ty {
-        ChType::Int(bits) => format!("Int{bits}"),
-        ChType::UInt(bits) => format!("UInt{bits}"),
+        ChType::Int(_) | ChType::UInt(_) | ChType::Uuid => ty.to_string(),
         ChType::Nullable(inner) => format!("Nullable({})", type_name(inner)),
         _ => "String".to_owned(),
     }

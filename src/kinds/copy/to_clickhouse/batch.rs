@@ -224,9 +224,11 @@ async fn stream_rows<'c>(
                         .map_err(ReadError::Failed)?,
                 )
             } else {
-                encode::read(&row, layout.value(index), column).map_err(|e| {
+                let cell = encode::read(&row, layout.value(index), column).map_err(|e| {
                     ReadError::Failed(bad_value(column, &key, &format!("cannot be read: {e}")))
-                })?
+                })?;
+                encode::prepare(cell, &column.target)
+                    .map_err(|e| ReadError::Failed(bad_value(column, &key, &e.to_string())))?
             };
             size += encode::encoded_len(&cell, &column.target)
                 .map_err(|e| ReadError::Failed(bad_value(column, &key, &e.to_string())))?

@@ -13,6 +13,7 @@
 mod batch;
 mod checkpoint;
 mod encode;
+mod from_text;
 mod key_range;
 mod mapping;
 mod pages;
@@ -171,8 +172,8 @@ impl ClickHouseCopy {
                 .find(|c| !verify::key_type_supported(&c.target))
         {
             return Err(invalid(format!(
-                "verify = true needs key columns copied into String or integer ClickHouse columns; key column {} \
-                 is {:?}",
+                "verify = true needs key columns copied into String, integer or UUID ClickHouse columns; key column \
+                 {} is {}",
                 column.name, column.target
             )));
         }

@@ -5,9 +5,9 @@
 //! the ORDER BY names the table's columns, so a key read as text still sorts as its own type. Where each part of
 //! such a row sits is [`RowLayout`]'s to say, and no one else's.
 //!
-//! Large text values (stored size over [`LARGE_VALUE_BYTES`]) are left out of the row (`NULL` plus a flag) and read
-//! afterwards in slices of [`SLICE_BYTES`] by key: a 50 MB value never becomes one 50 MB protocol message, which the
-//! driver would buffer two or three times over.
+//! Large text values (over [`LARGE_VALUE_BYTES`] as text, see [`large_value`]) are left out of the row (`NULL` plus a
+//! flag) and read afterwards in slices of [`SLICE_BYTES`] by key: a 50 MB value never becomes one 50 MB protocol
+//! message, which the driver would buffer two or three times over.
 
 use std::ops::Range;
 
@@ -18,6 +18,9 @@ use crate::store::Dialect;
 
 /// Stored size (`pg_column_size`) above which a text value is read in slices.
 pub const LARGE_VALUE_BYTES: i64 = 1024 * 1024;
+/// Stored size above which a value that is not plain text (jsonb, json, ...) is measured as text too: compressed
+/// storage can hide a large value behind a small stored size.
+const MEASURED_BYTES: i64 = 64 * 1024;
 /// Bytes per slice of a large value.
 pub const SLICE_BYTES: i64 = 4 * 1024 * 1024;
 
@@ -83,6 +86,23 @@ impl RowLayout {
     }
 }
 
+/// Whether a value is large, by its size as the text the copy sends. For text columns `octet_length` is that size
+/// and costs no reading: Postgres takes it from the value's (TOAST) header, compressed or not. `pg_column_size` is
+/// not enough: it is the *stored* size, and 50 MB of repetitive text compresses to a few hundred KB, which then
+/// arrived whole in one protocol message (a copy of 40 such 1–50 MB rows peaked at 174–195 MiB). Other types are
+/// measured as text when their stored size is over [`MEASURED_BYTES`].
+fn large_value(c: &ColumnPlan) -> String {
+    if c.text_source() {
+        return format!("octet_length({}) > {LARGE_VALUE_BYTES}", c.quoted);
+    }
+    format!(
+        "(pg_column_size({q}) > {LARGE_VALUE_BYTES} OR (pg_column_size({q}) > {MEASURED_BYTES} AND \
+         octet_length({s}) > {LARGE_VALUE_BYTES}))",
+        q = c.quoted,
+        s = c.select
+    )
+}
+
 /// The statements for one source table or query.
 #[derive(Debug, Clone)]
 pub struct CopySql {
@@ -105,8 +125,9 @@ impl CopySql {
         let values = columns.iter().enumerate().map(|(i, c)| {
             if c.sliced() {
                 format!(
-                    "CASE WHEN pg_column_size({}) > {LARGE_VALUE_BYTES} THEN NULL ELSE {} END AS bgm_c{i}",
-                    c.quoted, c.select
+                    "CASE WHEN {} THEN NULL ELSE {} END AS bgm_c{i}",
+                    large_value(c),
+                    c.select
                 )
             } else {
                 format!("{} AS bgm_c{i}", c.select)
@@ -121,12 +142,7 @@ impl CopySql {
             .iter()
             .enumerate()
             .filter(|(_, c)| c.sliced())
-            .map(|(i, c)| {
-                format!(
-                    "pg_column_size({}) > {LARGE_VALUE_BYTES} AS bgm_large_{i}",
-                    c.quoted
-                )
-            });
+            .map(|(i, c)| format!("{} AS bgm_large_{i}", large_value(c)));
         Self {
             select: values
                 .chain(cursors)
@@ -231,9 +247,9 @@ mod tests {
     fn the_read_walks_the_key_after_the_cursor_and_keeps_the_filter() {
         assert_eq!(
             sql().read(true),
-            "SELECT CASE WHEN pg_column_size(\"id\") > 1048576 THEN NULL ELSE \"id\"::text END AS bgm_c0, \
+            "SELECT CASE WHEN octet_length(\"id\") > 1048576 THEN NULL ELSE \"id\"::text END AS bgm_c0, \
              \"n\" AS bgm_c1, bgm_src.\"created_at\"::text AS bgm_cursor_0, bgm_src.\"id\"::text AS bgm_cursor_1, \
-             pg_column_size(\"id\") > 1048576 AS bgm_large_0 FROM \"public\".\"traces\" AS bgm_src \
+             octet_length(\"id\") > 1048576 AS bgm_large_0 FROM \"public\".\"traces\" AS bgm_src \
              WHERE (bgm_src.\"created_at\", bgm_src.\"id\") > ($1::timestamp with time zone, $2::text) \
              AND (project_id = 'p') ORDER BY bgm_src.\"created_at\", bgm_src.\"id\" LIMIT $3::bigint"
         );
@@ -247,7 +263,7 @@ mod tests {
         let read = sql().with_ctid().read_pages();
         assert!(
             read.ends_with(
-                "pg_column_size(\"id\") > 1048576 AS bgm_large_0, bgm_src.ctid::text AS bgm_ctid FROM \
+                "octet_length(\"id\") > 1048576 AS bgm_large_0, bgm_src.ctid::text AS bgm_ctid FROM \
                  \"public\".\"traces\" AS bgm_src WHERE bgm_src.ctid > $1::tid AND bgm_src.ctid < $2::tid AND \
                  (project_id = 'p') LIMIT $3::bigint"
             ),

@@ -134,9 +134,13 @@ pub struct Checked {
     pub exhausted: bool,
 }
 
-/// Whether verify can send keys of this ClickHouse type in its keys table (built from their Postgres text).
+/// Whether verify can send keys of this ClickHouse type in its keys table (built from their Postgres text, which
+/// ClickHouse parses: integers and UUIDs in their usual spelling).
 pub fn key_type_supported(ty: &ChType) -> bool {
-    matches!(ty, ChType::String | ChType::Int(_) | ChType::UInt(_))
+    matches!(
+        ty,
+        ChType::String | ChType::Int(_) | ChType::UInt(_) | ChType::Uuid
+    )
 }
 
 /// Verifies the range after `lower`: up to `batchSize` rows or `maxBatchBytes` bytes, as a copy batch would read.
@@ -249,6 +253,6 @@ mod tests {
     #[test]
     fn only_string_and_integer_keys_can_be_named_in_the_keys_table() {
         assert!(key_type_supported(&ChType::String) && key_type_supported(&ChType::UInt(32)));
-        assert!(!key_type_supported(&ChType::DateTime));
+        assert!(!key_type_supported(&ChType::DateTime(None)));
     }
 }
