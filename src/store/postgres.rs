@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{
     AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
@@ -48,7 +49,9 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, Sto
         .options([(
             "idle_in_transaction_session_timeout",
             IDLE_IN_TRANSACTION_TIMEOUT,
-        )]);
+        )])
+        // sqlx would log every slow statement whole (megabytes for a batch): the stores log a summary instead.
+        .disable_statement_logging();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -131,7 +134,15 @@ pub struct PgTx {
     database: DatabaseId,
 }
 
-super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments);
+super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments, bind_text_array);
+
+/// Binds a list of texts as one `text[]` parameter.
+fn bind_text_array<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    values: &'q [Option<String>],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query.bind(values)
+}
 
 #[async_trait]
 impl SqlStore for PgStore {
