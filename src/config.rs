@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::clickhouse::{ClickHouse, ClickHouseError};
+use crate::clickhouse::{ClickHouse, ClickHouseConfig, ClickHouseError};
 use crate::control::{ControlStore, SqlControlStore};
 use crate::store::{PgStore, SqliteStore, StoreError, Stores, postgres, sqlite};
 
@@ -29,13 +29,23 @@ pub enum ConfigError {
     /// The ClickHouse connection settings are unusable.
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
+    /// A named store's setting (`BGMIGRATE_STORE_<NAME>=URL` or `--store NAME=URL`) is unusable.
+    #[error("{origin}: {reason}")]
+    BadStore {
+        /// The variable or flag, as the user wrote it (`BGMIGRATE_STORE_ANALYTICS`, `--store analytics=...`).
+        origin: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
 }
 
 impl ConfigError {
     /// Whether the fix is in the configuration (exit code 2) rather than in the environment (a server down).
     pub fn is_bad_input(&self) -> bool {
         match self {
-            ConfigError::UnsupportedUrl(_) | ConfigError::NotABool { .. } => true,
+            ConfigError::UnsupportedUrl(_)
+            | ConfigError::NotABool { .. }
+            | ConfigError::BadStore { .. } => true,
             ConfigError::Store(err) => matches!(err, StoreError::BadUrl { .. }),
             ConfigError::ClickHouse(err) => matches!(err, ClickHouseError::BadUrl { .. }),
         }
@@ -64,6 +74,137 @@ impl Connected {
                 .stores
                 .with_clickhouse("clickhouse", clickhouse.clone());
             self.clickhouse = Some(clickhouse);
+        }
+        Ok(self)
+    }
+}
+
+/// The prefix of the environment variables that name extra stores: `BGMIGRATE_STORE_ANALYTICS=sqlite://a.db` adds
+/// the store `analytics`.
+pub const STORE_ENV_PREFIX: &str = "BGMIGRATE_STORE_";
+
+/// One named store from the configuration: `BGMIGRATE_STORE_<NAME>=URL` or `--store NAME=URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSetting {
+    /// The store's name as definitions write it (lower case).
+    pub name: String,
+    /// Its URL: `postgres://`, `sqlite://` or `http(s)://` (ClickHouse).
+    pub url: String,
+    /// Where it was set, for messages: the variable's name or the flag.
+    pub origin: String,
+}
+
+impl StoreSetting {
+    /// Parses a `--store NAME=URL` flag.
+    pub fn from_flag(text: &str) -> Result<StoreSetting, ConfigError> {
+        let (name, url) = text.split_once('=').unwrap_or((text, ""));
+        let setting = StoreSetting {
+            name: name.trim().to_ascii_lowercase(),
+            url: url.trim().to_owned(),
+            origin: format!("--store {}", redact_any(text)),
+        };
+        setting.check_name()?;
+        Ok(setting)
+    }
+
+    /// Every `BGMIGRATE_STORE_<NAME>` variable of `vars` (the process's environment: [`std::env::vars`]), in name
+    /// order.
+    pub fn from_env(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Vec<StoreSetting>, ConfigError> {
+        let mut settings: Vec<StoreSetting> = vars
+            .into_iter()
+            .filter_map(|(var, url)| {
+                let name = var.strip_prefix(STORE_ENV_PREFIX)?.to_ascii_lowercase();
+                Some(StoreSetting {
+                    name,
+                    url: url.trim().to_owned(),
+                    origin: var,
+                })
+            })
+            .collect();
+        settings.sort_by(|a, b| a.name.cmp(&b.name));
+        for setting in &settings {
+            setting.check_name()?;
+        }
+        Ok(settings)
+    }
+
+    fn bad(&self, reason: impl Into<String>) -> ConfigError {
+        ConfigError::BadStore {
+            origin: self.origin.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn check_name(&self) -> Result<(), ConfigError> {
+        let valid = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            Ok(())
+        } else {
+            Err(self.bad(
+                "name a store with letters, digits and _, and give its URL: NAME=postgres://..., NAME=sqlite://path                  or NAME=http://host:8123/db (ClickHouse)",
+            ))
+        }
+    }
+}
+
+/// A URL (or `NAME=URL`) without its password, for messages.
+fn redact_any(text: &str) -> String {
+    postgres::redact(text)
+}
+
+impl Connected {
+    /// Adds the named stores of `settings` (see [`StoreSetting`]): a `postgres://` URL as a Postgres store, a
+    /// `sqlite://` one as a SQLite file (created if missing), an `http(s)://` one as a ClickHouse store. A store
+    /// named like one already configured (`postgres` or `sqlite` for the control database, `clickhouse`), a
+    /// repeated name, or an unusable URL is refused, naming the variable or flag.
+    pub async fn with_stores(mut self, settings: &[StoreSetting]) -> Result<Self, ConfigError> {
+        let mut seen: Vec<&str> = Vec::new();
+        for setting in settings {
+            let taken = self.stores.sql(&setting.name).is_some()
+                || self.stores.clickhouse(&setting.name).is_some()
+                || seen.contains(&setting.name.as_str());
+            if taken {
+                return Err(setting.bad(format!(
+                    "the store name {:?} is already taken (the control database is store postgres or sqlite,                      CLICKHOUSE_URL is store clickhouse); choose another name",
+                    setting.name
+                )));
+            }
+            seen.push(&setting.name);
+            let url = setting.url.as_str();
+            let opened = |err: StoreError| match err {
+                StoreError::BadUrl { reason, .. } => setting.bad(reason),
+                err => ConfigError::Store(err),
+            };
+            self.stores = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let pool = postgres::connect_pool(url, 4).await.map_err(opened)?;
+                let store = PgStore::new(pool, PgStore::id_for_url(url));
+                self.stores.clone().with_postgres(&setting.name, store)
+            } else if url.starts_with("sqlite:") {
+                let pool = sqlite::connect_pool(url, 4).await.map_err(opened)?;
+                let path = sqlite::file_of(url).unwrap_or_default();
+                let store = SqliteStore::new(pool, SqliteStore::id_for_path(&path));
+                self.stores.clone().with_sql(&setting.name, Arc::new(store))
+            } else if url.starts_with("http://") || url.starts_with("https://") {
+                let config = ClickHouseConfig::parse(url, |_| None).map_err(|err| match err {
+                    ClickHouseError::BadUrl { reason, .. } => setting.bad(reason),
+                    err => ConfigError::ClickHouse(err),
+                })?;
+                let clickhouse = ClickHouse::new(config)?;
+                self.stores
+                    .clone()
+                    .with_clickhouse(&setting.name, clickhouse)
+            } else {
+                return Err(setting.bad(format!(
+                    "{:?} is not a store URL: use postgres://user@host:port/database, sqlite://path/to/file.db or                      http://user:pass@host:8123/db (ClickHouse)",
+                    redact_any(url)
+                )));
+            };
         }
         Ok(self)
     }

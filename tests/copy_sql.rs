@@ -1,5 +1,5 @@
-//! The `copy` kind between SQL stores, through the same code for SQLite → SQLite (a second database file) and
-//! Postgres → Postgres (the control database itself): exact copies for text and composite keys, NULLs and unicode,
+//! The `copy` kind between SQL stores, through the same code for SQLite → SQLite (a second database file),
+//! Postgres → Postgres (the control database itself), Postgres → SQLite and SQLite → Postgres: exact copies for text and composite keys, NULLs and unicode,
 //! small batches under `maxBatchBytes`, and no duplicate when every batch is sent again.
 
 mod common;
@@ -157,6 +157,35 @@ async fn a_postgres_to_sqlite_copy_is_exact_and_a_resent_copy_leaves_no_duplicat
         source.as_ref(),
         analytics.as_ref(),
         ("postgres", "analytics"),
+    )
+    .await;
+}
+
+/// SQLite → Postgres (the control table in the SQLite file, the target a Postgres database): the rows travel to
+/// Postgres as one `text[]` per column and are cast back to the target's types there.
+#[tokio::test]
+async fn a_sqlite_to_postgres_copy_is_exact_and_a_resent_copy_leaves_no_duplicates() {
+    let db = TestDb::create("copy_sql_sqlite_pg").await;
+    let warehouse = db.connect().await.stores.postgres("postgres").unwrap();
+    let tables: Vec<String> = TABLES.split(';').map(str::to_owned).collect();
+    execute(&warehouse, &tables[1..]).await;
+    std::fs::create_dir_all(db.dir.path().join("sqlite/background")).unwrap();
+    let url = format!("sqlite://{}", db.dir.path().join("app.db").display());
+    let mut connected = config::connect(&url).await.expect("connect");
+    connected.control.ensure_schema().await.expect("schema");
+    let source = connected.stores.sql("sqlite").unwrap();
+    execute(source.as_ref(), &tables[..1]).await;
+    execute(source.as_ref(), &sample_inserts()).await;
+    connected.stores = connected
+        .stores
+        .clone()
+        .with_postgres("warehouse", warehouse.clone());
+    copy_twice_is_exact(
+        &connected,
+        &db.dir.path().join("sqlite"),
+        source.as_ref(),
+        &warehouse,
+        ("sqlite", "warehouse"),
     )
     .await;
 }

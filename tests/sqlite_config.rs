@@ -124,3 +124,78 @@ fn clickhouse_fast_migrations_are_refused_on_a_sqlite_control_store() {
         "{stderr}"
     );
 }
+
+/// Named stores from `BGMIGRATE_STORE_<NAME>` or `--store NAME=URL`: a usable one lets a copy into it run under a
+/// plain `worker`; a bad URL or a taken name exits 2 naming the variable or the flag.
+#[test]
+fn named_stores_come_from_the_environment_or_the_flag_and_bad_ones_exit_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations/background")).unwrap();
+    let output = bgmigrate(dir.path(), "sqlite://app.db", &["status"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let sql = |file: &str, statements: &str| {
+        let status = Command::new("sqlite3")
+            .arg(dir.path().join(file))
+            .arg(statements)
+            .status();
+        status.map(|s| s.success()).unwrap_or(false)
+    };
+    if !sql(
+        "app.db",
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, NULL);",
+    ) || !sql(
+        "analytics.db",
+        "CREATE TABLE t (id integer PRIMARY KEY, v text);",
+    ) {
+        eprintln!("sqlite3 not installed: the worker part is skipped");
+    } else {
+        std::fs::write(
+            dir.path()
+                .join("migrations/background/20240101_0000_copy_t.toml"),
+            "kind = \"copy\"\nfrom = { store = \"sqlite\", table = \"t\", key = [\"id\"] }\n\
+             to = { store = \"analytics\", table = \"t\" }\n",
+        )
+        .unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
+            .args(["worker", "--exit-when-done"])
+            .current_dir(dir.path())
+            .env("DATABASE_URL", "sqlite://app.db")
+            .env("BGMIGRATE_STORE_ANALYTICS", "sqlite://analytics.db")
+            .env("BGMIGRATE_MIGRATIONS_DIR", dir.path().join("migrations"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        let output = bgmigrate(dir.path(), "sqlite://app.db", &["status", "--json"]);
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("\"finished\""),
+            "{}",
+            text(&output)
+        );
+    }
+
+    let flagged = bgmigrate(
+        dir.path(),
+        "sqlite://app.db",
+        &["status", "--store", "warehouse=mysql://db/x"],
+    );
+    assert_eq!(flagged.status.code(), Some(2), "{}", text(&flagged));
+    assert!(
+        text(&flagged).contains("--store warehouse=mysql://db/x"),
+        "{}",
+        text(&flagged)
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_bgmigrate"))
+        .arg("status")
+        .current_dir(dir.path())
+        .env("DATABASE_URL", "sqlite://app.db")
+        .env("BGMIGRATE_STORE_SQLITE", "sqlite://other.db")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("BGMIGRATE_STORE_SQLITE"),
+        "{}",
+        text(&output)
+    );
+}

@@ -39,6 +39,10 @@ pub struct Cli {
         default_value = "migrations"
     )]
     migrations_dir: PathBuf,
+    /// A named store that definitions refer to, NAME=URL (postgres://, sqlite://, http(s):// for ClickHouse);
+    /// repeatable. BGMIGRATE_STORE_<NAME>=URL does the same from the environment.
+    #[arg(long = "store", global = true, value_name = "NAME=URL")]
+    stores: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -183,9 +187,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return Err(BadInput(name).into());
     }
+    let mut settings = config::StoreSetting::from_env(std::env::vars())?;
+    for flag in &cli.stores {
+        let setting = config::StoreSetting::from_flag(flag)?;
+        // A flag overrides the variable of the same store.
+        settings.retain(|s| s.name != setting.name);
+        settings.push(setting);
+    }
     let connected = config::connect(&url)
         .await?
-        .with_clickhouse(cli.clickhouse_url.as_deref())?;
+        .with_clickhouse(cli.clickhouse_url.as_deref())?
+        .with_stores(&settings)
+        .await?;
     match cli.command {
         Command::Worker(args) => worker::run(&connected, &cli.migrations_dir, args).await,
         Command::Web(args) => web::run(&connected, &cli.migrations_dir, args).await,

@@ -9,6 +9,7 @@ mod sqlx_tx;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -28,6 +29,9 @@ pub enum SqlParam {
     Float(f64),
     /// SQL `NULL`.
     Null,
+    /// A list of texts (or NULLs): a `text[]` on Postgres; on SQLite, which has no arrays, its JSON text (read it
+    /// with `json_each`).
+    TextArray(Vec<Option<String>>),
 }
 
 /// A column as the store describes it.
@@ -90,12 +94,21 @@ impl Dialect {
     /// affinity when that is numeric (a text `'10'` sorts before `'9'`, the integer does not).
     pub fn param(self, n: usize, type_name: &str) -> String {
         match self {
-            Dialect::Postgres => format!("${n}::{type_name}"),
+            Dialect::Postgres => self.cast(&format!("${n}"), type_name),
+            Dialect::Sqlite => self.cast(&format!("?{n}"), type_name),
+        }
+    }
+
+    /// A text expression cast back to `type_name` as [`Dialect::param`] casts a placeholder: to the type on
+    /// Postgres, to the numeric affinity (if any) on SQLite.
+    pub fn cast(self, text_expr: &str, type_name: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("{text_expr}::{type_name}"),
             Dialect::Sqlite => match sqlite::affinity(type_name) {
-                sqlite::Affinity::Integer => format!("CAST(?{n} AS INTEGER)"),
-                sqlite::Affinity::Real => format!("CAST(?{n} AS REAL)"),
+                sqlite::Affinity::Integer => format!("CAST({text_expr} AS INTEGER)"),
+                sqlite::Affinity::Real => format!("CAST({text_expr} AS REAL)"),
                 sqlite::Affinity::Text | sqlite::Affinity::Blob | sqlite::Affinity::Numeric => {
-                    format!("?{n}")
+                    text_expr.to_owned()
                 }
             },
         }
@@ -127,6 +140,26 @@ pub(crate) fn short(sql: &str) -> String {
         format!("{}…", flat.chars().take(120).collect::<String>())
     } else {
         flat
+    }
+}
+
+/// A statement that runs this long or longer is logged, summarised (see [`log_if_slow`]).
+pub const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+
+/// Logs a statement that took [`SLOW_STATEMENT`] or longer at WARN: which statement (on one line, shortened to
+/// [`short`]'s length, never its whole text: a batch's statement can carry megabytes), how long, how many rows.
+///
+/// sqlx's own statement logging is switched off where the pools are opened: its slow-statement warning prints the
+/// whole statement (a 200 KB line for a batch of the first copy's multi-row INSERTs).
+pub(crate) fn log_if_slow(sql: &str, started: Instant, rows: u64) {
+    let elapsed = started.elapsed();
+    if elapsed >= SLOW_STATEMENT {
+        tracing::warn!(
+            statement = %short(sql),
+            elapsed_ms = elapsed.as_millis() as u64,
+            rows,
+            "slow statement"
+        );
     }
 }
 

@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{
     AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
@@ -50,7 +51,9 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, Sto
             IDLE_IN_TRANSACTION_TIMEOUT,
         )])
         // Health checks leave bgmigrate's own sessions out of the foreground activity they measure.
-        .application_name(crate::throttle::postgres::APPLICATION_NAME);
+        .application_name(crate::throttle::postgres::APPLICATION_NAME)
+        // sqlx would log every slow statement whole (megabytes for a batch): the stores log a summary instead.
+        .disable_statement_logging();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -133,7 +136,15 @@ pub struct PgTx {
     database: DatabaseId,
 }
 
-super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments);
+super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments, bind_text_array);
+
+/// Binds a list of texts as one `text[]` parameter.
+fn bind_text_array<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    values: &'q [Option<String>],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query.bind(values)
+}
 
 #[async_trait]
 impl SqlStore for PgStore {

@@ -13,7 +13,7 @@ use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite, SqlitePool, Transaction};
 
 use super::{ColumnInfo, DatabaseId, Dialect, SqlStore, SqlTx, StoreError};
 
@@ -92,7 +92,9 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool,
         // WAL: readers (status, the UI) never block the writer, and the writer never blocks them.
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(BUSY_TIMEOUT);
+        .busy_timeout(BUSY_TIMEOUT)
+        // sqlx would log every slow statement whole (megabytes for a batch): the stores log a summary instead.
+        .disable_statement_logging();
     // Switching a brand-new file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY at once (without
     // the busy handler) to one of several processes doing so together: such an open is tried again.
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
@@ -173,7 +175,21 @@ pub struct SqliteTx {
     database: DatabaseId,
 }
 
-super::sqlx_tx::sql_tx_over_sqlx!(SqliteTx, Sqlite, sqlx::sqlite::SqliteArguments);
+super::sqlx_tx::sql_tx_over_sqlx!(
+    SqliteTx,
+    Sqlite,
+    sqlx::sqlite::SqliteArguments,
+    bind_text_array
+);
+
+/// Binds a list of texts as its JSON text (SQLite has no arrays; `json_each(?n)` reads it in C, one parameter
+/// however many values).
+fn bind_text_array<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    values: &'q [Option<String>],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    query.bind(serde_json::to_string(values).unwrap_or_else(|_| "[]".into()))
+}
 
 /// `schema.table` split for the pragma functions (`main` when unqualified).
 fn schema_and_table(table: &str) -> (&str, &str) {

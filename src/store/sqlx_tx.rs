@@ -4,9 +4,9 @@
 
 /// Implements [`SqlTx`](super::SqlTx) for `$tx`, a struct whose `tx` field is a `sqlx::Transaction<'static, $db>`
 /// and whose `database` field is its store's [`DatabaseId`](super::DatabaseId) (`$args`: the driver's argument
-/// buffer).
+/// buffer; `$bind_array`: how the driver binds a [`SqlParam::TextArray`](super::SqlParam::TextArray)).
 macro_rules! sql_tx_over_sqlx {
-    ($tx:ty, $db:ty, $args:ty) => {
+    ($tx:ty, $db:ty, $args:ty, $bind_array:path) => {
         fn bind_all<'q>(
             mut query: ::sqlx::query::Query<'q, $db, $args>,
             params: &'q [$crate::store::SqlParam],
@@ -17,6 +17,7 @@ macro_rules! sql_tx_over_sqlx {
                     $crate::store::SqlParam::Int(n) => query.bind(*n),
                     $crate::store::SqlParam::Float(x) => query.bind(*x),
                     $crate::store::SqlParam::Null => query.bind(None::<String>),
+                    $crate::store::SqlParam::TextArray(values) => $bind_array(query, values),
                 };
             }
             query
@@ -30,6 +31,7 @@ macro_rules! sql_tx_over_sqlx {
                 params: &[$crate::store::SqlParam],
             ) -> Result<u64, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let started = ::std::time::Instant::now();
                 let done =
                     query
                         .execute(&mut *self.tx)
@@ -38,6 +40,7 @@ macro_rules! sql_tx_over_sqlx {
                             "run `{}`",
                             $crate::store::short(sql)
                         )))?;
+                $crate::store::log_if_slow(sql, started, done.rows_affected());
                 Ok(done.rows_affected())
             }
 
@@ -47,9 +50,11 @@ macro_rules! sql_tx_over_sqlx {
                 params: &[$crate::store::SqlParam],
             ) -> Result<Option<Vec<String>>, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let started = ::std::time::Instant::now();
                 let row = query.fetch_optional(&mut *self.tx).await.map_err(
                     $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
                 )?;
+                $crate::store::log_if_slow(sql, started, u64::from(row.is_some()));
                 row.map(|row| {
                     (0..::sqlx::Row::len(&row))
                         .map(|i| ::sqlx::Row::try_get::<String, _>(&row, i))
@@ -65,9 +70,11 @@ macro_rules! sql_tx_over_sqlx {
                 params: &[$crate::store::SqlParam],
             ) -> Result<Vec<Vec<Option<String>>>, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let started = ::std::time::Instant::now();
                 let rows = query.fetch_all(&mut *self.tx).await.map_err(
                     $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
                 )?;
+                $crate::store::log_if_slow(sql, started, rows.len() as u64);
                 rows.iter()
                     .map($crate::store::texts_of)
                     .collect::<Result<_, _>>()
@@ -80,21 +87,25 @@ macro_rules! sql_tx_over_sqlx {
                 params: &[$crate::store::SqlParam],
             ) -> Result<i64, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+                let started = ::std::time::Instant::now();
                 let row = query.fetch_one(&mut *self.tx).await.map_err(
                     $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
                 )?;
+                $crate::store::log_if_slow(sql, started, 1);
                 ::sqlx::Row::try_get::<i64, _>(&row, 0)
                     .map_err($crate::store::StoreError::sql("read a count"))
             }
 
             async fn execute_script(&mut self, sql: &str) -> Result<(), $crate::store::StoreError> {
-                ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql.to_owned()))
+                let started = ::std::time::Instant::now();
+                let done = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql.to_owned()))
                     .execute(&mut *self.tx)
                     .await
                     .map_err($crate::store::StoreError::sql(format!(
                         "run `{}`",
                         $crate::store::short(sql)
                     )))?;
+                $crate::store::log_if_slow(sql, started, done.rows_affected());
                 Ok(())
             }
 

@@ -143,11 +143,11 @@ impl SqlCopy {
         params.push(SqlParam::Int(
             i64::try_from(args.batch_size).unwrap_or(i64::MAX),
         ));
-        let mut tx = self.source.begin().await?;
+        let mut tx = self.source.begin_read().await?;
         let mut rows = tx
             .fetch_all_text(&plan.sql.read(lower.is_some()), &params)
             .await?;
-        // Nothing was written: ending the read transaction now releases SQLite's lock before the target's write.
+        // A read transaction (no write lock on SQLite), ended before the target's write begins.
         tx.commit().await?;
         let fetched = rows.len();
         let (kept, bytes) = fits(&rows, args.max_batch_bytes);
@@ -200,21 +200,17 @@ impl Migration for SqlCopy {
             let key = plan.key_positions.iter().map(|&i| row[i].clone()).collect();
             last_key = Some(plan.sql.keyset().next_key(last_key.as_deref(), key)?);
         }
-        let mut tx = self.target.begin().await?;
-        for chunk in rows.chunks(plan.sql.rows_per_insert()) {
-            let params: Vec<SqlParam> = chunk
-                .iter()
-                .flatten()
-                .map(|value| value.clone().map_or(SqlParam::Null, SqlParam::Text))
-                .collect();
-            tx.execute(&plan.sql.upsert(chunk.len()), &params).await?;
-        }
         let outcome = BatchOutcome {
             state: KeyCursor::after(last_key.or_else(|| lower.map(<[String]>::to_vec))).to_state(),
             done: exhausted,
             rows: rows.len() as u64,
             bytes,
         };
+        let mut tx = self.target.begin().await?;
+        if !rows.is_empty() {
+            tx.execute(plan.sql.upsert(), &plan.sql.params(rows))
+                .await?;
+        }
         batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }
