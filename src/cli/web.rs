@@ -31,7 +31,7 @@ pub struct WebArgs {
 
 /// A token from the environment: unset or empty is `None`; a short one is refused (exit 2), since a guessable
 /// token is worse than none.
-fn token(variable: &str) -> anyhow::Result<Option<String>> {
+pub(super) fn token(variable: &str) -> anyhow::Result<Option<String>> {
     let token = std::env::var(variable)
         .ok()
         .filter(|t| !t.trim().is_empty());

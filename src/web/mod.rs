@@ -156,6 +156,18 @@ pub fn router(state: WebState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics` alone, for a standalone worker (`worker --metrics-bind`): the same exporter and the same checks
+/// (read token, host) as in [`router`].
+pub fn metrics_router(state: WebState) -> Router {
+    metrics::install();
+    let state: Shared = Arc::new(state);
+    Router::new()
+        .route("/metrics", get(metrics::endpoint))
+        .fallback(api::not_found)
+        .layer(from_fn_with_state(state.clone(), guard::check))
+        .with_state(state)
+}
+
 /// Every row and the indicator computed from them, read once per request.
 pub(crate) struct Snapshot {
     records: Vec<crate::control::MigrationRecord>,
