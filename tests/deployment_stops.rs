@@ -4,6 +4,7 @@
 
 mod clickhouse_common;
 mod common;
+mod web_support;
 
 use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
@@ -346,4 +347,48 @@ async fn exit_of(child: &mut Child, log: &Path, timeout: Duration) -> ExitStatus
 
 fn log_of(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// The API and the list page name the fast migration that waits and the background migrations it needs, until
+/// they are finished.
+#[tokio::test]
+async fn the_api_and_the_list_page_show_which_fast_migration_waits_on_what() {
+    let db = TestDb::create("stop_web").await;
+    release_with_a_stop(&db, 1000, 0);
+    assert_eq!(db.cli(&["migrate"]).status.code(), Some(1));
+    let connected = db.connect().await;
+    let server =
+        web_support::serve(web_support::admin_state(&connected).migrations_dir(db.migrations()))
+            .await;
+    let stops = web_support::get(&format!("{}/api/deployment-stops", server.base), &[])
+        .await
+        .json();
+    assert_eq!(stops["problem"], serde_json::Value::Null);
+    assert_eq!(stops["waiting"][0]["store"], "postgres");
+    assert_eq!(
+        stops["waiting"][0]["file"],
+        "postgres/0002_drop_payload.sql"
+    );
+    assert_eq!(stops["waiting"][0]["waiting_on"][0]["name"], "0001_hits");
+    assert_eq!(stops["waiting"][0]["waiting_on"][0]["status"], "pending");
+    let page = web_support::get(&format!("{}/", server.base), &[]).await;
+    for words in [
+        "Deployment stop",
+        "postgres/0002_drop_payload.sql",
+        "bgmigrate finalize 0001_hits",
+    ] {
+        assert!(page.body.contains(words), "no {words:?} on the list page");
+    }
+    let openapi = web_support::get(&format!("{}/api/openapi.json", server.base), &[])
+        .await
+        .json();
+    assert!(openapi["paths"].get("/api/deployment-stops").is_some());
+
+    assert!(db.cli(&finalize_args(&["0001_hits"])).status.success());
+    let stops = web_support::get(&format!("{}/api/deployment-stops", server.base), &[])
+        .await
+        .json();
+    assert_eq!(stops["waiting"], serde_json::json!([]));
+    let page = web_support::get(&format!("{}/", server.base), &[]).await;
+    assert!(!page.body.contains("Deployment stop"));
 }

@@ -256,6 +256,40 @@ impl Gate {
     }
 }
 
+/// Every deployment-stop header of the migrations directory `dir` (its `postgres/` and `clickhouse/`), with its
+/// store, in application order per directory.
+pub fn declared(dir: &Path) -> Result<Vec<(&'static str, StopHeader)>, String> {
+    let postgres =
+        super::postgres::stop_headers(&dir.join("postgres")).map_err(|e| e.to_string())?;
+    let clickhouse = super::clickhouse::load(&dir.join("clickhouse")).map_err(|e| e.to_string())?;
+    let clickhouse = clickhouse
+        .into_iter()
+        .filter(|m| !m.requires_finished.is_empty())
+        .map(|m| StopHeader {
+            version: m.version,
+            file: m.path,
+            requires: m.requires_finished,
+        });
+    Ok(postgres
+        .into_iter()
+        .map(|h| ("postgres", h))
+        .chain(clickhouse.map(|h| ("clickhouse", h)))
+        .collect())
+}
+
+/// The declared stops that wait now: those naming a background migration that is not finished. (A stop already
+/// applied names finished migrations, so it does not show, unless one was retried from the start since.)
+pub fn waiting(
+    declared: &[(&'static str, StopHeader)],
+    records: &[MigrationRecord],
+) -> Vec<Blocked> {
+    let gate = Gate::new(records.to_vec(), Vec::new());
+    declared
+        .iter()
+        .filter_map(|(store, header)| gate.blocked(store, &header.file, &header.requires))
+        .collect()
+}
+
 /// `migrate` and `web` stop here: fast migrations wait on unfinished background migrations.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub struct Stopped {
