@@ -201,6 +201,30 @@ async fn an_unknown_required_name_exits_2_naming_it() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
+/// A named migration that cannot start because an earlier one waits on an operator ends `finalize` with exit 1,
+/// naming what it waits on, instead of waiting forever.
+#[tokio::test]
+async fn finalize_names_the_paused_migration_that_keeps_its_migration_from_starting() {
+    let db = TestDb::create("finalize_stuck").await;
+    release_with_a_stop(&db, 500, 0);
+    db.define(
+        "0002_more_hits",
+        "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\n\
+         set = { hits = \"hits + 1\" }\n",
+    );
+    assert_eq!(db.cli(&["migrate"]).status.code(), Some(1));
+    let out = db.cli(&["pause", "0001_hits"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = db.cli(&finalize_args(&["0002_more_hits"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("0002_more_hits cannot start: it runs after 0001_hits (paused)"),
+        "{stderr}"
+    );
+    assert_eq!(db.status_of("0002_more_hits").await, Status::Pending);
+}
+
 /// `finalize` waits while a worker holds the lease (showing it), and takes the migration over when that worker
 /// dies, finishing it exactly once per row.
 #[tokio::test]

@@ -80,8 +80,15 @@ pub async fn run(connected: &Connected, args: FinalizeArgs) -> anyhow::Result<Ex
     .spawn();
     let mut bars = Bars::new(&args.names);
     let mut idle_polls = 0;
+    // Listening from here on, so a signal between two looks is not missed.
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
     let outcome = loop {
-        let records = control(connected).list().await?;
+        let records = match control(connected).list().await {
+            Ok(records) => records,
+            // Ends here rather than returning, so the runner still releases its lease below.
+            Err(err) => break Err(format!("cannot read the control table: {err}")),
+        };
         bars.draw(&records, &worker_id);
         if let Some(problem) = problem(&records, &args.names) {
             break Err(problem);
@@ -106,7 +113,7 @@ pub async fn run(connected: &Connected, args: FinalizeArgs) -> anyhow::Result<Ex
         }
         tokio::select! {
             _ = tokio::time::sleep(WATCH) => {}
-            _ = wait_for_signal() => break Err("interrupted; what was done so far is kept (run it again to go on)".into()),
+            _ = &mut signal => break Err("interrupted; what was done so far is kept (run it again to go on)".into()),
         }
     };
     bars.clear();
@@ -117,7 +124,8 @@ pub async fn run(connected: &Connected, args: FinalizeArgs) -> anyhow::Result<Ex
             println!("finished: {}", args.names.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        (Err(problem), _) => Err(Failed(problem).into()),
+        (Err(problem), Ok(_)) => Err(Failed(problem).into()),
+        (Err(problem), Err(err)) => Err(Failed(format!("{problem}: {err}")).into()),
         (Ok(()), Err(err)) => Err(err.into()),
     }
 }
