@@ -56,6 +56,17 @@ pub fn requires_finished(file: &Path, sql: &str) -> Result<Vec<String>, HeaderEr
         let Some(directive) = comment.trim_start().strip_prefix("bgmigrate") else {
             continue;
         };
+        // A comment that merely mentions bgmigrate is prose; one that sets requires_finished is a directive.
+        let setting = match directive.strip_prefix(':') {
+            Some(setting) => setting,
+            None if directive.contains(REQUIRES_FINISHED) => {
+                return Err(error(
+                    number,
+                    format!("write `{HEADER_PREFIX} {REQUIRES_FINISHED} = [\"NAME\", ...]`"),
+                ));
+            }
+            None => continue,
+        };
         // A directive after the first statement would be silently ignored by a reader who expects it to hold.
         if !in_header {
             return Err(error(
@@ -65,12 +76,6 @@ pub fn requires_finished(file: &Path, sql: &str) -> Result<Vec<String>, HeaderEr
                 ),
             ));
         }
-        let Some(setting) = directive.strip_prefix(':') else {
-            return Err(error(
-                number,
-                format!("write `{HEADER_PREFIX} {REQUIRES_FINISHED} = [\"NAME\", ...]`"),
-            ));
-        };
         names.extend(parse_setting(setting).map_err(|reason| error(number, reason))?);
     }
     Ok(names)
@@ -300,12 +305,13 @@ pub struct Stopped {
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "deployment stop")?;
-        for blocked in &self.blocked {
+        for (i, blocked) in self.blocked.iter().enumerate() {
             let names: Vec<String> = blocked.waiting_on.iter().map(ToString::to_string).collect();
             write!(
                 f,
-                "; {} fast migration {} (and the files after it) waits until these background migrations are \
+                "{} {} fast migration {} (and the files after it) waits until these background migrations are \
                  finished: {}",
+                if i == 0 { ":" } else { ";" },
                 blocked.store,
                 blocked.file,
                 names.join(", ")
