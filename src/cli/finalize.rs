@@ -13,11 +13,11 @@ use std::time::Duration;
 use bgmigrate::config::Connected;
 use bgmigrate::control::MigrationRecord;
 use bgmigrate::engine::RunnerState;
-use bgmigrate::{Runner, RunnerConfig, Status, builtin_registry};
+use bgmigrate::{RunnerConfig, Status};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::worker::{LeaseArgs, wait_for_signal};
+use super::worker::{LeaseArgs, spawn_runner, wait_for_signal};
 use super::{BadInput, Failed, control};
 
 /// Options of `bgmigrate finalize`.
@@ -71,13 +71,7 @@ pub async fn run(connected: &Connected, args: FinalizeArgs) -> anyhow::Result<Ex
     }
     tracing::info!(worker = %config.worker_id, migrations = ?args.names, "finalizing");
     let worker_id = config.worker_id.clone();
-    let handle = Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        config,
-    )
-    .spawn();
+    let handle = spawn_runner(connected, config);
     let mut bars = Bars::new(&args.names);
     let mut idle_polls = 0;
     // Listening from here on, so a signal between two looks is not missed.

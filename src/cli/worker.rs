@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bgmigrate::config::{self, Connected};
-use bgmigrate::{Runner, RunnerConfig, builtin_registry, web};
+use bgmigrate::{Runner, RunnerConfig, RunnerHandle, builtin_registry, web};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
@@ -80,13 +80,7 @@ pub async fn run(connected: &Connected, dir: &Path, args: WorkerArgs) -> anyhow:
     let registrations = migrate::load_and_check(connected, dir)?;
     migrate::register(connected, &registrations).await?;
     tracing::info!(worker = %config.worker_id, "worker started");
-    let handle = Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        config,
-    )
-    .spawn();
+    let handle = spawn_runner(connected, config);
     let bars = std::io::stderr()
         .is_terminal()
         .then(|| tokio::spawn(progress::draw(handle.subscribe())));
@@ -107,6 +101,17 @@ pub async fn run(connected: &Connected, dir: &Path, args: WorkerArgs) -> anyhow:
         return Err(Failed(format!("background migration {name} failed: {reason}")).into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A runner of the built-in kinds over the connected stores, started.
+pub(super) fn spawn_runner(connected: &Connected, config: RunnerConfig) -> RunnerHandle {
+    Runner::new(
+        connected.control.clone(),
+        builtin_registry(),
+        connected.stores.clone(),
+        config,
+    )
+    .spawn()
 }
 
 /// Serves `/metrics` on `address` until the returned token is cancelled; the recorder is installed before the
