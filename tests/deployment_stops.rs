@@ -107,6 +107,9 @@ async fn a_stop_holds_back_its_file_until_finalize_finishes_what_it_requires() {
         scalar(&db, "SELECT count(*) FROM items WHERE hits <> 1").await,
         0
     );
+    let out = db.cli(&finalize_args(&["0001_hits"]));
+    assert!(out.status.success(), "finalize again: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already finished"));
 
     let out = db.cli(&["migrate"]);
     assert!(

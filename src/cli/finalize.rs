@@ -69,6 +69,10 @@ pub async fn run(connected: &Connected, args: FinalizeArgs) -> anyhow::Result<Ex
     if let Some(problem) = problem(&records, &args.names) {
         return Err(Failed(problem).into());
     }
+    if all_finished(&records, &args.names) {
+        println!("already finished: {}", args.names.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
     tracing::info!(worker = %config.worker_id, migrations = ?args.names, "finalizing");
     let worker_id = config.worker_id.clone();
     let handle = spawn_runner(connected, config);
@@ -87,11 +91,7 @@ pub async fn run(connected: &Connected, args: FinalizeArgs) -> anyhow::Result<Ex
         if let Some(problem) = problem(&records, &args.names) {
             break Err(problem);
         }
-        if args
-            .names
-            .iter()
-            .all(|name| status(&records, name) == Some(Status::Finished))
-        {
+        if all_finished(&records, &args.names) {
             break Ok(());
         }
         // A pending migration that nothing runs while this runner looks for work and finds none cannot start:
@@ -124,8 +124,12 @@ pub async fn run(connected: &Connected, args: FinalizeArgs) -> anyhow::Result<Ex
     }
 }
 
-fn status(records: &[MigrationRecord], name: &str) -> Option<Status> {
-    records.iter().find(|r| r.name == name).map(|r| r.status)
+fn all_finished(records: &[MigrationRecord], names: &[String]) -> bool {
+    names.iter().all(|name| {
+        records
+            .iter()
+            .any(|r| &r.name == name && r.status == Status::Finished)
+    })
 }
 
 /// Why a named migration will not finish without an operator: failed, cancelled or paused.
