@@ -4,11 +4,18 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use bgmigrate::config::Connected;
+use bgmigrate::fast::stops::{Blocked, Gate, Stopped};
 use bgmigrate::{builtin_registry, definition, fast};
 
 use super::BadInput;
 
-/// Applies fast migrations and registers background definitions; refuses (and changes nothing) on a bad definition.
+/// Applies fast migrations (each directory up to its deployment stop), then registers background definitions;
+/// refuses (and changes nothing) on a bad definition or header. Ends with [`Stopped`] when a deployment stop held
+/// files back: the background migrations are registered by then, so the workers (or `finalize`) can finish them.
+///
+/// Fast migrations apply before registration, so that a background migration a release ships is never claimed by
+/// a running worker before the columns or tables it needs exist; a `requires_finished` naming a migration that
+/// this run registers counts it as pending, so a release can ship the migration and its stop together.
 pub async fn run(connected: &Connected, dir: &Path) -> anyhow::Result<ExitCode> {
     if !dir.is_dir() {
         // Most likely a typo: applying "nothing" and exiting 0 would hide it until the release misses its schema.
@@ -21,26 +28,54 @@ pub async fn run(connected: &Connected, dir: &Path) -> anyhow::Result<ExitCode> 
     }
     let registrations = load_and_check(connected, dir)?;
     let clickhouse_dir = dir.join("clickhouse");
-    check_clickhouse(connected, &clickhouse_dir)?;
+    let clickhouse_files = check_clickhouse(connected, &clickhouse_dir)?;
     let postgres_dir = dir.join("postgres");
     let Some(pool) = &connected.pool else {
         refuse_without_postgres(connected, &postgres_dir, &clickhouse_dir)?;
         register(connected, &registrations).await?;
         return Ok(ExitCode::SUCCESS);
     };
-    let applied = fast::postgres::apply(pool, &postgres_dir).await?;
-    tracing::info!(applied, "Postgres fast migrations applied");
+    let postgres_stops = fast::postgres::stop_headers(&postgres_dir)?;
+    let gate = gate(connected, &registrations).await?;
+    for (file, requires) in postgres_stops.iter().map(|h| (&h.file, &h.requires)).chain(
+        clickhouse_files
+            .iter()
+            .map(|m| (&m.path, &m.requires_finished)),
+    ) {
+        gate.check_known(file, requires)?;
+    }
+    let postgres = fast::postgres::apply(pool, &postgres_dir, &postgres_stops, &gate).await?;
+    tracing::info!(applied = postgres.count, "Postgres fast migrations applied");
+    let mut blocked: Vec<Blocked> = postgres.blocked.into_iter().collect();
     if let Some(clickhouse) = &connected.clickhouse {
-        let applied = fast::clickhouse::apply(pool, clickhouse, &clickhouse_dir).await?;
-        tracing::info!(applied, clickhouse = %clickhouse.id(), "ClickHouse fast migrations applied");
+        let applied = fast::clickhouse::apply(pool, clickhouse, &clickhouse_dir, &gate).await?;
+        tracing::info!(applied = applied.count, clickhouse = %clickhouse.id(), "ClickHouse fast migrations applied");
+        blocked.extend(applied.blocked);
     }
     register(connected, &registrations).await?;
+    if !blocked.is_empty() {
+        return Err(Stopped { blocked }.into());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads `clickhouse/*.up.sql` (checking their names) and refuses, before anything is applied, when there are
-/// files but no ClickHouse is configured.
-fn check_clickhouse(connected: &Connected, dir: &Path) -> anyhow::Result<()> {
+/// The background migrations' statuses, with those this run registers counted as pending.
+async fn gate(
+    connected: &Connected,
+    registrations: &[definition::Registration],
+) -> anyhow::Result<Gate> {
+    connected.control.ensure_schema().await?;
+    let records = connected.control.list().await?;
+    let registering = registrations.iter().map(|r| r.name.clone()).collect();
+    Ok(Gate::new(records, registering))
+}
+
+/// Reads `clickhouse/*.up.sql` (checking their names and headers) and refuses, before anything is applied, when
+/// there are files but no ClickHouse is configured.
+fn check_clickhouse(
+    connected: &Connected,
+    dir: &Path,
+) -> anyhow::Result<Vec<fast::clickhouse::ClickHouseMigration>> {
     let files = fast::clickhouse::load(dir)?;
     if connected.clickhouse.is_none() && !files.is_empty() {
         return Err(super::BadInput(format!(
@@ -51,7 +86,7 @@ fn check_clickhouse(connected: &Connected, dir: &Path) -> anyhow::Result<()> {
         ))
         .into());
     }
-    Ok(())
+    Ok(files)
 }
 
 /// Without a Postgres control store, refuses (before anything is applied) fast migrations that need Postgres: its

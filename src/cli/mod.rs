@@ -1,6 +1,7 @@
 //! Command-line surface: arguments, dispatch, exit codes. Each command lives in its own file.
 
 mod demo;
+mod finalize;
 mod inspect;
 mod migrate;
 mod operate;
@@ -19,6 +20,7 @@ use bgmigrate::config::{self, ConfigError, Connected};
 use bgmigrate::definition::DefinitionError;
 use bgmigrate::fast::clickhouse::ClickHouseMigrateError;
 use bgmigrate::fast::postgres::FastMigrationError;
+use bgmigrate::fast::stops::{HeaderError, UnknownRequirement};
 use clap::{Parser, Subcommand};
 
 /// bgmigrate: background migrations for Postgres, ClickHouse and SQLite, batched, resumable, leased, observable.
@@ -101,6 +103,11 @@ enum Command {
     },
     /// Exit 0 when all named (default: all) are finished; 1 on failure or timeout.
     Wait(wait::WaitArgs),
+    /// Finish these background migrations now, in this process (for a deployment stop): runs the remaining
+    /// batches under the same leases as workers, waits for a worker that holds one, exits 0 when all are finished
+    /// and 1 with the reason when one fails or is paused or cancelled. Migrations run in name order: unfinished
+    /// ones before NAME run first.
+    Finalize(finalize::FinalizeArgs),
     /// Sample data in SQLite (bgmigrate-demo/ here) and background migrations over it, run with progress bars.
     Demo(demo::DemoArgs),
 }
@@ -116,6 +123,7 @@ impl Command {
             | Command::Cancel { name }
             | Command::SetArgs { name, .. } => vec![name.as_str()],
             Command::Wait(args) => args.names(),
+            Command::Finalize(args) => args.names(),
             _ => Vec::new(),
         }
     }
@@ -136,6 +144,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     let bad_input = err.chain().any(|cause| {
         cause.is::<BadInput>()
             || cause.is::<DefinitionError>()
+            || cause.is::<HeaderError>()
+            || cause.is::<UnknownRequirement>()
             || cause
                 .downcast_ref::<FastMigrationError>()
                 .is_some_and(FastMigrationError::is_bad_input)
@@ -219,6 +229,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SetArgs { name, json } => operate::set_args(&connected, &name, &json).await,
         Command::Wait(args) => wait::run(&connected, args).await,
+        Command::Finalize(args) => finalize::run(&connected, args).await,
         Command::Demo(args) => demo::run(&connected, &url, args).await,
     }
 }

@@ -31,7 +31,7 @@ pub struct WebArgs {
 
 /// A token from the environment: unset or empty is `None`; a short one is refused (exit 2), since a guessable
 /// token is worse than none.
-fn token(variable: &str) -> anyhow::Result<Option<String>> {
+pub(super) fn token(variable: &str) -> anyhow::Result<Option<String>> {
     let token = std::env::var(variable)
         .ok()
         .filter(|t| !t.trim().is_empty());
@@ -66,7 +66,8 @@ pub async fn run(connected: &Connected, dir: &Path, args: WebArgs) -> anyhow::Re
         .read_token(read_token)
         .allowed_hosts(web::AllowedHosts::parse(&args.allowed_hosts))
         .session_lifetime(args.session_lifetime)
-        .background_enabled(config::background_migrations_enabled("")?);
+        .background_enabled(config::background_migrations_enabled("")?)
+        .migrations_dir(dir);
     if let Some(version) = args.app_version {
         state = state.app_version(version);
     }

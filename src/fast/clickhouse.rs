@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sqlx::{Connection, PgConnection, PgPool};
 
+use super::stops::{Applied, Gate, requires_finished};
 use crate::clickhouse::{ClickHouse, ClickHouseError, quote_ident, quote_literal, statements};
 
 /// Where `{on_cluster}` may appear in a migration file.
@@ -92,6 +93,10 @@ pub struct ClickHouseMigration {
     pub sql: String,
     /// Hex FNV-1a 64 of the text: an edited file is refused.
     pub checksum: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Background migrations that must be finished before it applies (its deployment-stop header).
+    pub requires_finished: Vec<String>,
 }
 
 /// Reads the migrations in `dir` (a missing directory means none), sorted by version.
@@ -126,11 +131,15 @@ pub fn load(dir: &Path) -> Result<Vec<ClickHouseMigration>, ClickHouseMigrateErr
         })?;
         let sql =
             std::fs::read_to_string(&path).map_err(|e| bad(&path, format!("cannot read: {e}")))?;
+        let requires_finished = requires_finished(&path, &sql)
+            .map_err(|e| bad(&path, format!("line {}: {}", e.line, e.reason)))?;
         let migration = ClickHouseMigration {
             version,
             name,
             checksum: format!("{:016x}", fnv1a(sql.as_bytes())),
             sql,
+            path: path.clone(),
+            requires_finished,
         };
         if let Some(other) = by_version.insert(version, migration) {
             return Err(bad(
@@ -194,22 +203,24 @@ impl LockGuard {
     }
 }
 
-/// Applies the pending migrations of `dir` to `clickhouse`, under a lock in the control database `lock_pool`;
-/// returns how many were applied.
+/// Applies the pending migrations of `dir` to `clickhouse` in order, under a lock in the control database
+/// `lock_pool`, up to the first pending file whose `requires_finished` the `gate` holds back (that file and those
+/// after it are not applied).
 pub async fn apply(
     lock_pool: &PgPool,
     clickhouse: &ClickHouse,
     dir: &Path,
-) -> Result<usize, ClickHouseMigrateError> {
+    gate: &Gate,
+) -> Result<Applied, ClickHouseMigrateError> {
     let migrations = load(dir)?;
     if migrations.is_empty() {
-        return Ok(0);
+        return Ok(Applied::default());
     }
     let key = fnv1a(format!("bgmigrate clickhouse {}", clickhouse.id()).as_bytes()) as i64;
     let guard = LockGuard::acquire(lock_pool, key)
         .await
         .map_err(ClickHouseMigrateError::Lock)?;
-    let result = apply_locked(clickhouse, dir, &migrations).await;
+    let result = apply_locked(clickhouse, dir, &migrations, gate).await;
     guard.release().await;
     result
 }
@@ -218,7 +229,8 @@ async fn apply_locked(
     clickhouse: &ClickHouse,
     dir: &Path,
     migrations: &[ClickHouseMigration],
-) -> Result<usize, ClickHouseMigrateError> {
+    gate: &Gate,
+) -> Result<Applied, ClickHouseMigrateError> {
     let cluster = clickhouse.config().cluster.as_deref();
     let bookkeeping = |source| ClickHouseMigrateError::Statement {
         file: "schema_migrations".into(),
@@ -266,6 +278,14 @@ async fn apply_locked(
         .iter()
         .filter(|m| !applied_versions.contains(&m.version))
     {
+        if let Some(blocked) =
+            gate.blocked("clickhouse", &migration.path, &migration.requires_finished)
+        {
+            return Ok(Applied {
+                count,
+                blocked: Some(blocked),
+            });
+        }
         let file = format!("{:04}_{}.up.sql", migration.version, migration.name);
         for (index, statement) in statements::split(&expand(&migration.sql, cluster))
             .iter()
@@ -291,7 +311,10 @@ async fn apply_locked(
         tracing::info!(migration = %file, "applied ClickHouse fast migration");
         count += 1;
     }
-    Ok(count)
+    Ok(Applied {
+        count,
+        blocked: None,
+    })
 }
 
 #[cfg(test)]

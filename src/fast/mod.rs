@@ -1,4 +1,5 @@
-//! Fast migrations: schema changes applied synchronously at `migrate` / `web` start, in order, once.
+//! Fast migrations: schema changes applied synchronously by `migrate` and `web`, held back at a deployment stop.
 
 pub mod clickhouse;
 pub mod postgres;
+pub mod stops;

@@ -1,8 +1,9 @@
 //! `/metrics` in Prometheus text.
 //!
 //! The engine records `bgmigrate_rows_processed_total`, `bgmigrate_batch_duration_seconds` (histogram),
-//! `bgmigrate_batch_size`, `bgmigrate_batch_retries_total` and `bgmigrate_lease_takeovers_total` through the
-//! `metrics` facade wherever it runs. Every scrape also reads the control table, so a web process shows the status,
+//! `bgmigrate_batch_size`, `bgmigrate_batch_retries_total`, `bgmigrate_lease_takeovers_total` and
+//! `bgmigrate_throttled_seconds_total` through the `metrics` facade wherever it runs (a web process, or a worker
+//! with `--metrics-bind`, see [`super::metrics_router`]). Every scrape also reads the control table, so a web process shows the status,
 //! progress and batch size of migrations that workers in other processes run.
 
 use std::sync::OnceLock;
@@ -67,6 +68,11 @@ fn describe() {
     describe_counter!(
         "bgmigrate_lease_takeovers_total",
         "Claims that took over an expired lease"
+    );
+    describe_counter!(
+        "bgmigrate_throttled_seconds_total",
+        metrics::Unit::Seconds,
+        "Time migrations held back on a health signal, by reason"
     );
     describe_gauge!(
         "bgmigrate_migration_status",

@@ -13,7 +13,7 @@
 //! the host and origin checks, body limits, security headers and JSON errors around every request; `serve` a
 //! listener loop with connection timeouts; `error` the JSON error type; `api` the JSON handlers; `pages` (and
 //! `login`) the HTML handlers, drawn by `layout`, `list`, `detail` (with the args editor of `forms`) and `chart`;
-//! `indicator` the status indicator; `live` the SSE stream; `badge` the SVG badge; [`metrics`] the Prometheus
+//! `indicator` the status indicator; `live` the SSE stream; `badge` the SVG badge; `stops` the deployment stops that wait; [`metrics`] the Prometheus
 //! endpoint; `view` what a migration looks like to a reader (derived figures, secrets masked).
 
 mod api;
@@ -34,6 +34,7 @@ pub mod metrics;
 mod pages;
 mod serve;
 mod session;
+mod stops;
 mod view;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub struct WebState {
     access: auth::Access,
     allowed_hosts: AllowedHosts,
     logins: login::Throttle,
+    migrations_dir: Option<std::path::PathBuf>,
 }
 
 impl WebState {
@@ -78,6 +80,7 @@ impl WebState {
             access: auth::Access::new(None, None),
             allowed_hosts: AllowedHosts::default(),
             logins: login::Throttle::default(),
+            migrations_dir: None,
         }
     }
 
@@ -113,6 +116,13 @@ impl WebState {
         self
     }
 
+    /// The migrations directory whose fast migrations' deployment stops (`requires_finished`) the API
+    /// (`/api/deployment-stops`) and the list page show while they wait; none are shown without it.
+    pub fn migrations_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.migrations_dir = Some(dir.into());
+        self
+    }
+
     /// Whether workers run background migrations (`ENABLE_BACKGROUND_MIGRATIONS`); when false and some are
     /// pending, every page says the data may be inconsistent.
     pub fn background_enabled(mut self, enabled: bool) -> Self {
@@ -136,6 +146,7 @@ pub fn router(state: WebState) -> Router {
         .route("/migrations/{name}/{action}", post(api::act))
         .route("/migrations/{name}/args", put(api::set_args))
         .route("/status", get(api::status))
+        .route("/deployment-stops", get(stops::api))
         .route("/session", get(api::session))
         .route("/events", get(live::events))
         .route("/openapi.json", get(api::openapi))
@@ -152,6 +163,18 @@ pub fn router(state: WebState) -> Router {
         .route("/metrics", get(metrics::endpoint))
         .nest("/api", api)
         .fallback(pages::not_found)
+        .layer(from_fn_with_state(state.clone(), guard::check))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for a standalone worker (`worker --metrics-bind`): the same exporter and the same checks
+/// (read token, host) as in [`router`].
+pub fn metrics_router(state: WebState) -> Router {
+    metrics::install();
+    let state: Shared = Arc::new(state);
+    Router::new()
+        .route("/metrics", get(metrics::endpoint))
+        .fallback(api::not_found)
         .layer(from_fn_with_state(state.clone(), guard::check))
         .with_state(state)
 }

@@ -129,8 +129,10 @@ pub async fn list(State(state): State<Shared>, Base(base): Base, headers: Header
         Err(response) => return Ok(*response),
     };
     let records = state.control.list().await?;
+    let stops = super::stops::of(state.migrations_dir.as_deref(), &records).await;
     let content = html! {
         h1 { "Background migrations" }
+        (super::stops::notice(&base, &stops))
         (list::table(&base, &records))
         p.muted { "Updates live while this page is open. JSON: " a href={ (base) "/api/migrations" } { "/api/migrations" }
             " · " a href={ (base) "/api/openapi.json" } { "OpenAPI" } " · " a href={ (base) "/metrics" } { "metrics" }
