@@ -89,6 +89,15 @@ impl Args {
 
     /// Validates an `args` JSON value; `batchSize` defaults to `default_batch_size` (the migration's own default).
     pub fn parse_with_default(value: &Value, default_batch_size: u64) -> Result<Args, ArgsError> {
+        Args::parse_for(value, default_batch_size, DEFAULT_TARGET_BATCH_MS)
+    }
+
+    /// Validates an `args` JSON value with a migration's own defaults for `batchSize` and `targetBatchMs`.
+    pub fn parse_for(
+        value: &Value,
+        default_batch_size: u64,
+        default_target_batch_ms: u64,
+    ) -> Result<Args, ArgsError> {
         let raw = match value {
             Value::Object(map) => map.clone(),
             Value::Null => Map::new(),
@@ -101,7 +110,7 @@ impl Args {
             .unwrap_or(DEFAULT_MAX_BATCH_SIZE.max(min));
         let adaptive = AdaptiveSizing {
             target_ms: read_u64(&raw, "targetBatchMs", TARGET_BATCH_MS_RANGE)?
-                .unwrap_or(DEFAULT_TARGET_BATCH_MS),
+                .unwrap_or(default_target_batch_ms),
             min,
             max,
         };

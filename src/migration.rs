@@ -210,6 +210,13 @@ pub trait Migration: Send + Sync {
         DEFAULT_BATCH_SIZE
     }
 
+    /// The batch duration adaptive sizing aims for when `args` set no `targetBatchMs`:
+    /// [`DEFAULT_TARGET_BATCH_MS`](crate::args::DEFAULT_TARGET_BATCH_MS) unless the kind knows better (a copy into
+    /// ClickHouse wants fewer, larger inserts).
+    fn default_target_batch_ms(&self) -> u64 {
+        crate::args::DEFAULT_TARGET_BATCH_MS
+    }
+
     /// The health signals of the stores this migration writes, read before every batch ([`crate::throttle`]);
     /// none by default. Called once per run, so a check may keep state (averages) between batches.
     fn health_checks(&self) -> Vec<std::sync::Arc<dyn crate::throttle::HealthCheck>> {

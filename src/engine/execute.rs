@@ -148,7 +148,12 @@ async fn batch_loop(
                 "the control row cannot be read: {reason}"
             )));
         }
-        Args::parse_with_default(&record.args, migration.default_batch_size()).map_err(|err| {
+        Args::parse_for(
+            &record.args,
+            migration.default_batch_size(),
+            migration.default_target_batch_ms(),
+        )
+        .map_err(|err| {
             MigrationError::Permanent(format!(
                 "invalid args: {err}; fix them with `bgmigrate set-args {} '{{...}}'`, then `bgmigrate retry {}`",
                 lease.name, lease.name
