@@ -180,7 +180,7 @@ async fn batch_loop(
         if stop.is_cancelled() {
             return Ok(Ending::Released);
         }
-        let (_, args) = reread().await?;
+        let (mut current, mut args) = reread().await?;
         let after = throttle
             .before_batch(&*ctx.leases, lease, &args, stop, || async {
                 Ok(reread().await?.1)
@@ -189,8 +189,10 @@ async fn batch_loop(
         if stop.is_cancelled() {
             return Ok(Ending::Released);
         }
-        // The state is read after any wait: an operator may have changed the row meanwhile.
-        let (current, mut args) = reread().await?;
+        // After a wait the row is read again: an operator may have changed it meanwhile.
+        if after.waited {
+            (current, args) = reread().await?;
+        }
         let (size, change) = sizer.next(&args);
         args.batch_size = size;
         if let Some(change) = change {

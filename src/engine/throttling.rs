@@ -32,6 +32,8 @@ pub(crate) struct Throttle {
 pub(crate) struct AfterBatch {
     /// Rest for this many times the batch's duration.
     pub(crate) rest_ratio: f64,
+    /// Whether it held back before the batch (the row may have changed meanwhile).
+    pub(crate) waited: bool,
 }
 
 impl Throttle {
@@ -80,11 +82,15 @@ impl Throttle {
         Fut: std::future::Future<Output = Result<Args, MigrationError>>,
     {
         let mut limits = args.throttle.clone();
+        let mut waited = false;
         loop {
             match self.read(&limits, &lease.name).await {
                 Health::Fine => {
                     self.set(leases, lease, None).await?;
-                    return Ok(AfterBatch { rest_ratio: 0.0 });
+                    return Ok(AfterBatch {
+                        rest_ratio: 0.0,
+                        waited,
+                    });
                 }
                 Health::Yield {
                     signal,
@@ -92,16 +98,17 @@ impl Throttle {
                     rest_ratio,
                 } => {
                     self.set(leases, lease, Some((reason, signal))).await?;
-                    return Ok(AfterBatch { rest_ratio });
+                    return Ok(AfterBatch { rest_ratio, waited });
                 }
                 Health::Hold { signal, reason } => {
                     self.set(leases, lease, Some((reason, signal))).await?;
                     let wait = Duration::from_millis(limits.check_ms);
                     tokio::select! {
-                        _ = stop.cancelled() => return Ok(AfterBatch { rest_ratio: 0.0 }),
+                        _ = stop.cancelled() => return Ok(AfterBatch { rest_ratio: 0.0, waited: true }),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     self.count(&lease.name, signal, wait);
+                    waited = true;
                     limits = reread().await?.throttle;
                 }
             }
