@@ -24,6 +24,9 @@ const BATCH_SIZE_RANGE: (u64, u64) = (1, 10_000_000);
 const MAX_BATCH_BYTES_RANGE: (u64, u64) = (1024, 4 * 1024 * 1024 * 1024);
 const SLEEP_MS_RANGE: (u64, u64) = (0, 3_600_000);
 const TARGET_BATCH_MS_RANGE: (u64, u64) = (10, 600_000);
+/// `parallelism`: key ranges worked at once across workers. 64 bounds the ranges a split plans and the leases a
+/// migration can hold; past the cores of the stores it only adds contention.
+pub const PARALLELISM_RANGE: (u64, u64) = (1, 64);
 
 /// The validated view of a migration's `args` JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +41,8 @@ pub struct Args {
     pub adaptive: Option<AdaptiveSizing>,
     /// The health thresholds past which the migration holds back.
     pub throttle: crate::throttle::Limits,
+    /// Key ranges worked at once, by as many workers (`parallelism`, default 1: one stream, no ranges).
+    pub parallelism: u64,
     raw: Map<String, Value>,
 }
 
@@ -121,6 +126,7 @@ impl Args {
             sleep_ms: read_u64(&raw, "sleepMs", SLEEP_MS_RANGE)?.unwrap_or(0),
             adaptive: explicit.is_none().then_some(adaptive),
             throttle: crate::throttle::Limits::parse(&raw)?,
+            parallelism: read_u64(&raw, "parallelism", PARALLELISM_RANGE)?.unwrap_or(1),
             raw,
         })
     }
@@ -238,6 +244,19 @@ mod tests {
             err.to_string(),
             "args.maxBatchSize must be an integer from 1000 to 10000000, got 10"
         );
+    }
+
+    #[test]
+    fn parallelism_defaults_to_one_and_is_refused_outside_one_to_sixty_four() {
+        assert_eq!(Args::parse(&json!({})).unwrap().parallelism, 1);
+        assert_eq!(Args::parse(&json!({"parallelism": 4})).unwrap().parallelism, 4);
+        for bad in [json!(0), json!(65), json!("2"), json!(1.5)] {
+            let err = Args::parse(&json!({ "parallelism": bad })).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("args.parallelism must be an integer from 1 to 64, got {bad}")
+            );
+        }
     }
 
     #[test]

@@ -126,6 +126,7 @@ impl<'a> Checkpointer<'a> {
             started_at: self.started_at,
             duration_ms: self.started.elapsed().as_millis() as u64,
             rows_per_sec: (self.rate_after)(outcome.rows),
+            done: outcome.done,
         })
     }
 }
@@ -146,16 +147,26 @@ pub struct Batch<'a> {
     pub state: &'a Value,
     /// The validated args, re-read before this batch.
     pub args: &'a Args,
+    /// Where the batch's key range ends, for a migration run in ranges (`parallelism` > 1): the checkpoint at which
+    /// the next range starts (rows up to and including its key belong to this range). `None`: the end of the key
+    /// space. Only migrations that implement [`Migration::split`] get one.
+    pub upper: Option<&'a Value>,
     checkpointer: &'a Checkpointer<'a>,
     checkpoint: Option<Checkpoint>,
 }
 
 impl<'a> Batch<'a> {
     /// Built by the engine for each batch.
-    pub fn new(state: &'a Value, args: &'a Args, checkpointer: &'a Checkpointer<'a>) -> Self {
+    pub fn new(
+        state: &'a Value,
+        upper: Option<&'a Value>,
+        args: &'a Args,
+        checkpointer: &'a Checkpointer<'a>,
+    ) -> Self {
         Self {
             state,
             args,
+            upper,
             checkpointer,
             checkpoint: None,
         }
@@ -221,6 +232,27 @@ pub trait Migration: Send + Sync {
     /// none by default. Called once per run, so a check may keep state (averages) between batches.
     fn health_checks(&self) -> Vec<std::sync::Arc<dyn crate::throttle::HealthCheck>> {
         Vec::new()
+    }
+
+    /// Cuts the key space from checkpoint `from` to `upper` (`None`: the end), about `rows` rows, into at most
+    /// `parts` ranges of about equal rows, for `parallelism` > 1 and for work stealing: returns the checkpoints at
+    /// which the second and later ranges start, in key order, each after `from` and before `upper`; fewer, or
+    /// none, when fewer rows are left. A range then runs from its start to the next one's (see [`Batch::upper`]).
+    ///
+    /// The default refuses, naming the arg: a migration that cannot walk a bounded key range runs as one stream.
+    async fn split(
+        &self,
+        from: &Value,
+        upper: Option<&Value>,
+        parts: u64,
+        rows: Option<u64>,
+    ) -> Result<Vec<Value>, MigrationError> {
+        let _ = (from, upper, parts, rows);
+        Err(MigrationError::Permanent(
+            "args.parallelism above 1 needs a migration that can walk key ranges, and this one cannot; set \
+             parallelism to 1"
+                .into(),
+        ))
     }
 
     /// Runs one batch from `batch.state`, within `batch.args` limits, and commits it through [`Batch::commit`]

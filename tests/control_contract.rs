@@ -146,6 +146,7 @@ fn commit_of(state: Value, rows: u64) -> BatchCommit {
         started_at: Utc::now(),
         duration_ms: 3,
         rows_per_sec: 100.0,
+        done: false,
     }
 }
 
@@ -625,7 +626,7 @@ async fn a_backfill_batch_and_its_checkpoint_commit_together_or_not_at_all(env: 
     let no_rate = |_: u64| 0.0;
     let stale_writer = Checkpointer::new(env.control(), &stale, &start, 10, &no_rate);
     let refused = migration
-        .run_batch(&mut Batch::new(&start, &args, &stale_writer))
+        .run_batch(&mut Batch::new(&start, None, &args, &stale_writer))
         .await;
     assert!(
         matches!(refused, Err(MigrationError::LeaseLost)),
@@ -640,7 +641,7 @@ async fn a_backfill_batch_and_its_checkpoint_commit_together_or_not_at_all(env: 
 
     let live_writer = Checkpointer::new(env.control(), &live, &start, 10, &no_rate);
     let outcome = migration
-        .run_batch(&mut Batch::new(&start, &args, &live_writer))
+        .run_batch(&mut Batch::new(&start, None, &args, &live_writer))
         .await
         .unwrap();
     assert_eq!(

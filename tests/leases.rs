@@ -474,6 +474,7 @@ async fn try_every_write(connected: &Connected, lease: &Lease) {
         started_at: chrono::Utc::now(),
         duration_ms: 1,
         rows_per_sec: 1.0,
+        done: false,
     };
     let lost = |what: &str, result: Result<(), ControlError>| match result {
         Err(ControlError::LeaseLost(_)) => {}

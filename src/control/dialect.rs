@@ -16,6 +16,11 @@ pub(super) const CHANNEL: &str = "bgmigrate_changes";
 pub(super) const FENCE: &str =
     "id = $1 AND worker_id = $2 AND lease_epoch = $3 AND status = 'running'";
 
+/// The fence of a key range's holder, written once: `$1` migration id, `$2` range, `$3` worker, `$4` the range's
+/// epoch; the range is not done and its migration still runs (a pause or cancel stops every range's writes).
+pub(super) const RANGE_FENCE: &str = "migration_id = $1 AND range_no = $2 AND worker_id = $3 AND lease_epoch = $4 \
+     AND done = 0 AND EXISTS (SELECT 1 FROM background_migrations m WHERE m.id = $1 AND m.status = 'running')";
+
 /// The control tables' SQL for one dialect.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ControlSql {
@@ -97,6 +102,14 @@ impl ControlSql {
         match self.dialect {
             Dialect::Postgres => format!("unnest({column}) AS {alias}(value)"),
             Dialect::Sqlite => format!("json_each({column}) AS {alias}"),
+        }
+    }
+
+    /// Whether JSON `column` holds the same document as parameter `$n` (JSON text), whatever its spacing.
+    pub(super) fn json_equals(self, column: &str, n: usize) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("CAST({column} AS jsonb) = CAST(${n} AS jsonb)"),
+            Dialect::Sqlite => format!("json({column}) = json(${n})"),
         }
     }
 

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::sql_store::SqlControlStore;
 use super::{
-    BATCHES_KEPT, BatchCommit, Claim, ControlError, EventKind, Lease, LeaseStore, MigrationRecord,
+    BATCHES_KEPT, BatchCommit, Claim, ControlError, EventKind, HeldRange, Lease, LeaseStore,
+    MigrationRecord, RangePlan, RangeRecord,
 };
 use crate::store::{DatabaseId, SqlParam, SqlTx};
 
@@ -40,10 +41,24 @@ impl SqlControlStore {
         lease: &Lease,
         commit: &BatchCommit,
     ) -> Result<(), ControlError> {
-        let state = commit.state.to_string();
+        if let Some(range) = &lease.range {
+            self.range_checkpoint(tx, lease, range, commit).await?;
+        } else {
+            self.migration_checkpoint(tx, lease, commit).await?;
+        }
+        self.record_batch(tx, lease, commit).await
+    }
+
+    /// The checkpoint of a migration run as one stream, on its row.
+    async fn migration_checkpoint(
+        &self,
+        tx: &mut dyn SqlTx,
+        lease: &Lease,
+        commit: &BatchCommit,
+    ) -> Result<(), ControlError> {
         let mut params = lease.fence_params();
         params.extend([
-            SqlParam::Text(state.clone()),
+            SqlParam::Text(commit.state.to_string()),
             SqlParam::Int(to_i64(commit.rows)),
             SqlParam::Int(to_i64(commit.bytes)),
             SqlParam::Int(to_i64(commit.batch_size)),
@@ -53,7 +68,17 @@ impl SqlControlStore {
         let updated = tx
             .execute(&self.statements.write_checkpoint, &params)
             .await?;
-        fenced(updated, lease)?;
+        fenced(updated, lease)
+    }
+
+    /// Appends the batch to the bounded batches table.
+    async fn record_batch(
+        &self,
+        tx: &mut dyn SqlTx,
+        lease: &Lease,
+        commit: &BatchCommit,
+    ) -> Result<(), ControlError> {
+        let state = commit.state.to_string();
         let batch = [
             SqlParam::Text(lease.name.clone()),
             SqlParam::Text(
@@ -185,6 +210,7 @@ impl LeaseStore for SqlControlStore {
             name,
             worker_id: worker_id.to_owned(),
             epoch,
+            range: None,
         };
         Ok(Some(Claim {
             record,
@@ -194,6 +220,9 @@ impl LeaseStore for SqlControlStore {
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, ControlError> {
+        if let Some(range) = &lease.range {
+            return self.renew_range(lease, range, ttl).await;
+        }
         let renewed = self
             .fenced_write(
                 &self.statements.renew,
@@ -245,11 +274,17 @@ impl LeaseStore for SqlControlStore {
     }
 
     async fn fail(&self, lease: &Lease, reason: &str) -> Result<(), ControlError> {
-        self.end(lease, Ending::Failed(reason)).await
+        match &lease.range {
+            Some(range) => self.fail_from_range(lease, range, reason).await,
+            None => self.end(lease, Ending::Failed(reason)).await,
+        }
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), ControlError> {
-        self.end(lease, Ending::Released).await
+        match &lease.range {
+            Some(range) => self.release_range(lease, range).await,
+            None => self.end(lease, Ending::Released).await,
+        }
     }
 
     async fn set_throttled(
@@ -258,13 +293,18 @@ impl LeaseStore for SqlControlStore {
         throttled: Option<&str>,
         detail: Value,
     ) -> Result<(), ControlError> {
-        let mut params = lease.fence_params();
-        params.push(throttled.map_or(SqlParam::Null, |r| SqlParam::Text(r.to_owned())));
         let mut tx = self.write().await?;
-        fenced(
-            tx.execute(&self.statements.set_throttled, &params).await?,
-            lease,
-        )?;
+        if let Some(range) = &lease.range {
+            self.throttled_from_range(tx.as_mut(), lease, range, throttled)
+                .await?;
+        } else {
+            let mut params = lease.fence_params();
+            params.push(throttled.map_or(SqlParam::Null, |r| SqlParam::Text(r.to_owned())));
+            fenced(
+                tx.execute(&self.statements.set_throttled, &params).await?,
+                lease,
+            )?;
+        }
         let kind = if throttled.is_some() {
             EventKind::Throttled
         } else {
@@ -286,5 +326,44 @@ impl LeaseStore for SqlControlStore {
         self.insert_event(tx.as_mut(), name, kind, actor, &detail)
             .await?;
         self.commit(tx).await
+    }
+
+    async fn ranges_of(&self, migration_id: &str) -> Result<Vec<RangeRecord>, ControlError> {
+        self.ranges_of_id(migration_id).await
+    }
+
+    async fn plan_ranges(&self, lease: &Lease, plans: &[RangePlan]) -> Result<bool, ControlError> {
+        self.plan(lease, plans).await
+    }
+
+    async fn claim_range(
+        &self,
+        worker_id: &str,
+        ttl: Duration,
+        scripts: &[String],
+        migration_id: Option<&str>,
+    ) -> Result<Option<Claim>, ControlError> {
+        self.claim_free_range(worker_id, ttl, scripts, migration_id)
+            .await
+    }
+
+    async fn split_range(
+        &self,
+        worker_id: &str,
+        ttl: Duration,
+        migration_id: &str,
+        victim: &RangeRecord,
+        at: &Value,
+        rows: Option<u64>,
+    ) -> Result<Option<Claim>, ControlError> {
+        self.cut(worker_id, ttl, migration_id, victim, at, rows)
+            .await
+    }
+
+    async fn current_range(&self, lease: &Lease) -> Result<HeldRange, ControlError> {
+        match &lease.range {
+            Some(range) => self.held_range(lease, range).await,
+            None => Err(ControlError::LeaseLost(lease.name.clone())),
+        }
     }
 }

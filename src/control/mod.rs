@@ -15,6 +15,7 @@ mod dialect;
 mod lease;
 mod lenient_json;
 mod operator;
+mod ranges;
 mod read;
 mod record;
 mod sql_store;
@@ -32,8 +33,10 @@ use crate::registry::Registry;
 use crate::status::{Action, TransitionError};
 use crate::store::{DatabaseId, SqlTx, StoreError};
 
+pub use self::ranges::HeldRange;
 pub use self::record::{
-    BatchCommit, BatchRecord, Claim, EventKind, EventRecord, Lease, MigrationRecord,
+    BatchCommit, BatchRecord, Claim, EventKind, EventRecord, Lease, MigrationRecord, RangeHold,
+    RangePlan, RangeRecord,
 };
 pub use self::sql_store::SqlControlStore;
 
@@ -168,6 +171,41 @@ pub trait LeaseStore: Send + Sync {
         actor: &str,
         detail: Value,
     ) -> Result<(), ControlError>;
+
+    // Key ranges (`parallelism` > 1). A lease with [`Lease::range`] set holds one range: renewal, checkpoints,
+    // failure, release and throttling above then act on that range (and fail or throttle the whole migration).
+
+    /// The key ranges of migration `migration_id`, in range order (none while it runs as one stream).
+    async fn ranges_of(&self, migration_id: &str) -> Result<Vec<RangeRecord>, ControlError>;
+
+    /// Creates the migration's ranges under `lease` (the migration's own), unless it has some already: a previous
+    /// holder planned them, and they keep their checkpoints. Returns whether it created them.
+    async fn plan_ranges(&self, lease: &Lease, plans: &[RangePlan]) -> Result<bool, ControlError>;
+
+    /// Claims a free range (never leased, given back, or its lease expired) of a running migration among
+    /// `scripts` (of `migration_id` only, when given) that holds fewer ranges than its `parallelism`.
+    async fn claim_range(
+        &self,
+        worker_id: &str,
+        ttl: Duration,
+        scripts: &[String],
+        migration_id: Option<&str>,
+    ) -> Result<Option<Claim>, ControlError>;
+
+    /// Work stealing: ends range `victim` (as read) at checkpoint `at` and claims the rest, with `rows` estimated
+    /// rows, as a new range for `worker_id`; `None` when the victim moved or was split meanwhile.
+    async fn split_range(
+        &self,
+        worker_id: &str,
+        ttl: Duration,
+        migration_id: &str,
+        victim: &RangeRecord,
+        at: &Value,
+        rows: Option<u64>,
+    ) -> Result<Option<Claim>, ControlError>;
+
+    /// The migration's row and the range `lease` holds, while it holds it ([`ControlError::LeaseLost`] otherwise).
+    async fn current_range(&self, lease: &Lease) -> Result<HeldRange, ControlError>;
 }
 
 /// The operator's side: status transitions and args edits, validated first and recorded with their actor.
@@ -205,6 +243,9 @@ pub trait HistoryStore: Send + Sync {
 
     /// The latest batches of one migration, newest first.
     async fn batches(&self, name: &str, limit: i64) -> Result<Vec<BatchRecord>, ControlError>;
+
+    /// The key ranges of one migration, in range order (none unless it runs with `parallelism` > 1).
+    async fn ranges(&self, name: &str) -> Result<Vec<RangeRecord>, ControlError>;
 
     /// A signal woken whenever a row changes (registrations, operator actions, finished migrations); wake-ups may
     /// be missed while reconnecting, so callers also poll.

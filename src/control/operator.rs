@@ -76,6 +76,17 @@ impl OperatorStore for SqlControlStore {
             ],
         )
         .await?;
+        // Key ranges (parallelism > 1): every action frees their leases, so that the run after a resume or retry
+        // claims them at once instead of after the TTL; a retry from the start forgets them with the checkpoint.
+        let ranges: &str = if from_start && action == Action::Retry {
+            "DELETE FROM background_migration_ranges WHERE migration_id = \
+             (SELECT id FROM background_migrations WHERE name = $1)"
+        } else {
+            "UPDATE background_migration_ranges SET worker_id = NULL, lease_expires_at = NULL, \
+             rows_per_sec = NULL WHERE done = 0 AND migration_id = \
+             (SELECT id FROM background_migrations WHERE name = $1)"
+        };
+        tx.execute(ranges, &by_name).await?;
         let detail =
             json!({"from": from, "to": to, "from_start": from_start && action == Action::Retry});
         self.insert_event(

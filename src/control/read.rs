@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 use super::dialect::ControlSql;
 use super::lenient_json::{Unreadable, parse_lenient};
 use super::{
-    BatchRecord, ControlError, EventRecord, HistoryStore, Lease, MigrationRecord, SqlControlStore,
+    BatchRecord, ControlError, EventRecord, HistoryStore, Lease, MigrationRecord, RangeRecord,
+    SqlControlStore,
 };
 use crate::status::Status;
 use crate::store::{SqlParam, SqlTx};
@@ -75,6 +76,23 @@ const BATCH_COLUMNS: &[(&str, Kind)] = &[
     ("batch_size", Kind::Plain),
     ("state", Kind::Json),
     ("worker_id", Kind::Plain),
+];
+
+/// The columns of a [`RangeRecord`] (of `background_migration_ranges r`), in the order [`decode_range`] reads them.
+pub(super) const RANGE_COLUMNS: &[(&str, Kind)] = &[
+    ("r.range_no", Kind::Plain),
+    ("r.state", Kind::Json),
+    ("r.upper_state", Kind::Plain),
+    ("r.done", Kind::Plain),
+    ("r.splits", Kind::Plain),
+    ("r.worker_id", Kind::Plain),
+    ("r.lease_epoch", Kind::Plain),
+    ("r.lease_expires_at", Kind::Timestamp),
+    ("r.rows_done", Kind::Plain),
+    ("r.rows_total", Kind::Plain),
+    ("r.rows_per_sec", Kind::Plain),
+    ("r.batch_size", Kind::Plain),
+    ("r.updated_at", Kind::Timestamp),
 ];
 
 /// A `SELECT` list reading `columns` as text in this dialect.
@@ -255,9 +273,37 @@ fn decode_batch(row: &[Option<String>]) -> Result<BatchRecord, ControlError> {
     })
 }
 
+pub(super) fn decode_range(row: &[Option<String>]) -> Result<RangeRecord, ControlError> {
+    let mut f = Fields::new(row, "background_migration_ranges");
+    let mut unreadable = Vec::new();
+    let no = f.number("range_no")?;
+    let state = f.json("state", &mut unreadable)?;
+    let upper = f
+        .optional("upper_state")?
+        .map(|text| {
+            serde_json::from_str(text).map_err(|err| f.corrupt("upper_state", err))
+        })
+        .transpose()?;
+    Ok(RangeRecord {
+        no,
+        state,
+        upper,
+        done: f.number::<i64>("done")? != 0,
+        splits: f.number("splits")?,
+        worker_id: f.optional_text("worker_id")?,
+        lease_epoch: f.number("lease_epoch")?,
+        lease_expires_at: f.optional_timestamp("lease_expires_at")?,
+        rows_done: f.number("rows_done")?,
+        rows_total: f.optional_number("rows_total")?,
+        rows_per_sec: f.optional_number("rows_per_sec")?,
+        batch_size: f.optional_number("batch_size")?,
+        updated_at: f.timestamp("updated_at")?,
+    })
+}
+
 impl SqlControlStore {
     /// Runs a read-only query in a transaction of its own.
-    async fn read_rows(
+    pub(super) async fn read_rows(
         &self,
         sql: &str,
         params: &[SqlParam],
@@ -342,6 +388,16 @@ impl HistoryStore for SqlControlStore {
             .history("background_migration_batches", BATCH_COLUMNS, name, limit)
             .await?;
         rows.iter().map(|row| decode_batch(row)).collect()
+    }
+
+    async fn ranges(&self, name: &str) -> Result<Vec<RangeRecord>, ControlError> {
+        let rows = self
+            .read_rows(
+                &self.statements.ranges.by_name,
+                &[SqlParam::Text(name.to_owned())],
+            )
+            .await?;
+        rows.iter().map(|row| decode_range(row)).collect()
     }
 
     async fn changes(&self) -> Result<Arc<Notify>, ControlError> {

@@ -94,6 +94,21 @@ pub struct Lease {
     pub worker_id: String,
     /// Fencing token: a write succeeds only while the row still carries this epoch.
     pub epoch: i64,
+    /// Set when the lease is on one key range of the migration (`parallelism` > 1) rather than on its row: the
+    /// writes then go to that range, fenced on the range's own owner and epoch (and the migration still running).
+    pub range: Option<RangeHold>,
+}
+
+/// The hold on one key range: its number, the range's own fencing epoch, and how often it had been split when
+/// last read (a checkpoint is written only if no thief cut the range meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeHold {
+    /// The range's number within the migration.
+    pub no: i64,
+    /// Fencing token of the range's lease.
+    pub epoch: i64,
+    /// The range's split count when its row was last read.
+    pub splits: i64,
 }
 
 impl Lease {
@@ -106,7 +121,74 @@ impl Lease {
             SqlParam::Int(self.epoch),
         ]
     }
+
+    /// The parameters of the range fence (`$1` migration id, `$2` range, `$3` worker, `$4` range epoch).
+    pub(crate) fn range_fence_params(&self, range: &RangeHold) -> Vec<crate::store::SqlParam> {
+        use crate::store::SqlParam;
+        vec![
+            SqlParam::Text(self.migration_id.clone()),
+            SqlParam::Int(range.no),
+            SqlParam::Text(self.worker_id.clone()),
+            SqlParam::Int(range.epoch),
+        ]
+    }
 }
+
+/// One key range of a migration run with `parallelism` > 1 (a row of `background_migration_ranges`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RangeRecord {
+    /// Its number within the migration (ranges split off later get the next free numbers).
+    pub no: i64,
+    /// Its checkpoint: where its next batch starts.
+    pub state: Value,
+    /// The checkpoint at which the next range starts (`None`: the end of the key space).
+    pub upper: Option<Value>,
+    /// Every row of the range is done.
+    pub done: bool,
+    /// How often a thief cut it short.
+    pub splits: i64,
+    /// Its lease holder (kept after it is done: who finished it).
+    pub worker_id: Option<String>,
+    /// Its lease's epoch.
+    pub lease_epoch: i64,
+    /// When its lease expires unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Rows walked in it.
+    pub rows_done: i64,
+    /// Its estimated rows.
+    pub rows_total: Option<i64>,
+    /// Its holder's recent rate.
+    pub rows_per_sec: Option<f64>,
+    /// Its last batch size.
+    pub batch_size: Option<i32>,
+    /// Its last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RangeRecord {
+    /// Whether a worker holds it now: not done, with a lease that has not expired.
+    pub fn is_held(&self, now: DateTime<Utc>) -> bool {
+        !self.done && self.worker_id.is_some() && self.lease_expires_at.is_some_and(|t| t >= now)
+    }
+
+    /// Rows still to walk, by its estimate (0 when unknown or passed).
+    pub fn rows_left(&self) -> u64 {
+        self.rows_total
+            .map_or(0, |total| (total - self.rows_done).max(0) as u64)
+    }
+}
+
+/// A key range to create: its starting checkpoint, where it ends, and its estimated rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangePlan {
+    /// Its starting checkpoint.
+    pub state: Value,
+    /// The checkpoint at which the next range starts (`None`: the end).
+    pub upper: Option<Value>,
+    /// Its estimated rows.
+    pub rows_total: Option<u64>,
+}
+
 
 /// A successful claim.
 #[derive(Debug, Clone)]
@@ -136,6 +218,8 @@ pub struct BatchCommit {
     pub duration_ms: u64,
     /// Smoothed rate after this batch.
     pub rows_per_sec: f64,
+    /// Whether this was the last batch (of the migration, or of its key range).
+    pub done: bool,
 }
 
 /// One row of the batches table.
@@ -197,6 +281,12 @@ pub enum EventKind {
     Throttled,
     /// It stopped holding back.
     Unthrottled,
+    /// Its key space was split into ranges for `parallelism` > 1.
+    RangesPlanned,
+    /// A worker claimed one of its key ranges (a takeover when the previous holder's lease had expired).
+    RangeClaimed,
+    /// A worker out of work split another worker's range and took its second half.
+    RangeSplit,
 }
 
 impl EventKind {
@@ -215,6 +305,9 @@ impl EventKind {
             EventKind::BatchSizeChanged => "batch_size_changed",
             EventKind::Throttled => "throttled",
             EventKind::Unthrottled => "unthrottled",
+            EventKind::RangesPlanned => "ranges_planned",
+            EventKind::RangeClaimed => "range_claimed",
+            EventKind::RangeSplit => "range_split",
         }
     }
 }

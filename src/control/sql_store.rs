@@ -45,6 +45,7 @@ pub(super) struct Statements {
     pub(super) lock_args: String,
     pub(super) write_args: String,
     pub(super) set_throttled: String,
+    pub(super) ranges: super::ranges::RangeStatements,
 }
 
 /// `template` with each `{key}` replaced by its value.
@@ -125,6 +126,7 @@ impl Statements {
             set_throttled: format!(
                 "UPDATE background_migrations SET throttled = $4, updated_at = {now} WHERE {FENCE}"
             ),
+            ranges: super::ranges::RangeStatements::render(sql),
             write_args: format!(
                 "UPDATE background_migrations SET args = {}, updated_at = {now} WHERE name = $1",
                 sql.json_param(2)

@@ -1,5 +1,5 @@
-//! The batch loop for one claimed migration: read args, run a batch, commit it with its checkpoint, report
-//! progress, throttle, repeat; stop on finish, failure, lease loss or shutdown.
+//! The batch loop for one claimed migration (or one key range of it): read args, run a batch, commit it with its
+//! checkpoint, report progress, throttle, repeat; stop on finish, failure, lease loss or shutdown.
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -10,7 +10,7 @@ use super::sizing::BatchSizer;
 use super::throttling::Throttle;
 use super::{EngineContext, heartbeat};
 use crate::args::Args;
-use crate::control::{Claim, ControlError, EventKind, Lease};
+use crate::control::{Claim, ControlError, EventKind, Lease, MigrationRecord};
 use crate::migration::{Batch, BatchOutcome, Checkpoint, Checkpointer, Migration, MigrationError};
 
 /// How a worker's hold on one migration ended.
@@ -33,6 +33,24 @@ pub(crate) async fn run_claimed(
     shutdown: &CancellationToken,
 ) -> Ending {
     let lease = claim.lease.clone();
+    hold(ctx, &lease, shutdown, |stop| async move {
+        batch_loop(ctx, &claim, &stop).await
+    })
+    .await
+}
+
+/// Runs `body` while holding `lease`: a heartbeat renews it, and `body`'s stop token fires when the lease is lost
+/// or on shutdown; then the ending is written.
+pub(super) async fn hold<F, Fut>(
+    ctx: &EngineContext,
+    lease: &Lease,
+    shutdown: &CancellationToken,
+    body: F,
+) -> Ending
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<Ending, MigrationError>>,
+{
     let beat = heartbeat::start(
         ctx.leases.clone(),
         lease.clone(),
@@ -48,7 +66,7 @@ pub(crate) async fn run_claimed(
             stop.cancel();
         })
     };
-    let result = batch_loop(ctx, &claim, &stop).await;
+    let result = body(stop).await;
     stop_on_signal.abort();
     let ending = match result {
         Ok(ending) => ending,
@@ -60,43 +78,109 @@ pub(crate) async fn run_claimed(
         Ending::Released if beat.lost.is_cancelled() => Ending::LeaseLost,
         other => other,
     };
-    record_ending(ctx, &lease, ending).await
+    record_ending(ctx, lease, ending).await
 }
 
-/// Writes the outcome (finished / failed / released); a lost lease writes nothing.
+/// Writes the outcome (finished / failed / released); a lost lease writes nothing. A key range's last checkpoint
+/// already marked it done, and a range whose lease was lost is given back in case only its split count moved.
 async fn record_ending(ctx: &EngineContext, lease: &Lease, ending: Ending) -> Ending {
-    let written = match &ending {
-        Ending::Finished => ctx.leases.finish(lease).await,
-        Ending::Failed(reason) => ctx.leases.fail(lease, reason).await,
-        Ending::Released => ctx.leases.release(lease).await,
-        Ending::LeaseLost => Ok(()),
+    let written = match (&ending, &lease.range) {
+        (Ending::Finished, None) => ctx.leases.finish(lease).await,
+        (Ending::Finished, Some(_)) => Ok(()),
+        (Ending::Failed(reason), _) => ctx.leases.fail(lease, reason).await,
+        (Ending::Released, _) | (Ending::LeaseLost, Some(_)) => ctx.leases.release(lease).await,
+        (Ending::LeaseLost, None) => Ok(()),
+    };
+    let what = match &lease.range {
+        Some(range) => format!("range {}", range.no),
+        None => "migration".to_owned(),
     };
     match (written, &ending) {
         (Err(ControlError::LeaseLost(_)), _) => {
-            tracing::warn!(migration = %lease.name, "lease lost before the outcome could be written");
+            tracing::warn!(migration = %lease.name, what, "lease lost before the outcome could be written");
             Ending::LeaseLost
         }
         (Err(err), _) => {
-            tracing::error!(migration = %lease.name, error = %err, "could not record the outcome; the lease will expire");
+            tracing::error!(migration = %lease.name, what, error = %err, "could not record the outcome; the lease will expire");
             ending
         }
         (Ok(()), Ending::Finished) => {
-            tracing::info!(migration = %lease.name, "finished");
+            tracing::info!(migration = %lease.name, what, "finished");
             ending
         }
         (Ok(()), Ending::Failed(reason)) => {
-            tracing::error!(migration = %lease.name, reason = %reason, "failed");
+            tracing::error!(migration = %lease.name, what, reason = %reason, "failed");
             ending
         }
         (Ok(()), Ending::Released) => {
-            tracing::info!(migration = %lease.name, "released on shutdown; the next worker resumes from the checkpoint");
+            tracing::info!(migration = %lease.name, what, "released; the next worker resumes from the checkpoint");
             ending
         }
         (Ok(()), Ending::LeaseLost) => {
-            tracing::warn!(migration = %lease.name, "stopped: the lease was taken over, or it was paused or cancelled");
+            tracing::warn!(migration = %lease.name, what, "stopped: the lease was taken over, the range split, or the migration paused or cancelled");
             ending
         }
     }
+}
+
+/// `record`'s args, validated with the migration's defaults; unreadable args fail the migration with the fix.
+pub(super) fn parse_args(
+    migration: &dyn Migration,
+    record: &MigrationRecord,
+) -> Result<Args, MigrationError> {
+    if let Some(reason) = &record.unreadable {
+        return Err(MigrationError::Permanent(format!(
+            "the control row cannot be read: {reason}"
+        )));
+    }
+    Args::parse_for(
+        &record.args,
+        migration.default_batch_size(),
+        migration.default_target_batch_ms(),
+    )
+    .map_err(|err| {
+        MigrationError::Permanent(format!(
+            "invalid args: {err}; fix them with `bgmigrate set-args {} '{{...}}'`, then `bgmigrate retry {}`",
+            record.name, record.name
+        ))
+    })
+}
+
+/// A log callback for retried steps of migration `name`.
+pub(super) fn retry_log(
+    name: &str,
+    what: &'static str,
+) -> impl Fn(u32, &MigrationError, std::time::Duration) + use<> {
+    let name = name.to_owned();
+    move |attempt: u32, err: &MigrationError, wait: std::time::Duration| {
+        tracing::warn!(migration = %name, attempt, error = %err, wait_ms = wait.as_millis() as u64, "{what} failed; retrying");
+    }
+}
+
+/// Builds and validates the claimed migration (validation errors fail it with their message).
+pub(super) async fn build_validated(
+    ctx: &EngineContext,
+    record: &MigrationRecord,
+    stop: &CancellationToken,
+) -> Result<std::sync::Arc<dyn Migration>, MigrationError> {
+    let migration = ctx
+        .registry
+        .build(&record.script, &record.definition, &ctx.stores)
+        .map_err(MigrationError::Invalid)?;
+    with_retries(
+        &ctx.config.retry,
+        stop,
+        retry_log(&record.name, "validation"),
+        || migration.validate(),
+    )
+    .await
+    .map_err(|err| match err {
+        MigrationError::Invalid(reason) | MigrationError::Permanent(reason) => {
+            MigrationError::Invalid(format!("validation failed: {reason}"))
+        }
+        other => other,
+    })?;
+    Ok(migration)
 }
 
 async fn batch_loop(
@@ -106,84 +190,122 @@ async fn batch_loop(
 ) -> Result<Ending, MigrationError> {
     let lease = &claim.lease;
     let record = &claim.record;
-    let migration = match ctx
-        .registry
-        .build(&record.script, &record.definition, &ctx.stores)
-    {
+    let migration = match build_validated(ctx, record, stop).await {
         Ok(migration) => migration,
-        Err(reason) => return Ok(Ending::Failed(reason)),
+        Err(MigrationError::Invalid(reason)) => return Ok(Ending::Failed(reason)),
+        Err(other) => return Err(other),
     };
-    let retry_log = |what: &'static str| {
-        let name = lease.name.clone();
-        move |attempt: u32, err: &MigrationError, wait: std::time::Duration| {
-            tracing::warn!(migration = %name, attempt, error = %err, wait_ms = wait.as_millis() as u64, "{what} failed; retrying");
-        }
-    };
-    let policy = &ctx.config.retry;
-    with_retries(policy, stop, retry_log("validation"), || {
-        migration.validate()
-    })
-    .await
-    .map_err(|err| match err {
-        MigrationError::Invalid(reason) | MigrationError::Permanent(reason) => {
-            MigrationError::Invalid(format!("validation failed: {reason}"))
-        }
-        other => other,
-    })?;
-    let mut tracker = ProgressTracker::new(
-        &lease.name,
-        record.rows_done.max(0) as u64,
-        record.rows_total.map(|t| t.max(0) as u64),
-        ctx.config.progress_log_interval,
-    );
+    let mut rows_total = record.rows_total.map(|t| t.max(0) as u64);
     if record.rows_total.is_none() {
-        let estimate =
-            with_retries(policy, stop, retry_log("estimate"), || migration.estimate()).await?;
-        ctx.leases.set_rows_total(lease, estimate).await?;
-        tracker.set_total(estimate);
-    }
-    let parse_args = |record: &crate::control::MigrationRecord| -> Result<Args, MigrationError> {
-        if let Some(reason) = &record.unreadable {
-            return Err(MigrationError::Permanent(format!(
-                "the control row cannot be read: {reason}"
-            )));
-        }
-        Args::parse_for(
-            &record.args,
-            migration.default_batch_size(),
-            migration.default_target_batch_ms(),
-        )
-        .map_err(|err| {
-            MigrationError::Permanent(format!(
-                "invalid args: {err}; fix them with `bgmigrate set-args {} '{{...}}'`, then `bgmigrate retry {}`",
-                lease.name, lease.name
-            ))
-        })
-    };
-    let reread = || async {
-        let record = with_retries(
-            policy,
+        let estimate = with_retries(
+            &ctx.config.retry,
             stop,
-            retry_log("re-reading the migration"),
-            || async { Ok(ctx.leases.current(lease).await?) },
+            retry_log(&lease.name, "estimate"),
+            || migration.estimate(),
         )
         .await?;
-        let args = parse_args(&record)?;
-        Ok::<_, MigrationError>((record, args))
-    };
-    let mut sizer = BatchSizer::new(
-        record.batch_size.map(|b| b.max(1) as u64),
-        &parse_args(record)?,
+        ctx.leases.set_rows_total(lease, estimate).await?;
+        rows_total = estimate;
+    }
+    let args = parse_args(&*migration, record)?;
+    let ranges = ctx.leases.ranges_of(&lease.migration_id).await?;
+    if args.parallelism > 1 || !ranges.is_empty() {
+        let start = super::ranges::Start {
+            record,
+            rows_total,
+            parallelism: args.parallelism,
+            planned: !ranges.is_empty(),
+        };
+        return super::ranges::coordinate(ctx, lease, &*migration, start, stop).await;
+    }
+    let tracker = ProgressTracker::new(
+        &lease.name,
+        record.rows_done.max(0) as u64,
+        rows_total,
+        ctx.config.progress_log_interval,
     );
+    let initial_size = record.batch_size.map(|b| b.max(1) as u64);
+    stream(ctx, &*migration, lease.clone(), initial_size, tracker, stop).await
+}
+
+/// Where the next batch starts, read again before it: the checkpoint, where the range ends (key ranges only), the
+/// args, and whether a key range is to be given back (more ranges held than `parallelism` now allows).
+struct Position {
+    state: Value,
+    upper: Option<Value>,
+    args: Args,
+    give_back: bool,
+}
+
+/// Reads the position `lease` holds; a key range's lease learns the range's current split count.
+async fn position(
+    ctx: &EngineContext,
+    migration: &dyn Migration,
+    lease: &mut Lease,
+    stop: &CancellationToken,
+) -> Result<Position, MigrationError> {
+    let current = |lease: Lease| async move {
+        Ok(match &lease.range {
+            None => (ctx.leases.current(&lease).await?, None),
+            Some(_) => {
+                let held = ctx.leases.current_range(&lease).await?;
+                (held.record, Some((held.range, held.held_before)))
+            }
+        })
+    };
+    let (record, range) = with_retries(
+        &ctx.config.retry,
+        stop,
+        retry_log(&lease.name, "re-reading the migration"),
+        || current(lease.clone()),
+    )
+    .await?;
+    let args = parse_args(migration, &record)?;
+    Ok(match (range, lease.range.as_mut()) {
+        (Some((range, held_before)), Some(hold)) => {
+            hold.splits = range.splits;
+            Position {
+                state: range.state,
+                upper: range.upper,
+                give_back: held_before >= args.parallelism,
+                args,
+            }
+        }
+        _ => Position {
+            state: record.state,
+            upper: None,
+            args,
+            give_back: false,
+        },
+    })
+}
+
+/// The batch loop of one stream: the whole migration, or one key range of it under a range lease.
+pub(super) async fn stream(
+    ctx: &EngineContext,
+    migration: &dyn Migration,
+    mut lease: Lease,
+    initial_size: Option<u64>,
+    mut tracker: ProgressTracker,
+    stop: &CancellationToken,
+) -> Result<Ending, MigrationError> {
+    let policy = &ctx.config.retry;
+    let first = position(ctx, migration, &mut lease, stop).await?;
+    let mut sizer = BatchSizer::new(initial_size, &first.args);
     let mut throttle = Throttle::new(migration.health_checks());
     loop {
         if stop.is_cancelled() {
             return Ok(Ending::Released);
         }
-        let (mut current, mut args) = reread().await?;
+        let mut at = position(ctx, migration, &mut lease, stop).await?;
+        if at.give_back {
+            return Ok(Ending::Released);
+        }
+        let args_lease = lease.clone();
         let after = throttle
-            .before_batch(&*ctx.leases, lease, &args, stop, || async {
-                Ok(reread().await?.1)
+            .before_batch(&*ctx.leases, &lease, &at.args, stop, || async {
+                let mut lease = args_lease.clone();
+                Ok(position(ctx, migration, &mut lease, stop).await?.args)
             })
             .await?;
         if stop.is_cancelled() {
@@ -191,14 +313,18 @@ async fn batch_loop(
         }
         // After a wait the row is read again: an operator may have changed it meanwhile.
         if after.waited {
-            (current, args) = reread().await?;
+            at = position(ctx, migration, &mut lease, stop).await?;
         }
+        let mut args = at.args;
         let (size, change) = sizer.next(&args);
         args.batch_size = size;
         if let Some(change) = change {
             let mut detail = json!({"before": change.before, "after": change.after});
             if let Some(reason) = &change.reason {
                 detail["reason"] = json!(reason);
+            }
+            if let Some(range) = &lease.range {
+                detail["range"] = json!(range.no);
             }
             ctx.leases
                 .record_event(
@@ -211,22 +337,22 @@ async fn batch_loop(
             tracing::info!(migration = %lease.name, batch_size = size, reason = change.reason.as_deref().unwrap_or("batchSize set in args"), "batch size changed");
         }
 
-        let (outcome, checkpoint) = run_one_batch(
-            ctx,
-            &*migration,
-            lease,
-            &current.state,
-            &args,
-            &tracker,
-            stop,
-        )
-        .await?;
+        let slice = Slice {
+            state: &at.state,
+            upper: at.upper.as_ref(),
+            args: &args,
+        };
+        let (outcome, checkpoint) =
+            run_one_batch(ctx, migration, &lease, slice, &tracker, stop).await?;
         let commit = match checkpoint {
             Checkpoint::Written(commit) => commit,
             Checkpoint::Pending(commit) => {
-                with_retries(policy, stop, retry_log("checkpoint"), || async {
-                    Ok(ctx.leases.write_checkpoint(lease, &commit).await?)
-                })
+                with_retries(
+                    policy,
+                    stop,
+                    retry_log(&lease.name, "checkpoint"),
+                    || async { Ok(ctx.leases.write_checkpoint(&lease, &commit).await?) },
+                )
                 .await?;
                 commit
             }
@@ -242,7 +368,10 @@ async fn batch_loop(
         if outcome.done {
             tracker.finish();
         }
-        let _ = ctx.progress.send(tracker.snapshot().clone());
+        // Progress bars follow whole migrations; a key range's progress is in its row.
+        if lease.range.is_none() {
+            let _ = ctx.progress.send(tracker.snapshot().clone());
+        }
         if let Some(line) = tracker.due_log_line() {
             tracing::info!("{line}");
         }
@@ -251,7 +380,7 @@ async fn batch_loop(
         }
         throttle
             .rest(
-                lease,
+                &lease,
                 after,
                 std::time::Duration::from_millis(commit.duration_ms),
                 stop,
@@ -266,13 +395,20 @@ async fn batch_loop(
     }
 }
 
+/// What one batch walks: from `state`, up to `upper` (key ranges), within `args`.
+#[derive(Clone, Copy)]
+struct Slice<'a> {
+    state: &'a Value,
+    upper: Option<&'a Value>,
+    args: &'a Args,
+}
+
 /// One batch with transient retries. Returns the outcome and its checkpoint, written or still to be written.
 async fn run_one_batch(
     ctx: &EngineContext,
     migration: &dyn Migration,
     lease: &Lease,
-    state: &Value,
-    args: &Args,
+    slice: Slice<'_>,
     tracker: &ProgressTracker,
     stop: &CancellationToken,
 ) -> Result<(BatchOutcome, Checkpoint), MigrationError> {
@@ -295,9 +431,14 @@ async fn run_one_batch(
     };
     let rate_after = |rows: u64| tracker.rate_after(rows);
     with_retries(&ctx.config.retry, stop, on_retry, || async {
-        let checkpointer =
-            Checkpointer::new(&*ctx.leases, lease, state, args.batch_size, &rate_after);
-        let mut batch = Batch::new(state, args, &checkpointer);
+        let checkpointer = Checkpointer::new(
+            &*ctx.leases,
+            lease,
+            slice.state,
+            slice.args.batch_size,
+            &rate_after,
+        );
+        let mut batch = Batch::new(slice.state, slice.upper, slice.args, &checkpointer);
         let outcome = migration.run_batch(&mut batch).await?;
         let checkpoint = batch.into_checkpoint(&outcome)?;
         Ok((outcome, checkpoint))

@@ -9,7 +9,8 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::control::{
-    BatchCommit, Claim, ControlError, EventKind, Lease, LeaseStore, MigrationRecord,
+    BatchCommit, Claim, ControlError, EventKind, HeldRange, Lease, LeaseStore, MigrationRecord,
+    RangePlan, RangeRecord,
 };
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::status::Status;
@@ -56,6 +57,7 @@ impl FakeLeases {
             name: "0001_count".into(),
             worker_id: "w1".into(),
             epoch: 1,
+            range: None,
         }
     }
 
@@ -191,6 +193,41 @@ impl LeaseStore for FakeLeases {
         _: Value,
     ) -> Result<(), ControlError> {
         Ok(())
+    }
+
+    /// The counting migration runs as one stream: it has no ranges, and none can be claimed.
+    async fn ranges_of(&self, _: &str) -> Result<Vec<RangeRecord>, ControlError> {
+        Ok(Vec::new())
+    }
+
+    async fn plan_ranges(&self, _: &Lease, _: &[RangePlan]) -> Result<bool, ControlError> {
+        unreachable!("the fake runs one stream")
+    }
+
+    async fn claim_range(
+        &self,
+        _: &str,
+        _: Duration,
+        _: &[String],
+        _: Option<&str>,
+    ) -> Result<Option<Claim>, ControlError> {
+        Ok(None)
+    }
+
+    async fn split_range(
+        &self,
+        _: &str,
+        _: Duration,
+        _: &str,
+        _: &RangeRecord,
+        _: &Value,
+        _: Option<u64>,
+    ) -> Result<Option<Claim>, ControlError> {
+        unreachable!("the fake runs one stream")
+    }
+
+    async fn current_range(&self, _: &Lease) -> Result<HeldRange, ControlError> {
+        unreachable!("the fake runs one stream")
     }
 }
 

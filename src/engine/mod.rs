@@ -1,7 +1,7 @@
 //! The engine: a background task that claims migrations and runs their batches.
 //!
 //! Layout: this file holds the [`Runner`] (claim loop, wake-ups, drain) and its [`RunnerHandle`]; [`execute`] the
-//! batch loop of one migration; [`heartbeat`] the lease renewal; [`backoff`] transient retries; [`progress`] rate,
+//! batch loop of one migration; [`ranges`] parallel work in key ranges; [`heartbeat`] the lease renewal; [`backoff`] transient retries; [`progress`] rate,
 //! ETA and the log line; [`sizing`] adaptive batch sizes; [`throttling`] holding back on health signals. Nothing
 //! here is specific to a store.
 
@@ -11,6 +11,7 @@ mod execute;
 mod fake_leases;
 mod heartbeat;
 pub mod progress;
+mod ranges;
 mod sizing;
 mod throttling;
 
@@ -319,6 +320,32 @@ async fn claim_until_done(
                     continue;
                 }
                 Some(Ok(None)) => {
+                    // No migration to claim: join one that runs in key ranges, if it has a free one.
+                    let joined = patiently(ctx, shutdown, "claiming a key range", || {
+                        control.claim_range(
+                            &ctx.config.worker_id,
+                            ctx.config.lease_ttl,
+                            &scripts,
+                            None,
+                        )
+                    })
+                    .await;
+                    match joined {
+                        None => break,
+                        Some(Err(err)) => return Err(err),
+                        Some(Ok(Some(claim))) => {
+                            let name = claim.lease.name.clone();
+                            tracing::info!(migration = %name, worker = %ctx.config.worker_id, "joined to walk key ranges");
+                            let _ = state.send(RunnerState::Running(name.clone()));
+                            if let Ending::Failed(reason) =
+                                ranges::run_joined(ctx, claim, shutdown).await
+                            {
+                                summary.failed.push((name, reason));
+                            }
+                            continue;
+                        }
+                        Some(Ok(None)) => {}
+                    }
                     let _ = state.send(RunnerState::Idle);
                     if ctx.config.exit_when_done && !work_in_flight(control, ctx, shutdown).await? {
                         break;

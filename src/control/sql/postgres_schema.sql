@@ -60,3 +60,25 @@ CREATE TABLE IF NOT EXISTS background_migration_batches (
 );
 CREATE INDEX IF NOT EXISTS background_migration_batches_by_name
     ON background_migration_batches (migration_name, id);
+
+-- A migration's key ranges when it runs with `parallelism` > 1: each a unit a worker leases on its own, with its own
+-- checkpoint. `upper_state` is the checkpoint at which the next range starts (NULL: the end of the key space);
+-- `splits` counts how often a thief cut the range short, and fences the holder's checkpoint (a batch that ran while
+-- its range was cut is not written).
+CREATE TABLE IF NOT EXISTS background_migration_ranges (
+    migration_id     text NOT NULL,
+    range_no         integer NOT NULL,
+    state            jsonb NOT NULL,
+    upper_state      jsonb,
+    done             integer NOT NULL DEFAULT 0,
+    splits           integer NOT NULL DEFAULT 0,
+    worker_id        text,
+    lease_epoch      bigint NOT NULL DEFAULT 0,
+    lease_expires_at timestamptz,
+    rows_done        bigint NOT NULL DEFAULT 0,
+    rows_total       bigint,
+    rows_per_sec     double precision,
+    batch_size       integer,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration_id, range_no)
+);

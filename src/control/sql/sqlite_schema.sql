@@ -53,3 +53,22 @@ CREATE TABLE IF NOT EXISTS background_migration_batches (
 );
 CREATE INDEX IF NOT EXISTS background_migration_batches_by_name
     ON background_migration_batches (migration_name, id);
+
+-- A migration's key ranges when it runs with `parallelism` > 1 (see the Postgres schema for the columns).
+CREATE TABLE IF NOT EXISTS background_migration_ranges (
+    migration_id     TEXT NOT NULL,
+    range_no         INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    upper_state      TEXT,
+    done             INTEGER NOT NULL DEFAULT 0,
+    splits           INTEGER NOT NULL DEFAULT 0,
+    worker_id        TEXT,
+    lease_epoch      INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at TEXT,
+    rows_done        INTEGER NOT NULL DEFAULT 0,
+    rows_total       INTEGER,
+    rows_per_sec     REAL,
+    batch_size       INTEGER,
+    updated_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (migration_id, range_no)
+);
