@@ -37,6 +37,7 @@ pub(super) struct RangeStatements {
     pub(super) by_migration: String,
     pub(super) by_name: String,
     lock_migration: String,
+    lock_running: String,
     candidates: String,
     claim: String,
     insert: String,
@@ -58,6 +59,9 @@ impl RangeStatements {
         let held_now = format!(
             "l.done = 0 AND l.worker_id IS NOT NULL AND l.lease_expires_at >= {now}"
         );
+        let free = format!(
+            "(r.worker_id IS NULL OR r.lease_expires_at IS NULL OR r.lease_expires_at < {now})"
+        );
         Self {
             by_migration: format!(
                 "SELECT {ranges} FROM background_migration_ranges r WHERE r.migration_id = $1 ORDER BY r.range_no"
@@ -70,24 +74,34 @@ impl RangeStatements {
                 "SELECT name FROM background_migrations m WHERE m.id = $1 AND m.status = 'running' {}",
                 sql.lock_rows("m")
             ),
-            // Free ranges of running migrations, with how many ranges each migration has held now; the migration
-            // rows stay locked until the claim commits, so two workers cannot both pass the parallelism check.
+            // The running migrations with ranges left, locked first in a statement of their own: the candidates
+            // are then read with a snapshot taken after any concurrent claim committed (Postgres takes a statement's
+            // snapshot before it waits for a lock), and two workers cannot both pass the parallelism check.
+            lock_running: format!(
+                "SELECT m.id FROM background_migrations m WHERE m.status = 'running' \
+                 AND m.script IN (SELECT s.value FROM {}) AND (CAST($2 AS TEXT) IS NULL OR m.id = $2) \
+                 AND EXISTS (SELECT 1 FROM background_migration_ranges r WHERE r.migration_id = m.id AND r.done = 0) \
+                 ORDER BY m.name {}",
+                sql.names_of_param(1, "s"),
+                sql.lock_rows("m")
+            ),
+            // Free ranges of those migrations, with how many ranges each has held now.
             candidates: format!(
                 "SELECT CAST(m.id AS TEXT), m.name, CAST(m.args AS TEXT), CAST(r.range_no AS TEXT), r.worker_id, \
                  CAST((SELECT count(*) FROM background_migration_ranges l WHERE l.migration_id = m.id AND \
                  {held_now}) AS TEXT) \
                  FROM background_migrations m JOIN background_migration_ranges r ON r.migration_id = m.id \
                  WHERE m.status = 'running' AND m.script IN (SELECT s.value FROM {}) \
-                 AND (CAST($2 AS TEXT) IS NULL OR m.id = $2) \
-                 AND r.done = 0 AND (r.worker_id IS NULL OR r.lease_expires_at IS NULL OR r.lease_expires_at < {now}) \
-                 ORDER BY m.name, r.range_no {}",
+                 AND (CAST($2 AS TEXT) IS NULL OR m.id = $2) AND r.done = 0 AND {free} \
+                 ORDER BY m.name, r.range_no",
                 sql.names_of_param(1, "s"),
-                sql.lock_rows("m")
             ),
             claim: format!(
                 "UPDATE background_migration_ranges SET worker_id = $3, lease_epoch = lease_epoch + 1, \
                  lease_expires_at = {}, rows_per_sec = NULL, updated_at = {now} \
-                 WHERE migration_id = $1 AND range_no = $2 RETURNING lease_epoch",
+                 WHERE migration_id = $1 AND range_no = $2 AND done = 0 \
+                 AND (worker_id IS NULL OR lease_expires_at IS NULL OR lease_expires_at < {now}) \
+                 RETURNING CAST(lease_epoch AS TEXT)",
                 sql.now_plus_seconds(4)
             ),
             insert: format!(
@@ -104,8 +118,11 @@ impl RangeStatements {
                 "SELECT count(*) FROM background_migration_ranges l WHERE l.migration_id = $1 AND l.range_no < $2 \
                  AND {held_now}"
             ),
+            // Not fenced on `done`: the heartbeat may beat once between a range's last checkpoint and its end.
             renew: format!(
-                "UPDATE background_migration_ranges SET lease_expires_at = {} WHERE {RANGE_FENCE}",
+                "UPDATE background_migration_ranges SET lease_expires_at = {} WHERE migration_id = $1 \
+                 AND range_no = $2 AND worker_id = $3 AND lease_epoch = $4 AND EXISTS (SELECT 1 FROM \
+                 background_migrations m WHERE m.id = $1 AND m.status = 'running')",
                 sql.now_plus_seconds(5)
             ),
             // The migration's progress: its rate is the sum of the held ranges' rates.
@@ -256,20 +273,20 @@ impl SqlControlStore {
         migration_id: Option<&str>,
     ) -> Result<Option<Claim>, ControlError> {
         let mut tx = self.write().await?;
+        let params = [
+            SqlParam::Text(Value::from(scripts.to_vec()).to_string()),
+            text_or_null(migration_id.map(str::to_owned)),
+        ];
+        tx.fetch_all_text(&self.statements.ranges.lock_running, &params)
+            .await?;
         let rows = tx
-            .fetch_all_text(
-                &self.statements.ranges.candidates,
-                &[
-                    SqlParam::Text(Value::from(scripts.to_vec()).to_string()),
-                    text_or_null(migration_id.map(str::to_owned)),
-                ],
-            )
+            .fetch_all_text(&self.statements.ranges.candidates, &params)
             .await?;
         let Some(candidate) = first_claimable(rows) else {
             return Ok(None);
         };
-        let epoch = tx
-            .fetch_count(
+        let claimed = tx
+            .fetch_all_text(
                 &self.statements.ranges.claim,
                 &[
                     SqlParam::Text(candidate.migration_id.clone()),
@@ -279,6 +296,14 @@ impl SqlControlStore {
                 ],
             )
             .await?;
+        // The update checks again that the range is free: under the migration's lock it always is.
+        let Some(epoch) = claimed
+            .first()
+            .and_then(|row| row.first().cloned().flatten())
+            .and_then(|text| text.parse::<i64>().ok())
+        else {
+            return Ok(None);
+        };
         let detail = json!({
             "range": candidate.range_no,
             "epoch": epoch,
@@ -348,7 +373,7 @@ impl SqlControlStore {
         }
         let no = tx
             .fetch_count(
-                "SELECT coalesce(max(range_no), -1) + 1 FROM background_migration_ranges WHERE migration_id = $1",
+                "SELECT CAST(coalesce(max(range_no), -1) + 1 AS BIGINT) FROM background_migration_ranges WHERE migration_id = $1",
                 std::slice::from_ref(&id),
             )
             .await?;

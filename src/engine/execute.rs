@@ -209,27 +209,34 @@ async fn batch_loop(
     }
     let args = parse_args(&*migration, record)?;
     let ranges = ctx.leases.ranges_of(&lease.migration_id).await?;
-    if args.parallelism > 1 || !ranges.is_empty() {
-        let start = super::ranges::Start {
-            record,
+    if args.parallelism == 1 && ranges.is_empty() {
+        let tracker = ProgressTracker::new(
+            &lease.name,
+            record.rows_done.max(0) as u64,
             rows_total,
-            parallelism: args.parallelism,
-            planned: !ranges.is_empty(),
-        };
-        return super::ranges::coordinate(ctx, lease, &*migration, start, stop).await;
+            ctx.config.progress_log_interval,
+        );
+        let initial_size = record.batch_size.map(|b| b.max(1) as u64);
+        let ending = stream(ctx, &*migration, lease.clone(), initial_size, tracker, stop).await?;
+        // A stream gives its migration back unasked only when `parallelism` was raised: it goes on in key ranges
+        // from its checkpoint.
+        if ending != Ending::Released || stop.is_cancelled() {
+            return Ok(ending);
+        }
     }
-    let tracker = ProgressTracker::new(
-        &lease.name,
-        record.rows_done.max(0) as u64,
+    let record = ctx.leases.current(lease).await?;
+    let start = super::ranges::Start {
+        parallelism: parse_args(&*migration, &record)?.parallelism,
+        record: &record,
         rows_total,
-        ctx.config.progress_log_interval,
-    );
-    let initial_size = record.batch_size.map(|b| b.max(1) as u64);
-    stream(ctx, &*migration, lease.clone(), initial_size, tracker, stop).await
+        planned: !ranges.is_empty(),
+    };
+    super::ranges::coordinate(ctx, lease, &*migration, start, stop).await
 }
 
 /// Where the next batch starts, read again before it: the checkpoint, where the range ends (key ranges only), the
-/// args, and whether a key range is to be given back (more ranges held than `parallelism` now allows).
+/// args, and whether to stop this stream: a key range held beyond what `parallelism` now allows is given back, and
+/// a migration run as one stream goes on in key ranges once `parallelism` is raised above 1.
 struct Position {
     state: Value,
     upper: Option<Value>,
@@ -274,8 +281,8 @@ async fn position(
         _ => Position {
             state: record.state,
             upper: None,
+            give_back: args.parallelism > 1,
             args,
-            give_back: false,
         },
     })
 }

@@ -150,7 +150,13 @@ impl Keyset {
     /// The key `n` rows after the cursor (the filter ignored: every key bounds a range), one text per key column.
     /// Params: the cursor (if any), then `n - 1`.
     pub fn key_after(&self, has_lower: bool) -> String {
-        let (bounds, next) = self.key_bounds(has_lower, false);
+        self.key_after_within(has_lower, false)
+    }
+
+    /// The same within a key range that ends at an upper key, inclusive (none past it). Params: the cursor (if
+    /// any), the upper key (if any), then `n - 1`.
+    pub fn key_after_within(&self, has_lower: bool, has_upper: bool) -> String {
+        let (bounds, next) = self.key_bounds(has_lower, has_upper);
         // Aliased: an output column named like the key would make an unqualified `ORDER BY key` sort the text.
         let texts: Vec<String> = self
             .keys

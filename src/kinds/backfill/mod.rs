@@ -139,19 +139,69 @@ impl Migration for Backfill {
         Ok(self.store.estimate_rows(&self.spec.table).await?)
     }
 
+    /// Cuts at keys `rows / parts` apart on the key's index (one `OFFSET` walk per cut, each over its own share).
+    async fn split(
+        &self,
+        from: &Value,
+        upper: Option<&Value>,
+        parts: u64,
+        rows: Option<u64>,
+    ) -> Result<Vec<Value>, MigrationError> {
+        let statements = self.statements().await?;
+        let start = BackfillCheckpoint::read(from)?;
+        let mut lower = start.at.keys(statements.arity(), from)?.map(<[String]>::to_vec);
+        let end = range_end(statements, upper)?;
+        let mut tx = self.store.begin_read().await?;
+        let rows = match rows.filter(|r| *r > 0) {
+            Some(rows) => rows,
+            None => {
+                let mut params = texts(lower.as_deref().unwrap_or_default());
+                params.extend(texts(end.as_deref().unwrap_or_default()));
+                let sql = statements.count_tail(lower.is_some(), end.is_some());
+                tx.fetch_count(&sql, &params).await?.max(0) as u64
+            }
+        };
+        let step = rows / parts.max(1);
+        let mut starts = Vec::new();
+        for _ in 1..parts {
+            if step == 0 {
+                break;
+            }
+            let mut params = texts(lower.as_deref().unwrap_or_default());
+            params.extend(texts(end.as_deref().unwrap_or_default()));
+            params.push(SqlParam::Int(i64::try_from(step - 1).unwrap_or(i64::MAX)));
+            let sql = statements.upper_bound(lower.is_some(), end.is_some());
+            let Some(key) = tx.fetch_optional_text(&sql, &params).await? else {
+                break;
+            };
+            let at = BackfillCheckpoint {
+                at: KeyCursor::after(Some(key.clone())),
+                done: false,
+            };
+            starts.push(at.to_state());
+            lower = Some(key);
+        }
+        tx.commit().await?;
+        Ok(starts)
+    }
+
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let statements = self.statements().await?;
         let checkpoint = BackfillCheckpoint::read(batch.state)?;
         let lower = checkpoint.at.keys(statements.arity(), batch.state)?;
         let has_lower = lower.is_some();
+        let end = range_end(statements, batch.upper)?;
+        let has_end = end.is_some();
         let mut params = texts(lower.unwrap_or_default());
+        let mut tail_params = params.clone();
+        tail_params.extend(texts(end.as_deref().unwrap_or_default()));
         let size = batch.args.batch_size;
 
         let mut tx = self.store.begin().await?;
-        let mut bound_params = params.clone();
+        let mut bound_params = tail_params.clone();
         bound_params.push(SqlParam::Int(i64::try_from(size - 1).unwrap_or(i64::MAX)));
         let upper = tx
-            .fetch_optional_text(&statements.upper_bound(has_lower), &bound_params)
+            .fetch_optional_text(&statements.upper_bound(has_lower, has_end), &bound_params)
             .await?;
         let outcome = match upper {
             Some(upper) => {
@@ -171,9 +221,9 @@ impl Migration for Backfill {
             }
             None => {
                 let rows = tx
-                    .fetch_count(&statements.count_tail(has_lower), &params)
+                    .fetch_count(&statements.count_tail(has_lower, has_end), &tail_params)
                     .await?;
-                tx.execute(&statements.update_tail(has_lower), &params)
+                tx.execute(&statements.update_tail(has_lower, has_end), &tail_params)
                     .await?;
                 let last = BackfillCheckpoint {
                     at: KeyCursor::after(lower.map(<[String]>::to_vec)),
@@ -190,4 +240,16 @@ impl Migration for Backfill {
         batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }
+}
+
+/// The last key of a key range, from the checkpoint at which the next range starts (`None`: no end).
+fn range_end(
+    statements: &BackfillSql,
+    upper: Option<&Value>,
+) -> Result<Option<Vec<String>>, MigrationError> {
+    let Some(upper) = upper else {
+        return Ok(None);
+    };
+    let end = BackfillCheckpoint::read(upper)?;
+    Ok(end.at.keys(statements.arity(), upper)?.map(<[String]>::to_vec))
 }

@@ -44,9 +44,10 @@ impl BackfillSql {
         self.keyset.arity()
     }
 
-    /// Selects the key of the batch's last row. Params: lower bound (if any), then the offset (`batchSize - 1`).
-    pub fn upper_bound(&self, has_lower: bool) -> String {
-        self.keyset.key_after(has_lower)
+    /// Selects the key of the batch's last row, within the key range's end if it has one. Params: lower bound (if
+    /// any), the range's end (if any), then the offset (`batchSize - 1`).
+    pub fn upper_bound(&self, has_lower: bool, has_end: bool) -> String {
+        self.keyset.key_after_within(has_lower, has_end)
     }
 
     /// Updates the rows in (lower, upper]. Params: lower bound (if any), then upper bound.
@@ -54,15 +55,17 @@ impl BackfillSql {
         self.update_where(self.keyset.key_bounds(has_lower, true).0)
     }
 
-    /// Updates every row after the lower bound (the last batch). Params: lower bound (if any).
-    pub fn update_tail(&self, has_lower: bool) -> String {
-        self.update_where(self.keyset.key_bounds(has_lower, false).0)
+    /// Updates every row after the lower bound, up to the key range's end if it has one (the last batch). Params:
+    /// lower bound (if any), then the range's end (if any).
+    pub fn update_tail(&self, has_lower: bool, has_end: bool) -> String {
+        self.update_where(self.keyset.key_bounds(has_lower, has_end).0)
     }
 
-    /// Counts the rows after the lower bound (fewer than a batch, by construction), the filter aside: progress
-    /// counts the rows walked. Params: lower bound (if any).
-    pub fn count_tail(&self, has_lower: bool) -> String {
-        let (bounds, _) = self.keyset.key_bounds(has_lower, false);
+    /// Counts the rows after the lower bound up to the range's end (the last batch's, fewer than a batch by
+    /// construction; or a range's, to split it), the filter aside: progress counts the rows walked. Params: lower
+    /// bound (if any), then the range's end (if any).
+    pub fn count_tail(&self, has_lower: bool, has_end: bool) -> String {
+        let (bounds, _) = self.keyset.key_bounds(has_lower, has_end);
         self.keyset.select("count(*)", &bounds, "")
     }
 
@@ -100,14 +103,14 @@ mod tests {
     #[test]
     fn the_upper_bound_is_an_offset_into_the_key_order_after_the_cursor() {
         assert_eq!(
-            composite().upper_bound(true),
+            composite().upper_bound(true, false),
             "SELECT \"created_at\"::text AS cursor_0, \"id\"::text AS cursor_1 FROM \"public\".\"events\" \
              WHERE (\"created_at\", \"id\") > ($1::timestamp with time zone, $2::text) \
              ORDER BY \"created_at\", \"id\" LIMIT 1 OFFSET $3::bigint"
         );
         assert!(
             composite()
-                .upper_bound(false)
+                .upper_bound(false, false)
                 .ends_with("ORDER BY \"created_at\", \"id\" LIMIT 1 OFFSET $1::bigint")
         );
     }
@@ -127,14 +130,31 @@ mod tests {
         );
     }
 
+    /// In a key range (parallelism), the batch's last key and the last batch stop at the range's end.
+    #[test]
+    fn in_a_key_range_the_last_key_and_the_tail_stop_at_the_ranges_end() {
+        assert_eq!(
+            composite().upper_bound(true, true),
+            "SELECT \"created_at\"::text AS cursor_0, \"id\"::text AS cursor_1 FROM \"public\".\"events\" \
+             WHERE (\"created_at\", \"id\") > ($1::timestamp with time zone, $2::text) \
+             AND (\"created_at\", \"id\") <= ($3::timestamp with time zone, $4::text) \
+             ORDER BY \"created_at\", \"id\" LIMIT 1 OFFSET $5::bigint"
+        );
+        assert_eq!(
+            composite().update_tail(false, true),
+            "UPDATE \"public\".\"events\" SET \"total\" = (a + b) \
+             WHERE (\"created_at\", \"id\") <= ($1::timestamp with time zone, $2::text) AND (kind = 'x')"
+        );
+    }
+
     #[test]
     fn the_tail_update_has_only_a_lower_bound() {
         assert_eq!(
-            composite().update_tail(false),
+            composite().update_tail(false, false),
             "UPDATE \"public\".\"events\" SET \"total\" = (a + b) WHERE (kind = 'x')"
         );
         assert_eq!(
-            composite().count_tail(false),
+            composite().count_tail(false, false),
             "SELECT count(*) FROM \"public\".\"events\""
         );
     }
@@ -150,7 +170,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            sql.upper_bound(false),
+            sql.upper_bound(false, false),
             "SELECT \"id\"::text AS cursor_0 FROM \"t\" ORDER BY \"id\" LIMIT 1 OFFSET $1::bigint"
         );
     }
@@ -165,7 +185,7 @@ mod tests {
             &[("c".into(), "1".into())],
             None,
         );
-        assert!(sql.update_tail(false).starts_with("UPDATE \"we\"\"ird\""));
+        assert!(sql.update_tail(false, false).starts_with("UPDATE \"we\"\"ird\""));
     }
 
     #[test]
@@ -179,7 +199,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            sql.upper_bound(true),
+            sql.upper_bound(true, false),
             "SELECT CAST(\"tenant\" AS TEXT) AS cursor_0, CAST(\"id\" AS TEXT) AS cursor_1 FROM \"scores\" \
              WHERE (\"tenant\", \"id\") > (CAST(?1 AS INTEGER), ?2) \
              ORDER BY \"tenant\", \"id\" LIMIT 1 OFFSET CAST(?3 AS INTEGER)"
