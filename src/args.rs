@@ -249,7 +249,10 @@ mod tests {
     #[test]
     fn parallelism_defaults_to_one_and_is_refused_outside_one_to_sixty_four() {
         assert_eq!(Args::parse(&json!({})).unwrap().parallelism, 1);
-        assert_eq!(Args::parse(&json!({"parallelism": 4})).unwrap().parallelism, 4);
+        assert_eq!(
+            Args::parse(&json!({"parallelism": 4})).unwrap().parallelism,
+            4
+        );
         for bad in [json!(0), json!(65), json!("2"), json!(1.5)] {
             let err = Args::parse(&json!({ "parallelism": bad })).unwrap_err();
             assert_eq!(

@@ -78,12 +78,19 @@ async fn all_exit(db: &TestDb, workers: &mut [(&str, Child)], timeout: Duration)
     for (id, child) in workers.iter_mut() {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "worker {id} exited {status:?}:\n{}", log_of(db, id));
+                assert!(
+                    status.success(),
+                    "worker {id} exited {status:?}:\n{}",
+                    log_of(db, id)
+                );
                 break;
             }
             if started.elapsed() > timeout {
                 let _ = child.kill();
-                panic!("worker {id} did not exit within {timeout:?}:\n{}", log_of(db, id));
+                panic!(
+                    "worker {id} did not exit within {timeout:?}:\n{}",
+                    log_of(db, id)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -136,7 +143,10 @@ async fn range_workers(db: &TestDb) -> Vec<String> {
 async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < timeout, "timed out waiting until {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -151,20 +161,61 @@ async fn three_workers_share_one_backfill_in_key_ranges_exactly_once() {
     define_backfill(&db, 3, 500, 20);
     assert!(db.cli(&["migrate"]).status.success());
 
-    let mut workers: Vec<(&str, Child)> =
-        ["w1", "w2", "w3"].into_iter().map(|id| (id, spawn_worker(&db, id))).collect();
+    let mut workers: Vec<(&str, Child)> = ["w1", "w2", "w3"]
+        .into_iter()
+        .map(|id| (id, spawn_worker(&db, id)))
+        .collect();
     all_exit(&db, &mut workers, Duration::from_secs(120)).await;
 
     assert_eq!(row(&pool).await, ("finished".to_owned(), 30_000));
-    assert_eq!(not_once(&pool).await, 0, "a row was skipped or updated twice");
+    assert_eq!(
+        not_once(&pool).await,
+        0,
+        "a row was skipped or updated twice"
+    );
     let ranges = ranges(&pool).await;
     assert!(ranges.len() >= 3, "{ranges:?}");
     assert!(ranges.iter().all(|(_, done, _)| *done == 1), "{ranges:?}");
-    assert_eq!(range_workers(&db).await, ["w1", "w2", "w3"], "every worker walked a range");
+    assert_eq!(
+        range_workers(&db).await,
+        ["w1", "w2", "w3"],
+        "every worker walked a range"
+    );
     let planned = db.events(NAME).await;
     assert!(
-        planned.iter().any(|(kind, _, detail)| kind == "ranges_planned" && detail["ranges"] == 3),
+        planned
+            .iter()
+            .any(|(kind, _, detail)| kind == "ranges_planned" && detail["ranges"] == 3),
         "{planned:?}"
+    );
+
+    // Progress per range, for scripts and people.
+    let shown = db.cli(&["show", NAME, "--json"]);
+    assert!(shown.status.success());
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let listed = shown["migration"]["ranges"]
+        .as_array()
+        .expect("ranges in show --json");
+    assert_eq!(listed.len(), ranges.len());
+    let walked: i64 = listed
+        .iter()
+        .map(|r| r["rows_done"].as_i64().unwrap())
+        .sum();
+    assert_eq!(walked, 30_000, "the ranges' rows add up to the migration's");
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["done"] == true && r["percent"] == 100.0 && r["held"] == false)
+    );
+    let status: Value = serde_json::from_slice(&db.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        status[0]["ranges"].as_array().map(Vec::len),
+        Some(ranges.len())
+    );
+    let text = String::from_utf8_lossy(&db.cli(&["show", NAME]).stdout).into_owned();
+    assert!(
+        text.contains("key ranges (parallelism):") && text.contains("done"),
+        "{text}"
     );
 }
 
@@ -181,33 +232,60 @@ async fn killed_and_frozen_workers_lose_their_ranges_and_nothing_repeats() {
     let mut killed = spawn_worker(&db, "killed");
     let mut frozen = spawn_worker(&db, "frozen");
     let survivor = spawn_worker(&db, "survivor");
-    wait_for("all three workers hold a range", Duration::from_secs(30), async || {
-        let held = ranges(&pool).await;
-        ["killed", "frozen", "survivor"]
-            .iter()
-            .all(|w| held.iter().any(|(_, _, worker)| worker.as_deref() == Some(*w)))
-    })
+    wait_for(
+        "all three workers hold a range",
+        Duration::from_secs(30),
+        async || {
+            let held = ranges(&pool).await;
+            ["killed", "frozen", "survivor"].iter().all(|w| {
+                held.iter()
+                    .any(|(_, _, worker)| worker.as_deref() == Some(*w))
+            })
+        },
+    )
     .await;
     killed.kill().unwrap();
     killed.wait().unwrap();
     let frozen_pid = frozen.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &frozen_pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &frozen_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
 
-    wait_for("the survivor took over both ranges", Duration::from_secs(60), async || {
-        let events = db.events(NAME).await;
-        ["killed", "frozen"].iter().all(|gone| {
-            events.iter().any(|(kind, actor, detail)| {
-                kind == "range_claimed" && actor == "survivor" && detail["previous_worker"] == *gone
+    wait_for(
+        "the survivor took over both ranges",
+        Duration::from_secs(60),
+        async || {
+            let events = db.events(NAME).await;
+            ["killed", "frozen"].iter().all(|gone| {
+                events.iter().any(|(kind, actor, detail)| {
+                    kind == "range_claimed"
+                        && actor == "survivor"
+                        && detail["previous_worker"] == *gone
+                })
             })
-        })
-    })
+        },
+    )
     .await;
-    assert!(std::process::Command::new("kill").args(["-CONT", &frozen_pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &frozen_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let mut rest = vec![("survivor", survivor), ("frozen", frozen)];
     all_exit(&db, &mut rest, Duration::from_secs(120)).await;
 
     assert_eq!(row(&pool).await, ("finished".to_owned(), 30_000));
-    assert_eq!(not_once(&pool).await, 0, "a row was skipped or updated twice");
+    assert_eq!(
+        not_once(&pool).await,
+        0,
+        "a row was skipped or updated twice"
+    );
     assert!(
         log_of(&db, "frozen").contains("lease"),
         "the frozen worker noticed its lease was gone:\n{}",
@@ -225,22 +303,42 @@ async fn raising_and_lowering_parallelism_mid_run_neither_loses_nor_repeats_a_ro
     define_backfill(&db, 1, 300, 30);
     assert!(db.cli(&["migrate"]).status.success());
 
-    let mut workers: Vec<(&str, Child)> =
-        ["a", "b", "c"].into_iter().map(|id| (id, spawn_worker(&db, id))).collect();
-    wait_for("one stream made progress", Duration::from_secs(30), async || row(&pool).await.1 > 2_000).await;
-    assert!(ranges(&pool).await.is_empty(), "parallelism 1 runs as one stream");
+    let mut workers: Vec<(&str, Child)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|id| (id, spawn_worker(&db, id)))
+        .collect();
+    wait_for(
+        "one stream made progress",
+        Duration::from_secs(30),
+        async || row(&pool).await.1 > 2_000,
+    )
+    .await;
+    assert!(
+        ranges(&pool).await.is_empty(),
+        "parallelism 1 runs as one stream"
+    );
     let raised = db.cli(&["set-args", NAME, r#"{"parallelism": 3}"#]);
-    assert!(raised.status.success(), "{}", String::from_utf8_lossy(&raised.stderr));
-    wait_for("three workers walk ranges", Duration::from_secs(30), async || {
-        range_workers(&db).await.len() == 3
-    })
+    assert!(
+        raised.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raised.stderr)
+    );
+    wait_for(
+        "three workers walk ranges",
+        Duration::from_secs(30),
+        async || range_workers(&db).await.len() == 3,
+    )
     .await;
     let lowered = db.cli(&["set-args", NAME, r#"{"parallelism": 1}"#]);
     assert!(lowered.status.success());
     all_exit(&db, &mut workers, Duration::from_secs(120)).await;
 
     assert_eq!(row(&pool).await, ("finished".to_owned(), 30_000));
-    assert_eq!(not_once(&pool).await, 0, "a row was skipped or updated twice");
+    assert_eq!(
+        not_once(&pool).await,
+        0,
+        "a row was skipped or updated twice"
+    );
     let first: Value = sqlx::query_scalar(
         "SELECT r.state FROM background_migration_ranges r JOIN background_migrations m ON m.id = r.migration_id \
          WHERE m.name = $1 AND r.range_no = 0",
@@ -264,7 +362,8 @@ async fn a_parallelism_outside_one_to_sixty_four_is_refused_naming_the_arg() {
     let refused = db.cli(&["set-args", NAME, r#"{"parallelism": 0}"#]);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("args.parallelism must be an integer from 1 to 64, got 0"),
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("args.parallelism must be an integer from 1 to 64, got 0"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );

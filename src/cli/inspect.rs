@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use bgmigrate::config::Connected;
-use bgmigrate::web::mask_secrets;
+use bgmigrate::web::{RangeView, mask_secrets};
 use serde_json::json;
 
 use super::control;
-use super::output::{RecordView, status_table};
+use super::output::{RecordView, ranges_table, status_table};
 
 const RECENT: i64 = 20;
 
@@ -16,7 +16,11 @@ pub async fn status(connected: &Connected, as_json: bool) -> anyhow::Result<Exit
     control(connected).ensure_schema().await?;
     let records = control(connected).list().await?;
     if as_json {
-        let views: Vec<RecordView> = records.iter().map(RecordView::new).collect();
+        let mut views = Vec::with_capacity(records.len());
+        for record in &records {
+            let ranges = control(connected).ranges(&record.name).await?;
+            views.push(RecordView::new(record, &ranges));
+        }
         println!("{}", serde_json::to_string_pretty(&views)?);
     } else if records.is_empty() {
         println!(
@@ -42,9 +46,13 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
             event
         })
         .collect();
+    let ranges = control(connected).ranges(name).await?;
     if as_json {
-        let view =
-            json!({"migration": RecordView::new(&record), "batches": batches, "events": events});
+        let view = json!({
+            "migration": RecordView::new(&record, &ranges),
+            "batches": batches,
+            "events": events,
+        });
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -66,6 +74,10 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
     }
     if let Some(reason) = &record.unreadable {
         println!("unreadable: {reason}");
+    }
+    if !ranges.is_empty() {
+        println!("\nkey ranges (parallelism):");
+        print!("{}", ranges_table(&RangeView::all(&ranges)));
     }
     println!("\nrecent batches (newest first):");
     println!(

@@ -1,7 +1,8 @@
 //! Plain-text tables and JSON views for `status` and `show`.
 
-use bgmigrate::control::MigrationRecord;
+use bgmigrate::control::{MigrationRecord, RangeRecord};
 use bgmigrate::engine::progress::format_duration;
+use bgmigrate::web::RangeView;
 use serde::Serialize;
 
 /// A record plus the figures derived from it (percent, ETA), as `status --json` prints it; secret-looking args
@@ -12,19 +13,57 @@ pub struct RecordView {
     record: MigrationRecord,
     percent: Option<f64>,
     eta_seconds: Option<f64>,
+    /// Its key ranges (`parallelism` > 1), each with its progress and worker; absent while it runs as one stream.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ranges: Vec<RangeView>,
 }
 
 impl RecordView {
-    /// Wraps a record.
-    pub fn new(record: &MigrationRecord) -> Self {
+    /// Wraps a record and its key ranges.
+    pub fn new(record: &MigrationRecord, ranges: &[RangeRecord]) -> Self {
         let mut masked = record.clone();
         masked.args = bgmigrate::web::mask_secrets(&record.args);
         Self {
             record: masked,
             percent: record.percent(),
             eta_seconds: record.eta_seconds(),
+            ranges: RangeView::all(ranges),
         }
     }
+}
+
+/// One line per key range: its progress, rate and worker.
+pub fn ranges_table(ranges: &[RangeView]) -> String {
+    let mut out = format!(
+        "  {:>5} {:>8} {:>22} {:>10}  {:<8} WORKER\n",
+        "RANGE", "PROGRESS", "ROWS", "RATE", "STATE"
+    );
+    for view in ranges {
+        let range = view.range();
+        let state = match (range.done, view.held) {
+            (true, _) => "done",
+            (false, true) => "running",
+            (false, false) => "waiting",
+        };
+        let rows = format!(
+            "{}/{}",
+            range.rows_done,
+            range.rows_total.map_or("?".into(), |t| t.to_string())
+        );
+        out.push_str(&format!(
+            "  {:>5} {:>8} {:>22} {:>10}  {:<8} {}\n",
+            range.no,
+            view.percent.map_or("-".into(), |p| format!("{p:.1}%")),
+            rows,
+            range
+                .rows_per_sec
+                .filter(|_| view.held)
+                .map_or("-".into(), |r| format!("{r:.0}/s")),
+            state,
+            range.worker_id.as_deref().unwrap_or("-"),
+        ));
+    }
+    out
 }
 
 /// One line per migration, aligned.

@@ -56,9 +56,8 @@ impl RangeStatements {
     pub(super) fn render(sql: ControlSql) -> Self {
         let now = sql.now();
         let ranges = select_list(sql, RANGE_COLUMNS);
-        let held_now = format!(
-            "l.done = 0 AND l.worker_id IS NOT NULL AND l.lease_expires_at >= {now}"
-        );
+        let held_now =
+            format!("l.done = 0 AND l.worker_id IS NOT NULL AND l.lease_expires_at >= {now}");
         let free = format!(
             "(r.worker_id IS NULL OR r.lease_expires_at IS NULL OR r.lease_expires_at < {now})"
         );
@@ -214,7 +213,11 @@ impl SqlControlStore {
     }
 
     /// Creates the ranges, unless the migration has some (a previous holder of its row planned them).
-    pub(super) async fn plan(&self, lease: &Lease, plans: &[RangePlan]) -> Result<bool, ControlError> {
+    pub(super) async fn plan(
+        &self,
+        lease: &Lease,
+        plans: &[RangePlan],
+    ) -> Result<bool, ControlError> {
         let mut tx = self.write().await?;
         let touched = tx
             .execute(
@@ -349,9 +352,15 @@ impl SqlControlStore {
         let mut tx = self.write().await?;
         let id = SqlParam::Text(migration_id.to_owned());
         let locked = tx
-            .fetch_all_text(&self.statements.ranges.lock_migration, std::slice::from_ref(&id))
+            .fetch_all_text(
+                &self.statements.ranges.lock_migration,
+                std::slice::from_ref(&id),
+            )
             .await?;
-        let Some(Some(name)) = locked.into_iter().next().and_then(|row| row.into_iter().next())
+        let Some(Some(name)) = locked
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next())
         else {
             return Ok(None);
         };
@@ -392,8 +401,14 @@ impl SqlControlStore {
         )
         .await?;
         let detail = json!({"range": victim.no, "new_range": no, "at": at, "rows": rows});
-        self.insert_event(tx.as_mut(), &name, EventKind::RangeSplit, worker_id, &detail)
-            .await?;
+        self.insert_event(
+            tx.as_mut(),
+            &name,
+            EventKind::RangeSplit,
+            worker_id,
+            &detail,
+        )
+        .await?;
         let record = self.record_in(tx.as_mut(), &name).await?;
         self.commit(tx).await?;
         Ok(Some(Claim {
@@ -421,7 +436,9 @@ impl SqlControlStore {
     ) -> Result<HeldRange, ControlError> {
         let fence = lease.range_fence_params(range);
         let mut tx = self.store.begin_read().await?;
-        let rows = tx.fetch_all_text(&self.statements.ranges.held, &fence).await?;
+        let rows = tx
+            .fetch_all_text(&self.statements.ranges.held, &fence)
+            .await?;
         let found = match rows.first() {
             Some(row) => Some(decode_range(row)?),
             None => None,
@@ -497,7 +514,11 @@ impl SqlControlStore {
             SqlParam::Int(to_i64(commit.batch_size)),
             SqlParam::Int(range.splits),
         ]);
-        if tx.execute(&self.statements.ranges.checkpoint, &params).await? == 0 {
+        if tx
+            .execute(&self.statements.ranges.checkpoint, &params)
+            .await?
+            == 0
+        {
             return Err(ControlError::LeaseLost(lease.name.clone()));
         }
         Ok(())
@@ -532,8 +553,14 @@ impl SqlControlStore {
             return Err(ControlError::LeaseLost(lease.name.clone()));
         }
         let detail = json!({"reason": reason, "range": range.no});
-        self.insert_event(tx.as_mut(), &lease.name, EventKind::Failed, &lease.worker_id, &detail)
-            .await?;
+        self.insert_event(
+            tx.as_mut(),
+            &lease.name,
+            EventKind::Failed,
+            &lease.worker_id,
+            &detail,
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -547,7 +574,11 @@ impl SqlControlStore {
     ) -> Result<(), ControlError> {
         let mut params = lease.range_fence_params(range);
         params.push(text_or_null(throttled.map(str::to_owned)));
-        if tx.execute(&self.statements.ranges.throttled, &params).await? == 0 {
+        if tx
+            .execute(&self.statements.ranges.throttled, &params)
+            .await?
+            == 0
+        {
             return Err(ControlError::LeaseLost(lease.name.clone()));
         }
         Ok(())

@@ -280,9 +280,7 @@ pub(super) fn decode_range(row: &[Option<String>]) -> Result<RangeRecord, Contro
     let state = f.json("state", &mut unreadable)?;
     let upper = f
         .optional("upper_state")?
-        .map(|text| {
-            serde_json::from_str(text).map_err(|err| f.corrupt("upper_state", err))
-        })
+        .map(|text| serde_json::from_str(text).map_err(|err| f.corrupt("upper_state", err)))
         .transpose()?;
     Ok(RangeRecord {
         no,

@@ -171,6 +171,15 @@ impl RangeRecord {
         !self.done && self.worker_id.is_some() && self.lease_expires_at.is_some_and(|t| t >= now)
     }
 
+    /// Completion in percent, if its estimate is known (100 once done).
+    pub fn percent(&self) -> Option<f64> {
+        if self.done {
+            return Some(100.0);
+        }
+        let total = self.rows_total.filter(|t| *t > 0)?;
+        Some((self.rows_done as f64 * 100.0 / total as f64).min(99.9))
+    }
+
     /// Rows still to walk, by its estimate (0 when unknown or passed).
     pub fn rows_left(&self) -> u64 {
         self.rows_total
@@ -188,7 +197,6 @@ pub struct RangePlan {
     /// Its estimated rows.
     pub rows_total: Option<u64>,
 }
-
 
 /// A successful claim.
 #[derive(Debug, Clone)]

@@ -13,9 +13,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use super::EngineContext;
 use super::execute::{Ending, build_validated, hold, stream};
 use super::progress::ProgressTracker;
-use super::EngineContext;
 use crate::control::{Claim, Lease, MigrationRecord, RangePlan, RangeRecord};
 use crate::migration::{Migration, MigrationError};
 
@@ -80,7 +80,11 @@ pub(super) async fn coordinate(
 }
 
 /// Ranges starting at `first` and at each of `starts`, each ending where the next starts, the rows shared evenly.
-fn plans(first: &serde_json::Value, starts: Vec<serde_json::Value>, rows: Option<u64>) -> Vec<RangePlan> {
+fn plans(
+    first: &serde_json::Value,
+    starts: Vec<serde_json::Value>,
+    rows: Option<u64>,
+) -> Vec<RangePlan> {
     let count = starts.len() as u64 + 1;
     let share = rows.map(|rows| rows / count);
     let mut bounds = std::iter::once(first.clone()).chain(starts).peekable();
@@ -97,12 +101,19 @@ fn plans(first: &serde_json::Value, starts: Vec<serde_json::Value>, rows: Option
 
 /// A joining worker's part, from its claim loop: the migration of the range it claimed, its ranges until none is
 /// left to claim or steal.
-pub(crate) async fn run_joined(ctx: &EngineContext, claim: Claim, shutdown: &CancellationToken) -> Ending {
+pub(crate) async fn run_joined(
+    ctx: &EngineContext,
+    claim: Claim,
+    shutdown: &CancellationToken,
+) -> Ending {
     let migration = match build_validated(ctx, &claim.record, shutdown).await {
         Ok(migration) => migration,
         Err(err) => {
             let reason = err.to_string();
-            return hold(ctx, &claim.lease, shutdown, |_| async move { Ok(Ending::Failed(reason)) }).await;
+            return hold(ctx, &claim.lease, shutdown, |_| async move {
+                Ok(Ending::Failed(reason))
+            })
+            .await;
         }
     };
     let id = claim.lease.migration_id.clone();
@@ -149,7 +160,12 @@ async fn work(
 }
 
 /// Walks one claimed range to its end (or until its lease is lost, it is given back, or the worker stops).
-async fn walk(ctx: &EngineContext, migration: &dyn Migration, claim: Claim, stop: &CancellationToken) -> Ending {
+async fn walk(
+    ctx: &EngineContext,
+    migration: &dyn Migration,
+    claim: Claim,
+    stop: &CancellationToken,
+) -> Ending {
     let lease = claim.lease;
     let no = lease.range.map_or(0, |range| range.no);
     hold(ctx, &lease, stop, |range_stop| {
@@ -222,7 +238,13 @@ mod tests {
 
     use super::*;
 
-    fn range(no: i64, worker: Option<&str>, rows_total: i64, rows_done: i64, batch: i32) -> RangeRecord {
+    fn range(
+        no: i64,
+        worker: Option<&str>,
+        rows_total: i64,
+        rows_done: i64,
+        batch: i32,
+    ) -> RangeRecord {
         RangeRecord {
             no,
             state: json!({"cursor": [no.to_string()]}),
@@ -243,13 +265,24 @@ mod tests {
     /// Ranges start at the checkpoint and at each split, each ending where the next starts, the last at the end.
     #[test]
     fn planned_ranges_chain_from_the_checkpoint_to_the_end() {
-        let plans = plans(&json!({}), vec![json!({"cursor": ["b"]}), json!({"cursor": ["m"]})], Some(9));
-        let bounds: Vec<_> = plans.iter().map(|p| (p.state.clone(), p.upper.clone(), p.rows_total)).collect();
+        let plans = plans(
+            &json!({}),
+            vec![json!({"cursor": ["b"]}), json!({"cursor": ["m"]})],
+            Some(9),
+        );
+        let bounds: Vec<_> = plans
+            .iter()
+            .map(|p| (p.state.clone(), p.upper.clone(), p.rows_total))
+            .collect();
         assert_eq!(
             bounds,
             [
                 (json!({}), Some(json!({"cursor": ["b"]})), Some(3)),
-                (json!({"cursor": ["b"]}), Some(json!({"cursor": ["m"]})), Some(3)),
+                (
+                    json!({"cursor": ["b"]}),
+                    Some(json!({"cursor": ["m"]})),
+                    Some(3)
+                ),
                 (json!({"cursor": ["m"]}), None, Some(3)),
             ]
         );
@@ -267,6 +300,9 @@ mod tests {
         ];
         assert_eq!(victim(&ranges, "me").map(|r| r.no), Some(2));
         let small = [range(3, Some("w4"), 10_000, 7_000, 1_000)];
-        assert!(victim(&small, "me").is_none(), "3,000 rows left < 4 batches of 1,000");
+        assert!(
+            victim(&small, "me").is_none(),
+            "3,000 rows left < 4 batches of 1,000"
+        );
     }
 }

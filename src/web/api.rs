@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::auth::{Access, Caller};
 use super::error::ApiError;
 use super::input::{check_args, check_name};
-use super::view::{MigrationView, masked_event};
+use super::view::{MigrationView, RangeView, masked_event};
 use super::{Shared, metrics};
 use crate::status::Action;
 
@@ -45,10 +45,12 @@ pub async fn show(
         .map(masked_event)
         .collect();
     let batches = state.control.batches(&name, DETAIL_BATCHES).await?;
+    let ranges = state.control.ranges(&name).await?;
     Ok(Json(json!({
         "migration": MigrationView::new(&record),
         "events": events,
         "batches": batches,
+        "ranges": RangeView::all(&ranges),
     })))
 }
 

@@ -8,7 +8,7 @@ use super::forms::ArgsForm;
 use super::layout::href;
 use super::list::progress;
 use super::view::{MigrationView, mask_secrets, thousands, when};
-use crate::control::{BatchRecord, EventRecord, MigrationRecord};
+use crate::control::{BatchRecord, EventRecord, MigrationRecord, RangeRecord};
 use crate::status::Action;
 
 /// Recent batches listed under the chart.
@@ -32,6 +32,8 @@ pub struct Detail<'a> {
     pub events: &'a [EventRecord],
     /// Its latest batches, newest first.
     pub batches: &'a [BatchRecord],
+    /// Its key ranges (`parallelism` > 1), in range order.
+    pub ranges: &'a [RangeRecord],
     /// The args editor (as stored, or as submitted with errors).
     pub form: ArgsForm,
     /// The CSRF token for forms, when an admin session is looking.
@@ -100,6 +102,7 @@ pub fn content(detail: &Detail) -> Markup {
             div { h2 { "Args" } (args_form(detail)) }
             div { h2 { "State (checkpoint)" } pre #state { (pretty(&record.state)) } }
         }
+        (super::ranges::section(detail.ranges))
         h2 { "Batches over time" }
         (batch_chart(detail.batches))
         @if !detail.batches.is_empty() {

@@ -93,6 +93,7 @@ table{border-collapse:collapse;width:100%;font-size:13px;background:#fff;border:
 th{background:#f6f8fa;font-size:12px;color:#57606a;font-weight:600;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.nowrap{white-space:nowrap}td.name{overflow-wrap:anywhere;min-width:250px}td.time{white-space:nowrap;font-size:12px;color:#57606a}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;background:#616161}
 .badge.running{background:#1565c0}.badge.finished{background:#2e7d32}.badge.failed{background:#c62828}.badge.paused{background:#ef6c00}.badge.cancelled{background:#6e7781}.badge.pending{background:#8c959f}
+.ranges{display:flex;gap:3px;height:16px;margin:.4em 0 .8em}.seg{display:block;min-width:6px;background:#eaeef2;border-radius:3px;overflow:hidden}.seg .fill{display:block;height:100%}.seg.running .fill{background:#1565c0}.seg.done .fill{background:#2e7d32}.seg.waiting .fill{background:#8c959f}
 .bar{width:110px;height:10px;background:#eaeef2;border-radius:5px;overflow:hidden;display:inline-block;vertical-align:middle}.fill{display:block;height:100%;background:#1565c0;transition:width .4s}
 .reason{color:#8e0000;font-size:12px;max-width:300px;white-space:normal}.muted{color:#57606a}td code{overflow-wrap:anywhere}td.who code{white-space:nowrap}code,pre{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 pre{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:10px;overflow:auto;max-height:260px;margin:0}

@@ -79,6 +79,14 @@ fn describe() {
         "1 for the status each migration is in, 0 for the others"
     );
     describe_gauge!("bgmigrate_migration_rows_done", "Rows walked so far");
+    describe_gauge!(
+        "bgmigrate_ranges",
+        "Key ranges of a migration run with parallelism > 1, by state (running, waiting, done)"
+    );
+    describe_gauge!(
+        "bgmigrate_range_rows_done",
+        "Rows walked in each key range of a migration run with parallelism > 1"
+    );
     describe_gauge!("bgmigrate_migration_rows_total", "Estimated rows in all");
     describe_counter!(
         "bgmigrate_operator_actions_total",
@@ -89,6 +97,28 @@ fn describe() {
 /// Counts one operator action.
 pub fn count_action(action: Action) {
     metrics::counter!("bgmigrate_operator_actions_total", "action" => action.as_str()).increment(1);
+}
+
+/// The key ranges of a running migration: how many are running, waiting and done, and each one's rows.
+fn range_gauges(name: &str, ranges: &[crate::control::RangeRecord]) {
+    let now = chrono::Utc::now();
+    let mut counts = [("running", 0), ("waiting", 0), ("done", 0)];
+    for range in ranges {
+        let slot = if range.done {
+            2
+        } else if range.is_held(now) {
+            0
+        } else {
+            1
+        };
+        counts[slot].1 += 1;
+        metrics::gauge!("bgmigrate_range_rows_done", "migration" => name.to_owned(), "range" => range.no.to_string())
+            .set(range.rows_done as f64);
+    }
+    for (state, count) in counts {
+        metrics::gauge!("bgmigrate_ranges", "migration" => name.to_owned(), "state" => state)
+            .set(f64::from(count));
+    }
 }
 
 /// `GET /metrics`.
@@ -116,7 +146,11 @@ pub async fn endpoint(
                 .set(total as f64);
         }
         if let Some(size) = record.batch_size {
-            metrics::gauge!("bgmigrate_batch_size", "migration" => name).set(f64::from(size));
+            metrics::gauge!("bgmigrate_batch_size", "migration" => name.clone())
+                .set(f64::from(size));
+        }
+        if record.status == Status::Running {
+            range_gauges(&name, &state.control.ranges(&name).await?);
         }
     }
     Ok((

@@ -32,6 +32,7 @@ mod live;
 mod login;
 pub mod metrics;
 mod pages;
+mod ranges;
 mod serve;
 mod session;
 mod stops;
@@ -54,7 +55,7 @@ pub use self::indicator::{Indicator, IndicatorState};
 pub use self::input::{args_problem, name_problem};
 pub use self::serve::{HEADER_TIMEOUT, serve};
 pub use self::session::DEFAULT_LIFETIME as DEFAULT_SESSION_LIFETIME;
-pub use self::view::{MASK, looks_secret, mask_secrets};
+pub use self::view::{MASK, RangeView, looks_secret, mask_secrets};
 
 /// bgmigrate's own version, shown in the header beside the host application's.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -173,11 +173,13 @@ async fn detail_page(
     let record = state.control.get(name).await?;
     let events = state.control.events(name, EVENTS).await?;
     let batches = state.control.batches(name, BATCHES).await?;
+    let ranges = state.control.ranges(name).await?;
     let detail = Detail {
         base,
         record: &record,
         events: &events,
         batches: &batches,
+        ranges: &ranges,
         form: shown
             .form
             .unwrap_or_else(|| ArgsForm::from_args(&record.args)),

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::{EventRecord, MigrationRecord};
+use crate::control::{EventRecord, MigrationRecord, RangeRecord};
 use crate::engine::progress::format_duration;
 
 /// What a secret value is shown as.
@@ -37,6 +37,38 @@ pub fn mask_secrets(value: &Value) -> Value {
         ),
         Value::Array(items) => Value::Array(items.iter().map(mask_secrets).collect()),
         other => other.clone(),
+    }
+}
+
+/// A key range as `status --json`, `show` and the API return it: the row plus whether a worker holds it now and
+/// its percent done.
+#[derive(Debug, Clone, Serialize)]
+pub struct RangeView {
+    #[serde(flatten)]
+    range: RangeRecord,
+    /// A worker holds it now (not done, lease not expired).
+    pub held: bool,
+    /// Completion in percent, if known.
+    pub percent: Option<f64>,
+}
+
+impl RangeView {
+    /// The range.
+    pub fn range(&self) -> &RangeRecord {
+        &self.range
+    }
+
+    /// The views of `ranges`, as of now.
+    pub fn all(ranges: &[RangeRecord]) -> Vec<RangeView> {
+        let now = Utc::now();
+        ranges
+            .iter()
+            .map(|range| RangeView {
+                held: range.is_held(now),
+                percent: range.percent(),
+                range: range.clone(),
+            })
+            .collect()
     }
 }
 

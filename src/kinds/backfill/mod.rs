@@ -149,7 +149,10 @@ impl Migration for Backfill {
     ) -> Result<Vec<Value>, MigrationError> {
         let statements = self.statements().await?;
         let start = BackfillCheckpoint::read(from)?;
-        let mut lower = start.at.keys(statements.arity(), from)?.map(<[String]>::to_vec);
+        let mut lower = start
+            .at
+            .keys(statements.arity(), from)?
+            .map(<[String]>::to_vec);
         let end = range_end(statements, upper)?;
         let mut tx = self.store.begin_read().await?;
         let rows = match rows.filter(|r| *r > 0) {
@@ -251,5 +254,8 @@ fn range_end(
         return Ok(None);
     };
     let end = BackfillCheckpoint::read(upper)?;
-    Ok(end.at.keys(statements.arity(), upper)?.map(<[String]>::to_vec))
+    Ok(end
+        .at
+        .keys(statements.arity(), upper)?
+        .map(<[String]>::to_vec))
 }

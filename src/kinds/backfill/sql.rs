@@ -185,7 +185,10 @@ mod tests {
             &[("c".into(), "1".into())],
             None,
         );
-        assert!(sql.update_tail(false, false).starts_with("UPDATE \"we\"\"ird\""));
+        assert!(
+            sql.update_tail(false, false)
+                .starts_with("UPDATE \"we\"\"ird\"")
+        );
     }
 
     #[test]
