@@ -283,6 +283,93 @@ async fn sigkill_mid_copy_then_resume_leaves_an_exact_copy_without_duplicates() 
     traces.assert_exact(4_000).await;
 }
 
+/// Two workers copy one table in key ranges (`parallelism = 2`): both walk ranges, every range ends done, and the
+/// copy is exact — no row missing, none left twice once deduplicated.
+#[tokio::test]
+async fn two_workers_copy_in_key_ranges_and_the_copy_is_exact() {
+    let traces = Traces::create("copy_parallel", 6_000, CH_TRACES).await;
+    let (db, ch) = (&traces.db, &traces.ch);
+    let name = "20241024_1730_copy_traces";
+    db.define(
+        name,
+        &copy_definition("[\"id\"]", "batchSize = 200\nsleepMs = 10\nparallelism = 2"),
+    );
+    let env = [
+        ("CLICKHOUSE_URL", ch.url.as_str()),
+        ("BGMIGRATE_LEASE_TTL", "2s"),
+        ("BGMIGRATE_HEARTBEAT", "500ms"),
+        ("BGMIGRATE_POLL", "200ms"),
+    ];
+    assert!(db.cli_with_env(&["migrate"], &env).status.success());
+    let workers: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|id| {
+            db.command(&["worker", "--exit-when-done", "--worker-id", id], &env)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut worker in workers {
+        assert!(worker.wait().unwrap().success());
+    }
+    let connected = db.connect_with_clickhouse(&ch.url).await;
+    let record = connected.control.get(name).await.unwrap();
+    assert_eq!(
+        record.status,
+        Status::Finished,
+        "{:?}",
+        record.failed_reason
+    );
+    let ranges = connected.control.ranges(name).await.unwrap();
+    assert!(
+        ranges.len() >= 2 && ranges.iter().all(|r| r.done),
+        "{ranges:?}"
+    );
+    let walkers: std::collections::BTreeSet<_> =
+        ranges.iter().filter_map(|r| r.worker_id.clone()).collect();
+    assert_eq!(walkers.len(), 2, "both workers walked ranges: {ranges:?}");
+    assert_eq!(ch.value("SELECT count() FROM traces FINAL").await, "6000");
+    traces.assert_exact(6_000).await;
+}
+
+/// A copy that verifies runs as one stream: `parallelism` above 1 fails it with a message naming the arg and what
+/// to set instead, before any row moves.
+#[tokio::test]
+async fn parallelism_with_verify_fails_naming_the_arg() {
+    let traces = Traces::create("copy_parallel_verify", 100, CH_TRACES).await;
+    let (db, ch) = (&traces.db, &traces.ch);
+    let name = "20241024_1730_copy_traces";
+    db.define(
+        name,
+        &format!(
+            "verify = true\n{}",
+            copy_definition("[\"id\"]", "parallelism = 2")
+        ),
+    );
+    let env = [("CLICKHOUSE_URL", ch.url.as_str())];
+    let out = db.cli_with_env(&["worker", "--exit-when-done"], &env);
+    assert!(!out.status.success());
+    let record = db
+        .connect_with_clickhouse(&ch.url)
+        .await
+        .control
+        .get(name)
+        .await
+        .unwrap();
+    assert_eq!(record.status, Status::Failed);
+    let reason = record.failed_reason.unwrap_or_default();
+    assert!(
+        reason.contains("args.parallelism above 1 needs a copy in key order without verify"),
+        "{reason}"
+    );
+    assert_eq!(
+        ch.value("SELECT count() FROM traces").await,
+        "0",
+        "no row moved"
+    );
+}
+
 /// ClickHouse going away mid-copy makes the batch retry with backoff, then fail with a reason naming ClickHouse;
 /// once it is back, `retry` resumes from the checkpoint (rows already copied are not sent again).
 #[tokio::test]

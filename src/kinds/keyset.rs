@@ -10,7 +10,7 @@
 //! only `OFFSET` is inside one batch, after the cursor, on the key's index.
 
 use crate::migration::MigrationError;
-use crate::store::{ColumnInfo, Dialect, SqlStore};
+use crate::store::{ColumnInfo, Dialect, SqlParam, SqlStore};
 
 /// The alias a copy gives its source (a table or a parenthesised query) in `FROM`.
 const SOURCE_ALIAS: &str = "bgm_src";
@@ -130,7 +130,13 @@ impl Keyset {
     /// The read of the next batch in key order. Params: the cursor (if any), one text per key column, then the
     /// row limit.
     pub fn read(&self, select: &str, has_lower: bool) -> String {
-        let (bounds, next) = self.key_bounds(has_lower, false);
+        self.read_within(select, has_lower, false)
+    }
+
+    /// The same within a key range that ends at an upper key, inclusive. Params: the cursor (if any), the upper
+    /// key (if any), then the row limit.
+    pub fn read_within(&self, select: &str, has_lower: bool, has_upper: bool) -> String {
+        let (bounds, next) = self.key_bounds(has_lower, has_upper);
         let tail = format!(
             " ORDER BY {} LIMIT {}",
             self.keys.join(", "),
@@ -233,6 +239,54 @@ impl Keyset {
         }
         Ok(key)
     }
+}
+
+/// Keys that cut the walk after `lower` up to `upper` (inclusive; `None`: the end), about `rows` rows (counted
+/// when unknown), into at most `parts` ranges of about equal rows: each `rows / parts` rows after the previous, found
+/// on the key's index with one `OFFSET` walk over its own share. Fewer when fewer rows are left. For
+/// `parallelism` > 1 and work stealing; each kind turns the keys into its checkpoints.
+pub async fn split_keys(
+    store: &dyn SqlStore,
+    keyset: &Keyset,
+    lower: Option<Vec<String>>,
+    upper: Option<&[String]>,
+    parts: u64,
+    rows: Option<u64>,
+) -> Result<Vec<Vec<String>>, MigrationError> {
+    let texts = |keys: Option<&[String]>| -> Vec<SqlParam> {
+        keys.unwrap_or_default()
+            .iter()
+            .cloned()
+            .map(SqlParam::Text)
+            .collect()
+    };
+    let mut tx = store.begin_read().await?;
+    let rows = match rows.filter(|r| *r > 0) {
+        Some(rows) => rows,
+        None => {
+            let (bounds, _) = keyset.key_bounds(lower.is_some(), upper.is_some());
+            let mut params = texts(lower.as_deref());
+            params.extend(texts(upper));
+            let count = keyset.select("count(*)", &bounds, "");
+            tx.fetch_count(&count, &params).await?.max(0) as u64
+        }
+    };
+    let step = rows / parts.max(1);
+    let mut lower = lower;
+    let mut cuts = Vec::new();
+    while step > 0 && (cuts.len() as u64) + 1 < parts {
+        let mut params = texts(lower.as_deref());
+        params.extend(texts(upper));
+        params.push(SqlParam::Int(i64::try_from(step - 1).unwrap_or(i64::MAX)));
+        let sql = keyset.key_after_within(lower.is_some(), upper.is_some());
+        let Some(key) = tx.fetch_optional_text(&sql, &params).await? else {
+            break;
+        };
+        cuts.push(key.clone());
+        lower = Some(key);
+    }
+    tx.commit().await?;
+    Ok(cuts)
 }
 
 /// The key columns' types, found among the source's `columns`: each key column must be one of them and, in a

@@ -139,7 +139,7 @@ impl Migration for Backfill {
         Ok(self.store.estimate_rows(&self.spec.table).await?)
     }
 
-    /// Cuts at keys `rows / parts` apart on the key's index (one `OFFSET` walk per cut, each over its own share).
+    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_keys`]).
     async fn split(
         &self,
         from: &Value,
@@ -149,43 +149,30 @@ impl Migration for Backfill {
     ) -> Result<Vec<Value>, MigrationError> {
         let statements = self.statements().await?;
         let start = BackfillCheckpoint::read(from)?;
-        let mut lower = start
+        let lower = start
             .at
             .keys(statements.arity(), from)?
             .map(<[String]>::to_vec);
         let end = range_end(statements, upper)?;
-        let mut tx = self.store.begin_read().await?;
-        let rows = match rows.filter(|r| *r > 0) {
-            Some(rows) => rows,
-            None => {
-                let mut params = texts(lower.as_deref().unwrap_or_default());
-                params.extend(texts(end.as_deref().unwrap_or_default()));
-                let sql = statements.count_tail(lower.is_some(), end.is_some());
-                tx.fetch_count(&sql, &params).await?.max(0) as u64
-            }
-        };
-        let step = rows / parts.max(1);
-        let mut starts = Vec::new();
-        for _ in 1..parts {
-            if step == 0 {
-                break;
-            }
-            let mut params = texts(lower.as_deref().unwrap_or_default());
-            params.extend(texts(end.as_deref().unwrap_or_default()));
-            params.push(SqlParam::Int(i64::try_from(step - 1).unwrap_or(i64::MAX)));
-            let sql = statements.upper_bound(lower.is_some(), end.is_some());
-            let Some(key) = tx.fetch_optional_text(&sql, &params).await? else {
-                break;
-            };
-            let at = BackfillCheckpoint {
-                at: KeyCursor::after(Some(key.clone())),
-                done: false,
-            };
-            starts.push(at.to_state());
-            lower = Some(key);
-        }
-        tx.commit().await?;
-        Ok(starts)
+        let cuts = keyset::split_keys(
+            self.store.as_ref(),
+            statements.keyset(),
+            lower,
+            end.as_deref(),
+            parts,
+            rows,
+        )
+        .await?;
+        Ok(cuts
+            .into_iter()
+            .map(|key| {
+                BackfillCheckpoint {
+                    at: KeyCursor::after(Some(key)),
+                    done: false,
+                }
+                .to_state()
+            })
+            .collect())
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {

@@ -39,6 +39,11 @@ impl BackfillSql {
         }
     }
 
+    /// The keyset walk the statements are built on.
+    pub fn keyset(&self) -> &Keyset {
+        &self.keyset
+    }
+
     /// Number of key columns (and so of parameters per bound).
     pub fn arity(&self) -> usize {
         self.keyset.arity()

@@ -51,8 +51,14 @@ pub struct Walked<W> {
 /// Which rows a batch reads.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Window<'a> {
-    /// The rows after this key (`None`: from the first), in key order.
-    Keys(Option<&'a [String]>),
+    /// The rows after `after` (`None`: from the first), up to `upto` if given (a key range's end, inclusive), in
+    /// key order.
+    Keys {
+        /// The lower key, exclusive.
+        after: Option<&'a [String]>,
+        /// The upper key, inclusive.
+        upto: Option<&'a [String]>,
+    },
     /// The rows after `after` up to `upto` (inclusive), in any order.
     KeyRange {
         /// The lower key, exclusive (`None`: from the first).
@@ -122,9 +128,9 @@ pub(super) async fn encode_batch(
         .await
         .map_err(ReadError::sql("connect to read a copy batch"))?;
     let (sql, bounds, tid_column) = match window {
-        Window::Keys(lower) => (
-            plan.sql.read(lower.is_some()),
-            lower.unwrap_or_default().to_vec(),
+        Window::Keys { after, upto } => (
+            plan.sql.read_within(after.is_some(), upto.is_some()),
+            [after.unwrap_or_default(), upto.unwrap_or_default()].concat(),
             None,
         ),
         Window::KeyRange { after, upto } => (

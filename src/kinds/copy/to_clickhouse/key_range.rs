@@ -25,21 +25,27 @@ use crate::kinds::checkpoint::KeyCursor;
 use crate::migration::MigrationError;
 use crate::store::StoreError;
 
-/// Copies the batch after the checkpoint's key cursor `lower`: as a key range while the plan allows and the source
-/// has a full batch left, else in key order. Stops reading ranges for good when one could not be read whole.
+/// Copies the batch after the checkpoint's key cursor `lower`, up to `end` (a key range's last key, parallelism):
+/// as a key range while the plan allows, else in key order. Stops reading ranges for good when one could not be
+/// read whole.
 pub async fn copy_key_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     lower: Option<&[String]>,
+    end: Option<&[String]>,
     args: &Args,
 ) -> Result<Walked<KeyCursor>, MigrationError> {
+    // The batch's last key, or, in a key range with less than a batch left, the range's own end.
     let last = if plan.ranged.load(Ordering::Relaxed) {
-        key_after(pool, plan, lower, args.batch_size).await?
+        key_after(pool, plan, lower, end, args.batch_size)
+            .await?
+            .map(|last| (last, false))
+            .or_else(|| end.map(|end| (end.to_vec(), true)))
     } else {
         None
     };
-    if let Some(last) = last {
+    if let Some((last, ends_range)) = last {
         // One more than the range can hold: reading it to its end then reports it complete. More rows than that
         // (inserted meanwhile) stop it at the limit, incomplete.
         let mut range_args = args.clone();
@@ -53,7 +59,7 @@ pub async fn copy_key_batch(
             return Ok(Walked {
                 at: KeyCursor::after(Some(last)),
                 moved,
-                exhausted: false,
+                exhausted: ends_range,
             });
         }
         tracing::info!(
@@ -63,7 +69,11 @@ pub async fn copy_key_batch(
         );
         plan.ranged.store(false, Ordering::Relaxed);
     }
-    let moved = copy_batch(pool, clickhouse, plan, Window::Keys(lower), args).await?;
+    let window = Window::Keys {
+        after: lower,
+        upto: end,
+    };
+    let moved = copy_batch(pool, clickhouse, plan, window, args).await?;
     let cursor = moved
         .last_key
         .clone()
@@ -75,16 +85,19 @@ pub async fn copy_key_batch(
     })
 }
 
-/// The key `n` rows after `lower` (the `where` filter aside: any key bounds a range), `None` when fewer remain.
+/// The key `n` rows after `lower`, up to `end` if given (the `where` filter aside: any key bounds a range), `None`
+/// when fewer remain.
 async fn key_after(
     pool: &PgPool,
     plan: &CopyPlan,
     lower: Option<&[String]>,
+    end: Option<&[String]>,
     n: u64,
 ) -> Result<Option<Vec<String>>, MigrationError> {
-    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(plan.sql.key_after(lower.is_some())));
-    for part in lower.unwrap_or_default() {
-        query = query.bind(part.as_str());
+    let sql = plan.sql.key_after(lower.is_some(), end.is_some());
+    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(sql));
+    for part in [lower.unwrap_or_default(), end.unwrap_or_default()].concat() {
+        query = query.bind(part);
     }
     let row = query
         .bind(i64::try_from(n.saturating_sub(1)).unwrap_or(i64::MAX))

@@ -33,8 +33,10 @@ use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::kinds::ch_error;
 use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
+use crate::kinds::keyset;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::PgStore;
+use serde_json::Value;
 
 pub use self::mapping::{ColumnPlan, plan_column};
 
@@ -269,6 +271,21 @@ impl ClickHouseCopy {
     }
 }
 
+/// The last key of a key range, from the checkpoint at which the next range starts (`None`: no end).
+fn range_end(
+    plan: &CopyPlan,
+    upper: Option<&Value>,
+) -> Result<Option<Vec<String>>, MigrationError> {
+    let Some(upper) = upper else {
+        return Ok(None);
+    };
+    let end = CopyCheckpoint::<KeyCursor>::read(upper)?;
+    Ok(end
+        .walk
+        .keys(plan.key.len(), upper)?
+        .map(<[String]>::to_vec))
+}
+
 #[async_trait]
 impl Migration for ClickHouseCopy {
     async fn validate(&self) -> Result<(), MigrationError> {
@@ -299,6 +316,50 @@ impl Migration for ClickHouseCopy {
         Ok(rows.map(|rows| rows * passes))
     }
 
+    /// Cuts a key-order walk at keys `rows / parts` apart on the source key's index. A walk in physical order or
+    /// with `verify` runs as one stream (its verify pass compares the whole table).
+    async fn split(
+        &self,
+        from: &Value,
+        upper: Option<&Value>,
+        parts: u64,
+        rows: Option<u64>,
+    ) -> Result<Vec<Value>, MigrationError> {
+        let plan = self.plan().await?;
+        if plan.physical.is_some() || self.spec.verify {
+            return Err(MigrationError::Permanent(
+                "args.parallelism above 1 needs a copy in key order without verify (order = \"physical\" and \
+                 verify = true run as one stream); set parallelism to 1"
+                    .into(),
+            ));
+        }
+        let start = CopyCheckpoint::<KeyCursor>::read(from)?;
+        let lower = start
+            .walk
+            .keys(plan.key.len(), from)?
+            .map(<[String]>::to_vec);
+        let end = range_end(plan, upper)?;
+        let cuts = keyset::split_keys(
+            &self.source,
+            plan.sql.keyset(),
+            lower,
+            end.as_deref(),
+            parts,
+            rows,
+        )
+        .await?;
+        Ok(cuts
+            .into_iter()
+            .map(|key| {
+                CopyCheckpoint {
+                    walk: KeyCursor::after(Some(key)),
+                    verify: None,
+                }
+                .to_state()
+            })
+            .collect())
+    }
+
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let plan = self.plan().await?;
         let (pool, target, state, args) =
@@ -310,7 +371,10 @@ impl Migration for ClickHouseCopy {
                     return self.verify_batch(plan, args, checkpoint, verified).await;
                 }
                 let lower = checkpoint.walk.keys(plan.key.len(), state)?;
-                let walked = key_range::copy_key_batch(pool, target, plan, lower, args).await?;
+                let end = range_end(plan, batch.upper)?;
+                let walked =
+                    key_range::copy_key_batch(pool, target, plan, lower, end.as_deref(), args)
+                        .await?;
                 Ok(self.walked(walked))
             }
             Some(walk) => {

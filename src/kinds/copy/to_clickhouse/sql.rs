@@ -164,15 +164,22 @@ impl CopySql {
         self.keyset.read(&self.select, has_lower)
     }
 
+    /// Reads the next batch within a key range's end. Params: the cursor (if any), the end (if any), then the row
+    /// limit.
+    pub fn read_within(&self, has_lower: bool, has_upper: bool) -> String {
+        self.keyset.read_within(&self.select, has_lower, has_upper)
+    }
+
     /// Reads the rows after the cursor up to an upper key, in any order. Params: the cursor (if any), the upper key,
     /// then the row limit.
     pub fn read_range(&self, has_lower: bool) -> String {
         self.keyset.read_range(&self.select, has_lower)
     }
 
-    /// The key `n` rows after the cursor, as text. Params: the cursor (if any), then `n - 1`.
-    pub fn key_after(&self, has_lower: bool) -> String {
-        self.keyset.key_after(has_lower)
+    /// The key `n` rows after the cursor, as text, within a key range's end if it has one. Params: the cursor (if
+    /// any), the end (if any), then `n - 1`.
+    pub fn key_after(&self, has_lower: bool, has_upper: bool) -> String {
+        self.keyset.key_after_within(has_lower, has_upper)
     }
 
     /// The same columns plus each row's `ctid` (last), for a walk in physical order.

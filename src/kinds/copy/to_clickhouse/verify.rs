@@ -157,7 +157,10 @@ pub async fn verify_batch(
     let read = encode_batch(
         pool,
         plan,
-        Window::Keys(lower),
+        Window::Keys {
+            after: lower,
+            upto: None,
+        },
         args,
         writer,
         Some(&mut keys),
