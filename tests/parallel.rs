@@ -230,7 +230,7 @@ async fn killed_and_frozen_workers_lose_their_ranges_and_nothing_repeats() {
     assert!(db.cli(&["migrate"]).status.success());
 
     let mut killed = spawn_worker(&db, "killed");
-    let mut frozen = spawn_worker(&db, "frozen");
+    let frozen = spawn_worker(&db, "frozen");
     let survivor = spawn_worker(&db, "survivor");
     wait_for(
         "all three workers hold a range",
