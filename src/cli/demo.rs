@@ -1,12 +1,17 @@
 //! `bgmigrate demo`: the first five minutes. Creates `bgmigrate-demo/` in the current directory, fills a SQLite file
 //! with sample application data (Langfuse-like traces / observations / scores), registers background migrations
-//! over it (backfills, and a copy of the traces into a second SQLite file, `bgmigrate-demo/analytics.db`, the
-//! `analytics` store), and runs the worker and the web UI in this process, with progress bars. With `DATABASE_URL`
-//! set, the sample data and the control tables go to that database instead (the analytics file stays SQLite).
+//! over it (backfills, and a copy of the traces into the `analytics` store: a second SQLite file,
+//! `bgmigrate-demo/analytics.db`, unless `BGMIGRATE_STORE_ANALYTICS` names another), and runs the worker and the web
+//! UI in this process, with progress bars. With `DATABASE_URL` set, the sample data and the control tables go to
+//! that database instead; with `CLICKHOUSE_URL` set as well (and a Postgres `DATABASE_URL`: a copy into ClickHouse
+//! reads from Postgres), the traces are copied into a ClickHouse table instead.
 //!
-//! Order of a run: [`prepare`] (folder and URL) → connect → [`sample_data`] → [`with_analytics`] →
-//! [`write_definitions`] → register → the web UI ([`serve_web`]) → the runner (and its progress bars) → wait → stop
-//! the web UI.
+//! The analytics store is an ordinary named store ([`add_analytics_store`]), so a plain `bgmigrate worker` given
+//! the same variables runs the demo's migrations too; the demo prints that command.
+//!
+//! Order of a run: [`prepare`] (folder and URL) → [`add_analytics_store`] → connect → [`copy_target`] (its table)
+//! → [`sample_data`] → [`write_definitions`] → register → the web UI ([`serve_web`]) → the runner (and its
+//! progress bars) → wait → stop the web UI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +19,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use bgmigrate::config::{self, Connected};
-use bgmigrate::store::{SqlParam, SqlStore, SqliteStore, sqlite};
+use bgmigrate::config::{self, Connected, StoreSetting};
+use bgmigrate::store::{SqlParam, SqlStore, postgres};
 use bgmigrate::web::{self, WebState};
 use bgmigrate::{Runner, RunnerConfig, builtin_registry};
 use clap::Args;
@@ -31,8 +36,12 @@ pub const DEMO_DIR: &str = "bgmigrate-demo";
 /// The store name of the demo's analytics database, the target of its copy.
 pub const ANALYTICS_STORE: &str = "analytics";
 
-/// The analytics database's file, under [`DEMO_DIR`].
-const ANALYTICS_FILE: &str = "analytics.db";
+/// The analytics store's URL unless `BGMIGRATE_STORE_ANALYTICS` (or `--store analytics=...`) names another: a
+/// SQLite file beside the sample data.
+const ANALYTICS_URL: &str = "sqlite://bgmigrate-demo/analytics.db";
+
+/// The beginning of the line that gives the command of a worker of one's own (tests read the command from it).
+pub const WORKER_COMMAND: &str = "demo: a worker of your own runs these migrations too: ";
 
 /// Options of `bgmigrate demo`.
 #[derive(Debug, Args)]
@@ -66,8 +75,33 @@ fn store_name(url: &str) -> &'static str {
     }
 }
 
-/// Runs the demo on `connected` (opened from [`prepare`]'s URL).
-pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Result<ExitCode> {
+/// Adds the demo's analytics store ([`ANALYTICS_URL`]) to `settings`, unless they name an `analytics` store already.
+pub fn add_analytics_store(settings: &mut Vec<StoreSetting>) {
+    if !settings.iter().any(|s| s.name == ANALYTICS_STORE) {
+        settings.push(StoreSetting {
+            name: ANALYTICS_STORE.into(),
+            url: ANALYTICS_URL.into(),
+            origin: "the demo's analytics store".into(),
+        });
+    }
+}
+
+/// Where the demo copies its traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyTarget {
+    /// The `analytics` SQL store.
+    Analytics,
+    /// The `clickhouse` store (`CLICKHOUSE_URL`).
+    ClickHouse,
+}
+
+/// Runs the demo on `connected` (opened from [`prepare`]'s URL and `settings`, the named stores).
+pub async fn run(
+    connected: &Connected,
+    url: &str,
+    settings: &[StoreSetting],
+    args: DemoArgs,
+) -> anyhow::Result<ExitCode> {
     // Bound first: a busy port is refused before any data is generated.
     let listener = tokio::net::TcpListener::bind(args.bind).await.map_err(|err| {
         BadInput(format!(
@@ -80,13 +114,13 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
         .stores
         .sql(store_name)
         .context("the demo's store is not configured")?;
+    let target = copy_target(connected, store_name).await?;
     sample_data(store.as_ref(), args.rows).await?;
-    let connected = &with_analytics(connected).await?;
     let migrations = Path::new(DEMO_DIR).join("migrations");
-    write_definitions(&migrations, store_name)?;
+    write_definitions(&migrations, store_name, target)?;
     let registrations = migrate::load_and_check(connected, &migrations)?;
     migrate::register(connected, &registrations).await?;
-    print_where_things_are(url, &migrations);
+    print_where_things_are(url, &migrations, settings, target);
     let web_stop = CancellationToken::new();
     let web = serve_web(connected, listener, web_stop.clone())?;
 
@@ -122,13 +156,32 @@ pub async fn run(connected: &Connected, url: &str, args: DemoArgs) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// `connected` plus the analytics database (`bgmigrate-demo/analytics.db`) as the [`ANALYTICS_STORE`] store. Its
-/// `traces` table, created if missing, is the application's (same columns, primary key on `id`: the copy upserts
-/// on it).
-async fn with_analytics(connected: &Connected) -> anyhow::Result<Connected> {
-    let path = Path::new(DEMO_DIR).join(ANALYTICS_FILE);
-    let pool = sqlite::connect_pool(&format!("sqlite://{}", path.display()), 4).await?;
-    let analytics = SqliteStore::new(pool, SqliteStore::id_for_path(&path));
+/// Where the traces go, its table created if missing (the application's columns, one row per `id`: the copy
+/// upserts on it): ClickHouse when `CLICKHOUSE_URL` is set, else the `analytics` SQL store.
+async fn copy_target(connected: &Connected, store_name: &str) -> anyhow::Result<CopyTarget> {
+    if let Some(clickhouse) = &connected.clickhouse {
+        if store_name != "postgres" {
+            return Err(BadInput(
+                "CLICKHOUSE_URL is set, but the demo's data is in SQLite and a copy into ClickHouse reads from \
+                 Postgres: set DATABASE_URL=postgres://user@host:port/database too, or unset CLICKHOUSE_URL to copy \
+                 into the analytics store"
+                    .into(),
+            )
+            .into());
+        }
+        clickhouse
+            .execute(include_str!("sql/demo_clickhouse.sql"))
+            .await
+            .context("create the demo's traces table in ClickHouse")?;
+        return Ok(CopyTarget::ClickHouse);
+    }
+    let analytics = connected.stores.sql(ANALYTICS_STORE).ok_or_else(|| {
+        BadInput(
+            "the demo's analytics store must be a SQL store (sqlite:// or postgres://): to copy into ClickHouse, \
+             set CLICKHOUSE_URL instead of BGMIGRATE_STORE_ANALYTICS"
+                .into(),
+        )
+    })?;
     if analytics.columns("traces").await?.is_empty() {
         let create = schema_statements()
             .find(|statement| statement.contains("CREATE TABLE traces"))
@@ -137,15 +190,7 @@ async fn with_analytics(connected: &Connected) -> anyhow::Result<Connected> {
         tx.execute(create, &[]).await?;
         tx.commit().await?;
     }
-    Ok(Connected {
-        control: connected.control.clone(),
-        stores: connected
-            .stores
-            .clone()
-            .with_sql(ANALYTICS_STORE, std::sync::Arc::new(analytics)),
-        pool: connected.pool.clone(),
-        clickhouse: connected.clickhouse.clone(),
-    })
+    Ok(CopyTarget::Analytics)
 }
 
 /// Serves the web UI on `listener` until `stop`; prints its URL and the admin token that enables its actions
@@ -173,6 +218,7 @@ fn serve_web(
         None => println!("demo: no admin token could be made: the UI is read-only"),
     }
     let state = WebState::new(connected.control.clone())
+        .stores(connected.stores.clone())
         .admin_token(token)
         .background_enabled(true);
     Ok(tokio::spawn(web::serve(
@@ -186,9 +232,9 @@ fn serve_web(
 const PACED: &str = "# sleepMs paces the demo so there is something to watch; try:\n\
                      #   bgmigrate set-args NAME '{\"sleepMs\": 0, \"batchSize\": 20000}'\n[args]\n";
 
-/// The demo's background migrations: `(file name, definition)` for `store`. Each is a file a newcomer can read and
-/// edit in `bgmigrate-demo/migrations/background/`.
-fn definitions(store: &str) -> Vec<(&'static str, String)> {
+/// The demo's background migrations: `(file name, definition)` for `store`, the copy into `target`. Each is a file
+/// a newcomer can read and edit in `bgmigrate-demo/migrations/background/`.
+fn definitions(store: &str, target: CopyTarget) -> Vec<(&'static str, String)> {
     vec![
         (
             "20241024_1216_add_generations_cost_backfill",
@@ -216,24 +262,41 @@ fn definitions(store: &str) -> Vec<(&'static str, String)> {
                  set   = {{ normalized_value = \"value / 100.0\" }}\n\n{PACED}batchSize = 5000\nsleepMs = 50\n"
             ),
         ),
-        (
-            "20241024_1730_copy_traces_to_analytics",
-            format!(
-                "# The traces, copied into the analytics database (bgmigrate-demo/analytics.db), upserted on id.\n\
-                 kind = \"copy\"\nfrom = {{ store = \"{store}\", table = \"traces\", key = [\"id\"] }}\n\
-                 to   = {{ store = \"{ANALYTICS_STORE}\", table = \"traces\" }}\n\n{PACED}batchSize = 1000\n\
-                 maxBatchBytes = 4000000\nsleepMs = 50\n"
-            ),
-        ),
+        copy_definition(store, target),
     ]
 }
 
+/// The copy of the traces from `store` into `target`.
+fn copy_definition(store: &str, target: CopyTarget) -> (&'static str, String) {
+    let (name, what, to_store) = match target {
+        CopyTarget::Analytics => (
+            "20241024_1730_copy_traces_to_analytics",
+            "the analytics store (bgmigrate-demo/analytics.db unless BGMIGRATE_STORE_ANALYTICS says otherwise)",
+            ANALYTICS_STORE,
+        ),
+        CopyTarget::ClickHouse => (
+            "20241024_1730_copy_traces_to_clickhouse",
+            "ClickHouse (CLICKHOUSE_URL), a ReplacingMergeTree ordered by id",
+            "clickhouse",
+        ),
+    };
+    (
+        name,
+        format!(
+            "# The traces, copied into {what}, upserted on id.\n\
+             kind = \"copy\"\nfrom = {{ store = \"{store}\", table = \"traces\", key = [\"id\"] }}\n\
+             to   = {{ store = \"{to_store}\", table = \"traces\" }}\n\n{PACED}batchSize = 1000\n\
+             maxBatchBytes = 4000000\nsleepMs = 50\n"
+        ),
+    )
+}
+
 /// Writes the definitions that are not there yet (a newcomer's edits to them are kept).
-fn write_definitions(migrations: &Path, store: &str) -> anyhow::Result<()> {
+fn write_definitions(migrations: &Path, store: &str, target: CopyTarget) -> anyhow::Result<()> {
     let background = migrations.join("background");
     std::fs::create_dir_all(&background)
         .with_context(|| format!("create {}", background.display()))?;
-    for (name, toml) in definitions(store) {
+    for (name, toml) in definitions(store, target) {
         let path: PathBuf = background.join(format!("{name}.toml"));
         if !path.exists() {
             std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
@@ -242,7 +305,6 @@ fn write_definitions(migrations: &Path, store: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates and fills the sample tables, unless they exist (a second run reuses the data).
 /// The statements of the demo's application schema, one by one.
 fn schema_statements() -> impl Iterator<Item = &'static str> {
     include_str!("sql/demo_schema.sql")
@@ -251,6 +313,7 @@ fn schema_statements() -> impl Iterator<Item = &'static str> {
         .filter(|statement| !statement.is_empty())
 }
 
+/// Creates and fills the sample tables, unless they exist (a second run reuses the data).
 async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyhow::Result<()> {
     if !store.columns("traces").await?.is_empty() {
         println!("demo: sample data already present; delete {DEMO_DIR}/ to start over");
@@ -299,8 +362,15 @@ async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyhow::Result<
     Ok(())
 }
 
-fn print_where_things_are(url: &str, migrations: &Path) {
-    let shown_url = bgmigrate::store::postgres::redact(url);
+/// Where the data and the definitions are, how to look at them, and the command of a worker of one's own: the
+/// same variables make `bgmigrate worker` run these migrations (stores' passwords are left out).
+fn print_where_things_are(
+    url: &str,
+    migrations: &Path,
+    settings: &[StoreSetting],
+    target: CopyTarget,
+) {
+    let shown_url = postgres::redact(url);
     println!("demo: sample data and control tables: {shown_url}");
     println!(
         "demo: background migration definitions: {}",
@@ -309,4 +379,20 @@ fn print_where_things_are(url: &str, migrations: &Path) {
     println!(
         "demo: in another terminal: DATABASE_URL={shown_url} bgmigrate status   (or show NAME, pause NAME, set-args NAME '{{\"batchSize\": 1000}}')"
     );
+    let mut variables = vec![
+        format!("DATABASE_URL={shown_url}"),
+        format!("BGMIGRATE_MIGRATIONS_DIR={}", migrations.display()),
+    ];
+    variables.extend(settings.iter().map(|setting| {
+        format!(
+            "{}{}={}",
+            config::STORE_ENV_PREFIX,
+            setting.name.to_ascii_uppercase(),
+            postgres::redact(&setting.url)
+        )
+    }));
+    if target == CopyTarget::ClickHouse {
+        variables.push("CLICKHOUSE_URL=\"$CLICKHOUSE_URL\"".into());
+    }
+    println!("{WORKER_COMMAND}{} bgmigrate worker", variables.join(" "));
 }

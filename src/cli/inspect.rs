@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use bgmigrate::config::Connected;
+use bgmigrate::store::describe_uses;
 use bgmigrate::web::mask_secrets;
 use serde_json::json;
 
@@ -42,14 +43,20 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
             event
         })
         .collect();
+    let stores = connected.stores.used_by(&record.definition);
     if as_json {
-        let view =
-            json!({"migration": RecordView::new(&record), "batches": batches, "events": events});
+        let view = json!({
+            "migration": RecordView::new(&record),
+            "stores": stores,
+            "batches": batches,
+            "events": events,
+        });
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", status_table(std::slice::from_ref(&record)));
-    println!("\nargs:  {}", mask_secrets(&record.args));
+    println!("\nstores: {}", describe_uses(&stores));
+    println!("args:  {}", mask_secrets(&record.args));
     println!("state: {}", record.state);
     println!(
         "attempts: {}  started: {}  finished: {}  failed: {}",

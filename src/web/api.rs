@@ -28,7 +28,7 @@ pub async fn list(
     Ok(Json(records.iter().map(MigrationView::new).collect()))
 }
 
-/// `GET /api/migrations/{name}`: the migration, its recent events and batches (newest first).
+/// `GET /api/migrations/{name}`: the migration, the stores it uses, its recent events and batches (newest first).
 pub async fn show(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -47,6 +47,7 @@ pub async fn show(
     let batches = state.control.batches(&name, DETAIL_BATCHES).await?;
     Ok(Json(json!({
         "migration": MigrationView::new(&record),
+        "stores": state.stores.used_by(&record.definition),
         "events": events,
         "batches": batches,
     })))

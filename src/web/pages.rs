@@ -173,9 +173,11 @@ async fn detail_page(
     let record = state.control.get(name).await?;
     let events = state.control.events(name, EVENTS).await?;
     let batches = state.control.batches(name, BATCHES).await?;
+    let stores = state.stores.used_by(&record.definition);
     let detail = Detail {
         base,
         record: &record,
+        stores: &stores,
         events: &events,
         batches: &batches,
         form: shown
