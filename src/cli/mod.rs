@@ -252,7 +252,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SetArgs { name, json } => operate::set_args(&connected, &name, &json).await,
         Command::Wait(args) => wait::run(&connected, args).await,
         Command::Finalize(args) => finalize::run(&connected, args).await,
-        Command::Demo(args) => demo::run(&connected, &url, &settings, args).await,
+        Command::Demo(args) => {
+            let config = demo::DemoConfig {
+                url: &url,
+                settings: &settings,
+                clickhouse_url: cli.clickhouse_url.as_deref(),
+            };
+            demo::run(&connected, &config, args).await
+        }
         Command::Add(_) | Command::Completions { .. } => {
             unreachable!("answered without a database")
         }

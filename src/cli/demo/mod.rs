@@ -12,15 +12,20 @@
 //! Order of a run: [`prepare`] (folder and URL) → [`add_analytics_store`] → connect → [`copy_target`] (its table)
 //! → [`sample_data`] → [`write_definitions`] → register → the web UI ([`serve_web`]) → the runner (and its
 //! progress bars) → wait → stop the web UI.
+//!
+//! Layout: this file runs the demo and decides its stores; `definitions.rs` writes its definition files,
+//! `sample.rs` generates its sample data.
+
+mod definitions;
+mod sample;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::Context;
 use bgmigrate::config::{self, Connected, StoreSetting};
-use bgmigrate::store::{SqlParam, SqlStore, postgres};
+use bgmigrate::store::postgres;
 use bgmigrate::web::{self, WebState};
 use bgmigrate::{Runner, RunnerConfig, builtin_registry};
 use clap::Args;
@@ -28,6 +33,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::definitions::write_definitions;
+use self::sample::{sample_data, schema_statements};
 use super::{BadInput, Failed, migrate, output, progress, worker};
 
 /// The folder the demo works in, under the current directory.
@@ -95,13 +102,23 @@ enum CopyTarget {
     ClickHouse,
 }
 
-/// Runs the demo on `connected` (opened from [`prepare`]'s URL and `settings`, the named stores).
+/// How the demo's stores were configured: what a worker of one's own needs to be given.
+pub struct DemoConfig<'a> {
+    /// The control store's URL, from [`prepare`].
+    pub url: &'a str,
+    /// The named stores, the analytics store among them ([`add_analytics_store`]).
+    pub settings: &'a [StoreSetting],
+    /// `CLICKHOUSE_URL`, when set.
+    pub clickhouse_url: Option<&'a str>,
+}
+
+/// Runs the demo on `connected` (opened from `demo`).
 pub async fn run(
     connected: &Connected,
-    url: &str,
-    settings: &[StoreSetting],
+    demo: &DemoConfig<'_>,
     args: DemoArgs,
 ) -> anyhow::Result<ExitCode> {
+    let url = demo.url;
     // Bound first: a busy port is refused before any data is generated.
     let listener = tokio::net::TcpListener::bind(args.bind).await.map_err(|err| {
         BadInput(format!(
@@ -120,11 +137,11 @@ pub async fn run(
     write_definitions(&migrations, store_name, target)?;
     let registrations = migrate::load_and_check(connected, &migrations)?;
     migrate::register(connected, &registrations).await?;
-    print_where_things_are(url, &migrations, settings, target);
+    print_where_things_are(demo, &migrations, target);
     let web_stop = CancellationToken::new();
     let web = serve_web(connected, listener, web_stop.clone())?;
 
-    let config = RunnerConfig {
+    let runner = RunnerConfig {
         exit_when_done: args.exit_when_done,
         poll_interval: std::time::Duration::from_secs(1),
         ..RunnerConfig::default()
@@ -133,7 +150,7 @@ pub async fn run(
         connected.control.clone(),
         builtin_registry(),
         connected.stores.clone(),
-        config,
+        runner,
     )
     .spawn();
     let bars = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -170,7 +187,7 @@ async fn copy_target(connected: &Connected, store_name: &str) -> anyhow::Result<
             .into());
         }
         clickhouse
-            .execute(include_str!("sql/demo_clickhouse.sql"))
+            .execute(include_str!("../sql/demo_clickhouse.sql"))
             .await
             .context("create the demo's traces table in ClickHouse")?;
         return Ok(CopyTarget::ClickHouse);
@@ -228,149 +245,11 @@ fn serve_web(
     )))
 }
 
-/// The `[args]` header of the demo's definitions, with why they sleep between batches.
-const PACED: &str = "# sleepMs paces the demo so there is something to watch; try:\n\
-                     #   bgmigrate set-args NAME '{\"sleepMs\": 0, \"batchSize\": 20000}'\n[args]\n";
-
-/// The demo's background migrations: `(file name, definition)` for `store`, the copy into `target`. Each is a file
-/// a newcomer can read and edit in `bgmigrate-demo/migrations/background/`.
-fn definitions(store: &str, target: CopyTarget) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "20241024_1216_add_generations_cost_backfill",
-            format!(
-                "# Total cost of every generation, from its input and output costs.\n\
-                 kind  = \"backfill\"\nstore = \"{store}\"\ntable = \"observations\"\nkey   = [\"id\"]\n\
-                 set   = {{ total_cost = \"coalesce(input_cost, 0) + coalesce(output_cost, 0)\" }}\n\
-                 where = \"type = 'GENERATION'\"\n\n{PACED}batchSize = 2000\nsleepMs = 100\n"
-            ),
-        ),
-        (
-            "20241024_1300_traces_created_day_backfill",
-            format!(
-                "# The day of each trace. About a thousand traces share each created_at: the (created_at, id) key\n\
-                 # still advances (a timestamp-only cursor would loop forever here).\n\
-                 kind  = \"backfill\"\nstore = \"{store}\"\ntable = \"traces\"\nkey   = [\"created_at\", \"id\"]\n\
-                 set   = {{ created_day = \"substr(created_at, 1, 10)\" }}\n\n{PACED}batchSize = 1000\nsleepMs = 50\n"
-            ),
-        ),
-        (
-            "20241024_1400_scores_normalized_value_backfill",
-            format!(
-                "# Scores on a 0..1 scale.\n\
-                 kind  = \"backfill\"\nstore = \"{store}\"\ntable = \"scores\"\nkey   = [\"id\"]\n\
-                 set   = {{ normalized_value = \"value / 100.0\" }}\n\n{PACED}batchSize = 5000\nsleepMs = 50\n"
-            ),
-        ),
-        copy_definition(store, target),
-    ]
-}
-
-/// The copy of the traces from `store` into `target`.
-fn copy_definition(store: &str, target: CopyTarget) -> (&'static str, String) {
-    let (name, what, to_store) = match target {
-        CopyTarget::Analytics => (
-            "20241024_1730_copy_traces_to_analytics",
-            "the analytics store (bgmigrate-demo/analytics.db unless BGMIGRATE_STORE_ANALYTICS says otherwise)",
-            ANALYTICS_STORE,
-        ),
-        CopyTarget::ClickHouse => (
-            "20241024_1730_copy_traces_to_clickhouse",
-            "ClickHouse (CLICKHOUSE_URL), a ReplacingMergeTree ordered by id",
-            "clickhouse",
-        ),
-    };
-    (
-        name,
-        format!(
-            "# The traces, copied into {what}, upserted on id.\n\
-             kind = \"copy\"\nfrom = {{ store = \"{store}\", table = \"traces\", key = [\"id\"] }}\n\
-             to   = {{ store = \"{to_store}\", table = \"traces\" }}\n\n{PACED}batchSize = 1000\n\
-             maxBatchBytes = 4000000\nsleepMs = 50\n"
-        ),
-    )
-}
-
-/// Writes the definitions that are not there yet (a newcomer's edits to them are kept).
-fn write_definitions(migrations: &Path, store: &str, target: CopyTarget) -> anyhow::Result<()> {
-    let background = migrations.join("background");
-    std::fs::create_dir_all(&background)
-        .with_context(|| format!("create {}", background.display()))?;
-    for (name, toml) in definitions(store, target) {
-        let path: PathBuf = background.join(format!("{name}.toml"));
-        if !path.exists() {
-            std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// The statements of the demo's application schema, one by one.
-fn schema_statements() -> impl Iterator<Item = &'static str> {
-    include_str!("sql/demo_schema.sql")
-        .split(';')
-        .map(str::trim)
-        .filter(|statement| !statement.is_empty())
-}
-
-/// Creates and fills the sample tables, unless they exist (a second run reuses the data).
-async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyhow::Result<()> {
-    if !store.columns("traces").await?.is_empty() {
-        println!("demo: sample data already present; delete {DEMO_DIR}/ to start over");
-        return Ok(());
-    }
-    let started = Instant::now();
-    let traces = (observations / 4).max(1);
-    let scores = (observations / 2).max(1);
-    let count = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
-    let mut tx = store.begin().await?;
-    for statement in schema_statements() {
-        tx.execute(statement, &[]).await?;
-    }
-    tx.execute(include_str!("sql/demo_traces.sql"), &[count(traces)])
-        .await?;
-    tx.execute(
-        include_str!("sql/demo_observations.sql"),
-        &[count(observations), count(traces)],
-    )
-    .await?;
-    tx.execute(
-        include_str!("sql/demo_scores.sql"),
-        &[count(scores), count(traces)],
-    )
-    .await?;
-    // A few large rows (256 KiB of input each): batches must carry them without trouble.
-    let large = format!(
-        "{{\"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}]}}",
-        "a long pasted document ".repeat(11_400)
-    );
-    for n in [1, observations / 3, observations / 2, observations - 1] {
-        tx.execute(
-            "UPDATE observations SET input = $1 WHERE id = $2",
-            &[
-                SqlParam::Text(large.clone()),
-                SqlParam::Text(format!("obs-{n}")),
-            ],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    println!(
-        "demo: generated {traces} traces, {observations} observations and {scores} scores in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
 /// Where the data and the definitions are, how to look at them, and the command of a worker of one's own: the
-/// same variables make `bgmigrate worker` run these migrations (stores' passwords are left out).
-fn print_where_things_are(
-    url: &str,
-    migrations: &Path,
-    settings: &[StoreSetting],
-    target: CopyTarget,
-) {
-    let shown_url = postgres::redact(url);
+/// same variables make `bgmigrate worker` run these migrations (passwords are left out: a ClickHouse URL with one
+/// is given as `"$CLICKHOUSE_URL"`).
+fn print_where_things_are(demo: &DemoConfig, migrations: &Path, target: CopyTarget) {
+    let shown_url = postgres::redact(demo.url);
     println!("demo: sample data and control tables: {shown_url}");
     println!(
         "demo: background migration definitions: {}",
@@ -383,7 +262,7 @@ fn print_where_things_are(
         format!("DATABASE_URL={shown_url}"),
         format!("BGMIGRATE_MIGRATIONS_DIR={}", migrations.display()),
     ];
-    variables.extend(settings.iter().map(|setting| {
+    variables.extend(demo.settings.iter().map(|setting| {
         format!(
             "{}{}={}",
             config::STORE_ENV_PREFIX,
@@ -391,8 +270,12 @@ fn print_where_things_are(
             postgres::redact(&setting.url)
         )
     }));
-    if target == CopyTarget::ClickHouse {
-        variables.push("CLICKHOUSE_URL=\"$CLICKHOUSE_URL\"".into());
+    if let (CopyTarget::ClickHouse, Some(url)) = (target, demo.clickhouse_url) {
+        variables.push(if postgres::redact(url) == url {
+            format!("CLICKHOUSE_URL={url}")
+        } else {
+            "CLICKHOUSE_URL=\"$CLICKHOUSE_URL\"".into()
+        });
     }
     println!("{WORKER_COMMAND}{} bgmigrate worker", variables.join(" "));
 }
