@@ -14,19 +14,15 @@ use clap::{Args, ValueEnum};
 
 use super::BadInput;
 
-/// Options of `bgmigrate add`.
+/// Options of `bgmigrate add`: exactly one of `--kind` and `--fast`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["kind", "fast"])))]
 pub struct AddArgs {
     /// What the migration does, in a few words: it becomes the file name (`add total cost` →
     /// `20241024_1730_add_total_cost.toml`). Letters, digits, spaces, '_' and '-'.
     description: String,
     /// A background migration of this built-in kind, in <migrations-dir>/background/.
-    #[arg(
-        long,
-        value_enum,
-        required_unless_present = "fast",
-        conflicts_with = "fast"
-    )]
+    #[arg(long, value_enum)]
     kind: Option<Kind>,
     /// A fast migration (schema change applied when web or migrate starts), in <migrations-dir>/postgres/ or
     /// <migrations-dir>/clickhouse/.
