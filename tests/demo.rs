@@ -1,5 +1,6 @@
 //! `bgmigrate demo` as a newcomer runs it: the real binary in an empty directory, no configuration at all.
 
+mod clickhouse_common;
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,23 +11,26 @@ use std::time::Duration;
 
 use bgmigrate::Status;
 use bgmigrate::config;
-use bgmigrate::store::{SqlStore, SqliteStore, sqlite};
-use common::text;
+use bgmigrate::store::{SqlParam, SqlStore, SqliteStore, sqlite};
+use clickhouse_common::TestClickHouse;
+use common::{TestDb, text};
 
 /// `bgmigrate demo --exit-when-done --rows 20000` in `dir` with no configuration, the web UI on `bind`.
 fn demo_command(dir: &Path, bind: &str) -> Command {
+    demo_of(dir, bind, 20_000)
+}
+
+/// `bgmigrate demo --exit-when-done --rows ROWS` in `dir` with no configuration, the web UI on `bind`.
+fn demo_of(dir: &Path, bind: &str, rows: u64) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bgmigrate"));
     command
-        .args([
-            "demo",
-            "--exit-when-done",
-            "--rows",
-            "20000",
-            "--bind",
-            bind,
-        ])
+        .args(["demo", "--exit-when-done", "--rows"])
+        .arg(rows.to_string())
+        .args(["--bind", bind])
         .current_dir(dir)
         .env_remove("DATABASE_URL")
+        .env_remove("CLICKHOUSE_URL")
+        .env_remove("BGMIGRATE_STORE_ANALYTICS")
         .env_remove("BGMIGRATE_MIGRATIONS_DIR")
         .env_remove("BGMIGRATE_ADMIN_TOKEN")
         .env_remove("ENABLE_BACKGROUND_MIGRATIONS")
@@ -235,6 +239,179 @@ async fn a_busy_web_port_is_refused_before_any_data_is_generated() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains(&format!("cannot listen on {address}"))
+    );
+    let file = dir.path().join("bgmigrate-demo/app.db");
+    let connected = config::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let store = connected.stores.sql(config::SQLITE_STORE).unwrap();
+    assert!(
+        store.columns("traces").await.unwrap().is_empty(),
+        "no data was generated"
+    );
+}
+
+const COPY: &str = "20241024_1730_copy_traces_to_analytics";
+
+/// The variables of the worker command the demo printed: `(NAME, VALUE)` pairs.
+fn printed_worker_variables(stdout: &str) -> Vec<(String, String)> {
+    let line = stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("demo: a worker of your own runs these migrations too: ")
+        })
+        .unwrap_or_else(|| panic!("the demo prints a worker command:\n{stdout}"));
+    let command = line
+        .strip_suffix(" bgmigrate worker")
+        .expect("the command ends with bgmigrate worker");
+    command
+        .split(' ')
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').expect("NAME=VALUE");
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// The demo prints the command of a worker of one's own, and a plain `bgmigrate worker` given those variables runs
+/// the demo's copy into the analytics store (here: the copy retried from the start after its target was emptied).
+#[tokio::test]
+async fn a_plain_worker_with_the_printed_variables_runs_the_demos_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = demo_of(dir.path(), FREE_PORT, 400).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let variables = printed_worker_variables(&String::from_utf8_lossy(&output.stdout));
+    assert!(
+        variables.contains(&(
+            "BGMIGRATE_STORE_ANALYTICS".into(),
+            "sqlite://bgmigrate-demo/analytics.db".into()
+        )),
+        "{variables:?}"
+    );
+
+    let file = dir.path().join("bgmigrate-demo/app.db");
+    let connected = config::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let analytics_file = dir.path().join("bgmigrate-demo/analytics.db");
+    let pool = sqlite::connect_pool(&format!("sqlite://{}", analytics_file.display()), 1)
+        .await
+        .unwrap();
+    let analytics = SqliteStore::new(pool, SqliteStore::id_for_path(&analytics_file));
+    let mut tx = analytics.begin().await.unwrap();
+    tx.execute("DELETE FROM traces", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let app = connected.stores.sql(config::SQLITE_STORE).unwrap();
+    let mut tx = app.begin().await.unwrap();
+    let failed = tx
+        .execute(
+            "UPDATE background_migrations SET status = 'failed', failed_reason = 'emptied by the test' WHERE name = $1",
+            &[SqlParam::Text(COPY.into())],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(failed, 1);
+
+    for args in [
+        &["retry", COPY, "--from-start"][..],
+        &["worker", "--exit-when-done"][..],
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bgmigrate"));
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("CLICKHOUSE_URL")
+            .env_remove("BGMIGRATE_STORE_ANALYTICS")
+            .env("RUST_LOG", "info,sqlx=warn");
+        for (name, value) in &variables {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+    }
+    assert_eq!(
+        connected.control.get(COPY).await.unwrap().status,
+        Status::Finished
+    );
+    let traces = traces_of(app.as_ref()).await;
+    assert_eq!(traces.len(), 100);
+    assert!(
+        traces_of(&analytics).await == traces,
+        "the worker copied every trace again"
+    );
+}
+
+/// With CLICKHOUSE_URL set (and the sample data in Postgres), the demo creates its traces table in ClickHouse and
+/// copies every trace into it, the backfilled day included.
+#[tokio::test]
+async fn with_clickhouse_url_the_demo_copies_the_traces_into_clickhouse() {
+    let db = TestDb::create("demo_clickhouse").await;
+    let clickhouse = TestClickHouse::create("demo_clickhouse").await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = demo_of(dir.path(), FREE_PORT, 400)
+        .env("DATABASE_URL", &db.url)
+        .env("CLICKHOUSE_URL", &clickhouse.url)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let variables = printed_worker_variables(&stdout);
+    assert!(
+        variables.contains(&("CLICKHOUSE_URL".into(), clickhouse.url.clone())),
+        "the worker command carries CLICKHOUSE_URL (it has no password): {variables:?}"
+    );
+
+    let connected = db.connect().await;
+    let records = connected.control.list().await.unwrap();
+    let copy = records
+        .iter()
+        .find(|r| r.name == "20241024_1730_copy_traces_to_clickhouse")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(copy.status, Status::Finished, "{copy:?}");
+    assert!(
+        !records.iter().any(|r| r.name == COPY),
+        "no copy into analytics.db"
+    );
+    let count = |sql: &str| {
+        let client = clickhouse.client.clone();
+        let sql = sql.to_owned();
+        async move { client.query_value(&sql).await.expect(&sql) }
+    };
+    assert_eq!(count("SELECT count() FROM traces FINAL").await, "100");
+    assert_eq!(
+        count("SELECT count() FROM traces FINAL WHERE created_day = substring(created_at, 1, 10) AND input LIKE '{%'").await,
+        "100"
+    );
+    let pool = db.pool().await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM traces ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let copied = clickhouse
+        .client
+        .query_rows("SELECT id FROM traces FINAL ORDER BY id")
+        .await
+        .unwrap();
+    let copied: Vec<String> = copied.into_iter().map(|row| row[0].clone()).collect();
+    assert_eq!(copied, ids);
+}
+
+/// CLICKHOUSE_URL with the demo's SQLite data is refused (exit 2, naming both variables) before any data is
+/// generated: a copy into ClickHouse reads from Postgres.
+#[tokio::test]
+async fn clickhouse_url_with_sqlite_data_is_refused_before_any_data_is_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = demo_of(dir.path(), FREE_PORT, 400)
+        .env("CLICKHOUSE_URL", "http://127.0.0.1:8123/default")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CLICKHOUSE_URL is set, but the demo's data is in SQLite")
+            && stderr.contains("DATABASE_URL=postgres://"),
+        "{stderr}"
     );
     let file = dir.path().join("bgmigrate-demo/app.db");
     let connected = config::connect(&format!("sqlite://{}", file.display()))

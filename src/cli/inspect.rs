@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use bgmigrate::config::Connected;
+use bgmigrate::store::describe_uses;
 use bgmigrate::web::{RangeView, mask_secrets};
 use serde_json::json;
 
@@ -47,9 +48,11 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
         })
         .collect();
     let ranges = control(connected).ranges(name).await?;
+    let stores = connected.stores.used_by(&record.definition);
     if as_json {
         let view = json!({
             "migration": RecordView::new(&record, &ranges),
+            "stores": stores,
             "batches": batches,
             "events": events,
         });
@@ -57,7 +60,8 @@ pub async fn show(connected: &Connected, name: &str, as_json: bool) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", status_table(std::slice::from_ref(&record)));
-    println!("\nargs:  {}", mask_secrets(&record.args));
+    println!("\nstores: {}", describe_uses(&stores));
+    println!("args:  {}", mask_secrets(&record.args));
     println!("state: {}", record.state);
     println!(
         "attempts: {}  started: {}  finished: {}  failed: {}",

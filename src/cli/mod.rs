@@ -1,8 +1,11 @@
 //! Command-line surface: arguments, dispatch, exit codes. Each command lives in its own file.
 
+mod add;
+mod completions;
 mod demo;
 mod finalize;
 mod inspect;
+mod logging;
 mod migrate;
 mod operate;
 mod output;
@@ -45,6 +48,16 @@ pub struct Cli {
     /// repeatable. BGMIGRATE_STORE_<NAME>=URL does the same from the environment.
     #[arg(long = "store", global = true, value_name = "NAME=URL")]
     stores: Vec<String>,
+    /// Log lines on stderr: text, or json (one object per line, fields at the top level) for log pipelines.
+    #[arg(
+        long,
+        env = "BGMIGRATE_LOG_FORMAT",
+        global = true,
+        default_value = "text",
+        value_name = "text|json",
+        value_parser = logging::parse_log_format
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +123,14 @@ enum Command {
     Finalize(finalize::FinalizeArgs),
     /// Sample data in SQLite (bgmigrate-demo/ here) and background migrations over it, run with progress bars.
     Demo(demo::DemoArgs),
+    /// Write a commented template for a new migration: a timestamped background definition (--kind) or a
+    /// fast migration (--fast); prints its path. Never overwrites a file.
+    Add(add::AddArgs),
+    /// Print a completion script for the shell, e.g. `bgmigrate completions bash > /etc/bash_completion.d/bgmigrate`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -167,21 +188,20 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     if bad_input { 2 } else { 1 }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Logs to stderr in the format of `--log-format`; `RUST_LOG` overrides the default `info`.
+pub fn init_logging(cli: &Cli) {
+    logging::init(cli.log_format);
 }
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = match (&cli.command, cli.database_url.clone()) {
+    // Commands that touch no database.
+    let command = match cli.command {
+        Command::Add(args) => return add::run(&cli.migrations_dir, args),
+        Command::Completions { shell } => return Ok(completions::run(shell)),
+        command => command,
+    };
+    let url = match (&command, cli.database_url.clone()) {
         (Command::Demo(_), url) => demo::prepare(url.as_deref())?,
         (_, Some(url)) => url,
         (_, None) => return Err(BadInput(
@@ -189,8 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )
         .into()),
     };
-    if let Some(name) = cli
-        .command
+    if let Some(name) = command
         .names()
         .into_iter()
         .find_map(bgmigrate::web::name_problem)
@@ -204,12 +223,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         settings.retain(|s| s.name != setting.name);
         settings.push(setting);
     }
+    if let Command::Demo(_) = &command {
+        demo::add_analytics_store(&mut settings);
+    }
     let connected = config::connect(&url)
         .await?
         .with_clickhouse(cli.clickhouse_url.as_deref())?
         .with_stores(&settings)
         .await?;
-    match cli.command {
+    match command {
         Command::Worker(args) => worker::run(&connected, &cli.migrations_dir, args).await,
         Command::Web(args) => web::run(&connected, &cli.migrations_dir, args).await,
         Command::Migrate => migrate::run(&connected, &cli.migrations_dir).await,
@@ -230,7 +252,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SetArgs { name, json } => operate::set_args(&connected, &name, &json).await,
         Command::Wait(args) => wait::run(&connected, args).await,
         Command::Finalize(args) => finalize::run(&connected, args).await,
-        Command::Demo(args) => demo::run(&connected, &url, args).await,
+        Command::Demo(args) => {
+            let config = demo::DemoConfig {
+                url: &url,
+                settings: &settings,
+                clickhouse_url: cli.clickhouse_url.as_deref(),
+            };
+            demo::run(&connected, &config, args).await
+        }
+        Command::Add(_) | Command::Completions { .. } => {
+            unreachable!("answered without a database")
+        }
     }
 }
 

@@ -67,7 +67,8 @@ pub async fn run(connected: &Connected, dir: &Path, args: WebArgs) -> anyhow::Re
         .allowed_hosts(web::AllowedHosts::parse(&args.allowed_hosts))
         .session_lifetime(args.session_lifetime)
         .background_enabled(config::background_migrations_enabled("")?)
-        .migrations_dir(dir);
+        .migrations_dir(dir)
+        .stores(connected.stores.clone());
     if let Some(version) = args.app_version {
         state = state.app_version(version);
     }

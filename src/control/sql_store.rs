@@ -19,8 +19,8 @@ use crate::store::{PgStore, SqlParam, SqlStore, SqlTx, SqliteStore};
 /// On Postgres, every change is announced with `NOTIFY`, so other processes wake at once. On SQLite several worker
 /// *processes* may share one file: every write runs in `BEGIN IMMEDIATE`, so a claim's read and its update happen
 /// under the file's single write lock, and `busy_timeout` queues the other writers; there is no `LISTEN`, so
-/// [`HistoryStore::changes`](super::HistoryStore::changes) wakes on this process's own writes and the runner's
-/// polling covers the others.
+/// [`HistoryStore::changes`](super::HistoryStore::changes) wakes on this process's own writes at once and on other
+/// processes' within about 250 ms (a watcher of the file's `PRAGMA data_version`).
 pub struct SqlControlStore {
     pub(super) store: Arc<dyn SqlStore>,
     pub(super) sql: ControlSql,
@@ -144,9 +144,13 @@ impl SqlControlStore {
         )
     }
 
-    /// The control store in `store`'s SQLite file (sharing its pool).
+    /// The control store in `store`'s SQLite file (sharing its pool); other processes' changes are noticed by
+    /// watching the file's `PRAGMA data_version`.
     pub fn sqlite(store: &SqliteStore) -> Self {
-        Self::build(Arc::new(store.clone()), Changes::local())
+        Self::build(
+            Arc::new(store.clone()),
+            Changes::sqlite(store.pool().clone()),
+        )
     }
 
     fn build(store: Arc<dyn SqlStore>, changes: Changes) -> Self {

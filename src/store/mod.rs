@@ -6,6 +6,7 @@
 pub mod postgres;
 pub mod sqlite;
 mod sqlx_tx;
+mod used;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::clickhouse::ClickHouse;
 
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
+pub use self::used::{StoreUse, describe_uses};
 
 /// A value bound to a statement. Keys travel as text and are cast back to their column type by the [`Dialect`].
 #[derive(Debug, Clone, PartialEq)]

@@ -28,7 +28,7 @@ pub async fn list(
     Ok(Json(records.iter().map(MigrationView::new).collect()))
 }
 
-/// `GET /api/migrations/{name}`: the migration, its recent events and batches (newest first).
+/// `GET /api/migrations/{name}`: the migration, the stores it uses, its recent events and batches (newest first).
 pub async fn show(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -48,6 +48,7 @@ pub async fn show(
     let ranges = state.control.ranges(&name).await?;
     Ok(Json(json!({
         "migration": MigrationView::new(&record),
+        "stores": state.stores.used_by(&record.definition),
         "events": events,
         "batches": batches,
         "ranges": RangeView::all(&ranges),

@@ -10,6 +10,7 @@ use super::list::progress;
 use super::view::{MigrationView, mask_secrets, thousands, when};
 use crate::control::{BatchRecord, EventRecord, MigrationRecord, RangeRecord};
 use crate::status::Action;
+use crate::store::{StoreUse, describe_uses};
 
 /// Recent batches listed under the chart.
 const BATCH_ROWS: usize = 10;
@@ -28,6 +29,8 @@ pub struct Detail<'a> {
     pub base: &'a str,
     /// The migration.
     pub record: &'a MigrationRecord,
+    /// The stores its definition names, as this process knows them.
+    pub stores: &'a [StoreUse],
     /// Its latest events, newest first.
     pub events: &'a [EventRecord],
     /// Its latest batches, newest first.
@@ -71,6 +74,7 @@ pub fn content(detail: &Detail) -> Markup {
             h1 { code.name { (record.name) } " " span.badge.(cells.status) data-field="status" { (cells.status) } }
             div.grid {
                 div { span.k { "Script" } (record.script) }
+                div { span.k { "Stores" } span data-field="stores" { (describe_uses(detail.stores)) } }
                 div { span.k { "Progress" } (progress(&view)) }
                 div { span.k { "Rows done / total" } span data-field="rows" { (cells.rows) } }
                 div { span.k { "Rate" } span data-field="rate" { (cells.rate) } }

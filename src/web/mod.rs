@@ -69,6 +69,7 @@ pub struct WebState {
     allowed_hosts: AllowedHosts,
     logins: login::Throttle,
     migrations_dir: Option<std::path::PathBuf>,
+    stores: crate::store::Stores,
 }
 
 impl WebState {
@@ -82,7 +83,15 @@ impl WebState {
             allowed_hosts: AllowedHosts::default(),
             logins: login::Throttle::default(),
             migrations_dir: None,
+            stores: crate::store::Stores::new(),
         }
+    }
+
+    /// The stores this process has configured, so that a migration's page and API record name the stores it uses
+    /// with their kind and location (never a credential); without them only the names are shown.
+    pub fn stores(mut self, stores: crate::store::Stores) -> Self {
+        self.stores = stores;
+        self
     }
 
     /// The host application's version, shown in the header (e.g. `myapp 2.4.1`).

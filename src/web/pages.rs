@@ -174,9 +174,11 @@ async fn detail_page(
     let events = state.control.events(name, EVENTS).await?;
     let batches = state.control.batches(name, BATCHES).await?;
     let ranges = state.control.ranges(name).await?;
+    let stores = state.stores.used_by(&record.definition);
     let detail = Detail {
         base,
         record: &record,
+        stores: &stores,
         events: &events,
         batches: &batches,
         ranges: &ranges,

@@ -1,0 +1,9 @@
+-- {description}
+--
+-- A ClickHouse fast migration: applied once, in version order, when `bgmigrate web` or `bgmigrate migrate` starts
+-- (recorded in ClickHouse's schema_migrations table); statements run one by one, separated by `;`. Write the SQL
+-- below, e.g.
+--   ALTER TABLE traces ADD COLUMN release Nullable(String);
+--
+-- To hold this file back until background migrations have finished (a deployment stop), make this the first line:
+--   -- bgmigrate: requires_finished = ["20241024_1730_migrate_traces_from_pg_to_ch"]

@@ -1,0 +1,9 @@
+-- {description}
+--
+-- A fast migration: applied once, in version order, when `bgmigrate web` or `bgmigrate migrate` starts; the
+-- process refuses to start when it fails. Keep it quick (DDL, not data: long data changes belong in a background
+-- migration, `bgmigrate add DESCRIPTION --kind backfill`). Write the SQL below, e.g.
+--   ALTER TABLE observations ADD COLUMN total_cost double precision;
+--
+-- To hold this file back until background migrations have finished (a deployment stop), make this the first line:
+--   -- bgmigrate: requires_finished = ["20241024_1216_add_generations_cost_backfill"]
