@@ -293,6 +293,48 @@ async fn killed_and_frozen_workers_lose_their_ranges_and_nothing_repeats() {
     );
 }
 
+/// Work stealing: a worker that finishes its range while another worker still has half of its range left splits
+/// that range and takes the second half (a `range_split` event says so), and nothing is walked twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_out_of_ranges_splits_the_largest_and_takes_its_second_half() {
+    let db = TestDb::create("a_worker_out_of_ranges_splits").await;
+    let pool = db.pool().await;
+    create_items(&pool, 20_000).await;
+    define_backfill(&db, 2, 200, 20);
+    assert!(db.cli(&["migrate"]).status.success());
+
+    let first = spawn_worker(&db, "early");
+    // The second worker starts when the first is half-way through its range: it claims the other range, and the
+    // first, done with its own range first, steals from it.
+    wait_for(
+        "the first range is half done",
+        Duration::from_secs(30),
+        async || row(&pool).await.1 >= 5_000,
+    )
+    .await;
+    let second = spawn_worker(&db, "late");
+    let mut workers = vec![("early", first), ("late", second)];
+    all_exit(&db, &mut workers, Duration::from_secs(120)).await;
+
+    assert_eq!(row(&pool).await, ("finished".to_owned(), 20_000));
+    assert_eq!(
+        not_once(&pool).await,
+        0,
+        "a row was skipped or updated twice"
+    );
+    let events = db.events(NAME).await;
+    let split = events
+        .iter()
+        .find(|(kind, _, _)| kind == "range_split")
+        .unwrap_or_else(|| panic!("no range was split: {events:?}"));
+    assert_eq!(split.1, "early", "{split:?}");
+    assert_eq!(
+        split.2["range"], 1,
+        "the late worker's range was split: {split:?}"
+    );
+    assert!(ranges(&pool).await.len() >= 3);
+}
+
 /// A migration started as one stream splits into key ranges when `parallelism` is raised mid-run, and goes back to
 /// one range at a time when it is lowered: no row is lost or repeated through either change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
