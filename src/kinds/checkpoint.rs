@@ -76,6 +76,28 @@ impl KeyCursor {
     }
 }
 
+/// A checkpoint whose position is a [`KeyCursor`]: what key ranges (`parallelism`) are cut at and bounded by.
+pub trait KeyPosition: Checkpoint {
+    /// The position.
+    fn cursor(&self) -> &KeyCursor;
+
+    /// The checkpoint just after `key`: where a range that starts after `key` begins.
+    fn after_key(key: Vec<String>) -> Self;
+}
+
+/// The last key of a key range, from the checkpoint `upper` at which the next range starts (`None`: no end),
+/// checked to have `arity` values.
+pub fn range_end<C: KeyPosition>(
+    upper: Option<&Value>,
+    arity: usize,
+) -> Result<Option<Vec<String>>, MigrationError> {
+    let Some(upper) = upper else {
+        return Ok(None);
+    };
+    let end = C::read(upper)?;
+    Ok(end.cursor().keys(arity, upper)?.map(<[String]>::to_vec))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -9,6 +9,9 @@
 //! [`Dialect::param`], so an integer key sorts as an integer, not as text. Never `OFFSET` over the rows done: the
 //! only `OFFSET` is inside one batch, after the cursor, on the key's index.
 
+use serde_json::Value;
+
+use super::checkpoint::{KeyPosition, range_end};
 use crate::migration::MigrationError;
 use crate::store::{ColumnInfo, Dialect, SqlParam, SqlStore};
 
@@ -245,7 +248,7 @@ impl Keyset {
 /// when unknown), into at most `parts` ranges of about equal rows: each `rows / parts` rows after the previous, found
 /// on the key's index with one `OFFSET` walk over its own share. Fewer when fewer rows are left. For
 /// `parallelism` > 1 and work stealing; each kind turns the keys into its checkpoints.
-pub async fn split_keys(
+async fn split_keys(
     store: &dyn SqlStore,
     keyset: &Keyset,
     lower: Option<Vec<String>>,
@@ -287,6 +290,26 @@ pub async fn split_keys(
     }
     tx.commit().await?;
     Ok(cuts)
+}
+
+/// [`Migration::split`](crate::migration::Migration::split) for a key walk whose checkpoint is `C`: the keys of
+/// [`split_keys`] between checkpoints `from` and `upper`, as the checkpoints at which the later ranges start.
+pub async fn split_states<C: KeyPosition>(
+    store: &dyn SqlStore,
+    keyset: &Keyset,
+    (from, upper): (&Value, Option<&Value>),
+    parts: u64,
+    rows: Option<u64>,
+) -> Result<Vec<Value>, MigrationError> {
+    let arity = keyset.arity();
+    let start = C::read(from)?;
+    let lower = start.cursor().keys(arity, from)?.map(<[String]>::to_vec);
+    let end = range_end::<C>(upper, arity)?;
+    let cuts = split_keys(store, keyset, lower, end.as_deref(), parts, rows).await?;
+    Ok(cuts
+        .into_iter()
+        .map(|key| C::after_key(key).to_state())
+        .collect())
 }
 
 /// The key columns' types, found among the source's `columns`: each key column must be one of them and, in a

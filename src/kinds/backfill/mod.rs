@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::checkpoint::{Checkpoint, KeyCursor};
+use super::checkpoint::{Checkpoint, KeyCursor, KeyPosition, range_end};
 use super::keyset;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::{SqlParam, SqlStore, Stores};
@@ -118,6 +118,19 @@ impl Checkpoint for BackfillCheckpoint {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false}";
 }
 
+impl KeyPosition for BackfillCheckpoint {
+    fn cursor(&self) -> &KeyCursor {
+        &self.at
+    }
+
+    fn after_key(key: Vec<String>) -> Self {
+        Self {
+            at: KeyCursor::after(Some(key)),
+            done: false,
+        }
+    }
+}
+
 fn texts(values: &[String]) -> Vec<SqlParam> {
     values.iter().cloned().map(SqlParam::Text).collect()
 }
@@ -139,7 +152,7 @@ impl Migration for Backfill {
         Ok(self.store.estimate_rows(&self.spec.table).await?)
     }
 
-    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_keys`]).
+    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_states`]).
     async fn split(
         &self,
         from: &Value,
@@ -148,31 +161,14 @@ impl Migration for Backfill {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let statements = self.statements().await?;
-        let start = BackfillCheckpoint::read(from)?;
-        let lower = start
-            .at
-            .keys(statements.arity(), from)?
-            .map(<[String]>::to_vec);
-        let end = range_end(statements, upper)?;
-        let cuts = keyset::split_keys(
+        keyset::split_states::<BackfillCheckpoint>(
             self.store.as_ref(),
             statements.keyset(),
-            lower,
-            end.as_deref(),
+            (from, upper),
             parts,
             rows,
         )
-        .await?;
-        Ok(cuts
-            .into_iter()
-            .map(|key| {
-                BackfillCheckpoint {
-                    at: KeyCursor::after(Some(key)),
-                    done: false,
-                }
-                .to_state()
-            })
-            .collect())
+        .await
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
@@ -180,7 +176,7 @@ impl Migration for Backfill {
         let checkpoint = BackfillCheckpoint::read(batch.state)?;
         let lower = checkpoint.at.keys(statements.arity(), batch.state)?;
         let has_lower = lower.is_some();
-        let end = range_end(statements, batch.upper)?;
+        let end = range_end::<BackfillCheckpoint>(batch.upper, statements.arity())?;
         let has_end = end.is_some();
         let mut params = texts(lower.unwrap_or_default());
         let mut tail_params = params.clone();
@@ -230,19 +226,4 @@ impl Migration for Backfill {
         batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }
-}
-
-/// The last key of a key range, from the checkpoint at which the next range starts (`None`: no end).
-fn range_end(
-    statements: &BackfillSql,
-    upper: Option<&Value>,
-) -> Result<Option<Vec<String>>, MigrationError> {
-    let Some(upper) = upper else {
-        return Ok(None);
-    };
-    let end = BackfillCheckpoint::read(upper)?;
-    Ok(end
-        .at
-        .keys(statements.arity(), upper)?
-        .map(<[String]>::to_vec))
 }

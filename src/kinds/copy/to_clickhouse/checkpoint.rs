@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pages::Tid;
 use super::verify::VerifyState;
-use crate::kinds::checkpoint::Checkpoint;
+use crate::kinds::checkpoint::{Checkpoint, KeyCursor, KeyPosition};
 
 /// A copy's checkpoint; `W` is the walk's position, [`crate::kinds::checkpoint::KeyCursor`] or [`PageCursor`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,19 @@ pub struct CopyCheckpoint<W> {
 impl<W: Serialize + DeserializeOwned> Checkpoint for CopyCheckpoint<W> {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...]} or {\"ctid\": \"(page,offset)\"}, with \
                                  \"verify\": {...} once verifying";
+}
+
+impl KeyPosition for CopyCheckpoint<KeyCursor> {
+    fn cursor(&self) -> &KeyCursor {
+        &self.walk
+    }
+
+    fn after_key(key: Vec<String>) -> Self {
+        Self {
+            walk: KeyCursor::after(Some(key)),
+            verify: None,
+        }
+    }
 }
 
 /// The position of a walk in physical order: the `ctid` of the last row sent (absent or `null` before the first).

@@ -32,7 +32,7 @@ use super::spec::{CopySpec, Order, Relation};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::kinds::ch_error;
-use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
+use crate::kinds::checkpoint::{Checkpoint, KeyCursor, range_end};
 use crate::kinds::keyset;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::PgStore;
@@ -271,21 +271,6 @@ impl ClickHouseCopy {
     }
 }
 
-/// The last key of a key range, from the checkpoint at which the next range starts (`None`: no end).
-fn range_end(
-    plan: &CopyPlan,
-    upper: Option<&Value>,
-) -> Result<Option<Vec<String>>, MigrationError> {
-    let Some(upper) = upper else {
-        return Ok(None);
-    };
-    let end = CopyCheckpoint::<KeyCursor>::read(upper)?;
-    Ok(end
-        .walk
-        .keys(plan.key.len(), upper)?
-        .map(<[String]>::to_vec))
-}
-
 #[async_trait]
 impl Migration for ClickHouseCopy {
     async fn validate(&self) -> Result<(), MigrationError> {
@@ -333,31 +318,14 @@ impl Migration for ClickHouseCopy {
                     .into(),
             ));
         }
-        let start = CopyCheckpoint::<KeyCursor>::read(from)?;
-        let lower = start
-            .walk
-            .keys(plan.key.len(), from)?
-            .map(<[String]>::to_vec);
-        let end = range_end(plan, upper)?;
-        let cuts = keyset::split_keys(
+        keyset::split_states::<CopyCheckpoint<KeyCursor>>(
             &self.source,
             plan.sql.keyset(),
-            lower,
-            end.as_deref(),
+            (from, upper),
             parts,
             rows,
         )
-        .await?;
-        Ok(cuts
-            .into_iter()
-            .map(|key| {
-                CopyCheckpoint {
-                    walk: KeyCursor::after(Some(key)),
-                    verify: None,
-                }
-                .to_state()
-            })
-            .collect())
+        .await
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
@@ -371,7 +339,7 @@ impl Migration for ClickHouseCopy {
                     return self.verify_batch(plan, args, checkpoint, verified).await;
                 }
                 let lower = checkpoint.walk.keys(plan.key.len(), state)?;
-                let end = range_end(plan, batch.upper)?;
+                let end = range_end::<CopyCheckpoint<KeyCursor>>(batch.upper, plan.key.len())?;
                 let walked =
                     key_range::copy_key_batch(pool, target, plan, lower, end.as_deref(), args)
                         .await?;
