@@ -4,6 +4,7 @@
 //! walked twice or skipped shows.
 
 mod common;
+mod web_support;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -216,6 +217,25 @@ async fn three_workers_share_one_backfill_in_key_ranges_exactly_once() {
     assert!(
         text.contains("key ranges (parallelism):") && text.contains("done"),
         "{text}"
+    );
+
+    // The API and the detail page's range bar: one segment per range, each done.
+    let connected = db.connect().await;
+    let server = web_support::serve(web_support::admin_state(&connected)).await;
+    let api = web_support::get(&format!("{}/api/migrations/{NAME}", server.base), &[]).await;
+    assert_eq!(
+        api.json()["ranges"].as_array().map(Vec::len),
+        Some(ranges.len()),
+        "{}",
+        api.body
+    );
+    let page = web_support::get(&format!("{}/migrations/{NAME}", server.base), &[]).await;
+    assert!(page.body.contains("Key ranges"), "{}", page.body);
+    assert_eq!(
+        page.body.matches("class=\"seg done\"").count(),
+        ranges.len(),
+        "{}",
+        page.body
     );
 }
 
