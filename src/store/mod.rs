@@ -3,6 +3,7 @@
 //! A kind (e.g. [`crate::kinds::backfill`]) builds its SQL through a [`Dialect`] and runs it through [`SqlStore`] /
 //! [`SqlTx`]; each store (Postgres, SQLite) implements these in its own module. Nothing here names a driver.
 
+pub mod pg_copy;
 pub mod postgres;
 pub mod sqlite;
 mod sqlx_tx;
@@ -163,6 +164,15 @@ pub(crate) fn log_if_slow(sql: &str, started: Instant, rows: u64) {
     }
 }
 
+/// A target database that can read a source's tables itself, so a copy moves rows with one `INSERT ... SELECT` and
+/// no row passes through the worker (see [`SqlStore::reach`]).
+pub struct Reach {
+    /// A store on the target's database whose transactions also see the source's tables.
+    pub store: Arc<dyn SqlStore>,
+    /// The schema that names the source's tables there; `None`: one database, the tables keep their names.
+    pub schema: Option<&'static str>,
+}
+
 /// A store error, classified as transient (retry the batch) or persistent (fail the migration).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -260,6 +270,9 @@ pub trait SqlStore: Send + Sync {
     /// The planner's estimate of a `SELECT`'s result rows (never running it); `None` when the store has no such
     /// estimate.
     async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError>;
+    /// This database reaching `source`'s tables (see [`Reach`]): itself when both are one database; for two SQLite
+    /// files, a connection on this one with `source` attached read-only. `None` when `source` is out of reach.
+    async fn reach(&self, source: &dyn SqlStore) -> Result<Option<Reach>, StoreError>;
 }
 
 /// The named stores that definitions refer to (`store = "postgres"`, `store = "clickhouse"`).
