@@ -128,16 +128,25 @@ async fn copy_twice_is_exact(
     }
 }
 
+/// The control database `app.db` in `dir` with the filled source table (store `sqlite`), and `analytics.db` with the
+/// empty target table (store `analytics`): returns the stores configured, the source and the target.
+async fn sqlite_and_analytics(
+    dir: &std::path::Path,
+) -> (Connected, Arc<dyn SqlStore>, Arc<dyn SqlStore>) {
+    std::fs::create_dir_all(dir.join("migrations/background")).unwrap();
+    let url = format!("sqlite://{}", dir.join("app.db").display());
+    let connected = config::connect(&url).await.expect("connect");
+    connected.control.ensure_schema().await.expect("schema");
+    let (connected, analytics) = with_analytics(connected, "sqlite", dir).await;
+    let source = connected.stores.sql("sqlite").unwrap();
+    (connected, source, analytics)
+}
+
 /// SQLite → a second SQLite file (not the control database: the engine writes the checkpoint after the upsert).
 #[tokio::test]
 async fn a_sqlite_to_sqlite_copy_is_exact_and_a_resent_copy_leaves_no_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("migrations/background")).unwrap();
-    let url = format!("sqlite://{}", dir.path().join("app.db").display());
-    let connected = config::connect(&url).await.expect("connect");
-    connected.control.ensure_schema().await.expect("schema");
-    let (connected, analytics) = with_analytics(connected, "sqlite", dir.path()).await;
-    let source = connected.stores.sql("sqlite").unwrap();
+    let (connected, source, analytics) = sqlite_and_analytics(dir.path()).await;
     copy_twice_is_exact(
         &connected,
         &dir.path().join("migrations"),
@@ -323,12 +332,13 @@ async fn plain_pg_store(db: &TestDb) -> PgStore {
     PgStore::new(pool, PgStore::id_for_url(&db.url))
 }
 
-/// Postgres → a second Postgres database (the target holds the control table): `COPY` piped into a staging table,
-/// upserted from there with the checkpoint.
-#[tokio::test]
-async fn a_copy_between_two_postgres_databases_is_exact_and_a_resent_copy_leaves_no_duplicates() {
-    let db = TestDb::create("copy_sql_pipe").await;
-    let origin = TestDb::create("copy_sql_pipe_origin").await;
+/// A control database with the empty target table, and the store `origin` on a second database with the filled
+/// source table (both named after `test`): returns both databases, the stores configured, the source and the target.
+async fn events_in_two_databases(
+    test: &str,
+) -> (TestDb, TestDb, Connected, PgStore, Arc<dyn SqlStore>) {
+    let db = TestDb::create(test).await;
+    let origin = TestDb::create(&format!("{test}_origin")).await;
     let mut connected = db.connect().await;
     let target = connected.stores.sql("postgres").unwrap();
     let source = plain_pg_store(&origin).await;
@@ -340,6 +350,14 @@ async fn a_copy_between_two_postgres_databases_is_exact_and_a_resent_copy_leaves
         .stores
         .clone()
         .with_postgres("origin", source.clone());
+    (db, origin, connected, source, target)
+}
+
+/// Postgres → a second Postgres database (the target holds the control table): `COPY` piped straight into the
+/// target table with the checkpoint, and, when every batch is sent again, into a staging table upserted from there.
+#[tokio::test]
+async fn a_copy_between_two_postgres_databases_is_exact_and_a_resent_copy_leaves_no_duplicates() {
+    let (db, _origin, connected, source, target) = events_in_two_databases("copy_sql_pipe").await;
     copy_twice_is_exact(
         &connected,
         &db.migrations(),
@@ -496,12 +514,7 @@ async fn a_failed_copy_resumes_exactly(
 #[tokio::test]
 async fn a_sqlite_copy_that_failed_half_way_resumes_from_its_checkpoint_and_ends_exact() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("migrations/background")).unwrap();
-    let url = format!("sqlite://{}", dir.path().join("app.db").display());
-    let connected = config::connect(&url).await.expect("connect");
-    connected.control.ensure_schema().await.expect("schema");
-    let (connected, analytics) = with_analytics(connected, "sqlite", dir.path()).await;
-    let source = connected.stores.sql("sqlite").unwrap();
+    let (connected, source, analytics) = sqlite_and_analytics(dir.path()).await;
     a_failed_copy_resumes_exactly(
         &connected,
         &dir.path().join("migrations"),
@@ -516,19 +529,8 @@ async fn a_sqlite_copy_that_failed_half_way_resumes_from_its_checkpoint_and_ends
 /// and the retried copy ends exact.
 #[tokio::test]
 async fn a_piped_postgres_copy_that_failed_half_way_resumes_from_its_checkpoint_and_ends_exact() {
-    let db = TestDb::create("copy_sql_pipe_resume").await;
-    let origin = TestDb::create("copy_sql_pipe_resume_origin").await;
-    let mut connected = db.connect().await;
-    let target = connected.stores.sql("postgres").unwrap();
-    let source = plain_pg_store(&origin).await;
-    let tables: Vec<String> = TABLES.split(';').map(str::to_owned).collect();
-    execute(&source, &tables[..1]).await;
-    execute(&source, &sample_inserts()).await;
-    execute(target.as_ref(), &tables[1..]).await;
-    connected.stores = connected
-        .stores
-        .clone()
-        .with_postgres("origin", source.clone());
+    let (db, _origin, connected, source, target) =
+        events_in_two_databases("copy_sql_pipe_resume").await;
     a_failed_copy_resumes_exactly(
         &connected,
         &db.migrations(),

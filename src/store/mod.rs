@@ -203,6 +203,27 @@ impl StoreError {
         move |source| StoreError::Sql { context, source }
     }
 
+    /// Wraps a driver error from running `sql`, naming the statement (shortened). The context is built only when an
+    /// error happens: formatting it for every statement run cost the worker more than the statement's own work for a
+    /// `COPY` stream's one message per row.
+    pub fn running(sql: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+        move |source| StoreError::Sql {
+            context: format!("run `{}`", short(sql)),
+            source,
+        }
+    }
+
+    /// True for a unique-key violation (SQLSTATE 23505 on Postgres, a UNIQUE constraint on SQLite).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Sql {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db.is_unique_violation(),
+            _ => false,
+        }
+    }
+
     /// True for errors that a retry may cure: lost connections, serialization failures, server restarts.
     pub fn is_transient(&self) -> bool {
         match self {

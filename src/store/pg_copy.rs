@@ -8,8 +8,8 @@
 
 use futures_util::TryStreamExt;
 
+use super::StoreError;
 use super::postgres::{PgStore, PgTx};
-use super::{StoreError, short};
 
 /// What goes to the target at once: the source sends one message per row, and one write per row would cost a
 /// system call each.
@@ -47,37 +47,28 @@ pub async fn pipe(
             .await
             .map_err(StoreError::sql("set the copy's parameters"))?;
     }
-    let context = |sql: &str| format!("run `{}`", short(sql));
-    let mut rows_out = from
-        .copy_out_raw(copy_out)
-        .await
-        .map_err(StoreError::sql(context(copy_out)))?;
+    // Built when an error happens, not per message: the stream yields one message per row.
+    let out_failed = |err| StoreError::running(copy_out)(err);
+    let in_failed = |err| StoreError::running(copy_in)(err);
+    let mut rows_out = from.copy_out_raw(copy_out).await.map_err(out_failed)?;
     let mut sink = target
         .connection()
         .copy_in_raw(copy_in)
         .await
-        .map_err(StoreError::sql(context(copy_in)))?;
+        .map_err(in_failed)?;
     let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + 64 * 1024);
     let mut bytes = 0u64;
     let streamed: Result<(), StoreError> = async {
-        while let Some(chunk) = rows_out
-            .try_next()
-            .await
-            .map_err(StoreError::sql(context(copy_out)))?
-        {
+        while let Some(chunk) = rows_out.try_next().await.map_err(out_failed)? {
             bytes += chunk.len() as u64;
             buffer.extend_from_slice(&chunk);
             if buffer.len() >= CHUNK_BYTES {
-                sink.send(buffer.as_slice())
-                    .await
-                    .map_err(StoreError::sql(context(copy_in)))?;
+                sink.send(buffer.as_slice()).await.map_err(in_failed)?;
                 buffer.clear();
             }
         }
         if !buffer.is_empty() {
-            sink.send(buffer.as_slice())
-                .await
-                .map_err(StoreError::sql(context(copy_in)))?;
+            sink.send(buffer.as_slice()).await.map_err(in_failed)?;
         }
         Ok(())
     }
@@ -87,10 +78,7 @@ pub async fn pipe(
         let _ = sink.abort("the source's COPY failed").await;
         return Err(err);
     }
-    let rows = sink
-        .finish()
-        .await
-        .map_err(StoreError::sql(context(copy_in)))?;
+    let rows = sink.finish().await.map_err(in_failed)?;
     drop(rows_out);
     from.commit()
         .await

@@ -20,6 +20,9 @@ use super::{ColumnInfo, DatabaseId, Dialect, Reach, SqlStore, SqlTx, StoreError}
 /// How long a connection waits for another writer (this process or another) before giving up with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// WAL pages (4 KiB each by default) after which a commit checkpoints the WAL into the database file.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
 /// The statement that opens every transaction: take the write lock now, waiting up to [`BUSY_TIMEOUT`].
 pub const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 
@@ -95,6 +98,10 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool,
         // WAL: readers (status, the UI) never block the writer, and the writer never blocks them.
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
+        // Checkpoint the WAL into the database every ~40 MB instead of SQLite's 4 MB: a checkpoint costs two fsyncs
+        // (~5 ms each on the benchmark machine), and at 4 MB a backfill's 10,000-row batch of 300-byte rows paid one
+        // nearly every batch, where one plain UPDATE pays one in all.
+        .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
         .busy_timeout(BUSY_TIMEOUT)
         // sqlx would log every slow statement whole (megabytes for a batch): the stores log a summary instead.
         .disable_statement_logging();
@@ -389,6 +396,19 @@ mod tests {
         );
         assert_eq!(file_of("sqlite::memory:"), None);
         assert_eq!(file_of("postgres://db/x"), None);
+    }
+
+    /// Every connection of a store's pool checkpoints its WAL at the store's figure, not SQLite's 1,000 pages.
+    #[tokio::test]
+    async fn a_pool_checkpoints_the_wal_every_ten_thousand_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wal.db").display());
+        let pool = connect_pool(&url, 1).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(pages, i64::from(WAL_AUTOCHECKPOINT_PAGES));
     }
 
     #[test]

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use self::in_database::{InDatabase, Parts};
-use self::pg_pipe::PgPipe;
+use self::in_database::{InDatabase, RangeInsert, Reached};
+use self::pg_pipe::{PgPipe, PipeSql};
 use self::upsert::{Side, UpsertSql};
 use super::source::{SourceShape, estimate};
 use super::spec::{CopySpec, Relation};
@@ -155,27 +155,37 @@ impl SqlCopy {
             table: &to.table,
         };
         if let Some(reach) = self.reach(&shape, &target_types).await? {
-            return Ok(Mover::InDatabase(InDatabase::new(Parts {
-                walk: sql.keyset().clone(),
-                source: self.source.clone(),
+            let insert = RangeInsert::new(
+                Reached {
+                    schema: reach.schema,
+                    relation: &from.relation.sql(dialect),
+                    keys: &from.key,
+                    key_types: &shape.key_types,
+                    filter: from.filter.as_deref(),
+                },
+                to_side,
+                &shape.names,
+            );
+            let walk = sql.keyset().clone();
+            return Ok(Mover::InDatabase(InDatabase::new(
+                self.source.clone(),
+                walk,
                 reach,
-                relation: &from.relation.sql(dialect),
-                keys: &from.key,
-                key_types: &shape.key_types,
-                filter: from.filter.as_deref(),
-                to: to_side,
-                columns: &shape.names,
-            })));
+                insert,
+            )));
         }
         if let Some((source, target)) = &self.postgres {
-            return Ok(Mover::Piped(PgPipe::new(
-                source.clone(),
-                target.clone(),
+            let pipe = PipeSql::new(
                 sql.keyset().clone(),
                 &shape.key_types,
                 to_side,
                 &shape.names,
                 &from.key,
+            );
+            return Ok(Mover::Piped(PgPipe::new(
+                source.clone(),
+                target.clone(),
+                pipe,
             )));
         }
         let key_positions = from
