@@ -213,6 +213,18 @@ impl StoreError {
         }
     }
 
+    /// True when one statement would write one row twice: Postgres's `ON CONFLICT DO UPDATE command cannot affect
+    /// row a second time` (SQLSTATE 21000), which an upsert of rows with a repeated key raises.
+    pub fn is_row_written_twice(&self) -> bool {
+        match self {
+            StoreError::Sql {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db.code().as_deref() == Some("21000"),
+            _ => false,
+        }
+    }
+
     /// True for a unique-key violation (SQLSTATE 23505 on Postgres, a UNIQUE constraint on SQLite).
     pub fn is_unique_violation(&self) -> bool {
         match self {

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::range::{batch_end, outcome, texts};
+use super::range::{batch_end, key_repeated, outcome, texts};
 use super::upsert::{Side, insert_into, on_conflict};
 use crate::kinds::keyset::Keyset;
 use crate::migration::{Batch, BatchOutcome, MigrationError};
@@ -59,7 +59,8 @@ impl InDatabase {
         let mut tx = self.target.begin().await?;
         let rows = tx
             .execute(&self.insert.sql(lower.is_some(), upper.is_some()), &params)
-            .await?;
+            .await
+            .map_err(|err| key_repeated(err, lower, upper.as_deref()))?;
         let outcome = outcome(lower, upper, rows, 0);
         batch.commit(tx, &outcome).await?;
         Ok(outcome)

@@ -15,7 +15,7 @@
 //! `maxBatchBytes` bounds the rows a worker holds; here the rows stream through in 256 KiB chunks, so a batch
 //! closes at `batchSize` rows. The bytes reported are those of the stream.
 
-use super::range::{batch_end, outcome};
+use super::range::{batch_end, key_repeated, outcome};
 use super::upsert::{Side, insert_into, on_conflict};
 use crate::kinds::keyset::Keyset;
 use crate::migration::{Batch, BatchOutcome, MigrationError};
@@ -74,7 +74,9 @@ impl PgPipe {
                 tx.execute_script(&sql.stage).await?;
                 let moved =
                     pg_copy::pipe(&self.source, &params, &copy_out, &mut tx, &sql.copy_in).await?;
-                tx.execute_script(&sql.merge).await?;
+                tx.execute_script(&sql.merge)
+                    .await
+                    .map_err(|err| key_repeated(err, lower, upper.as_deref()))?;
                 moved
             }
             Err(err) => return Err(err.into()),

@@ -6,7 +6,7 @@
 use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
 use crate::kinds::keyset::Keyset;
 use crate::migration::{BatchOutcome, MigrationError};
-use crate::store::{SqlParam, SqlStore};
+use crate::store::{SqlParam, SqlStore, StoreError};
 
 /// The last key of the batch after `lower`: the key `size` rows on, or `None` when fewer rows remain (the last
 /// batch then takes every row after `lower`). Read in a read transaction of the source's own.
@@ -49,4 +49,25 @@ pub(super) fn outcome(
         rows,
         bytes,
     }
+}
+
+/// A batch's write error, a key that repeats in the range said as such: the upsert of one range then writes one
+/// target row twice. Only a query's result can repeat a key (a table's key has a unique index, checked first).
+pub(super) fn key_repeated(
+    err: StoreError,
+    lower: Option<&[String]>,
+    upper: Option<&[String]>,
+) -> MigrationError {
+    if !err.is_row_written_twice() {
+        return err.into();
+    }
+    let bound = |key: Option<&[String]>, none: &str| {
+        key.map_or_else(|| none.to_owned(), |k| format!("({})", k.join(", ")))
+    };
+    MigrationError::Permanent(format!(
+        "the source has two rows with one key after {} up to {}; the copy needs a key unique in the source (for \
+         from.query: in the query's result)",
+        bound(lower, "the start"),
+        bound(upper, "the end")
+    ))
 }
