@@ -101,11 +101,11 @@ async fn main() {
     let batched = backfill(&open(&ours).await).await;
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!(
-        "sqlite backfill, {rows} rows: bgmigrate {BATCH}-row batches {:.2} s ({:.0} rows/s); reference one plain UPDATE {:.2} s ({:.0} rows/s); ratio {:.2}",
+        "sqlite backfill, {rows} rows: bgmigrate {BATCH}-row batches {:.2} s ({:.0} rows/s); reference one plain UPDATE {:.2} s ({:.0} rows/s); speed ratio {:.2}",
         batched.as_secs_f64(),
         rate(batched),
         plain.as_secs_f64(),
         rate(plain),
-        batched.as_secs_f64() / plain.as_secs_f64()
+        plain.as_secs_f64() / batched.as_secs_f64()
     );
 }

@@ -188,34 +188,33 @@ async fn a_query_naming_a_missing_column_or_without_the_key_fails_validation_bef
 }
 
 /// A query whose result repeats a key (a join that fans out) fails the migration with a message naming the key
+/// Project members, two of them in project p2: a join of traces with them repeats the id of each trace of p2.
+const MEMBERS: &str = "CREATE TABLE members (project_id text NOT NULL, login text NOT NULL, PRIMARY KEY (project_id, login));
+    INSERT INTO members VALUES ('p0', 'ann'), ('p1', 'bob'), ('p2', 'cy'), ('p2', 'dee'), ('p3', 'eve'), ('p4', 'fay')";
+
+/// A copy of traces joined with their project's members, keyed on the trace's id alone, into `trace_members`.
+fn fan_out_definition() -> String {
+    query_definition(
+        "SELECT t.id, m.login FROM traces t JOIN members m ON m.project_id = t.project_id",
+        "[\"id\"]",
+        "trace_members",
+        "batchSize = 50",
+    )
+}
+
 /// and its value, instead of letting the target keep one of the two rows at random.
 #[tokio::test]
 async fn duplicate_keys_in_the_query_result_fail_the_migration_naming_the_key() {
     let db = TestDb::create("copy_query_duplicates").await;
     let ch = TestClickHouse::create("copy_query_duplicates").await;
     let pool = setup(&db).await;
-    sqlx::raw_sql(
-        "CREATE TABLE members (project_id text NOT NULL, login text NOT NULL, PRIMARY KEY (project_id, login));
-         INSERT INTO members VALUES ('p0', 'ann'), ('p1', 'bob'), ('p2', 'cy'), ('p2', 'dee'), ('p3', 'eve'),
-                                    ('p4', 'fay')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql(MEMBERS).execute(&pool).await.unwrap();
     ch.exec(
         "CREATE TABLE trace_members (id Int64, login String) ENGINE = ReplacingMergeTree ORDER BY id",
     )
     .await;
     let name = "20240101_0001_fan_out";
-    db.define(
-        name,
-        &query_definition(
-            "SELECT t.id, m.login FROM traces t JOIN members m ON m.project_id = t.project_id",
-            "[\"id\"]",
-            "trace_members",
-            "batchSize = 50",
-        ),
-    );
+    db.define(name, &fan_out_definition());
     let connected = db.connect_with_clickhouse(&ch.url).await;
     run_to_end(&connected, &db.migrations()).await;
 
@@ -230,6 +229,44 @@ async fn duplicate_keys_in_the_query_result_fail_the_migration_naming_the_key() 
         )
     );
     assert_eq!(record.rows_done, 0, "the first batch already held the pair");
+}
+
+/// Into a SQL store in the same Postgres database (one `INSERT ... SELECT` per key range), a key repeated in the
+/// query's result fails the migration saying so, with the range it is in, and no row of that range is written.
+#[tokio::test]
+async fn duplicate_keys_in_a_query_copied_into_a_sql_store_fail_the_migration_naming_the_range() {
+    let db = TestDb::create("copy_query_sql_duplicates").await;
+    let pool = setup(&db).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "{MEMBERS}; CREATE TABLE trace_members (id bigint PRIMARY KEY, login text NOT NULL)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let name = "20240101_0001_fan_out";
+    db.define(
+        name,
+        &fan_out_definition().replace("store = \"clickhouse\"", "store = \"postgres\""),
+    );
+    let connected = db.connect().await;
+    run_to_end(&connected, &db.migrations()).await;
+
+    let record = connected.control.get(name).await.unwrap();
+    assert_eq!(record.status, Status::Failed);
+    let reason = record.failed_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("the source has two rows with one key after the start up to (")
+            && reason.ends_with(
+                "; the copy needs a key unique in the source (for from.query: in the query's result)"
+            ),
+        "{reason}"
+    );
+    assert_eq!(record.rows_done, 0, "the first batch already held the pair");
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM trace_members")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
 }
 
 /// The SQL writer takes a query too (Postgres → Postgres, with a `where` on the query's output columns), and a query

@@ -1,14 +1,18 @@
-//! The `copy` kind between SQL stores, through the same code for SQLite → SQLite (a second database file),
-//! Postgres → Postgres (the control database itself), Postgres → SQLite and SQLite → Postgres: exact copies for text and composite keys, NULLs and unicode,
-//! small batches under `maxBatchBytes`, and no duplicate when every batch is sent again.
+//! The `copy` kind between SQL stores, by each of its movers: in the database (SQLite → SQLite within one file or
+//! into a second file, Postgres → Postgres within one database), piped (`COPY` between two Postgres databases) and
+//! through the worker (Postgres → SQLite, SQLite → Postgres): exact copies for text and composite keys, NULLs and
+//! unicode, small batches under `maxBatchBytes`, no duplicate when every batch is sent again, exact types through
+//! `COPY`, a resume after a batch failed mid-copy, and a source file whose write lock another process holds.
 
 mod common;
 
 use std::sync::Arc;
 
-use bgmigrate::Status;
+use std::time::Duration;
+
 use bgmigrate::config::{self, Connected};
-use bgmigrate::store::{SqlStore, SqliteStore, sqlite};
+use bgmigrate::store::{PgStore, SqlStore, SqliteStore, postgres, sqlite};
+use bgmigrate::{Action, Status};
 use common::{TestDb, run_to_end};
 
 /// Rows in the source table: several batches of 97, and a few batches closed early by `maxBatchBytes`.
@@ -124,16 +128,25 @@ async fn copy_twice_is_exact(
     }
 }
 
+/// The control database `app.db` in `dir` with the filled source table (store `sqlite`), and `analytics.db` with the
+/// empty target table (store `analytics`): returns the stores configured, the source and the target.
+async fn sqlite_and_analytics(
+    dir: &std::path::Path,
+) -> (Connected, Arc<dyn SqlStore>, Arc<dyn SqlStore>) {
+    std::fs::create_dir_all(dir.join("migrations/background")).unwrap();
+    let url = format!("sqlite://{}", dir.join("app.db").display());
+    let connected = config::connect(&url).await.expect("connect");
+    connected.control.ensure_schema().await.expect("schema");
+    let (connected, analytics) = with_analytics(connected, "sqlite", dir).await;
+    let source = connected.stores.sql("sqlite").unwrap();
+    (connected, source, analytics)
+}
+
 /// SQLite → a second SQLite file (not the control database: the engine writes the checkpoint after the upsert).
 #[tokio::test]
 async fn a_sqlite_to_sqlite_copy_is_exact_and_a_resent_copy_leaves_no_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("migrations/background")).unwrap();
-    let url = format!("sqlite://{}", dir.path().join("app.db").display());
-    let connected = config::connect(&url).await.expect("connect");
-    connected.control.ensure_schema().await.expect("schema");
-    let (connected, analytics) = with_analytics(connected, "sqlite", dir.path()).await;
-    let source = connected.stores.sql("sqlite").unwrap();
+    let (connected, source, analytics) = sqlite_and_analytics(dir.path()).await;
     copy_twice_is_exact(
         &connected,
         &dir.path().join("migrations"),
@@ -288,4 +301,296 @@ async fn a_target_without_the_unique_key_or_a_column_is_refused_before_any_row_m
         "{reason}"
     );
     assert!(rows_of(store.as_ref(), "events_copy").await.is_empty());
+}
+
+/// One SQLite file holds the control table, the source and the target: each batch is one `INSERT ... SELECT` that
+/// commits with its checkpoint.
+#[tokio::test]
+async fn a_copy_within_one_sqlite_file_is_exact_and_a_resent_copy_leaves_no_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations/background")).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("app.db").display());
+    let connected = config::connect(&url).await.expect("connect");
+    connected.control.ensure_schema().await.expect("schema");
+    let store = connected.stores.sql("sqlite").unwrap();
+    let tables: Vec<String> = TABLES.split(';').map(str::to_owned).collect();
+    execute(store.as_ref(), &tables).await;
+    execute(store.as_ref(), &sample_inserts()).await;
+    copy_twice_is_exact(
+        &connected,
+        &dir.path().join("migrations"),
+        store.as_ref(),
+        store.as_ref(),
+        ("sqlite", "sqlite"),
+    )
+    .await;
+}
+
+/// A Postgres store on `db` that is not a control database (no control table in it).
+async fn plain_pg_store(db: &TestDb) -> PgStore {
+    let pool = postgres::connect_pool(&db.url, 4).await.expect("connect");
+    PgStore::new(pool, PgStore::id_for_url(&db.url))
+}
+
+/// A control database with the empty target table, and the store `origin` on a second database with the filled
+/// source table (both named after `test`): returns both databases, the stores configured, the source and the target.
+async fn events_in_two_databases(
+    test: &str,
+) -> (TestDb, TestDb, Connected, PgStore, Arc<dyn SqlStore>) {
+    let db = TestDb::create(test).await;
+    let origin = TestDb::create(&format!("{test}_origin")).await;
+    let mut connected = db.connect().await;
+    let target = connected.stores.sql("postgres").unwrap();
+    let source = plain_pg_store(&origin).await;
+    let tables: Vec<String> = TABLES.split(';').map(str::to_owned).collect();
+    execute(&source, &tables[..1]).await;
+    execute(&source, &sample_inserts()).await;
+    execute(target.as_ref(), &tables[1..]).await;
+    connected.stores = connected
+        .stores
+        .clone()
+        .with_postgres("origin", source.clone());
+    (db, origin, connected, source, target)
+}
+
+/// Postgres → a second Postgres database (the target holds the control table): `COPY` piped straight into the
+/// target table with the checkpoint, and, when every batch is sent again, into a staging table upserted from there.
+#[tokio::test]
+async fn a_copy_between_two_postgres_databases_is_exact_and_a_resent_copy_leaves_no_duplicates() {
+    let (db, _origin, connected, source, target) = events_in_two_databases("copy_sql_pipe").await;
+    copy_twice_is_exact(
+        &connected,
+        &db.migrations(),
+        &source,
+        target.as_ref(),
+        ("origin", "postgres"),
+    )
+    .await;
+}
+
+/// Values piped between two Postgres databases in `COPY`'s text format come out exactly as they went in: numerics
+/// beyond a double's precision, timestamps with and without a zone, floats, NULLs beside the text `\N` and `NULL`,
+/// text with tabs, newlines and backslashes, JSON, bytes, arrays and uuids.
+#[tokio::test]
+async fn values_piped_between_two_postgres_databases_keep_their_exact_types() {
+    let db = TestDb::create("copy_sql_pipe_types").await;
+    let origin = TestDb::create("copy_sql_pipe_types_origin").await;
+    let mut connected = db.connect().await;
+    let target = connected.stores.sql("postgres").unwrap();
+    let source = plain_pg_store(&origin).await;
+    let table = |name: &str| {
+        format!(
+            "CREATE TABLE {name} (id bigint PRIMARY KEY, amount numeric(30, 10), huge numeric, ratio double precision, \
+             at timestamptz, local_at timestamp(3), day date, body text, doc jsonb, raw bytea, tags text[], uid uuid, \
+             flag boolean)"
+        )
+    };
+    execute(&source, &[table("typed"), r#"INSERT INTO typed VALUES
+        (1, 12345678901234567890.0123456789, -99999999999999999999999999.99999999999999, 0.1,
+         '2024-10-24 12:00:00.123456+02', '1970-01-01 00:00:00.001', '2024-02-29',
+         E'tab\there\nnew line\\back slash\r\n', '{"a": [1, "x\ty"], "b": null}', '\x00ff5c0a',
+         ARRAY['a,b', 'c"d', NULL, E'e\\f', ''], 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', true),
+        (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+        (3, -0.0000000001, 1e-40, 1e-300, '1900-01-01 00:00:00+00', '2038-01-19 03:14:07.999', '0001-01-01',
+         E'\\N', 'null', '\x', '{}', '00000000-0000-0000-0000-000000000000', false),
+        (4, 0, 0, 'NaN', 'infinity', '-infinity', 'infinity', 'NULL', '""', '\x5c4e', '{NULL}', NULL, NULL),
+        (5, 1, 3.14159265358979323846264338327950288, 0.3333333333333333, '2024-03-31 01:59:59.999999-11:30',
+         NULL, NULL, '', '[]', NULL, ARRAY[E'line\nbreak', E'\t'], NULL, true)"#
+        .to_owned()]).await;
+    execute(target.as_ref(), &[table("typed_copy")]).await;
+    connected.stores = connected
+        .stores
+        .clone()
+        .with_postgres("origin", source.clone());
+    db.define(
+        "20240101_0000_copy_typed",
+        "kind = \"copy\"\nfrom = { store = \"origin\", table = \"typed\", key = [\"id\"] }\n\
+         to = { store = \"postgres\", table = \"typed_copy\" }\n[args]\nbatchSize = 2\n",
+    );
+    run_to_end(&connected, &db.migrations()).await;
+    let record = connected
+        .control
+        .get("20240101_0000_copy_typed")
+        .await
+        .unwrap();
+    assert_eq!(
+        (record.status, record.rows_done),
+        (Status::Finished, 5),
+        "{record:?}"
+    );
+    let rows = |table: &str| format!("SELECT t::text FROM {table} AS t ORDER BY t.id");
+    let (expected, copied) = (
+        all_text(&source, &rows("typed")).await,
+        all_text(target.as_ref(), &rows("typed_copy")).await,
+    );
+    assert_eq!(copied, expected);
+    let first = expected[0][0].as_deref().unwrap_or_default();
+    assert!(first.contains("tab\there\nnew line"), "{first}");
+}
+
+/// Every row of a query whose columns are text.
+async fn all_text(store: &dyn SqlStore, sql: &str) -> Vec<Vec<Option<String>>> {
+    let mut tx = store.begin_read().await.expect("begin");
+    let rows = tx.fetch_all_text(sql, &[]).await.expect(sql);
+    tx.commit().await.expect("commit");
+    rows
+}
+
+/// A trigger on the target that fails the insert of the row (g-4, 1500), half-way through the key order.
+fn failing_trigger(target: &dyn SqlStore) -> Vec<String> {
+    match target.dialect() {
+        bgmigrate::store::Dialect::Sqlite => vec![
+            "CREATE TRIGGER boom BEFORE INSERT ON events_copy WHEN NEW.id = 1500 BEGIN SELECT RAISE(ABORT, 'boom'); END"
+                .into(),
+        ],
+        bgmigrate::store::Dialect::Postgres => vec![
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN IF NEW.id = 1500 THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$"
+                .into(),
+            "CREATE TRIGGER boom BEFORE INSERT ON events_copy FOR EACH ROW EXECUTE FUNCTION boom()".into(),
+        ],
+    }
+}
+
+/// Runs a copy whose batch fails half-way (a target trigger), then, the trigger dropped, retries it: the copy
+/// resumes from its checkpoint, and the target ends equal to the source with every row counted once.
+async fn a_failed_copy_resumes_exactly(
+    connected: &Connected,
+    migrations: &std::path::Path,
+    source: &dyn SqlStore,
+    target: &dyn SqlStore,
+    names: (&str, &str),
+) {
+    let name = "20240101_0000_copy_events";
+    execute(target, &failing_trigger(target)).await;
+    std::fs::write(
+        migrations.join("background").join(format!("{name}.toml")),
+        definition(names.0, names.1),
+    )
+    .unwrap();
+    run_to_end(connected, migrations).await;
+    let failed = connected.control.get(name).await.unwrap();
+    assert_eq!(failed.status, Status::Failed, "{failed:?}");
+    assert!(
+        failed
+            .failed_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("boom"),
+        "{failed:?}"
+    );
+    let copied = rows_of(target, "events_copy").await.len();
+    assert!(
+        copied > 0 && copied < ROWS,
+        "{copied} rows copied before the failure"
+    );
+    assert_eq!(failed.rows_done, copied as i64, "{failed:?}");
+
+    let drop = match target.dialect() {
+        bgmigrate::store::Dialect::Sqlite => "DROP TRIGGER boom",
+        bgmigrate::store::Dialect::Postgres => "DROP TRIGGER boom ON events_copy",
+    };
+    execute(target, &[drop.to_owned()]).await;
+    connected
+        .control
+        .act(name, Action::Retry, false, "test")
+        .await
+        .expect("retry");
+    run_to_end(connected, migrations).await;
+    let record = connected.control.get(name).await.unwrap();
+    assert_eq!(
+        (record.status, record.rows_done),
+        (Status::Finished, ROWS as i64),
+        "{record:?}"
+    );
+    assert_eq!(
+        rows_of(target, "events_copy").await,
+        rows_of(source, "events").await
+    );
+}
+
+/// SQLite → a second SQLite file (the source attached to the target): a batch that fails half-way leaves the
+/// checkpoint before it, and the retried copy ends exact.
+#[tokio::test]
+async fn a_sqlite_copy_that_failed_half_way_resumes_from_its_checkpoint_and_ends_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (connected, source, analytics) = sqlite_and_analytics(dir.path()).await;
+    a_failed_copy_resumes_exactly(
+        &connected,
+        &dir.path().join("migrations"),
+        source.as_ref(),
+        analytics.as_ref(),
+        ("sqlite", "analytics"),
+    )
+    .await;
+}
+
+/// Postgres → a second Postgres database (piped): a batch that fails half-way leaves the checkpoint before it,
+/// and the retried copy ends exact.
+#[tokio::test]
+async fn a_piped_postgres_copy_that_failed_half_way_resumes_from_its_checkpoint_and_ends_exact() {
+    let (db, _origin, connected, source, target) =
+        events_in_two_databases("copy_sql_pipe_resume").await;
+    a_failed_copy_resumes_exactly(
+        &connected,
+        &db.migrations(),
+        &source,
+        target.as_ref(),
+        ("origin", "postgres"),
+    )
+    .await;
+}
+
+/// A copy from one SQLite file into another reads the source through a read-only attachment: it runs to the end
+/// while another connection holds the source file's write lock (the control table is in a third file).
+#[tokio::test]
+async fn a_sqlite_copy_runs_while_another_connection_holds_the_source_files_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations/background")).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let mut connected = config::connect(&url).await.expect("connect");
+    connected.control.ensure_schema().await.expect("schema");
+    let app_file = dir.path().join("app.db");
+    let app_url = format!("sqlite://{}", app_file.display());
+    let app: Arc<dyn SqlStore> = Arc::new(SqliteStore::new(
+        sqlite::connect_pool(&app_url, 4).await.unwrap(),
+        SqliteStore::id_for_path(&app_file),
+    ));
+    connected.stores = connected.stores.clone().with_sql("app", app.clone());
+    let (connected, analytics) = with_analytics(connected, "app", dir.path()).await;
+    let expected = rows_of(app.as_ref(), "events").await;
+
+    let writer = sqlite::connect_pool(&app_url, 1).await.unwrap();
+    let mut lock = writer
+        .begin_with(sqlite::BEGIN_IMMEDIATE)
+        .await
+        .expect("lock");
+    sqlx::query("UPDATE events SET body = 'uncommitted' WHERE id = 1")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.path()
+            .join("migrations/background/20240101_0000_copy_events.toml"),
+        definition("app", "analytics"),
+    )
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        run_to_end(&connected, &dir.path().join("migrations")),
+    )
+    .await
+    .expect("the copy does not wait for the source's write lock");
+    lock.rollback().await.unwrap();
+    let record = connected
+        .control
+        .get("20240101_0000_copy_events")
+        .await
+        .unwrap();
+    assert_eq!(
+        (record.status, record.rows_done),
+        (Status::Finished, ROWS as i64),
+        "{record:?}"
+    );
+    assert_eq!(rows_of(analytics.as_ref(), "events_copy").await, expected);
 }

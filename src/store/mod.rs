@@ -3,6 +3,7 @@
 //! A kind (e.g. [`crate::kinds::backfill`]) builds its SQL through a [`Dialect`] and runs it through [`SqlStore`] /
 //! [`SqlTx`]; each store (Postgres, SQLite) implements these in its own module. Nothing here names a driver.
 
+pub mod pg_copy;
 pub mod postgres;
 pub mod sqlite;
 mod sqlx_tx;
@@ -165,6 +166,15 @@ pub(crate) fn log_if_slow(sql: &str, started: Instant, rows: u64) {
     }
 }
 
+/// A target database that can read a source's tables itself, so a copy moves rows with one `INSERT ... SELECT` and
+/// no row passes through the worker (see [`SqlStore::reach`]).
+pub struct Reach {
+    /// A store on the target's database whose transactions also see the source's tables.
+    pub store: Arc<dyn SqlStore>,
+    /// The schema that names the source's tables there; `None`: one database, the tables keep their names.
+    pub schema: Option<&'static str>,
+}
+
 /// A store error, classified as transient (retry the batch) or persistent (fail the migration).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -193,6 +203,39 @@ impl StoreError {
     pub fn sql(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
         let context = context.into();
         move |source| StoreError::Sql { context, source }
+    }
+
+    /// Wraps a driver error from running `sql`, naming the statement (shortened). The context is built only when an
+    /// error happens: formatting it for every statement run cost the worker more than the statement's own work for a
+    /// `COPY` stream's one message per row.
+    pub fn running(sql: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+        move |source| StoreError::Sql {
+            context: format!("run `{}`", short(sql)),
+            source,
+        }
+    }
+
+    /// True when one statement would write one row twice: Postgres's `ON CONFLICT DO UPDATE command cannot affect
+    /// row a second time` (SQLSTATE 21000), which an upsert of rows with a repeated key raises.
+    pub fn is_row_written_twice(&self) -> bool {
+        match self {
+            StoreError::Sql {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db.code().as_deref() == Some("21000"),
+            _ => false,
+        }
+    }
+
+    /// True for a unique-key violation (SQLSTATE 23505 on Postgres, a UNIQUE constraint on SQLite).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Sql {
+                source: sqlx::Error::Database(db),
+                ..
+            } => db.is_unique_violation(),
+            _ => false,
+        }
     }
 
     /// True for errors that a retry may cure: lost connections, serialization failures, server restarts.
@@ -262,6 +305,9 @@ pub trait SqlStore: Send + Sync {
     /// The planner's estimate of a `SELECT`'s result rows (never running it); `None` when the store has no such
     /// estimate.
     async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError>;
+    /// This database reaching `source`'s tables (see [`Reach`]): itself when both are one database; for two SQLite
+    /// files, a connection on this one with `source` attached read-only. `None` when `source` is out of reach.
+    async fn reach(&self, source: &dyn SqlStore) -> Result<Option<Reach>, StoreError>;
 }
 
 /// The named stores that definitions refer to (`store = "postgres"`, `store = "clickhouse"`).

@@ -10,7 +10,7 @@ use sqlx::{
     AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
 };
 
-use super::{ColumnInfo, DatabaseId, Dialect, SqlStore, SqlTx, StoreError};
+use super::{ColumnInfo, DatabaseId, Dialect, Reach, SqlStore, SqlTx, StoreError};
 
 /// SQLSTATE classes and codes that a retry may cure.
 const TRANSIENT_SQLSTATES: &[&str] = &[
@@ -106,15 +106,21 @@ impl PgStore {
     }
 
     async fn begin_with(&self, statement: &'static str) -> Result<Box<dyn SqlTx>, StoreError> {
+        Ok(Box::new(self.begin_pg(statement).await?))
+    }
+
+    /// Opens a transaction with `statement` (`BEGIN`, `BEGIN READ ONLY`) as the concrete type, for what only
+    /// Postgres has (`COPY`, see [`super::pg_copy`]).
+    pub async fn begin_pg(&self, statement: &'static str) -> Result<PgTx, StoreError> {
         let tx = self
             .pool
             .begin_with(statement)
             .await
             .map_err(StoreError::sql("begin a transaction"))?;
-        Ok(Box::new(PgTx {
+        Ok(PgTx {
             tx,
             database: self.id.clone(),
-        }))
+        })
     }
 
     /// The planner's row estimate of `select` (`EXPLAIN`, which does not run it).
@@ -134,6 +140,13 @@ impl PgStore {
 pub struct PgTx {
     tx: Transaction<'static, Postgres>,
     database: DatabaseId,
+}
+
+impl PgTx {
+    /// The transaction's connection, for `COPY`.
+    pub fn connection(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
 }
 
 super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments, bind_text_array);
@@ -251,6 +264,14 @@ impl SqlStore for PgStore {
     async fn estimate_query_rows(&self, query: &str) -> Result<Option<u64>, StoreError> {
         self.plan_rows(query, "estimate the rows of the query")
             .await
+    }
+
+    async fn reach(&self, source: &dyn SqlStore) -> Result<Option<Reach>, StoreError> {
+        // Another Postgres database is out of a transaction's reach (without dblink or a foreign server).
+        Ok((source.id() == &self.id).then(|| Reach {
+            store: std::sync::Arc::new(self.clone()),
+            schema: None,
+        }))
     }
 }
 

@@ -32,14 +32,10 @@ macro_rules! sql_tx_over_sqlx {
             ) -> Result<u64, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
                 let started = ::std::time::Instant::now();
-                let done =
-                    query
-                        .execute(&mut *self.tx)
-                        .await
-                        .map_err($crate::store::StoreError::sql(format!(
-                            "run `{}`",
-                            $crate::store::short(sql)
-                        )))?;
+                let done = query
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err($crate::store::StoreError::running(sql))?;
                 $crate::store::log_if_slow(sql, started, done.rows_affected());
                 Ok(done.rows_affected())
             }
@@ -51,9 +47,10 @@ macro_rules! sql_tx_over_sqlx {
             ) -> Result<Option<Vec<String>>, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
                 let started = ::std::time::Instant::now();
-                let row = query.fetch_optional(&mut *self.tx).await.map_err(
-                    $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
-                )?;
+                let row = query
+                    .fetch_optional(&mut *self.tx)
+                    .await
+                    .map_err($crate::store::StoreError::running(sql))?;
                 $crate::store::log_if_slow(sql, started, u64::from(row.is_some()));
                 row.map(|row| {
                     (0..::sqlx::Row::len(&row))
@@ -71,9 +68,10 @@ macro_rules! sql_tx_over_sqlx {
             ) -> Result<Vec<Vec<Option<String>>>, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
                 let started = ::std::time::Instant::now();
-                let rows = query.fetch_all(&mut *self.tx).await.map_err(
-                    $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
-                )?;
+                let rows = query
+                    .fetch_all(&mut *self.tx)
+                    .await
+                    .map_err($crate::store::StoreError::running(sql))?;
                 $crate::store::log_if_slow(sql, started, rows.len() as u64);
                 rows.iter()
                     .map($crate::store::texts_of)
@@ -88,9 +86,10 @@ macro_rules! sql_tx_over_sqlx {
             ) -> Result<i64, $crate::store::StoreError> {
                 let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
                 let started = ::std::time::Instant::now();
-                let row = query.fetch_one(&mut *self.tx).await.map_err(
-                    $crate::store::StoreError::sql(format!("run `{}`", $crate::store::short(sql))),
-                )?;
+                let row = query
+                    .fetch_one(&mut *self.tx)
+                    .await
+                    .map_err($crate::store::StoreError::running(sql))?;
                 $crate::store::log_if_slow(sql, started, 1);
                 ::sqlx::Row::try_get::<i64, _>(&row, 0)
                     .map_err($crate::store::StoreError::sql("read a count"))
@@ -101,10 +100,7 @@ macro_rules! sql_tx_over_sqlx {
                 let done = ::sqlx::raw_sql(::sqlx::AssertSqlSafe(sql.to_owned()))
                     .execute(&mut *self.tx)
                     .await
-                    .map_err($crate::store::StoreError::sql(format!(
-                        "run `{}`",
-                        $crate::store::short(sql)
-                    )))?;
+                    .map_err($crate::store::StoreError::running(sql))?;
                 $crate::store::log_if_slow(sql, started, done.rows_affected());
                 Ok(())
             }

@@ -58,7 +58,14 @@ pub fn build(params: &Value, stores: &Stores) -> Result<Arc<dyn Migration>, Stri
                 spec.to.store
             ));
         }
-        return Ok(Arc::new(SqlCopy::new(spec, source, target)));
+        let pg_pair = stores
+            .postgres(&spec.from.store)
+            .zip(stores.postgres(&spec.to.store));
+        let mut copy = SqlCopy::new(spec, source, target);
+        if let Some((source, target)) = pg_pair {
+            copy = copy.between_postgres(source, target);
+        }
+        return Ok(Arc::new(copy));
     }
     let target = stores.clickhouse(&spec.to.store).ok_or_else(|| {
         format!(

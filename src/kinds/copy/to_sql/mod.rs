@@ -1,14 +1,24 @@
-//! A copy whose target is a SQL store (SQLite or Postgres, from a SQLite or Postgres source): each batch reads up to
-//! `batchSize` rows as text in keyset order, keeps them while they fit in `maxBatchBytes` (a single larger row goes
-//! alone), and upserts them into the target on its unique key.
+//! A copy whose target is a SQL store (SQLite or Postgres, from a SQLite or Postgres source), upserted on the
+//! target's unique key in keyset order, by the fastest of three movers the two stores allow:
 //!
-//! When the target is the control database, the upsert and the checkpoint commit in one transaction (exactly
-//! once); otherwise the engine writes the checkpoint after the target committed, and a batch re-sent after a crash
-//! upserts the same rows again (at least once, made exact by the upsert).
+//! * in the database ([`in_database`]): the target's database reads the source table itself (one database, or a
+//!   SQLite source file attached to a SQLite target): one `INSERT ... SELECT ... ON CONFLICT` per key range;
+//! * piped ([`pg_pipe`]): between two Postgres databases, `COPY ... TO STDOUT` streamed into `COPY ... FROM STDIN`;
+//! * through the worker (the rows path, here; across dialects): each batch reads up to `batchSize` rows as text,
+//!   keeps them while they fit in `maxBatchBytes` (a single larger row goes alone), and upserts them.
 //!
-//! Layout: this file checks the target and runs a batch (read, fit to the byte budget, upsert, checkpoint);
-//! [`upsert`] builds the read and the upsert statements.
+//! When the target is the control database, the batch and the checkpoint commit in one transaction (exactly once);
+//! otherwise the engine writes the checkpoint after the target committed, and a batch re-sent after a crash upserts
+//! the same rows again (at least once, made exact by the upsert). Every mover writes the same checkpoint
+//! (`{"cursor": [key, ...]}`), so a copy resumes whichever mover wrote it.
+//!
+//! Layout: this file checks both tables, picks the mover, and runs the rows path (read, fit to the byte budget,
+//! upsert, checkpoint); [`upsert`] builds the rows path's statements and the upsert clauses all movers share;
+//! [`range`] finds a batch's key range for the two movers that read no rows.
 
+mod in_database;
+mod pg_pipe;
+mod range;
 mod upsert;
 
 use std::sync::Arc;
@@ -16,24 +26,38 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
+use self::in_database::{InDatabase, RangeInsert, Reached};
+use self::pg_pipe::{PgPipe, PipeSql};
 use self::upsert::{Side, UpsertSql};
 use super::source::{SourceShape, estimate};
-use super::spec::CopySpec;
+use super::spec::{CopySpec, Relation};
 use crate::args::Args;
 use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
 use crate::kinds::keyset::Keyset;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::{SqlParam, SqlStore};
+use crate::store::{Dialect, PgStore, SqlParam, SqlStore};
 
 /// A copy between two SQL stores.
 pub struct SqlCopy {
     spec: CopySpec,
     source: Arc<dyn SqlStore>,
     target: Arc<dyn SqlStore>,
-    plan: OnceCell<SqlPlan>,
+    /// Both stores, when both are Postgres: the piped mover's.
+    postgres: Option<(PgStore, PgStore)>,
+    plan: OnceCell<Mover>,
 }
 
-/// What validation established.
+/// How the rows move, as validation chose.
+enum Mover {
+    /// One `INSERT ... SELECT` per batch in the target's database.
+    InDatabase(InDatabase),
+    /// `COPY` from one Postgres database into another.
+    Piped(PgPipe),
+    /// Through the worker, as text.
+    Rows(SqlPlan),
+}
+
+/// The rows path's statements.
 struct SqlPlan {
     sql: UpsertSql,
     /// Positions of the key columns among the copied columns (the next cursor is read from the row).
@@ -47,16 +71,24 @@ impl SqlCopy {
             spec,
             source,
             target,
+            postgres: None,
             plan: OnceCell::new(),
         }
     }
 
-    async fn plan(&self) -> Result<&SqlPlan, MigrationError> {
+    /// Both stores as Postgres stores, so that the copy can pipe `COPY` between two databases.
+    pub fn between_postgres(mut self, source: PgStore, target: PgStore) -> Self {
+        self.postgres = Some((source, target));
+        self
+    }
+
+    async fn plan(&self) -> Result<&Mover, MigrationError> {
         self.plan.get_or_try_init(|| self.prepare()).await
     }
 
-    /// Checks both tables before any row moves: the source's key, the target's unique key and columns.
-    async fn prepare(&self) -> Result<SqlPlan, MigrationError> {
+    /// Checks both tables before any row moves (the source's key, the target's unique key and columns), then picks
+    /// the mover.
+    async fn prepare(&self) -> Result<Mover, MigrationError> {
         let (from, to) = (&self.spec.from, &self.spec.to);
         let invalid = MigrationError::Invalid;
         let shape = SourceShape::check(self.source.as_ref(), from).await?;
@@ -107,7 +139,7 @@ impl SqlCopy {
             &from.key,
             &target_types,
         );
-        let mut tx = self.source.begin().await?;
+        let mut tx = self.source.begin_read().await?;
         let dry_run = tx
             .fetch_all_text(&sql.read(false), &[SqlParam::Int(0)])
             .await;
@@ -118,12 +150,83 @@ impl SqlCopy {
                 from.relation
             ))
         })?;
+        let to_side = Side {
+            dialect: self.target.dialect(),
+            table: &to.table,
+        };
+        if let Some(reach) = self.reach(&shape, &target_types).await? {
+            let insert = RangeInsert::new(
+                Reached {
+                    schema: reach.schema,
+                    relation: &from.relation.sql(dialect),
+                    keys: &from.key,
+                    key_types: &shape.key_types,
+                    filter: from.filter.as_deref(),
+                },
+                to_side,
+                &shape.names,
+            );
+            let walk = sql.keyset().clone();
+            return Ok(Mover::InDatabase(InDatabase::new(
+                self.source.clone(),
+                walk,
+                reach,
+                insert,
+            )));
+        }
+        if let Some((source, target)) = &self.postgres {
+            let pipe = PipeSql::new(
+                sql.keyset().clone(),
+                &shape.key_types,
+                to_side,
+                &shape.names,
+                &from.key,
+            );
+            return Ok(Mover::Piped(PgPipe::new(
+                source.clone(),
+                target.clone(),
+                pipe,
+            )));
+        }
         let key_positions = from
             .key
             .iter()
             .filter_map(|k| shape.names.iter().position(|n| n == k))
             .collect();
-        Ok(SqlPlan { sql, key_positions })
+        Ok(Mover::Rows(SqlPlan { sql, key_positions }))
+    }
+
+    /// The target's database reaching the source's table, when an `INSERT ... SELECT` there copies exactly what the
+    /// rows path would: in one Postgres database the columns must have the same types on both sides (the rows path
+    /// casts through text, an `INSERT` only by assignment); a SQLite target applies its column's affinity either
+    /// way. Through an attached file the source must be a table not qualified by a schema, and a `where` filter
+    /// must not query other tables (their unqualified names would find the target's tables first).
+    async fn reach(
+        &self,
+        shape: &SourceShape,
+        target_types: &[String],
+    ) -> Result<Option<crate::store::Reach>, MigrationError> {
+        let from = &self.spec.from;
+        let same_types = shape.names.iter().zip(target_types).all(|(name, ty)| {
+            shape
+                .column(name)
+                .is_some_and(|c| c.type_name.eq_ignore_ascii_case(ty))
+        });
+        if self.target.dialect() == Dialect::Postgres && !same_types {
+            return Ok(None);
+        }
+        let Some(reach) = self.target.reach(self.source.as_ref()).await? else {
+            return Ok(None);
+        };
+        let plain_table = matches!(&from.relation, Relation::Table(t) if !t.contains('.'));
+        let filter_queries = from
+            .filter
+            .as_deref()
+            .is_some_and(|f| f.to_ascii_lowercase().contains("select"));
+        if reach.schema.is_some() && (!plain_table || filter_queries) {
+            return Ok(None);
+        }
+        Ok(Some(reach))
     }
 
     /// Reads the rows after `lower` (as text, in key order) and keeps those that fit the batch's limits.
@@ -191,9 +294,13 @@ impl Migration for SqlCopy {
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
-        let plan = self.plan().await?;
         let checkpoint = KeyCursor::read(batch.state)?;
-        let lower = checkpoint.keys(plan.key_positions.len(), batch.state)?;
+        let lower = checkpoint.keys(self.spec.from.key.len(), batch.state)?;
+        let plan = match self.plan().await? {
+            Mover::InDatabase(mover) => return mover.run_batch(batch, lower).await,
+            Mover::Piped(mover) => return mover.run_batch(batch, lower).await,
+            Mover::Rows(plan) => plan,
+        };
         let (rows, bytes, exhausted) = self.read(plan, lower, batch.args).await?;
         let mut last_key: Option<Vec<String>> = None;
         for row in &rows {

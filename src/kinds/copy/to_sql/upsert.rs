@@ -56,18 +56,6 @@ impl UpsertSql {
             .map(|c| src.as_text(&format!("bgm_src.{}", src.quote_ident(c))))
             .collect::<Vec<_>>()
             .join(", ");
-        let quoted: Vec<String> = columns.iter().map(|c| dst.quote_ident(c)).collect();
-        let updates: Vec<String> = columns
-            .iter()
-            .filter(|c| !keys.contains(c))
-            .map(|c| format!("{0} = excluded.{0}", dst.quote_ident(c)))
-            .collect();
-        let conflict_keys: Vec<String> = keys.iter().map(|k| dst.quote_ident(k)).collect();
-        let action = if updates.is_empty() {
-            "DO NOTHING".to_owned()
-        } else {
-            format!("DO UPDATE SET {}", updates.join(", "))
-        };
         let values: Vec<String> = target_types
             .iter()
             .enumerate()
@@ -92,11 +80,10 @@ impl UpsertSql {
             Dialect::Sqlite => "json_each(?1) AS bgm_row WHERE true".to_owned(),
         };
         let upsert = format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {rows} ON CONFLICT ({}) {action}",
-            dst.quote_ident(to.table),
-            quoted.join(", "),
+            "{} SELECT {} FROM {rows} {}",
+            insert_into(to, columns),
             values.join(", "),
-            conflict_keys.join(", ")
+            on_conflict(dst, columns, keys)
         );
         Self {
             target: dst,
@@ -141,6 +128,33 @@ impl UpsertSql {
             )],
         }
     }
+}
+
+/// `INSERT INTO <table> (<columns>)`, in the target's dialect.
+pub(super) fn insert_into(to: Side<'_>, columns: &[String]) -> String {
+    let quoted: Vec<String> = columns.iter().map(|c| to.dialect.quote_ident(c)).collect();
+    format!(
+        "INSERT INTO {} ({})",
+        to.dialect.quote_ident(to.table),
+        quoted.join(", ")
+    )
+}
+
+/// `ON CONFLICT (<key>) DO UPDATE SET <column> = excluded.<column>, ...` (`DO NOTHING` when every column is in the
+/// key): a row sent twice is written once.
+pub(super) fn on_conflict(dst: Dialect, columns: &[String], keys: &[String]) -> String {
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|c| !keys.contains(c))
+        .map(|c| format!("{0} = excluded.{0}", dst.quote_ident(c)))
+        .collect();
+    let conflict_keys: Vec<String> = keys.iter().map(|k| dst.quote_ident(k)).collect();
+    let action = if updates.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    format!("ON CONFLICT ({}) {action}", conflict_keys.join(", "))
 }
 
 #[cfg(test)]
