@@ -142,9 +142,9 @@ async fn backfill(server: &str, rows: u64, workers: &[u64]) {
         psql(server, DATABASE, &format!(
             "CREATE TABLE {name} (id text PRIMARY KEY, a int NOT NULL, b int NOT NULL, total int, pad text) \
              WITH (autovacuum_enabled = false);
-             INSERT INTO {name} SELECT md5(g::text), g % 1000, g % 7, NULL, repeat('x', 250) FROM generate_series(1, {rows}) g;
-             VACUUM ANALYZE {name}"
+             INSERT INTO {name} SELECT md5(g::text), g % 1000, g % 7, NULL, repeat('x', 250) FROM generate_series(1, {rows}) g"
         ));
+        psql(server, DATABASE, &format!("VACUUM ANALYZE {name}"));
     };
     table("ref");
     psql(server, DATABASE, "CHECKPOINT");
@@ -185,9 +185,9 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64]) {
     psql(server, DATABASE, &format!(
         "CREATE TABLE traces (id text PRIMARY KEY, project_id text NOT NULL, payload text, latency double precision);
          INSERT INTO traces SELECT md5(g::text), 'project-' || (g % 100), repeat('lorem ipsum ', 12) || g, g * 0.001
-         FROM generate_series(1, {rows}) g;
-         VACUUM ANALYZE traces"
+         FROM generate_series(1, {rows}) g"
     ));
+    psql(server, DATABASE, "VACUUM ANALYZE traces");
     clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
     clickhouse(ch, &format!("CREATE DATABASE {DATABASE}"));
     clickhouse(ch, &format!("CREATE TABLE {DATABASE}.pipe {CH_TABLE}"));
