@@ -246,7 +246,7 @@ async fn killed_and_frozen_workers_lose_their_ranges_and_nothing_repeats() {
     let db = TestDb::create("killed_and_frozen_workers").await;
     let pool = db.pool().await;
     create_items(&pool, 30_000).await;
-    define_backfill(&db, 3, 300, 40);
+    define_backfill(&db, 3, 300, 150);
     assert!(db.cli(&["migrate"]).status.success());
 
     let mut killed = spawn_worker(&db, "killed");
