@@ -159,7 +159,7 @@ async fn three_workers_share_one_backfill_in_key_ranges_exactly_once() {
     let db = TestDb::create("three_workers_share_one_backfill").await;
     let pool = db.pool().await;
     create_items(&pool, 30_000).await;
-    define_backfill(&db, 3, 500, 20);
+    define_backfill(&db, 3, 500, 100);
     assert!(db.cli(&["migrate"]).status.success());
 
     let mut workers: Vec<(&str, Child)> = ["w1", "w2", "w3"]
@@ -320,7 +320,7 @@ async fn a_worker_out_of_ranges_splits_the_largest_and_takes_its_second_half() {
     let db = TestDb::create("a_worker_out_of_ranges_splits").await;
     let pool = db.pool().await;
     create_items(&pool, 20_000).await;
-    define_backfill(&db, 2, 200, 20);
+    define_backfill(&db, 2, 200, 60);
     assert!(db.cli(&["migrate"]).status.success());
 
     let first = spawn_worker(&db, "early");
@@ -329,7 +329,7 @@ async fn a_worker_out_of_ranges_splits_the_largest_and_takes_its_second_half() {
     wait_for(
         "the first range is half done",
         Duration::from_secs(30),
-        async || row(&pool).await.1 >= 5_000,
+        async || row(&pool).await.1 >= 3_000,
     )
     .await;
     let second = spawn_worker(&db, "late");
@@ -362,7 +362,7 @@ async fn raising_and_lowering_parallelism_mid_run_neither_loses_nor_repeats_a_ro
     let db = TestDb::create("raising_and_lowering_parallelism").await;
     let pool = db.pool().await;
     create_items(&pool, 30_000).await;
-    define_backfill(&db, 1, 300, 30);
+    define_backfill(&db, 1, 300, 60);
     assert!(db.cli(&["migrate"]).status.success());
 
     let mut workers: Vec<(&str, Child)> = ["a", "b", "c"]
