@@ -324,10 +324,10 @@ async fn a_worker_out_of_ranges_splits_the_largest_and_takes_its_second_half() {
     assert!(db.cli(&["migrate"]).status.success());
 
     let first = spawn_worker(&db, "early");
-    // The second worker starts when the first is half-way through its range: it claims the other range, and the
-    // first, done with its own range first, steals from it.
+    // The second worker starts when the first is 3,000 rows into its 10,000-row range: it claims the other range,
+    // and the first, done with its own range first, steals from it.
     wait_for(
-        "the first range is half done",
+        "the first range is under way",
         Duration::from_secs(30),
         async || row(&pool).await.1 >= 3_000,
     )
