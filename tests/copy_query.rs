@@ -131,6 +131,65 @@ async fn a_query_with_a_join_and_computed_columns_copies_exactly_across_many_sma
     );
 }
 
+/// A query source split into key ranges (`parallelism = 3`): the cuts are keys of the query's result, each range
+/// reads the query bounded by its end, and the copy equals the query's result exactly.
+#[tokio::test]
+async fn a_query_source_split_into_key_ranges_copies_exactly() {
+    let db = TestDb::create("copy_query_ranges").await;
+    let ch = TestClickHouse::create("copy_query_ranges").await;
+    let pool = setup(&db).await;
+    ch.exec(CH_TRACE_VIEW).await;
+    let name = "20241024_1730_copy_trace_view";
+    db.define(
+        name,
+        &query_definition(
+            QUERY,
+            "[\"id\"]",
+            "trace_view",
+            "batchSize = 100\nparallelism = 3",
+        ),
+    );
+    let connected = db.connect_with_clickhouse(&ch.url).await;
+    run_to_end(&connected, &db.migrations()).await;
+
+    let record = connected.control.get(name).await.unwrap();
+    assert_eq!(
+        (record.status, record.rows_done),
+        (Status::Finished, QUERY_ROWS as i64),
+        "{:?}",
+        record.failed_reason
+    );
+    let ranges = connected.control.ranges(name).await.unwrap();
+    assert_eq!(ranges.len(), 3, "{ranges:?}");
+    assert!(
+        ranges.iter().all(|r| r.done && r.rows_done > 0),
+        "{ranges:?}"
+    );
+    // Compared as sorted numbers: each side's own text and order of the ids are not the point here.
+    let copied = ch
+        .client
+        .query_rows("SELECT toString(id) FROM trace_view FINAL")
+        .await
+        .unwrap();
+    let mut copied: Vec<i64> = copied
+        .into_iter()
+        .map(|mut row| row.remove(0).parse().unwrap())
+        .collect();
+    copied.sort_unstable();
+    let expected: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM ({QUERY}) AS q ORDER BY id"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        copied == expected,
+        "{} rows copied, {} expected",
+        copied.len(),
+        expected.len()
+    );
+}
+
 /// A query naming a column that does not exist, a key that is not among the query's output columns, an unnamed
 /// computed column and a column name used twice each fail validation with a message naming the problem; no row reaches ClickHouse.
 #[tokio::test]
