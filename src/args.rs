@@ -38,6 +38,8 @@ pub struct Args {
     pub adaptive: Option<AdaptiveSizing>,
     /// The health thresholds past which the migration holds back.
     pub throttle: crate::throttle::Limits,
+    /// Resource limits of heavy ClickHouse statements (a rewrite's chunks).
+    pub clickhouse: crate::clickhouse::limits::QueryLimits,
     raw: Map<String, Value>,
 }
 
@@ -121,6 +123,7 @@ impl Args {
             sleep_ms: read_u64(&raw, "sleepMs", SLEEP_MS_RANGE)?.unwrap_or(0),
             adaptive: explicit.is_none().then_some(adaptive),
             throttle: crate::throttle::Limits::parse(&raw)?,
+            clickhouse: crate::clickhouse::limits::QueryLimits::parse(&raw)?,
             raw,
         })
     }

@@ -3,10 +3,12 @@
 //!
 //! Each signal has an `args` threshold with a documented default ([`Limits`]); a migration names the checks of the
 //! stores it touches ([`crate::migration::Migration::health_checks`]). Layout: this file holds the contract and the
-//! limits; [`postgres`] reads replication, WAL, lock, vacuum and load signals; [`clickhouse`] reads parts and merges.
+//! limits; [`postgres`] reads replication, WAL, lock, vacuum and load signals; [`clickhouse`] reads parts, merges
+//! and memory.
 
 pub mod clickhouse;
 pub mod postgres;
+mod rate;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -54,6 +56,9 @@ pub struct Limits {
     pub max_replication_lag_bytes: u64,
     /// `maxSlotRetainedBytes` (default 10 GiB): WAL kept for a replication slot (disk filling up).
     pub max_slot_retained_bytes: u64,
+    /// `maxWalBytesPerSecond` (default 100 MiB/s): WAL the server generated per second since the last check — what
+    /// a standby fed over a 1 Gbit/s link can receive at most (~119 MiB/s), so faster WAL only builds lag.
+    pub max_wal_bytes_per_second: u64,
     /// `maxLockWaiters` (default 5): sessions waiting for a lock in the migration's database.
     pub max_lock_waiters: u64,
     /// `foregroundActivePercent` (default 20): when other sessions are busy in the database — on average over
@@ -64,6 +69,15 @@ pub struct Limits {
     /// `maxPartsPercent` (default 60): active parts of one ClickHouse partition, in percent of the table's
     /// `parts_to_delay_insert`.
     pub max_parts_percent: u64,
+    /// `maxMergePoolPercent` (default 75): merges running on the ClickHouse server, in percent of its background
+    /// merge pool — a pool that is nearly full means new parts wait for their merges (the merge backlog).
+    pub max_merge_pool_percent: u64,
+    /// `maxServerMemoryPercent` (default 80): memory the ClickHouse server tracks (`MemoryTracking`), in percent of
+    /// its `max_server_memory_usage` (servers with `system.server_settings`, 22.x and later).
+    pub max_server_memory_percent: u64,
+    /// `maxServerMemoryBytes` (default 0: none): an absolute limit on the same figure, for servers that do not
+    /// publish `max_server_memory_usage` (18.x) or to hold earlier.
+    pub max_server_memory_bytes: u64,
     /// `throttleCheckMs` (default 1,000): how often a held migration looks again.
     pub check_ms: u64,
 }
@@ -74,10 +88,14 @@ impl Default for Limits {
             max_replication_lag_ms: 5_000,
             max_replication_lag_bytes: 256 * 1024 * 1024,
             max_slot_retained_bytes: 10 * 1024 * 1024 * 1024,
+            max_wal_bytes_per_second: 100 * 1024 * 1024,
             max_lock_waiters: 5,
             foreground_active_percent: 20,
             yield_percent: 100,
             max_parts_percent: 60,
+            max_merge_pool_percent: 75,
+            max_server_memory_percent: 80,
+            max_server_memory_bytes: 0,
             check_ms: 1_000,
         }
     }
@@ -95,6 +113,8 @@ impl Limits {
                 .unwrap_or(d.max_replication_lag_bytes),
             max_slot_retained_bytes: read_u64(raw, "maxSlotRetainedBytes", big)?
                 .unwrap_or(d.max_slot_retained_bytes),
+            max_wal_bytes_per_second: read_u64(raw, "maxWalBytesPerSecond", big)?
+                .unwrap_or(d.max_wal_bytes_per_second),
             max_lock_waiters: read_u64(raw, "maxLockWaiters", (0, 100_000))?
                 .unwrap_or(d.max_lock_waiters),
             foreground_active_percent: read_u64(raw, "foregroundActivePercent", (0, 100_000))?
@@ -102,6 +122,12 @@ impl Limits {
             yield_percent: read_u64(raw, "yieldPercent", (0, 10_000))?.unwrap_or(d.yield_percent),
             max_parts_percent: read_u64(raw, "maxPartsPercent", (0, 100))?
                 .unwrap_or(d.max_parts_percent),
+            max_merge_pool_percent: read_u64(raw, "maxMergePoolPercent", (0, 100))?
+                .unwrap_or(d.max_merge_pool_percent),
+            max_server_memory_percent: read_u64(raw, "maxServerMemoryPercent", (0, 100))?
+                .unwrap_or(d.max_server_memory_percent),
+            max_server_memory_bytes: read_u64(raw, "maxServerMemoryBytes", big)?
+                .unwrap_or(d.max_server_memory_bytes),
             check_ms: read_u64(raw, "throttleCheckMs", (10, 600_000))?.unwrap_or(d.check_ms),
         })
     }
@@ -134,6 +160,24 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "args.maxPartsPercent must be an integer from 0 to 100, got 150"
+        );
+        let err = Limits::parse(json!({"maxWalBytesPerSecond": "1 MB"}).as_object().unwrap())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.maxWalBytesPerSecond must be an integer from 0 to 9223372036854775807, got \"1 MB\""
+        );
+        let err =
+            Limits::parse(json!({"maxServerMemoryPercent": -1}).as_object().unwrap()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("args.maxServerMemoryPercent must be an integer from 0 to 100")
+        );
+        let err =
+            Limits::parse(json!({"maxMergePoolPercent": 101}).as_object().unwrap()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("args.maxMergePoolPercent must be an integer from 0 to 100")
         );
     }
 

@@ -1,5 +1,9 @@
 //! Postgres health: replication lag of every streaming standby (time and bytes), WAL kept for replication slots,
-//! sessions waiting for locks, an anti-wraparound autovacuum of the migration's table, and foreground activity.
+//! the rate WAL is generated at, sessions waiting for locks, an anti-wraparound autovacuum of the migration's table,
+//! and foreground activity.
+//!
+//! A regular autovacuum of the table does not hold: it is what cleans up the dead rows our batches leave, its own
+//! cost-based delay already paces it, and holding for it would make a backfill wait for the cleanup of itself.
 //!
 //! What an unreadable signal does: replication and slot figures need `pg_monitor` on managed services; without it
 //! Postgres shows NULLs, which read as "no lag" — letting go, because a role without that grant would otherwise
@@ -11,6 +15,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use sqlx::{PgPool, Row};
 
+use super::rate::Rate;
 use super::{Health, HealthCheck, Limits, bytes};
 
 /// The application name bgmigrate's Postgres sessions carry, so foreground activity can leave them out.
@@ -25,6 +30,8 @@ pub struct PgHealth {
     table: Option<String>,
     /// Smoothed count of other sessions running a statement, sampled at each check.
     activity: Mutex<f64>,
+    /// The WAL position's growth per second.
+    wal: Mutex<Rate>,
 }
 
 impl PgHealth {
@@ -34,6 +41,7 @@ impl PgHealth {
             pool,
             table,
             activity: Mutex::new(0.0),
+            wal: Mutex::new(Rate::default()),
         }
     }
 
@@ -95,6 +103,35 @@ impl PgHealth {
             }
         }
         Ok(None)
+    }
+
+    /// WAL generated per second over the last window, by every session of the server (ours included: when we
+    /// hold, the rate falls and we go on, so the server's WAL stays near the threshold on average).
+    async fn wal_rate(&self, limits: &Limits) -> Result<Option<Health>, sqlx::Error> {
+        if limits.max_wal_bytes_per_second == 0 {
+            return Ok(None);
+        }
+        let position: i64 =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+                .fetch_one(&self.pool)
+                .await?;
+        let rate = self
+            .wal
+            .lock()
+            .expect("poisoned")
+            .sample(position.max(0) as u64, tokio::time::Instant::now());
+        Ok(rate
+            .filter(|rate| *rate > limits.max_wal_bytes_per_second as f64)
+            .map(|rate| {
+                hold(
+                    "wal_rate",
+                    format!(
+                        "WAL generated at {}/s > {}/s (maxWalBytesPerSecond)",
+                        bytes(rate as u64),
+                        bytes(limits.max_wal_bytes_per_second)
+                    ),
+                )
+            }))
     }
 
     async fn sessions(&self, limits: &Limits) -> Result<Option<Health>, sqlx::Error> {
@@ -165,6 +202,13 @@ impl HealthCheck for PgHealth {
             .await
             .map_err(|err| format!("replication signals unreadable: {err}"))?;
         if let Some(health) = replication {
+            return Ok(health);
+        }
+        let wal = self
+            .wal_rate(limits)
+            .await
+            .map_err(|err| format!("WAL position unreadable: {err}"))?;
+        if let Some(health) = wal {
             return Ok(health);
         }
         let sessions = self
