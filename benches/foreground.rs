@@ -72,6 +72,8 @@ impl Load {
 /// One backfill's figures.
 struct Backfill {
     seconds: f64,
+    /// WAL the server wrote per second during the backfill (all sessions).
+    wal_mib_per_sec: f64,
     batches: i64,
     median_batch_ms: f64,
     busy_ms: i64,
@@ -166,6 +168,10 @@ async fn load_alone(
     seconds: u64,
 ) -> anyhow::Result<Load> {
     let prefix = format!("alone_{rate}");
+    let db = pool(url).await?;
+    // As before each backfill: no checkpoint of earlier writes lands in this run.
+    exec(&db, "CHECKPOINT").await?;
+    db.close().await;
     let started = Instant::now();
     pgbench(url, script, rate, seconds, &logs.join(&prefix)).await?;
     Ok(Load {
@@ -202,6 +208,7 @@ async fn backfill(
         )
         .await?;
     exec(db, "CHECKPOINT").await?;
+    let wal_before = wal_position(db).await?;
     let runner = Runner::new(
         connected.control.clone(),
         registry,
@@ -224,6 +231,7 @@ async fn backfill(
     let summary = run.await??;
     let seconds = started.elapsed().as_secs_f64();
     let ended = now_us();
+    let wal_mib_per_sec = (wal_position(db).await? - wal_before) / seconds / 1024.0 / 1024.0;
     if !summary.failed.is_empty() {
         bail!("the backfill failed: {:?}", summary.failed);
     }
@@ -266,6 +274,7 @@ async fn backfill(
     Ok((
         Backfill {
             seconds,
+            wal_mib_per_sec,
             batches: stats.try_get("batches")?,
             median_batch_ms: stats.try_get("median")?,
             busy_ms: stats.try_get("busy")?,
@@ -273,6 +282,15 @@ async fn backfill(
         },
         load,
     ))
+}
+
+/// The server's WAL position in bytes.
+async fn wal_position(db: &PgPool) -> anyhow::Result<f64> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8")
+            .fetch_one(db)
+            .await?,
+    )
 }
 
 /// The load levels from `BGMIGRATE_BENCH_RATES`.
@@ -362,10 +380,13 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
     );
     println!(
         "  idle: plain UPDATE {update_secs:.2} s ({update_rate:.0} rows/s); backfill {:.2} s ({idle_rate:.0} rows/s, \
-         {} batches, median {:.0} ms); ratio {idle_ratio:.2} (target >= {TARGET_IDLE_RATIO}: {})",
+         {} batches, median {:.0} ms, WAL {:.0} MiB/s, throttled by {}); ratio {idle_ratio:.2} (target >= \
+         {TARGET_IDLE_RATIO}: {})",
         idle.seconds,
         idle.batches,
         idle.median_batch_ms,
+        idle.wal_mib_per_sec,
+        idle.throttled.as_deref().unwrap_or("-"),
         if idle_ratio >= TARGET_IDLE_RATIO {
             "MET"
         } else {
@@ -403,10 +424,11 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
             backfill.throttled.as_deref().unwrap_or("-")
         );
         eprintln!(
-            "    ({rate} tx/s: load ran at {:.0} tx/s alone, {:.0} tx/s during; {} batches)",
+            "    ({rate} tx/s: load ran at {:.0} tx/s alone, {:.0} tx/s during; {} batches; WAL {:.0} MiB/s)",
             alone.rate(),
             during.rate(),
-            backfill.batches
+            backfill.batches,
+            backfill.wal_mib_per_sec
         );
     }
     println!(

@@ -193,6 +193,7 @@ async fn batch_loop(
         if after.waited {
             (current, args) = reread().await?;
         }
+        after.shorten(&mut args);
         let (size, change) = sizer.next(&args);
         args.batch_size = size;
         if let Some(change) = change {

@@ -66,6 +66,10 @@ pub struct Limits {
     pub foreground_active_percent: u64,
     /// `yieldPercent` (default 100): rest after each batch while yielding, in percent of the batch's duration.
     pub yield_percent: u64,
+    /// `yieldBatchMs` (default 50; 0 keeps `targetBatchMs`): while yielding, adaptive batches aim for this duration
+    /// instead — a foreground statement that needs a row of the batch in flight waits at most about that long, and
+    /// a tenth of the rows are locked at once. Measured in the foreground benchmark (README).
+    pub yield_batch_ms: u64,
     /// `maxPartsPercent` (default 60): active parts of one ClickHouse partition, in percent of the table's
     /// `parts_to_delay_insert`.
     pub max_parts_percent: u64,
@@ -92,6 +96,7 @@ impl Default for Limits {
             max_lock_waiters: 5,
             foreground_active_percent: 20,
             yield_percent: 100,
+            yield_batch_ms: 50,
             max_parts_percent: 60,
             max_merge_pool_percent: 75,
             max_server_memory_percent: 80,
@@ -120,6 +125,8 @@ impl Limits {
             foreground_active_percent: read_u64(raw, "foregroundActivePercent", (0, 100_000))?
                 .unwrap_or(d.foreground_active_percent),
             yield_percent: read_u64(raw, "yieldPercent", (0, 10_000))?.unwrap_or(d.yield_percent),
+            yield_batch_ms: read_u64(raw, "yieldBatchMs", (0, 600_000))?
+                .unwrap_or(d.yield_batch_ms),
             max_parts_percent: read_u64(raw, "maxPartsPercent", (0, 100))?
                 .unwrap_or(d.max_parts_percent),
             max_merge_pool_percent: read_u64(raw, "maxMergePoolPercent", (0, 100))?
@@ -178,6 +185,11 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("args.maxMergePoolPercent must be an integer from 0 to 100")
+        );
+        let err = Limits::parse(json!({"yieldBatchMs": 1.5}).as_object().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.yieldBatchMs must be an integer from 0 to 600000, got 1.5"
         );
     }
 
