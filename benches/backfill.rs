@@ -224,21 +224,8 @@ async fn main() -> anyhow::Result<()> {
     if !support::start("backfill") {
         return Ok(());
     }
-    let server = support::server_url();
     let rows = env_u64("BGMIGRATE_BENCH_ROWS")?.unwrap_or(1_000_000);
     ensure!(rows > 0, "BGMIGRATE_BENCH_ROWS must be at least 1");
     let batch = env_u64("BGMIGRATE_BENCH_BATCH")?;
-    let keep = std::env::var("BGMIGRATE_BENCH_KEEP").is_ok_and(|v| v == "1" || v == "true");
-
-    let admin = pool(&format!("{server}/postgres")).await?;
-    support::drop_database(&admin, DATABASE).await?;
-    exec(&admin, &format!("CREATE DATABASE {DATABASE}")).await?;
-    let result = run(&format!("{server}/{DATABASE}"), rows, batch).await;
-    if keep {
-        eprintln!("kept database {DATABASE} (BGMIGRATE_BENCH_KEEP)");
-    } else {
-        support::drop_database(&admin, DATABASE).await?;
-    }
-    admin.close().await;
-    result
+    support::in_fresh_database(DATABASE, |url| async move { run(&url, rows, batch).await }).await
 }

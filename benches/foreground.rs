@@ -13,6 +13,7 @@
 //! * `BGMIGRATE_BENCH_RATES`      load levels in transactions per second (default `100,400,800`).
 //! * `BGMIGRATE_BENCH_LOAD_SECS`  how long the load runs alone at each level (default 20).
 //! * `BGMIGRATE_BENCH_ARGS`       the backfill's `args` as JSON (default `{}`: the engine's defaults).
+//! * `BGMIGRATE_BENCH_KEEP=1`     keeps the database afterwards.
 //! * `RUST_LOG`                   log filter (default `warn,sqlx=error,sqlx_core=error`).
 //!
 //! One table `items` (`md5` text key, so key order is not heap order; ~340-byte rows; autovacuum off so that no
@@ -446,7 +447,6 @@ async fn main() -> anyhow::Result<()> {
     if !support::start("foreground") {
         return Ok(());
     }
-    let server = support::server_url();
     let rows = env_u64("BGMIGRATE_BENCH_ROWS")?.unwrap_or(3_000_000);
     ensure!(rows > 0, "BGMIGRATE_BENCH_ROWS must be at least 1");
     let args: Value = match std::env::var("BGMIGRATE_BENCH_ARGS") {
@@ -456,12 +456,11 @@ async fn main() -> anyhow::Result<()> {
     };
     bgmigrate::Args::parse(&args).context("BGMIGRATE_BENCH_ARGS")?;
     let logs: PathBuf = tempfile::tempdir()?.keep();
-    let admin = pool(&format!("{server}/postgres")).await?;
-    support::drop_database(&admin, DATABASE).await?;
-    exec(&admin, &format!("CREATE DATABASE {DATABASE}")).await?;
-    let result = run(&format!("{server}/{DATABASE}"), rows, &args, &logs).await;
-    support::drop_database(&admin, DATABASE).await?;
-    admin.close().await;
+    let result = support::in_fresh_database(DATABASE, |url| {
+        let (args, logs) = (&args, &logs);
+        async move { run(&url, rows, args, logs).await }
+    })
+    .await;
     let _ = std::fs::remove_dir_all(&logs);
     result
 }

@@ -1,6 +1,6 @@
 //! What the Postgres benchmarks share: reading their environment, a small pool, running SQL, their own database.
-#![allow(dead_code)]
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,7 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
 /// The server the benchmarks use: `BGMIGRATE_BENCH_PG` without a database (default the machine's Postgres).
-pub fn server_url() -> String {
+fn server_url() -> String {
     std::env::var("BGMIGRATE_BENCH_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
         .trim_end_matches('/')
@@ -47,7 +47,7 @@ pub async fn exec(pool: &PgPool, sql: &str) -> anyhow::Result<()> {
 }
 
 /// Drops `database` (ending its sessions) if it exists.
-pub async fn drop_database(admin: &PgPool, database: &str) -> anyhow::Result<()> {
+async fn drop_database(admin: &PgPool, database: &str) -> anyhow::Result<()> {
     exec(
         admin,
         &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
@@ -69,4 +69,26 @@ pub fn start(name: &str) -> bool {
         eprintln!("{name} benchmark: run it with `cargo bench --bench {name}`");
     }
     real
+}
+
+/// Creates `database` afresh on the benchmark server, hands its URL to `run`, and drops it afterwards unless
+/// `BGMIGRATE_BENCH_KEEP=1` (to look at the tables by hand).
+pub async fn in_fresh_database<F, Fut>(database: &str, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let server = server_url();
+    let keep = std::env::var("BGMIGRATE_BENCH_KEEP").is_ok_and(|v| v == "1" || v == "true");
+    let admin = pool(&format!("{server}/postgres")).await?;
+    drop_database(&admin, database).await?;
+    exec(&admin, &format!("CREATE DATABASE {database}")).await?;
+    let result = run(format!("{server}/{database}")).await;
+    if keep {
+        eprintln!("kept database {database} (BGMIGRATE_BENCH_KEEP)");
+    } else {
+        drop_database(&admin, database).await?;
+    }
+    admin.close().await;
+    result
 }
