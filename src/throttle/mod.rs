@@ -56,7 +56,7 @@ pub struct Limits {
     pub max_replication_lag_bytes: u64,
     /// `maxSlotRetainedBytes` (default 10 GiB): WAL kept for a replication slot (disk filling up).
     pub max_slot_retained_bytes: u64,
-    /// `maxWalBytesPerSecond` (default 100 MiB/s): WAL the server generated per second since the last check — what
+    /// `maxWalBytesPerSecond` (default 100 MiB/s): WAL the server generated per second over the last 5 s — what
     /// a standby fed over a 1 Gbit/s link can receive at most (~119 MiB/s), so faster WAL only builds lag.
     pub max_wal_bytes_per_second: u64,
     /// `maxLockWaiters` (default 5): sessions waiting for a lock in the migration's database.
