@@ -56,8 +56,11 @@ pub struct Limits {
     pub max_replication_lag_bytes: u64,
     /// `maxSlotRetainedBytes` (default 10 GiB): WAL kept for a replication slot (disk filling up).
     pub max_slot_retained_bytes: u64,
-    /// `maxWalBytesPerSecond` (default 100 MiB/s): WAL the server generated per second over the last 5 s — what
-    /// a standby fed over a 1 Gbit/s link can receive at most (~119 MiB/s), so faster WAL only builds lag.
+    /// `maxWalBytesPerSecond` (default 0: off): WAL the server generated per second over the last 5 s. Off by
+    /// default because a backfill over random keys writes a full-page image for nearly every row after each
+    /// checkpoint: on the benchmark machine it passed 100 MiB/s for seconds at a time, and a 100 MiB/s default (a
+    /// 1 Gbit/s standby link) cut the idle backfill to 0.59x one plain `UPDATE`, which writes the same WAL unthrottled.
+    /// Set it where a standby or archive link is the bottleneck; `maxReplicationLagBytes` covers standbys anyway.
     pub max_wal_bytes_per_second: u64,
     /// `maxLockWaiters` (default 5): sessions waiting for a lock in the migration's database.
     pub max_lock_waiters: u64,
@@ -92,7 +95,7 @@ impl Default for Limits {
             max_replication_lag_ms: 5_000,
             max_replication_lag_bytes: 256 * 1024 * 1024,
             max_slot_retained_bytes: 10 * 1024 * 1024 * 1024,
-            max_wal_bytes_per_second: 100 * 1024 * 1024,
+            max_wal_bytes_per_second: 0,
             max_lock_waiters: 5,
             foreground_active_percent: 20,
             yield_percent: 100,
