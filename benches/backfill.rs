@@ -18,55 +18,21 @@
 //! `UPDATE ref SET total = a + b`; `ours` gets the same `set` as a registered backfill run by a [`Runner`] until it
 //! drains. A `CHECKPOINT` precedes each timed run.
 
-use std::time::{Duration, Instant};
+mod support;
 
-use anyhow::{Context, bail, ensure};
+use std::time::Instant;
+
+use anyhow::{bail, ensure};
 use bgmigrate::{Registration, Runner, RunnerConfig, builtin_registry};
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool, Row};
+use support::{env_u64, exec, pool};
 
 const DATABASE: &str = "bgm_bench_backfill";
 const MIGRATION: &str = "bench_backfill_total";
 /// The target: batching may cost at most 10% of a plain UPDATE's throughput, and no batch may hold its locks long.
 const TARGET_RATIO: f64 = 0.9;
 const TARGET_LONGEST_BATCH_MS: i64 = 1000;
-
-fn env_u64(name: &str) -> anyhow::Result<Option<u64>> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => {
-            Ok(Some(v.replace(['_', ','], "").parse().with_context(
-                || format!("{name}={v:?} is not a positive integer"),
-            )?))
-        }
-        _ => Ok(None),
-    }
-}
-
-async fn pool(url: &str) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .with_context(|| format!("connect to {url}"))
-}
-
-async fn exec(pool: &PgPool, sql: &str) -> anyhow::Result<()> {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .with_context(|| format!("run `{sql}`"))?;
-    Ok(())
-}
-
-async fn drop_database(admin: &PgPool) -> anyhow::Result<()> {
-    exec(
-        admin,
-        &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
-    )
-    .await
-}
 
 /// Builds `ref` and `ours` with the same rows and the same physical layout.
 async fn build_tables(db: &PgPool, rows: u64) -> anyhow::Result<()> {
@@ -255,34 +221,11 @@ async fn run(db_url: &str, rows: u64, batch: Option<u64>) -> anyhow::Result<()> 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error,sqlx_core=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: there, do nothing.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("backfill benchmark: run it with `cargo bench --bench backfill`");
+    if !support::start("backfill") {
         return Ok(());
     }
-    let server = std::env::var("BGMIGRATE_BENCH_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let server = server.trim_end_matches('/');
     let rows = env_u64("BGMIGRATE_BENCH_ROWS")?.unwrap_or(1_000_000);
     ensure!(rows > 0, "BGMIGRATE_BENCH_ROWS must be at least 1");
     let batch = env_u64("BGMIGRATE_BENCH_BATCH")?;
-    let keep = std::env::var("BGMIGRATE_BENCH_KEEP").is_ok_and(|v| v == "1" || v == "true");
-
-    let admin = pool(&format!("{server}/postgres")).await?;
-    drop_database(&admin).await?;
-    exec(&admin, &format!("CREATE DATABASE {DATABASE}")).await?;
-    let result = run(&format!("{server}/{DATABASE}"), rows, batch).await;
-    if keep {
-        eprintln!("kept database {DATABASE} (BGMIGRATE_BENCH_KEEP)");
-    } else {
-        drop_database(&admin).await?;
-    }
-    admin.close().await;
-    result
+    support::in_fresh_database(DATABASE, |url| async move { run(&url, rows, batch).await }).await
 }

@@ -43,6 +43,8 @@ pub struct Args {
     pub throttle: crate::throttle::Limits,
     /// Key ranges worked at once, by as many workers (`parallelism`, default 1: one stream, no ranges).
     pub parallelism: u64,
+    /// Resource limits of heavy ClickHouse statements (a rewrite's chunks).
+    pub clickhouse: crate::clickhouse::limits::QueryLimits,
     raw: Map<String, Value>,
 }
 
@@ -127,6 +129,7 @@ impl Args {
             adaptive: explicit.is_none().then_some(adaptive),
             throttle: crate::throttle::Limits::parse(&raw)?,
             parallelism: read_u64(&raw, "parallelism", PARALLELISM_RANGE)?.unwrap_or(1),
+            clickhouse: crate::clickhouse::limits::QueryLimits::parse(&raw)?,
             raw,
         })
     }

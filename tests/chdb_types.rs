@@ -2,7 +2,7 @@
 //! the local 18.16 server cannot show: the copy writes every type it maps — `Decimal32..256`, `Int128..UInt256`,
 //! `UUID`, `Enum8/16`, `FixedString`, `IPv4/IPv6`, `Bool`, `Date32`, zoned `DateTime`/`DateTime64`, `Map`,
 //! `LowCardinality(Nullable)`, arrays of them — and Langfuse's real v3 tables
-//! (`examples/langfuse_v2_to_v3/clickhouse_v3/`) receive v2 rows.
+//! (`examples/langfuse_v2_to_v3/clickhouse_v3/`) receive v2 rows; the health signals' queries answer there too.
 //!
 //! `tests/chdb/server.py` answers bgmigrate's ClickHouse HTTP calls with chDB: types come from chDB's own
 //! `system.columns`, each `INSERT ... FORMAT RowBinary` body the copy streams is decoded by ClickHouse itself
@@ -484,5 +484,39 @@ async fn langfuse_v2_rows_land_in_the_real_v3_tables_of_current_clickhouse() {
         "Langfuse v2 rows copied into the v3 tables of ClickHouse {} in {:.1} s",
         ch.value("SELECT version()").await,
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// The ClickHouse health query (parts, merges, merge pool, `MemoryTracking`) and the rewrite's settings probe parse
+/// and answer on current ClickHouse as on 18.16: a quiet server lets go, an absolute memory limit of one byte holds,
+/// and `system.settings` lists `max_insert_threads`, so the rewrite sends it there.
+#[tokio::test]
+async fn the_health_signals_and_the_rewrite_settings_probe_work_on_current_clickhouse() {
+    use bgmigrate::throttle::clickhouse::ChHealth;
+    use bgmigrate::throttle::{Health, HealthCheck, Limits};
+    let chdb = Chdb::start();
+    let ch = TestClickHouse::create_on(&chdb.url, "chdb_health").await;
+    ch.exec("CREATE TABLE events (id String) ENGINE = ReplacingMergeTree ORDER BY id")
+        .await;
+    ch.exec("INSERT INTO events SELECT toString(number) FROM numbers(10)")
+        .await;
+    let health = ChHealth::new(ch.client.clone(), "events");
+    assert_eq!(
+        health.check(&Limits::default()).await,
+        Ok(Health::Fine),
+        "a quiet server"
+    );
+    let one_byte = Limits {
+        max_server_memory_bytes: 1,
+        ..Limits::default()
+    };
+    match health.check(&one_byte).await {
+        Ok(Health::Hold { signal, .. }) => assert_eq!(signal, "clickhouse_memory"),
+        other => panic!("expected a memory hold, got {other:?}"),
+    }
+    assert_eq!(
+        ch.value("SELECT count() FROM system.settings WHERE name = 'max_insert_threads'")
+            .await,
+        "1"
     );
 }

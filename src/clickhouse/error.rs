@@ -11,6 +11,9 @@ const TRANSIENT_CODES: &[u32] = &[
     425, // SYSTEM_ERROR
 ];
 
+/// MEMORY_LIMIT_EXCEEDED: the statement needed more than its `max_memory_usage` (or the server's limit).
+const MEMORY_LIMIT_EXCEEDED: u32 = 241;
+
 /// What went wrong talking to ClickHouse.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -68,6 +71,17 @@ impl ClickHouseError {
         }
     }
 
+    /// True when the server refused the statement for memory (code 241): a smaller statement may fit.
+    pub fn is_memory_limit(&self) -> bool {
+        matches!(
+            self,
+            ClickHouseError::Server {
+                code: Some(MEMORY_LIMIT_EXCEEDED),
+                ..
+            }
+        )
+    }
+
     /// Builds a [`ClickHouseError::Server`] from an error response body (`Code: 60, e.displayText() = ...`).
     pub(crate) fn from_response(context: &str, status: u16, body: &str) -> Self {
         let code = body
@@ -105,5 +119,12 @@ mod tests {
         );
         assert!(!err.is_transient());
         assert!(err.to_string().contains("Table x.y doesn't exist"), "{err}");
+        assert!(!err.is_memory_limit());
+        let err = ClickHouseError::from_response(
+            "insert",
+            500,
+            "Code: 241, e.displayText() = DB::Exception: Memory limit (for query) exceeded",
+        );
+        assert!(err.is_memory_limit() && !err.is_transient());
     }
 }

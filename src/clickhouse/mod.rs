@@ -5,12 +5,13 @@
 //! validating `RowBinaryWithNamesAndTypes`; literals are quoted client-side by [`quote_literal`].
 //!
 //! Layout: [`config`] parses the connection; [`error`] classifies failures; [`types`] reads column types;
-//! [`rowbinary`] writes the insert format; [`digest`] counts and checksums rows in it; [`external`] sends a table beside a query; [`statements`] splits multi-statement files.
+//! [`limits`] holds the resource limits sent as query settings; [`rowbinary`] writes the insert format; [`digest`] counts and checksums rows in it; [`external`] sends a table beside a query; [`statements`] splits multi-statement files.
 
 pub mod config;
 pub mod digest;
 pub mod error;
 pub mod external;
+pub mod limits;
 pub mod rowbinary;
 pub mod statements;
 pub mod types;
@@ -165,19 +166,38 @@ impl ClickHouse {
 
     /// Runs a statement (DDL, `INSERT ... SELECT`, `OPTIMIZE`), discarding any output.
     pub async fn execute(&self, sql: &str) -> Result<(), ClickHouseError> {
+        self.execute_with(sql, &[]).await
+    }
+
+    /// Runs a statement with query `settings` (`max_memory_usage`, ...), discarding any output.
+    pub async fn execute_with(
+        &self,
+        sql: &str,
+        settings: &[(&str, String)],
+    ) -> Result<(), ClickHouseError> {
         let context = format!("run `{}`", short(sql));
-        self.send(&context, self.url(None), Body::from(sql.to_owned()))
-            .await?;
+        let mut url = self.url(None);
+        url.query_pairs_mut().extend_pairs(settings);
+        self.send(&context, url, Body::from(sql.to_owned())).await?;
         Ok(())
     }
 
     /// Runs a query and returns its rows as `TabSeparated` fields, unescaped. Append no `FORMAT` clause.
     pub async fn query_rows(&self, sql: &str) -> Result<Vec<Vec<String>>, ClickHouseError> {
+        self.query_rows_with(sql, &[]).await
+    }
+
+    /// [`ClickHouse::query_rows`] with query `settings`.
+    pub async fn query_rows_with(
+        &self,
+        sql: &str,
+        settings: &[(&str, String)],
+    ) -> Result<Vec<Vec<String>>, ClickHouseError> {
         let context = format!("run `{}`", short(sql));
         let body = format!("{sql}\nFORMAT TabSeparated");
-        let response = self
-            .send(&context, self.url(None), Body::from(body))
-            .await?;
+        let mut url = self.url(None);
+        url.query_pairs_mut().extend_pairs(settings);
+        let response = self.send(&context, url, Body::from(body)).await?;
         let text = response
             .text()
             .await

@@ -323,6 +323,7 @@ pub(super) async fn stream(
             at = position(ctx, migration, &mut lease, stop).await?;
         }
         let mut args = at.args;
+        after.shorten(&mut args);
         let (size, change) = sizer.next(&args);
         args.batch_size = size;
         if let Some(change) = change {

@@ -1,7 +1,8 @@
 //! Holding back on health signals: before each batch the migration's checks are read; while one says hold, the
 //! engine waits — between batches, with no transaction or lock open — and looks again every `throttleCheckMs`;
-//! while one says yield, it rests after each batch. The row says why (`throttled`), an event marks each period,
-//! and `bgmigrate_throttled_seconds_total{migration,reason}` counts the time.
+//! while one says yield, it runs shorter batches (`yieldBatchMs`) and rests after each. The row says why
+//! (`throttled`), an event marks each period, and `bgmigrate_throttled_seconds_total{migration,reason}` counts the
+//! time.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,13 +28,24 @@ pub(crate) struct Throttle {
     uncounted: Duration,
 }
 
-/// What the next batch should do after it ran.
+/// How the coming batch should go, and what to do after it ran.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct AfterBatch {
     /// Rest for this many times the batch's duration.
     pub(crate) rest_ratio: f64,
     /// Whether it held back before the batch (the row may have changed meanwhile).
     pub(crate) waited: bool,
+    /// While yielding: the batch duration adaptive sizing aims for instead of `targetBatchMs` (`yieldBatchMs`).
+    pub(crate) batch_ms: Option<u64>,
+}
+
+impl AfterBatch {
+    /// Aims adaptive batches at the shorter yielding duration, if any; an explicit `batchSize` stays as it is.
+    pub(crate) fn shorten(&self, args: &mut Args) {
+        if let (Some(ms), Some(sizing)) = (self.batch_ms, args.adaptive.as_mut()) {
+            sizing.target_ms = sizing.target_ms.min(ms);
+        }
+    }
 }
 
 impl Throttle {
@@ -90,6 +102,7 @@ impl Throttle {
                     return Ok(AfterBatch {
                         rest_ratio: 0.0,
                         waited,
+                        batch_ms: None,
                     });
                 }
                 Health::Yield {
@@ -98,13 +111,17 @@ impl Throttle {
                     rest_ratio,
                 } => {
                     self.set(leases, lease, Some((reason, signal))).await?;
-                    return Ok(AfterBatch { rest_ratio, waited });
+                    return Ok(AfterBatch {
+                        rest_ratio,
+                        waited,
+                        batch_ms: (limits.yield_batch_ms > 0).then_some(limits.yield_batch_ms),
+                    });
                 }
                 Health::Hold { signal, reason } => {
                     self.set(leases, lease, Some((reason, signal))).await?;
                     let wait = Duration::from_millis(limits.check_ms);
                     tokio::select! {
-                        _ = stop.cancelled() => return Ok(AfterBatch { rest_ratio: 0.0, waited: true }),
+                        _ = stop.cancelled() => return Ok(AfterBatch { rest_ratio: 0.0, waited: true, batch_ms: None }),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     self.count(&lease.name, signal, wait);
@@ -191,5 +208,40 @@ impl Throttle {
             (reason, signal, since)
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Yielding aims adaptive batches at `yieldBatchMs`; an explicit `batchSize`, or no yield, changes nothing.
+    #[test]
+    fn a_yield_shortens_adaptive_batches_only() {
+        let yielding = AfterBatch {
+            rest_ratio: 1.0,
+            waited: false,
+            batch_ms: Some(50),
+        };
+        let mut adaptive = Args::parse(&json!({})).unwrap();
+        yielding.shorten(&mut adaptive);
+        assert_eq!(adaptive.adaptive.unwrap().target_ms, 50);
+        let mut fixed = Args::parse(&json!({"batchSize": 2500})).unwrap();
+        yielding.shorten(&mut fixed);
+        assert_eq!((fixed.batch_size, fixed.adaptive), (2500, None));
+        let mut short = Args::parse(&json!({"targetBatchMs": 20})).unwrap();
+        yielding.shorten(&mut short);
+        assert_eq!(
+            short.adaptive.unwrap().target_ms,
+            20,
+            "never longer than targetBatchMs"
+        );
+        let fine = AfterBatch {
+            batch_ms: None,
+            ..yielding
+        };
+        let mut untouched = Args::parse(&json!({})).unwrap();
+        fine.shorten(&mut untouched);
+        assert_eq!(untouched.adaptive.unwrap().target_ms, 500);
     }
 }

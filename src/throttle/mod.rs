@@ -3,10 +3,12 @@
 //!
 //! Each signal has an `args` threshold with a documented default ([`Limits`]); a migration names the checks of the
 //! stores it touches ([`crate::migration::Migration::health_checks`]). Layout: this file holds the contract and the
-//! limits; [`postgres`] reads replication, WAL, lock, vacuum and load signals; [`clickhouse`] reads parts and merges.
+//! limits; [`postgres`] reads replication, WAL, lock, vacuum and load signals; [`clickhouse`] reads parts, merges
+//! and memory.
 
 pub mod clickhouse;
 pub mod postgres;
+mod rate;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -54,6 +56,12 @@ pub struct Limits {
     pub max_replication_lag_bytes: u64,
     /// `maxSlotRetainedBytes` (default 10 GiB): WAL kept for a replication slot (disk filling up).
     pub max_slot_retained_bytes: u64,
+    /// `maxWalBytesPerSecond` (default 0: off): WAL the server generated per second over the last 5 s. Off by
+    /// default because a backfill over random keys writes a full-page image for nearly every row after each
+    /// checkpoint: on the benchmark machine it passed 100 MiB/s for seconds at a time, and a 100 MiB/s default (a
+    /// 1 Gbit/s standby link) cut the idle backfill to 0.59x one plain `UPDATE`, which writes the same WAL unthrottled.
+    /// Set it where a standby or archive link is the bottleneck; `maxReplicationLagBytes` covers standbys anyway.
+    pub max_wal_bytes_per_second: u64,
     /// `maxLockWaiters` (default 5): sessions waiting for a lock in the migration's database.
     pub max_lock_waiters: u64,
     /// `foregroundActivePercent` (default 20): when other sessions are busy in the database — on average over
@@ -61,9 +69,22 @@ pub struct Limits {
     pub foreground_active_percent: u64,
     /// `yieldPercent` (default 100): rest after each batch while yielding, in percent of the batch's duration.
     pub yield_percent: u64,
+    /// `yieldBatchMs` (default 50; 0 keeps `targetBatchMs`): while yielding, adaptive batches aim for this duration
+    /// instead — a foreground statement that needs a row of the batch in flight waits at most about that long, and
+    /// a tenth of the rows are locked at once. Measured in the foreground benchmark (README).
+    pub yield_batch_ms: u64,
     /// `maxPartsPercent` (default 60): active parts of one ClickHouse partition, in percent of the table's
     /// `parts_to_delay_insert`.
     pub max_parts_percent: u64,
+    /// `maxMergePoolPercent` (default 75): merges running on the ClickHouse server, in percent of its background
+    /// merge pool — a pool that is nearly full means new parts wait for their merges (the merge backlog).
+    pub max_merge_pool_percent: u64,
+    /// `maxServerMemoryPercent` (default 80): memory the ClickHouse server tracks (`MemoryTracking`), in percent of
+    /// its `max_server_memory_usage` (servers with `system.server_settings`, 22.x and later).
+    pub max_server_memory_percent: u64,
+    /// `maxServerMemoryBytes` (default 0: none): an absolute limit on the same figure, for servers that do not
+    /// publish `max_server_memory_usage` (18.x) or to hold earlier.
+    pub max_server_memory_bytes: u64,
     /// `throttleCheckMs` (default 1,000): how often a held migration looks again.
     pub check_ms: u64,
 }
@@ -74,10 +95,15 @@ impl Default for Limits {
             max_replication_lag_ms: 5_000,
             max_replication_lag_bytes: 256 * 1024 * 1024,
             max_slot_retained_bytes: 10 * 1024 * 1024 * 1024,
+            max_wal_bytes_per_second: 0,
             max_lock_waiters: 5,
             foreground_active_percent: 20,
             yield_percent: 100,
+            yield_batch_ms: 50,
             max_parts_percent: 60,
+            max_merge_pool_percent: 75,
+            max_server_memory_percent: 80,
+            max_server_memory_bytes: 0,
             check_ms: 1_000,
         }
     }
@@ -95,13 +121,23 @@ impl Limits {
                 .unwrap_or(d.max_replication_lag_bytes),
             max_slot_retained_bytes: read_u64(raw, "maxSlotRetainedBytes", big)?
                 .unwrap_or(d.max_slot_retained_bytes),
+            max_wal_bytes_per_second: read_u64(raw, "maxWalBytesPerSecond", big)?
+                .unwrap_or(d.max_wal_bytes_per_second),
             max_lock_waiters: read_u64(raw, "maxLockWaiters", (0, 100_000))?
                 .unwrap_or(d.max_lock_waiters),
             foreground_active_percent: read_u64(raw, "foregroundActivePercent", (0, 100_000))?
                 .unwrap_or(d.foreground_active_percent),
             yield_percent: read_u64(raw, "yieldPercent", (0, 10_000))?.unwrap_or(d.yield_percent),
+            yield_batch_ms: read_u64(raw, "yieldBatchMs", (0, 600_000))?
+                .unwrap_or(d.yield_batch_ms),
             max_parts_percent: read_u64(raw, "maxPartsPercent", (0, 100))?
                 .unwrap_or(d.max_parts_percent),
+            max_merge_pool_percent: read_u64(raw, "maxMergePoolPercent", (0, 100))?
+                .unwrap_or(d.max_merge_pool_percent),
+            max_server_memory_percent: read_u64(raw, "maxServerMemoryPercent", (0, 100))?
+                .unwrap_or(d.max_server_memory_percent),
+            max_server_memory_bytes: read_u64(raw, "maxServerMemoryBytes", big)?
+                .unwrap_or(d.max_server_memory_bytes),
             check_ms: read_u64(raw, "throttleCheckMs", (10, 600_000))?.unwrap_or(d.check_ms),
         })
     }
@@ -134,6 +170,29 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "args.maxPartsPercent must be an integer from 0 to 100, got 150"
+        );
+        let err = Limits::parse(json!({"maxWalBytesPerSecond": "1 MB"}).as_object().unwrap())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.maxWalBytesPerSecond must be an integer from 0 to 9223372036854775807, got \"1 MB\""
+        );
+        let err =
+            Limits::parse(json!({"maxServerMemoryPercent": -1}).as_object().unwrap()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("args.maxServerMemoryPercent must be an integer from 0 to 100")
+        );
+        let err =
+            Limits::parse(json!({"maxMergePoolPercent": 101}).as_object().unwrap()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("args.maxMergePoolPercent must be an integer from 0 to 100")
+        );
+        let err = Limits::parse(json!({"yieldBatchMs": 1.5}).as_object().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.yieldBatchMs must be an integer from 0 to 600000, got 1.5"
         );
     }
 

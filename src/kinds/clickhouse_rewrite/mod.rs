@@ -5,8 +5,18 @@
 //! Idempotent like `copy`: the target must be a `ReplacingMergeTree`, so a partition inserted twice (a crash after
 //! ClickHouse acknowledged it, before the checkpoint) collapses on merge.
 //!
-//! Layout: one file — the definition ([`RewriteSpec`]), the checkpoint ([`RewriteCheckpoint`]), the statement and
-//! the batch. Partitions are not keys: the shared keyset does not apply, the shared checkpoint error does.
+//! Bounded in memory: every statement carries `max_memory_usage`, `max_threads`, `max_block_size` (and
+//! `max_insert_threads` where the server knows it) from the args ([`QueryLimits`]). A partition that fails on
+//! memory (code 241) is split along the source's sorting key into ranges of half its rows, then half again, until
+//! a range fits; the rest of that partition goes on in ranges of that size, one per batch, the range's upper key
+//! in the checkpoint. Another error — or a range of one key that still does not fit — fails the batch with that
+//! first real error.
+//!
+//! Layout: this file — the definition ([`RewriteSpec`]), the checkpoint ([`RewriteCheckpoint`]), the statement and
+//! the batch; [`key_range`] the ranges inside a partition. Partitions are not keys: the shared keyset does not
+//! apply, the shared checkpoint error does.
+
+mod key_range;
 
 use std::sync::Arc;
 
@@ -14,9 +24,13 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use tokio::sync::OnceCell;
+
+use self::key_range::KeyOrder;
 use super::ch_error;
 use super::checkpoint::Checkpoint;
-use crate::clickhouse::{ClickHouse, quote_ident, quote_literal};
+use crate::clickhouse::limits::QueryLimits;
+use crate::clickhouse::{ClickHouse, ClickHouseError, quote_ident, quote_literal};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::Stores;
 
@@ -44,7 +58,8 @@ pub struct RewriteSpec {
     pub filter: Option<String>,
 }
 
-/// A rewrite's checkpoint: `{"partition": "<last partition id done>", "done": true|false}`.
+/// A rewrite's checkpoint: `{"partition": "<last partition id done>", "done": true|false}`, with `split` while a
+/// partition goes in key ranges.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RewriteCheckpoint {
     /// The last partition rewritten; `None` (written `null`) before the first.
@@ -53,16 +68,42 @@ pub struct RewriteCheckpoint {
     /// True after the last partition.
     #[serde(default)]
     pub done: bool,
+    /// The partition in progress in key ranges, when a whole one did not fit in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// A partition rewritten in key ranges: `{"partition": "202409", "after": ["e1042"], "rows": 5000}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    /// The partition in progress.
+    pub partition: String,
+    /// The sorting key of the last row done (as text, one value per key expression); `None` before the first range.
+    #[serde(default)]
+    pub after: Option<Vec<String>>,
+    /// Rows per range: the size that fit.
+    pub rows: u64,
 }
 
 impl Checkpoint for RewriteCheckpoint {
-    const SHAPE: &'static str = "{\"partition\": \"partition id\", \"done\": true|false}";
+    const SHAPE: &'static str = "{\"partition\": \"partition id\", \"done\": true|false, \"split\": \
+                                 {\"partition\": \"id\", \"after\": [\"key\"], \"rows\": 5000} (optional)}";
 }
 
 /// A rewrite bound to its store.
 pub struct ClickHouseRewrite {
     spec: RewriteSpec,
     clickhouse: ClickHouse,
+    /// Whether the server knows `max_insert_threads` (not 18.x), asked once.
+    insert_threads: OnceCell<bool>,
+    /// The source's sorting key, read at the first split.
+    key_order: OnceCell<Option<KeyOrder>>,
+}
+
+/// What one chunk did: rows read, and the upper key of a range that did not reach the partition's end.
+struct Chunk {
+    rows: u64,
+    upto: Option<Vec<String>>,
 }
 
 impl ClickHouseRewrite {
@@ -81,7 +122,98 @@ impl ClickHouseRewrite {
                 stores.clickhouse_names().join(", ")
             )
         })?;
-        Ok(Arc::new(ClickHouseRewrite { spec, clickhouse }))
+        Ok(Arc::new(ClickHouseRewrite {
+            spec,
+            clickhouse,
+            insert_threads: OnceCell::new(),
+            key_order: OnceCell::new(),
+        }))
+    }
+
+    /// The query settings for `limits` on this server.
+    async fn settings(
+        &self,
+        limits: &QueryLimits,
+    ) -> Result<Vec<(&'static str, String)>, MigrationError> {
+        let known = self
+            .insert_threads
+            .get_or_try_init(|| async {
+                let sql = "SELECT count() FROM system.settings WHERE name = 'max_insert_threads'";
+                Ok::<_, ClickHouseError>(self.clickhouse.query_value(sql).await? != "0")
+            })
+            .await
+            .map_err(ch_error)?;
+        Ok(limits.settings(*known))
+    }
+
+    async fn key_order(&self) -> Result<Option<&KeyOrder>, ClickHouseError> {
+        let order = self
+            .key_order
+            .get_or_try_init(|| async {
+                let sorting_key = self
+                    .clickhouse
+                    .table(&self.spec.from)
+                    .await?
+                    .map(|t| t.sorting_key)
+                    .unwrap_or_default();
+                KeyOrder::of(&self.clickhouse, &self.spec.from, &sorting_key).await
+            })
+            .await?;
+        Ok(order.as_ref())
+    }
+
+    /// One chunk: the whole partition (`split` = None) or the next key range of `split.rows` rows.
+    async fn chunk(
+        &self,
+        partition: &str,
+        whole_rows: u64,
+        split: Option<&Split>,
+        settings: &[(&str, String)],
+    ) -> Result<Chunk, ClickHouseError> {
+        let statement =
+            self.statement(partition)
+                .await
+                .map_err(|err| ClickHouseError::Protocol {
+                    context: format!("read the columns of {}", self.spec.to),
+                    detail: err.to_string(),
+                })?;
+        let Some(split) = split else {
+            self.clickhouse.execute_with(&statement, settings).await?;
+            return Ok(Chunk {
+                rows: whole_rows,
+                upto: None,
+            });
+        };
+        let Some(order) = self.key_order().await? else {
+            return Err(ClickHouseError::Protocol {
+                context: format!("split partition {partition} of {}", self.spec.from),
+                detail: "the table has no sorting key to split along".into(),
+            });
+        };
+        let after = split.after.as_deref();
+        let bound = order.bound_query(&self.spec.from, partition, after, split.rows);
+        let upto = self
+            .clickhouse
+            .query_rows_with(&bound, settings)
+            .await?
+            .into_iter()
+            .next();
+        let range = order.condition(after, upto.as_deref());
+        let count = format!(
+            "SELECT count() FROM {} WHERE _partition_id = {}{range}",
+            quote_ident(&self.spec.from),
+            quote_literal(partition)
+        );
+        let rows = self.clickhouse.query_rows_with(&count, settings).await?;
+        let rows = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        self.clickhouse
+            .execute_with(&format!("{statement}{range}"), settings)
+            .await?;
+        Ok(Chunk { rows, upto })
     }
 
     /// Active partitions of the source with their row counts, in partition id order.
@@ -177,17 +309,27 @@ impl Migration for ClickHouseRewrite {
         ))
     }
 
+    fn health_checks(&self) -> Vec<Arc<dyn crate::throttle::HealthCheck>> {
+        vec![Arc::new(crate::throttle::clickhouse::ChHealth::new(
+            self.clickhouse.clone(),
+            self.spec.to.clone(),
+        ))]
+    }
+
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
-        let after = RewriteCheckpoint::read(batch.state)?.partition;
-        let mut remaining = self
-            .partitions()
-            .await?
-            .into_iter()
-            .filter(|(id, _)| after.as_ref().is_none_or(|done| id > done));
-        let Some((partition, rows)) = remaining.next() else {
+        let checkpoint = RewriteCheckpoint::read(batch.state)?;
+        let partitions = self.partitions().await?;
+        let next = match &checkpoint.split {
+            Some(split) => partitions.iter().find(|(id, _)| *id == split.partition),
+            None => partitions
+                .iter()
+                .find(|(id, _)| checkpoint.partition.as_ref().is_none_or(|done| id > done)),
+        };
+        let Some((partition, whole_rows)) = next.cloned() else {
             let last = RewriteCheckpoint {
-                partition: after,
+                partition: checkpoint.partition,
                 done: true,
+                split: None,
             };
             return Ok(BatchOutcome {
                 state: last.to_state(),
@@ -196,21 +338,55 @@ impl Migration for ClickHouseRewrite {
                 bytes: 0,
             });
         };
-        let statement = self.statement(&partition).await?;
-        self.clickhouse
-            .execute(&statement)
-            .await
-            .map_err(ch_error)?;
+        let settings = self.settings(&batch.args.clickhouse).await?;
+        let mut split = checkpoint.split.clone();
+        let mut first_memory_error = None;
+        let chunk = loop {
+            let err = match self
+                .chunk(&partition, whole_rows, split.as_ref(), &settings)
+                .await
+            {
+                Ok(chunk) => break chunk,
+                Err(err) if err.is_memory_limit() => err,
+                Err(err) => return Err(ch_error(err)),
+            };
+            let rows = split.as_ref().map_or(whole_rows, |s| s.rows) / 2;
+            let first = first_memory_error.get_or_insert(err);
+            if rows == 0 {
+                return Err(MigrationError::Permanent(format!(
+                    "{first}; even a range of one key of partition {partition} does not fit in maxMemoryUsage {} \
+                     bytes: raise it with `bgmigrate set-args NAME '{{\"maxMemoryUsage\": ...}}'`",
+                    batch.args.clickhouse.max_memory_usage
+                )));
+            }
+            tracing::info!(partition = %partition, rows, "a chunk did not fit in maxMemoryUsage; splitting it by key range");
+            split = Some(Split {
+                partition: partition.clone(),
+                after: split.and_then(|s| s.after),
+                rows,
+            });
+        };
         // The last partition listed ends the rewrite; partitions created after the listing are not its business.
-        let done = remaining.next().is_none();
-        let next = RewriteCheckpoint {
-            partition: Some(partition),
-            done,
+        let last = !partitions.iter().any(|(id, _)| *id > partition);
+        let next = match (split, chunk.upto) {
+            (Some(split), Some(upto)) => RewriteCheckpoint {
+                partition: checkpoint.partition,
+                done: false,
+                split: Some(Split {
+                    after: Some(upto),
+                    ..split
+                }),
+            },
+            _ => RewriteCheckpoint {
+                partition: Some(partition),
+                done: last,
+                split: None,
+            },
         };
         Ok(BatchOutcome {
+            done: next.done,
             state: next.to_state(),
-            done,
-            rows,
+            rows: chunk.rows,
             bytes: 0,
         })
     }

@@ -1,0 +1,466 @@
+//! Foreground impact: how much a backfill at default settings slows a fixed-rate point-update load on the table it
+//! walks, and how much of its idle speed it keeps while it shares the database.
+//!
+//! ```text
+//! cargo bench --bench foreground
+//! BGMIGRATE_BENCH_ROWS=1000000 BGMIGRATE_BENCH_RATES=400 cargo bench --bench foreground
+//! ```
+//!
+//! Environment:
+//! * `BGMIGRATE_BENCH_PG`         server URL without a database (default `postgres://postgres@127.0.0.1:5432`);
+//!   the benchmark creates and drops its own database `bgm_bench_foreground` there.
+//! * `BGMIGRATE_BENCH_ROWS`       rows in the table (default 3,000,000; 1,000,000 for a quicker run).
+//! * `BGMIGRATE_BENCH_RATES`      load levels in transactions per second (default `100,400,800`).
+//! * `BGMIGRATE_BENCH_LOAD_SECS`  how long the load runs alone at each level (default 20).
+//! * `BGMIGRATE_BENCH_ARGS`       the backfill's `args` as JSON (default `{}`: the engine's defaults).
+//! * `BGMIGRATE_BENCH_KEEP=1`     keeps the database afterwards.
+//! * `RUST_LOG`                   log filter (default `warn,sqlx=error,sqlx_core=error`).
+//!
+//! One table `items` (`md5` text key, so key order is not heap order; ~340-byte rows; autovacuum off so that no
+//! vacuum lands in one run and not another — each run is followed by a `VACUUM`). The load is `pgbench` at a fixed
+//! rate (`--rate`, 4 clients, 2 threads) updating one random row's `hits` by key; its per-transaction log gives
+//! latencies measured from each transaction's *scheduled* start, so a stalled database is not hidden by clients
+//! that stopped sending (no coordinated omission). Each backfill sets a fresh column to `a + b`.
+//!
+//! Measured in one run: one plain `UPDATE` of all rows and the backfill on the idle database (the references); then
+//! per load level the load alone, and the load during a backfill — run in 5-second pgbench segments until the
+//! backfill finishes, keeping only transactions that completed before it did.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use bgmigrate::config::Connected;
+use bgmigrate::{Registration, Runner, RunnerConfig, builtin_registry};
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, PgPool, Row};
+use support::{env_u64, exec, pool};
+
+const DATABASE: &str = "bgm_bench_foreground";
+/// The load's p99 during the backfill may be at most this many times its p99 alone.
+const TARGET_P99_RATIO: f64 = 2.0;
+/// The backfill must keep at least this share of its idle-database speed under load.
+const TARGET_SPEED_SHARE: f64 = 0.35;
+/// On the idle database the backfill must reach this share of one plain `UPDATE`'s speed.
+const TARGET_IDLE_RATIO: f64 = 0.9;
+/// Clients and threads of the load.
+const CLIENTS: u32 = 4;
+const THREADS: u32 = 2;
+/// Length of one load segment during a backfill.
+const SEGMENT_SECS: u64 = 5;
+
+/// Per-transaction latencies of one load run, in microseconds.
+struct Load {
+    latencies_us: Vec<u64>,
+    seconds: f64,
+}
+
+impl Load {
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+        sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.seconds.max(0.001)
+    }
+}
+
+/// One backfill's figures.
+struct Backfill {
+    seconds: f64,
+    /// WAL the server wrote per second during the backfill (all sessions).
+    wal_mib_per_sec: f64,
+    batches: i64,
+    median_batch_ms: f64,
+    busy_ms: i64,
+    throttled: Option<String>,
+}
+
+/// Builds `items` and freezes its layout.
+async fn build_table(db: &PgPool, rows: u64) -> anyhow::Result<()> {
+    exec(
+        db,
+        &format!(
+            "CREATE TABLE items (id text NOT NULL, a int NOT NULL, b int NOT NULL, hits int NOT NULL DEFAULT 0, \
+             payload text NOT NULL) WITH (autovacuum_enabled = false);
+             INSERT INTO items (id, a, b, payload)
+             SELECT md5(g::text), g % 1000, (g * 7) % 1000, repeat(md5((g + 1)::text), 8)
+             FROM generate_series(1, {rows}) AS g;
+             ALTER TABLE items ADD PRIMARY KEY (id);"
+        ),
+    )
+    .await?;
+    exec(db, "VACUUM ANALYZE items").await
+}
+
+/// Runs `pgbench` at `rate` tx/s for `seconds`, logging each transaction under `prefix`.
+async fn pgbench(
+    url: &str,
+    script: &Path,
+    rate: u64,
+    seconds: u64,
+    prefix: &Path,
+) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-n", "-c", &CLIENTS.to_string(), "-j", &THREADS.to_string()])
+        .args(["-R", &rate.to_string(), "-T", &seconds.to_string()])
+        .arg("-f")
+        .arg(script)
+        .arg("--log")
+        .arg(format!("--log-prefix={}", prefix.display()))
+        .arg(url)
+        .output()
+        .await
+        .context("run pgbench (Debian: it comes with the postgresql server package)")?;
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Latencies of the transactions logged in `dir` under `prefix`, completed before `until` (µs since the epoch).
+fn read_latencies(dir: &Path, prefix: &str, until: Option<u128>) -> anyhow::Result<Vec<u64>> {
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path())?.lines() {
+            // client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(time), Some(epoch), Some(us)) = (fields.get(2), fields.get(4), fields.get(5))
+            else {
+                continue;
+            };
+            let done = epoch.parse::<u128>()? * 1_000_000 + us.parse::<u128>()?;
+            if until.is_none_or(|until| done <= until) {
+                latencies.push(
+                    time.parse()
+                        .with_context(|| format!("pgbench log line {line:?}"))?,
+                );
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+/// The fixed load alone at `rate` for `seconds`.
+async fn load_alone(
+    url: &str,
+    script: &Path,
+    logs: &Path,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Load> {
+    let prefix = format!("alone_{rate}");
+    let db = pool(url).await?;
+    // As before each backfill: no checkpoint of earlier writes lands in this run.
+    exec(&db, "CHECKPOINT").await?;
+    db.close().await;
+    let started = Instant::now();
+    pgbench(url, script, rate, seconds, &logs.join(&prefix)).await?;
+    Ok(Load {
+        latencies_us: read_latencies(logs, &prefix, None)?,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Registers a backfill of `column` and runs it to the end; with `load` = (rate, script, logs), the load runs in
+/// segments meanwhile and its latencies up to the backfill's end are returned too.
+async fn backfill(
+    connected: &Connected,
+    db: &PgPool,
+    url: &str,
+    column: &str,
+    args: &Value,
+    load: Option<(u64, &Path, &Path)>,
+) -> anyhow::Result<(Backfill, Option<Load>)> {
+    exec(db, &format!("ALTER TABLE items ADD COLUMN {column} int")).await?;
+    let registry = builtin_registry();
+    connected
+        .control
+        .register(
+            &[Registration {
+                name: column.to_owned(),
+                script: "backfill".into(),
+                params: json!({
+                    "store": "postgres", "table": "items", "key": ["id"], "set": { column: "a + b" }
+                }),
+                args: args.clone(),
+                depends_on: None,
+            }],
+            &registry,
+        )
+        .await?;
+    exec(db, "CHECKPOINT").await?;
+    let wal_before = wal_position(db).await?;
+    let runner = Runner::new(
+        connected.control.clone(),
+        registry,
+        connected.stores.clone(),
+        RunnerConfig {
+            exit_when_done: true,
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let run = tokio::spawn(async move { runner.spawn().join().await });
+    let mut segments = 0;
+    if let Some((rate, script, logs)) = load {
+        while !run.is_finished() {
+            let prefix = logs.join(format!("during_{rate}_{segments}"));
+            pgbench(url, script, rate, SEGMENT_SECS, &prefix).await?;
+            segments += 1;
+        }
+    }
+    let summary = run.await??;
+    let seconds = started.elapsed().as_secs_f64();
+    let ended = now_us();
+    let wal_mib_per_sec = (wal_position(db).await? - wal_before) / seconds / 1024.0 / 1024.0;
+    if !summary.failed.is_empty() {
+        bail!("the backfill failed: {:?}", summary.failed);
+    }
+    ensure!(
+        summary.finished == [column],
+        "the runner did not finish {column}: {summary:?}"
+    );
+    let wrong: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM items WHERE {column} IS DISTINCT FROM a + b"
+    )))
+    .fetch_one(db)
+    .await?;
+    ensure!(
+        wrong == 0,
+        "the backfill of {column} left {wrong} rows wrong"
+    );
+    let stats = sqlx::query(
+        "SELECT count(*) AS batches, coalesce(sum(duration_ms), 0)::bigint AS busy, \
+             coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) AS median \
+         FROM background_migration_batches WHERE migration_name = $1",
+    )
+    .bind(column)
+    .fetch_one(db)
+    .await?;
+    let throttled: Option<String> = sqlx::query_scalar(
+        "SELECT string_agg(DISTINCT detail->>'signal', ', ') FROM background_migration_events \
+         WHERE migration_name = $1 AND kind = 'throttled'",
+    )
+    .bind(column)
+    .fetch_one(db)
+    .await?;
+    exec(db, "VACUUM items").await?;
+    let load = match load {
+        Some((rate, _, logs)) => Some(Load {
+            latencies_us: read_latencies(logs, &format!("during_{rate}_"), Some(ended))?,
+            seconds,
+        }),
+        None => None,
+    };
+    Ok((
+        Backfill {
+            seconds,
+            wal_mib_per_sec,
+            batches: stats.try_get("batches")?,
+            median_batch_ms: stats.try_get("median")?,
+            busy_ms: stats.try_get("busy")?,
+            throttled,
+        },
+        load,
+    ))
+}
+
+/// The server's WAL position in bytes.
+async fn wal_position(db: &PgPool) -> anyhow::Result<f64> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// The load levels from `BGMIGRATE_BENCH_RATES`.
+fn rates() -> anyhow::Result<Vec<u64>> {
+    let text = std::env::var("BGMIGRATE_BENCH_RATES").unwrap_or_else(|_| "100,400,800".into());
+    text.split(',')
+        .map(|r| {
+            r.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|r| *r > 0)
+                .with_context(|| format!("BGMIGRATE_BENCH_RATES={text:?}: expected positive integers like 100,400,800"))
+        })
+        .collect()
+}
+
+async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<()> {
+    let rates = rates()?;
+    let alone_secs = env_u64("BGMIGRATE_BENCH_LOAD_SECS")?.unwrap_or(20);
+    let db = pool(url).await?;
+    let started = Instant::now();
+    build_table(&db, rows).await?;
+    eprintln!(
+        "built items: {rows} rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let script = logs.join("update.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set n random(1, {rows})\nUPDATE items SET hits = hits + 1 WHERE id = md5(:n::text);\n"
+        ),
+    )?;
+
+    // References: one plain UPDATE, then the backfill on the idle database.
+    exec(
+        &db,
+        "ALTER TABLE items ADD COLUMN total_ref int; CHECKPOINT",
+    )
+    .await?;
+    let started = Instant::now();
+    exec(&db, "UPDATE items SET total_ref = a + b").await?;
+    let update_secs = started.elapsed().as_secs_f64();
+    exec(&db, "VACUUM items").await?;
+    let connected = bgmigrate::config::connect(url).await?;
+    connected.control.ensure_schema().await?;
+    let (idle, _) = backfill(&connected, &db, url, "total_idle", args, None).await?;
+    eprintln!(
+        "idle backfill {:.1} s, plain UPDATE {update_secs:.1} s",
+        idle.seconds
+    );
+
+    let mut lines = Vec::new();
+    for &rate in &rates {
+        let alone = load_alone(url, &script, logs, rate, alone_secs).await?;
+        let column = format!("total_r{rate}");
+        let (during_backfill, during) = backfill(
+            &connected,
+            &db,
+            url,
+            &column,
+            args,
+            Some((rate, &script, logs)),
+        )
+        .await?;
+        let during = during.expect("load ran");
+        eprintln!(
+            "{rate} tx/s: p99 {:.1} ms alone, {:.1} ms during; backfill {:.1} s",
+            alone.percentile_ms(0.99),
+            during.percentile_ms(0.99),
+            during_backfill.seconds
+        );
+        lines.push((rate, alone, during, during_backfill));
+    }
+    drop(connected);
+
+    let idle_rate = rows as f64 / idle.seconds;
+    let update_rate = rows as f64 / update_secs;
+    let idle_ratio = idle_rate / update_rate;
+    let args_label = if args.as_object().is_some_and(|a| a.is_empty()) {
+        "defaults".to_owned()
+    } else {
+        args.to_string()
+    };
+    println!(
+        "foreground-impact benchmark: {rows} rows, backfill args {args_label}, load {CLIENTS} clients"
+    );
+    println!(
+        "  idle: plain UPDATE {update_secs:.2} s ({update_rate:.0} rows/s); backfill {:.2} s ({idle_rate:.0} rows/s, \
+         {} batches, median {:.0} ms, WAL {:.0} MiB/s, throttled by {}); ratio {idle_ratio:.2} (target >= \
+         {TARGET_IDLE_RATIO}: {})",
+        idle.seconds,
+        idle.batches,
+        idle.median_batch_ms,
+        idle.wal_mib_per_sec,
+        idle.throttled.as_deref().unwrap_or("-"),
+        if idle_ratio >= TARGET_IDLE_RATIO {
+            "MET"
+        } else {
+            "NOT MET"
+        }
+    );
+    println!(
+        "  {:>6} | {:>9} | {:>9} | {:>9} | {:>9} | {:>6} | {:>11} | {:>7} | {:>6} | {:>5} | throttled by",
+        "tx/s",
+        "p50 alone",
+        "p99 alone",
+        "p50 durng",
+        "p99 durng",
+        "ratio",
+        "backfill/s",
+        "of idle",
+        "median",
+        "busy"
+    );
+    let mut met = idle_ratio >= TARGET_IDLE_RATIO;
+    for (rate, alone, during, backfill) in &lines {
+        let ratio = during.percentile_ms(0.99) / alone.percentile_ms(0.99).max(0.001);
+        let speed = rows as f64 / backfill.seconds;
+        let share = speed / idle_rate;
+        met &= ratio <= TARGET_P99_RATIO && share >= TARGET_SPEED_SHARE;
+        println!(
+            "  {rate:>6} | {:>6.1} ms | {:>6.1} ms | {:>6.1} ms | {:>6.1} ms | {ratio:>5.2}x | {speed:>11.0} | {:>6.0}% | {:>3.0} ms | {:>4.0}% | {}",
+            alone.percentile_ms(0.5),
+            alone.percentile_ms(0.99),
+            during.percentile_ms(0.5),
+            during.percentile_ms(0.99),
+            share * 100.0,
+            backfill.median_batch_ms,
+            backfill.busy_ms as f64 / 10.0 / backfill.seconds,
+            backfill.throttled.as_deref().unwrap_or("-")
+        );
+        eprintln!(
+            "    ({rate} tx/s: load ran at {:.0} tx/s alone, {:.0} tx/s during; {} batches; WAL {:.0} MiB/s)",
+            alone.rate(),
+            during.rate(),
+            backfill.batches,
+            backfill.wal_mib_per_sec
+        );
+    }
+    println!(
+        "target: p99 during <= {TARGET_P99_RATIO}x alone, backfill >= {:.0}% of idle speed, idle >= {TARGET_IDLE_RATIO}x \
+         UPDATE: {}",
+        TARGET_SPEED_SHARE * 100.0,
+        if met { "MET" } else { "NOT MET" }
+    );
+    db.close().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if !support::start("foreground") {
+        return Ok(());
+    }
+    let rows = env_u64("BGMIGRATE_BENCH_ROWS")?.unwrap_or(3_000_000);
+    ensure!(rows > 0, "BGMIGRATE_BENCH_ROWS must be at least 1");
+    let args: Value = match std::env::var("BGMIGRATE_BENCH_ARGS") {
+        Ok(text) if !text.trim().is_empty() => serde_json::from_str(&text)
+            .with_context(|| format!("BGMIGRATE_BENCH_ARGS={text:?} is not JSON"))?,
+        _ => json!({}),
+    };
+    bgmigrate::Args::parse(&args).context("BGMIGRATE_BENCH_ARGS")?;
+    let logs: PathBuf = tempfile::tempdir()?.keep();
+    let result = support::in_fresh_database(DATABASE, |url| {
+        let (args, logs) = (&args, &logs);
+        async move { run(&url, rows, args, logs).await }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&logs);
+    result
+}
