@@ -94,7 +94,7 @@ async fn a_wal_rate_past_max_wal_bytes_per_second_holds_a_backfill_until_lifted(
         "0001_v",
         "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\n\
          set = { v = \"id * 2\", hits = \"hits + 1\" }\n\
-         [args]\nbatchSize = 500\nmaxWalBytesPerSecond = 1048576\nthrottleCheckMs = 100\n",
+         [args]\nbatchSize = 500\nsleepMs = 100\nmaxWalBytesPerSecond = 1048576\nthrottleCheckMs = 100\n",
     );
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
     let held = hold_then_lift(
