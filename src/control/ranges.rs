@@ -42,7 +42,6 @@ pub(super) struct RangeStatements {
     claim: String,
     insert: String,
     held: String,
-    held_before: String,
     renew: String,
     add_progress: String,
     checkpoint: String,
@@ -112,10 +111,12 @@ impl RangeStatements {
                 sql.json_param(4),
                 sql.now_plus_seconds(8)
             ),
-            held: format!("SELECT {ranges} FROM background_migration_ranges r WHERE {RANGE_FENCE}"),
-            held_before: format!(
-                "SELECT count(*) FROM background_migration_ranges l WHERE l.migration_id = $1 AND l.range_no < $2 \
-                 AND {held_now}"
+            // The range, and (last column) how many ranges numbered below it are held now: read before every
+            // batch, so in one statement.
+            held: format!(
+                "SELECT {ranges}, CAST((SELECT count(*) FROM background_migration_ranges l \
+                 WHERE l.migration_id = $1 AND l.range_no < $2 AND {held_now}) AS TEXT) \
+                 FROM background_migration_ranges r WHERE {RANGE_FENCE}"
             ),
             // Not fenced on `done`: the heartbeat may beat once between a range's last checkpoint and its end.
             renew: format!(
@@ -439,32 +440,26 @@ impl SqlControlStore {
         let rows = tx
             .fetch_all_text(&self.statements.ranges.held, &fence)
             .await?;
-        let found = match rows.first() {
-            Some(row) => Some(decode_range(row)?),
-            None => None,
+        let Some(row) = rows.first() else {
+            tx.commit().await?;
+            return Err(ControlError::LeaseLost(lease.name.clone()));
         };
-        let held_before = tx
-            .fetch_count(
-                &self.statements.ranges.held_before,
-                &[
-                    SqlParam::Text(lease.migration_id.clone()),
-                    SqlParam::Int(range.no),
-                ],
-            )
-            .await?;
-        let record = match found {
-            Some(_) => Some(self.record_in(tx.as_mut(), &lease.name).await?),
-            None => None,
-        };
+        let found = decode_range(row)?;
+        let held_before = row
+            .get(RANGE_COLUMNS.len())
+            .cloned()
+            .flatten()
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ControlError::Corrupt("background_migration_ranges: no held count".into())
+            })?;
+        let record = self.record_in(tx.as_mut(), &lease.name).await?;
         tx.commit().await?;
-        match (record, found) {
-            (Some(record), Some(range)) => Ok(HeldRange {
-                record,
-                range,
-                held_before: held_before.max(0) as u64,
-            }),
-            _ => Err(ControlError::LeaseLost(lease.name.clone())),
-        }
+        Ok(HeldRange {
+            record,
+            range: found,
+            held_before,
+        })
     }
 
     pub(super) async fn renew_range(
