@@ -299,12 +299,17 @@ pub(super) async fn stream(
     let policy = &ctx.config.retry;
     let first = position(ctx, migration, &mut lease, stop).await?;
     let mut sizer = BatchSizer::new(initial_size, &first.args);
+    // The first batch starts from the position just read; every later one reads it again.
+    let mut first = Some(first);
     let mut throttle = Throttle::new(migration.health_checks());
     loop {
         if stop.is_cancelled() {
             return Ok(Ending::Released);
         }
-        let mut at = position(ctx, migration, &mut lease, stop).await?;
+        let mut at = match first.take() {
+            Some(at) => at,
+            None => position(ctx, migration, &mut lease, stop).await?,
+        };
         if at.give_back {
             return Ok(Ending::Released);
         }
