@@ -488,7 +488,8 @@ async fn langfuse_v2_rows_land_in_the_real_v3_tables_of_current_clickhouse() {
 }
 
 /// The ClickHouse health query (parts, merges, merge pool, `MemoryTracking`) and the rewrite's settings probe parse
-/// and answer on current ClickHouse as on 18.16: a quiet server lets go, an absolute memory limit of one byte holds,
+/// and answer on current ClickHouse as on 18.16: a quiet server lets go, eleven unmerged parts hold at 1 % of
+/// `parts_to_delay_insert`, an absolute memory limit of one byte holds whenever the server tracks memory at all,
 /// and `system.settings` lists `max_insert_threads`, so the rewrite sends it there.
 #[tokio::test]
 async fn the_health_signals_and_the_rewrite_settings_probe_work_on_current_clickhouse() {
@@ -506,13 +507,40 @@ async fn the_health_signals_and_the_rewrite_settings_probe_work_on_current_click
         Ok(Health::Fine),
         "a quiet server"
     );
+    // The parts signal holds deterministically: merges stopped, eleven inserts make eleven active parts in one
+    // partition, past 1 % of current ClickHouse's `parts_to_delay_insert` (1000).
+    ch.exec("SYSTEM STOP MERGES events").await;
+    for batch in 0..11 {
+        ch.exec(&format!("INSERT INTO events VALUES ('again-{batch}')"))
+            .await;
+    }
+    let one_percent = Limits {
+        max_parts_percent: 1,
+        ..Limits::default()
+    };
+    match health.check(&one_percent).await {
+        Ok(Health::Hold { signal, reason }) => {
+            assert_eq!(signal, "clickhouse_parts", "{reason}");
+            assert!(reason.contains("parts_to_delay_insert 1000"), "{reason}");
+        }
+        other => panic!("expected a parts hold, got {other:?}"),
+    }
+    // The memory signal compares `MemoryTracking` with the limit. In-process chDB's tracker can read zero or
+    // below (memory freed by threads it did not count), where no limit is ever passed, so the expectation
+    // follows the server's own reading.
+    let tracked: i64 = ch
+        .value("SELECT toInt64(sum(value)) FROM system.metrics WHERE metric = 'MemoryTracking'")
+        .await
+        .parse()
+        .expect("MemoryTracking is a number");
     let one_byte = Limits {
         max_server_memory_bytes: 1,
         ..Limits::default()
     };
     match health.check(&one_byte).await {
         Ok(Health::Hold { signal, .. }) => assert_eq!(signal, "clickhouse_memory"),
-        other => panic!("expected a memory hold, got {other:?}"),
+        Ok(Health::Fine) if tracked <= 1 => {}
+        other => panic!("expected a memory hold with {tracked} bytes tracked, got {other:?}"),
     }
     assert_eq!(
         ch.value("SELECT count() FROM system.settings WHERE name = 'max_insert_threads'")
