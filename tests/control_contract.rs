@@ -194,6 +194,50 @@ async fn concurrent_claims_give_a_migration_to_exactly_one_worker(env: &Env) {
     assert_eq!(record.attempts, 1);
 }
 
+async fn claimable_sees_what_a_claim_would_take_even_while_another_claim_holds_its_row(env: &Env) {
+    env.register(&[noop("0001_a")], &noop_registry()).await;
+    assert!(env.control().claimable(&scripts()).await.unwrap());
+    assert!(
+        !env.control()
+            .claimable(&["other".to_owned()])
+            .await
+            .unwrap(),
+        "not for a worker without the script"
+    );
+    if env.store == "postgres" {
+        // A claim in flight: its row is locked until it commits. claim_next passes it by; claimable still sees it,
+        // so a draining worker waits instead of exiting. (On SQLite a claim in flight holds the whole database.)
+        let mut claim_in_flight = env.sql().begin().await.unwrap();
+        claim_in_flight
+            .execute(
+                "SELECT 1 FROM background_migrations WHERE name = '0001_a' FOR UPDATE",
+                &[],
+            )
+            .await
+            .unwrap();
+        let passed_by = env
+            .control()
+            .claim_next("w1", Duration::from_secs(30), &scripts())
+            .await
+            .unwrap();
+        assert!(passed_by.is_none(), "the locked row is skipped");
+        assert!(env.control().claimable(&scripts()).await.unwrap());
+        claim_in_flight.commit().await.unwrap();
+    }
+    let claim = env
+        .control()
+        .claim_next("w1", Duration::from_secs(30), &scripts())
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert!(
+        !env.control().claimable(&scripts()).await.unwrap(),
+        "running under a live lease: nothing to claim"
+    );
+    env.control().fail(&claim.lease, "stop").await.unwrap();
+    assert!(!env.control().claimable(&scripts()).await.unwrap());
+}
+
 /// Awaits every task, in order.
 async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::new();
@@ -685,6 +729,9 @@ macro_rules! contract {
 contract! {
     /// Six workers race for one pending migration; exactly one gets it.
     concurrent_claims_give_a_migration_to_exactly_one_worker,
+    /// `claimable` answers as a claim would, locks aside: a row whose claim is in flight still counts, a running or
+    /// failed one does not.
+    claimable_sees_what_a_claim_would_take_even_while_another_claim_holds_its_row,
     /// A lease that was not renewed is taken over by another worker; every write of the old owner is refused.
     an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced_out,
     /// Registration inserts new names only: an operator's args survive a redeploy of the definition.

@@ -219,6 +219,14 @@ impl LeaseStore for SqlControlStore {
         }))
     }
 
+    async fn claimable(&self, scripts: &[String]) -> Result<bool, ControlError> {
+        let scripts = Value::from(scripts.to_vec()).to_string();
+        let rows = self
+            .read_rows(&self.statements.claimable, &[SqlParam::Text(scripts)])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, ControlError> {
         if let Some(range) = &lease.range {
             return self.renew_range(lease, range, ttl).await;

@@ -117,6 +117,11 @@ pub trait LeaseStore: Send + Sync {
         scripts: &[String],
     ) -> Result<Option<Claim>, ControlError>;
 
+    /// Whether a migration among `scripts` is runnable as [`LeaseStore::claim_next`] sees it, locks aside: `true`
+    /// while `claim_next` found none means another worker's claim of it is in flight (its row is locked until that
+    /// claim commits), so a worker draining with `--exit-when-done` waits for it instead of exiting.
+    async fn claimable(&self, scripts: &[String]) -> Result<bool, ControlError>;
+
     /// Renews the lease; `false` when it is no longer held.
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, ControlError>;
 

@@ -33,6 +33,7 @@ pub(super) struct Statements {
     pub(super) register: String,
     pub(super) insert_event: String,
     pub(super) claim_candidate: String,
+    pub(super) claimable: String,
     pub(super) claim: String,
     pub(super) renew: String,
     pub(super) set_rows_total: String,
@@ -61,6 +62,17 @@ impl Statements {
     fn render(sql: ControlSql) -> Self {
         let now = sql.now();
         let records = select_list(sql, RECORD_COLUMNS);
+        let candidate = |lock: &str| {
+            fill(
+                include_str!("sql/claim_candidate.sql"),
+                &[
+                    ("scripts", &sql.names_of_param(1, "s")),
+                    ("depends_on", &sql.names_of_column("m.depends_on", "d")),
+                    ("now", now),
+                    ("lock", lock),
+                ],
+            )
+        };
         Self {
             register: fill(
                 include_str!("sql/register.sql"),
@@ -76,15 +88,8 @@ impl Statements {
                  VALUES ($1, $2, $3, {})",
                 sql.json_param(4)
             ),
-            claim_candidate: fill(
-                include_str!("sql/claim_candidate.sql"),
-                &[
-                    ("scripts", &sql.names_of_param(1, "s")),
-                    ("depends_on", &sql.names_of_column("m.depends_on", "d")),
-                    ("now", now),
-                    ("lock", &sql.lock_rows_skip_locked("m")),
-                ],
-            ),
+            claim_candidate: candidate(&sql.lock_rows_skip_locked("m")),
+            claimable: candidate(""),
             claim: fill(
                 include_str!("sql/claim.sql"),
                 &[("now", now), ("expires", &sql.now_plus_seconds(3))],

@@ -120,6 +120,10 @@ impl LeaseStore for FakeLeases {
         Ok(Some(Self::claim()))
     }
 
+    async fn claimable(&self, _scripts: &[String]) -> Result<bool, ControlError> {
+        Ok(true)
+    }
+
     async fn renew_lease(&self, _lease: &Lease, _ttl: Duration) -> Result<bool, ControlError> {
         let mut seen = self.seen();
         match self.renewal {

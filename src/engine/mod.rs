@@ -347,7 +347,9 @@ async fn claim_until_done(
                         Some(Ok(None)) => {}
                     }
                     let _ = state.send(RunnerState::Idle);
-                    if ctx.config.exit_when_done && !work_in_flight(control, ctx, shutdown).await? {
+                    if ctx.config.exit_when_done
+                        && !work_in_flight(control, ctx, &scripts, shutdown).await?
+                    {
                         break;
                     }
                 }
@@ -362,12 +364,24 @@ async fn claim_until_done(
     Ok(summary)
 }
 
-/// Whether another worker still runs something (a drain waits for it: what follows may become runnable).
+/// Whether another worker still runs something or is claiming it (a drain waits for it: what follows may become
+/// runnable, and a migration in key ranges may have a range free for this worker).
 async fn work_in_flight(
     control: &dyn ControlStore,
     ctx: &EngineContext,
+    scripts: &[String],
     shutdown: &CancellationToken,
 ) -> Result<bool, ControlError> {
+    // A claim of another worker's may be in flight: the row it locked reads as pending until that claim commits, and
+    // exiting then would leave a migration that runs in key ranges to that one worker. Asked before the list, so
+    // that a claim committing in between shows in the list as running.
+    let Some(claimable) = patiently(ctx, shutdown, "listing", || control.claimable(scripts)).await
+    else {
+        return Ok(false);
+    };
+    if claimable? {
+        return Ok(true);
+    }
     let Some(records) = patiently(ctx, shutdown, "listing", || control.list()).await else {
         return Ok(false);
     };

@@ -42,7 +42,7 @@ pub use self::mapping::{ColumnPlan, plan_column};
 
 use self::batch::Walked;
 use self::checkpoint::{CopyCheckpoint, PageCursor};
-use self::pages::PhysicalWalk;
+use self::pages::{PhysicalWalk, Tid};
 use self::sql::CopySql;
 use self::verify::VerifyState;
 
@@ -56,6 +56,14 @@ pub const CLICKHOUSE_BATCH_SIZE: u64 = 100_000;
 /// 500 ms batches ran at 0.62× the raw pipe, 100,000-row batches at 0.81×. A copy holds no locks in the source,
 /// so a longer batch costs the foreground little.
 pub const CLICKHOUSE_TARGET_BATCH_MS: u64 = 2_000;
+
+/// The first page of the next page range, from the checkpoint `upper` at which it starts (`None`: no end). Cuts are
+/// always at a page's start ([`pages::page_cuts`]).
+fn page_range_end(upper: Option<&Value>) -> Result<Option<u64>, MigrationError> {
+    upper
+        .map(|upper| Ok(CopyCheckpoint::<PageCursor>::read(upper)?.walk.after().page))
+        .transpose()
+}
 
 /// A copy from Postgres into ClickHouse, bound to its stores.
 pub struct ClickHouseCopy {
@@ -301,8 +309,8 @@ impl Migration for ClickHouseCopy {
         Ok(rows.map(|rows| rows * passes))
     }
 
-    /// Cuts a key-order walk at keys `rows / parts` apart on the source key's index. A walk in physical order or
-    /// with `verify` runs as one stream (its verify pass compares the whole table).
+    /// Cuts a key-order walk at keys `rows / parts` apart on the source key's index, and a physical walk at pages
+    /// equally far apart. A copy with `verify` runs as one stream (its verify pass compares the whole table).
     async fn split(
         &self,
         from: &Value,
@@ -311,21 +319,34 @@ impl Migration for ClickHouseCopy {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let plan = self.plan().await?;
-        if plan.physical.is_some() || self.spec.verify {
+        if self.spec.verify {
             return Err(MigrationError::Permanent(
-                "args.parallelism above 1 needs a copy in key order without verify (order = \"physical\" and \
-                 verify = true run as one stream); set parallelism to 1"
+                "args.parallelism above 1 needs a copy without verify (verify = true compares the whole table as \
+                 one stream); set parallelism to 1"
                     .into(),
             ));
         }
-        keyset::split_states::<CopyCheckpoint<KeyCursor>>(
-            &self.source,
-            plan.sql.keyset(),
-            (from, upper),
-            parts,
-            rows,
-        )
-        .await
+        let Some(walk) = &plan.physical else {
+            return keyset::split_states::<CopyCheckpoint<KeyCursor>>(
+                &self.source,
+                plan.sql.keyset(),
+                (from, upper),
+                parts,
+                rows,
+            )
+            .await;
+        };
+        let after = CopyCheckpoint::<PageCursor>::read(from)?.walk.after();
+        let cuts = walk
+            .split(self.source.pool(), after, page_range_end(upper)?, parts)
+            .await?;
+        Ok(cuts
+            .into_iter()
+            .map(|page| {
+                let walk = PageCursor::after_tid(Tid::page_start(page));
+                CopyCheckpoint { walk, verify: None }.to_state()
+            })
+            .collect())
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
@@ -350,8 +371,8 @@ impl Migration for ClickHouseCopy {
                 if let Some(verified) = checkpoint.verify.take() {
                     return self.verify_batch(plan, args, checkpoint, verified).await;
                 }
-                let after = checkpoint.walk.after();
-                let walked = pages::copy_page_batch(pool, target, plan, walk, after, args).await?;
+                let range = (checkpoint.walk.after(), page_range_end(batch.upper)?);
+                let walked = pages::copy_page_batch(pool, target, plan, walk, range, args).await?;
                 Ok(self.walked(walked))
             }
         }

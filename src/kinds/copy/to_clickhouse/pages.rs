@@ -88,6 +88,28 @@ impl PageWindow {
             end_page: after.page + pages,
         }
     }
+
+    /// The window cut at `range_end`, the first page of the next range (`None`: the walk has no end but the table's).
+    pub fn within(self, range_end: Option<u64>) -> PageWindow {
+        PageWindow {
+            end_page: range_end.map_or(self.end_page, |end| self.end_page.min(end)),
+            ..self
+        }
+    }
+}
+
+/// The pages at which the second and later of at most `parts` page ranges start, cutting the pages from the one
+/// holding `after` up to `end_page` (exclusive) into runs of about equal length: each cut lies after `after`'s page
+/// and before `end_page`, so no range is empty. Rows are about evenly spread over a heap's pages (the walk's batch
+/// windows assume the same), so equal pages make about equal rows.
+pub fn page_cuts(after: Tid, end_page: u64, parts: u64) -> Vec<u64> {
+    let first = after.page;
+    let span = end_page.saturating_sub(first);
+    let parts = parts.min(span).max(1);
+    let mut cuts: Vec<u64> = (1..parts).map(|i| first + span * i / parts).collect();
+    cuts.dedup();
+    cuts.retain(|&cut| cut > first && cut < end_page);
+    cuts
 }
 
 /// What a walk in physical order needs: the table, its average rows per heap page to size the page windows, and its
@@ -113,6 +135,26 @@ impl PhysicalWalk {
         })
     }
 
+    /// The page ranges' cuts from `after` to `range_end` (`None`: the table's current end), for
+    /// [`crate::migration::Migration::split`]: see [`page_cuts`].
+    pub async fn split(
+        &self,
+        pool: &PgPool,
+        after: Tid,
+        range_end: Option<u64>,
+        parts: u64,
+    ) -> Result<Vec<u64>, MigrationError> {
+        let end_page = match range_end {
+            Some(end) => end,
+            None => {
+                let pages = heap_pages(pool, &self.table).await?;
+                self.known_pages.store(pages, Ordering::Relaxed);
+                pages
+            }
+        };
+        Ok(page_cuts(after, end_page, parts))
+    }
+
     /// Whether the table has pages at or after `page`.
     async fn has_pages_from(&self, pool: &PgPool, page: u64) -> Result<bool, MigrationError> {
         if page < self.known_pages.load(Ordering::Relaxed) {
@@ -124,24 +166,29 @@ impl PhysicalWalk {
     }
 }
 
-/// Copies the page window after the checkpoint's `ctid` cursor `after`. The table is exhausted when a window that
-/// reached its last page was read whole.
+/// Copies the page window after the checkpoint's `ctid` cursor `after`, within the page range that ends before
+/// `range_end` (`None`: the walk's only or last range). A range is exhausted when a window that reached its end was
+/// read whole; the last range when that window reached the table's last page.
 pub async fn copy_page_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     walk: &PhysicalWalk,
-    after: Tid,
+    (after, range_end): (Tid, Option<u64>),
     args: &Args,
 ) -> Result<Walked<PageCursor>, MigrationError> {
-    let window = PageWindow::after(after, args.batch_size, walk.rows_per_page);
+    let window = PageWindow::after(after, args.batch_size, walk.rows_per_page).within(range_end);
     let moved = copy_batch(pool, clickhouse, plan, Window::Pages(window), args).await?;
     let cursor = if moved.complete {
         Tid::page_start(window.end_page)
     } else {
         moved.last_tid.unwrap_or(after)
     };
-    let exhausted = moved.complete && !walk.has_pages_from(pool, window.end_page).await?;
+    let exhausted = moved.complete
+        && match range_end {
+            Some(end) => window.end_page >= end,
+            None => !walk.has_pages_from(pool, window.end_page).await?,
+        };
     Ok(Walked {
         at: PageCursor::after_tid(cursor),
         moved,
@@ -220,5 +267,30 @@ mod tests {
         assert_eq!(window.end_page, 100 + 417);
         assert_eq!(PageWindow::after(Tid::page_start(0), 10, 500.0).end_page, 1);
         assert_eq!(PageWindow::after(Tid::page_start(0), 10, 0.0).end_page, 10);
+        assert_eq!(
+            window.within(Some(300)).end_page,
+            300,
+            "cut at the range's end"
+        );
+        assert_eq!(window.within(Some(9_000)).end_page, 517);
+        assert_eq!(window.within(None).end_page, 517);
+    }
+
+    #[test]
+    fn page_cuts_split_the_pages_left_into_equal_nonempty_runs() {
+        assert_eq!(page_cuts(Tid::page_start(0), 100, 4), [25, 50, 75]);
+        let mid_page = Tid {
+            page: 10,
+            offset: 7,
+        };
+        assert_eq!(page_cuts(mid_page, 20, 2), [15], "from the cursor's page");
+        assert_eq!(
+            page_cuts(mid_page, 13, 8),
+            [11, 12],
+            "at most one range per page"
+        );
+        assert!(page_cuts(mid_page, 11, 2).is_empty(), "one page left");
+        assert!(page_cuts(mid_page, 5, 2).is_empty(), "past the end");
+        assert!(page_cuts(Tid::page_start(0), 100, 1).is_empty());
     }
 }
