@@ -64,6 +64,61 @@ async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
     );
 }
 
+/// `parallelism = 2` deals the partitions out as two runs of about equal rows: two worker processes each rewrite
+/// one, every range ends done, and every row arrives once with its transformation.
+#[tokio::test]
+async fn two_workers_rewrite_runs_of_partitions_exactly() {
+    let db = TestDb::create("ch_rewrite_parallel").await;
+    let ch = TestClickHouse::create("ch_rewrite_parallel").await;
+    ch.exec("CREATE TABLE events_v1 (id String, ts DateTime, name String) ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY id").await;
+    ch.exec("CREATE TABLE events (id String, ts DateTime, name String, name_length UInt64) ENGINE = ReplacingMergeTree ORDER BY id").await;
+    ch.exec(
+        "INSERT INTO events_v1 SELECT concat('e', toString(number)), toDateTime('2024-09-01 00:00:00') + number * 3600, \
+         concat('événement ', toString(number)) FROM system.numbers LIMIT 960",
+    )
+    .await;
+    db.define(
+        NAME,
+        "kind = \"clickhouse_rewrite\"\nstore = \"clickhouse\"\nfrom = \"events_v1\"\nto = \"events\"\n\
+         columns = [\"id\", \"ts\", \"name\", \"name_length\"]\nselect = \"id, ts, upperUTF8(name), lengthUTF8(name)\"\n\
+         [args]\nparallelism = 2\nsleepMs = 50\n",
+    );
+    let env = [
+        ("CLICKHOUSE_URL", ch.url.as_str()),
+        ("BGMIGRATE_LEASE_TTL", "2s"),
+        ("BGMIGRATE_HEARTBEAT", "500ms"),
+        ("BGMIGRATE_POLL", "200ms"),
+    ];
+    assert!(db.cli_with_env(&["migrate"], &env).status.success());
+    db.run_workers(&["w1", "w2"], &env);
+    let connected = db.connect_with_clickhouse(&ch.url).await;
+    let record = connected.control.get(NAME).await.unwrap();
+    assert_eq!(
+        record.status,
+        Status::Finished,
+        "{:?}",
+        record.failed_reason
+    );
+    let ranges = connected.control.ranges(NAME).await.unwrap();
+    assert!(
+        ranges.len() >= 2 && ranges.iter().all(|r| r.done),
+        "{ranges:?}"
+    );
+    let walkers: std::collections::BTreeSet<_> =
+        ranges.iter().filter_map(|r| r.worker_id.clone()).collect();
+    assert_eq!(
+        walkers.len(),
+        2,
+        "both workers rewrote partitions: {ranges:?}"
+    );
+    assert_eq!(record.rows_done, 960);
+    assert_eq!(ch.value("SELECT count() FROM events FINAL").await, "960");
+    assert_eq!(
+        ch.value("SELECT name FROM events WHERE id = 'e7'").await,
+        "ÉVÉNEMENT 7"
+    );
+}
+
 /// `retry --from-start` rewrites everything again: the ReplacingMergeTree target collapses the repeats, and a
 /// checkpoint in the middle makes the rewrite resume after that partition.
 #[tokio::test]

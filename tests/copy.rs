@@ -328,18 +328,7 @@ async fn two_workers_copy_exactly(
         ("BGMIGRATE_POLL", "200ms"),
     ];
     assert!(db.cli_with_env(&["migrate"], &env).status.success());
-    let workers: Vec<_> = ["w1", "w2"]
-        .into_iter()
-        .map(|id| {
-            db.command(&["worker", "--exit-when-done", "--worker-id", id], &env)
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut worker in workers {
-        assert!(worker.wait().unwrap().success());
-    }
+    db.run_workers(&["w1", "w2"], &env);
     let connected = db.connect_with_clickhouse(&ch.url).await;
     let record = connected.control.get(name).await.unwrap();
     assert_eq!(

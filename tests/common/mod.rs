@@ -144,6 +144,23 @@ impl TestDb {
         command
     }
 
+    /// Runs one `worker --exit-when-done` process per id at once, with `env`, and waits until every one exited
+    /// successfully.
+    pub fn run_workers(&self, ids: &[&str], env: &[(&str, &str)]) {
+        let workers: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                self.command(&["worker", "--exit-when-done", "--worker-id", id], env)
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("spawn a worker")
+            })
+            .collect();
+        for (mut worker, id) in workers.into_iter().zip(ids) {
+            assert!(worker.wait().expect("wait").success(), "worker {id} failed");
+        }
+    }
+
     /// Status of one migration, read from the control table.
     pub async fn status_of(&self, name: &str) -> Status {
         let connected = self.connect().await;

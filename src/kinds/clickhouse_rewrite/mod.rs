@@ -12,6 +12,10 @@
 //! in the checkpoint. Another error — or a range of one key that still does not fit — fails the batch with that
 //! first real error.
 //!
+//! With `parallelism` > 1 the partitions are dealt out as runs of consecutive partition ids of about equal rows
+//! ([`partition_cuts`]): a range's start is the checkpoint after the partition before it, and it ends with the
+//! partition its next range starts after. A table of one partition has no cut and runs as one range.
+//!
 //! Layout: this file — the definition ([`RewriteSpec`]), the checkpoint ([`RewriteCheckpoint`]), the statement and
 //! the batch; [`key_range`] the ranges inside a partition. Partitions are not keys: the shared keyset does not
 //! apply, the shared checkpoint error does.
@@ -316,9 +320,37 @@ impl Migration for ClickHouseRewrite {
         ))]
     }
 
+    /// Cuts the partitions after `from` up to `upper`'s into runs of about equal rows (see [`partition_cuts`]).
+    async fn split(
+        &self,
+        from: &Value,
+        upper: Option<&Value>,
+        parts: u64,
+        _rows: Option<u64>,
+    ) -> Result<Vec<Value>, MigrationError> {
+        let from = RewriteCheckpoint::read(from)?;
+        let last = range_last_partition(upper)?;
+        let partitions = self.partitions().await?;
+        Ok(partition_cuts(&partitions, &from, last.as_deref(), parts)
+            .into_iter()
+            .map(|partition| {
+                RewriteCheckpoint {
+                    partition: Some(partition),
+                    done: false,
+                    split: None,
+                }
+                .to_state()
+            })
+            .collect())
+    }
+
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let checkpoint = RewriteCheckpoint::read(batch.state)?;
-        let partitions = self.partitions().await?;
+        let range_last = range_last_partition(batch.upper)?;
+        let mut partitions = self.partitions().await?;
+        if let Some(last) = &range_last {
+            partitions.retain(|(id, _)| id <= last);
+        }
         let next = match &checkpoint.split {
             Some(split) => partitions.iter().find(|(id, _)| *id == split.partition),
             None => partitions
@@ -366,7 +398,8 @@ impl Migration for ClickHouseRewrite {
                 rows,
             });
         };
-        // The last partition listed ends the rewrite; partitions created after the listing are not its business.
+        // The last partition listed (of the range) ends the rewrite (the range); partitions created after the
+        // listing are not its business.
         let last = !partitions.iter().any(|(id, _)| *id > partition);
         let next = match (split, chunk.upto) {
             (Some(split), Some(upto)) => RewriteCheckpoint {
@@ -389,5 +422,109 @@ impl Migration for ClickHouseRewrite {
             rows: chunk.rows,
             bytes: 0,
         })
+    }
+}
+
+/// The last partition of a range, from the checkpoint `upper` at which the next range starts (`None`: no end).
+fn range_last_partition(upper: Option<&Value>) -> Result<Option<String>, MigrationError> {
+    Ok(upper
+        .map(RewriteCheckpoint::read)
+        .transpose()?
+        .and_then(|next| next.partition))
+}
+
+/// The partitions after which the second and later of at most `parts` ranges start: `partitions` (id order, with
+/// rows) after the checkpoint `from` — from the partition it is splitting, if any — up to `last` (inclusive; `None`:
+/// all), dealt into runs of about equal rows. Each cut leaves at least one partition on either side, so no range is
+/// empty.
+fn partition_cuts(
+    partitions: &[(String, u64)],
+    from: &RewriteCheckpoint,
+    last: Option<&str>,
+    parts: u64,
+) -> Vec<String> {
+    let left: Vec<&(String, u64)> = partitions
+        .iter()
+        .filter(|(id, _)| match (&from.split, &from.partition) {
+            (Some(split), _) => *id >= split.partition,
+            (None, Some(done)) => id > done,
+            (None, None) => true,
+        })
+        .filter(|(id, _)| last.is_none_or(|last| id.as_str() <= last))
+        .collect();
+    let total: u64 = left.iter().map(|(_, rows)| rows).sum();
+    let parts = parts.max(1);
+    let mut cuts = Vec::new();
+    let mut before = 0u64;
+    // Never cut after the last partition: the range after that cut would be empty.
+    for (id, rows) in left.iter().take(left.len().saturating_sub(1)) {
+        before += rows;
+        let next_share = total * (cuts.len() as u64 + 1) / parts;
+        if cuts.len() as u64 + 1 < parts && before >= next_share.max(1) {
+            cuts.push(id.clone());
+        }
+    }
+    cuts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partitions(rows: &[u64]) -> Vec<(String, u64)> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, rows)| (format!("2024{:02}", i + 1), *rows))
+            .collect()
+    }
+
+    fn after(partition: Option<&str>) -> RewriteCheckpoint {
+        RewriteCheckpoint {
+            partition: partition.map(str::to_owned),
+            ..RewriteCheckpoint::default()
+        }
+    }
+
+    #[test]
+    fn partitions_are_dealt_into_runs_of_about_equal_rows() {
+        let even = partitions(&[10, 10, 10, 10]);
+        assert_eq!(partition_cuts(&even, &after(None), None, 2), ["202402"]);
+        assert_eq!(
+            partition_cuts(&even, &after(None), None, 4),
+            ["202401", "202402", "202403"]
+        );
+        let skewed = partitions(&[100, 1, 1, 1, 1]);
+        assert_eq!(
+            partition_cuts(&skewed, &after(None), None, 2),
+            ["202401"],
+            "the big partition alone"
+        );
+        assert!(
+            partition_cuts(&partitions(&[50]), &after(None), None, 4).is_empty(),
+            "one partition: no cut"
+        );
+    }
+
+    #[test]
+    fn cuts_lie_after_the_checkpoint_and_within_the_range() {
+        let six = partitions(&[10; 6]);
+        assert_eq!(
+            partition_cuts(&six, &after(Some("202402")), Some("202405"), 3),
+            ["202403", "202404"]
+        );
+        let splitting = RewriteCheckpoint {
+            split: Some(Split {
+                partition: "202403".into(),
+                after: Some(vec!["k".into()]),
+                rows: 5,
+            }),
+            ..after(Some("202402"))
+        };
+        assert_eq!(
+            partition_cuts(&six, &splitting, None, 2),
+            ["202404"],
+            "the partition being split stays in the first range"
+        );
+        assert!(partition_cuts(&six, &after(Some("202405")), None, 2).is_empty());
     }
 }
