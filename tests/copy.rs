@@ -353,19 +353,38 @@ async fn two_workers_copy_exactly(
     ranges
 }
 
-/// A copy that verifies runs as one stream: `parallelism` above 1 fails it with a message naming the arg and what
-/// to set instead, before any row moves.
+/// `verify = true` in key ranges: each range, once copied, compares its own keys on both sides — from its start up
+/// to its end — so the ranges together verify every row once and the copy finishes.
 #[tokio::test]
-async fn parallelism_with_verify_fails_naming_the_arg() {
-    let traces = Traces::create("copy_parallel_verify", 100, CH_TRACES).await;
+async fn two_workers_copy_and_verify_in_key_ranges() {
+    let traces = Traces::create("copy_parallel_verify", 6_000, CH_TRACES).await;
+    let definition = format!(
+        "verify = true\n{}",
+        copy_definition("[\"id\"]", "batchSize = 200\nsleepMs = 10\nparallelism = 2")
+    );
+    let ranges = two_workers_copy_exactly(&traces, &definition, 6_000).await;
+    let verified: u64 = ranges
+        .iter()
+        .map(|r| {
+            assert_eq!(r.state["verify"]["mismatched"], 0, "{r:?}");
+            r.state["verify"]["rows"].as_u64().expect("verified rows")
+        })
+        .sum();
+    assert_eq!(verified, 6_000, "every row verified once: {ranges:?}");
+}
+
+/// A physical-order copy that verifies runs as one stream (verify compares key ranges, its ranges are pages):
+/// `parallelism` above 1 fails it with a message naming the arg and what to set instead, before any row moves.
+#[tokio::test]
+async fn parallelism_with_verify_in_physical_order_fails_naming_the_arg() {
+    let traces = Traces::create("copy_parallel_verify_physical", 100, CH_TRACES).await;
     let (db, ch) = (&traces.db, &traces.ch);
     let name = "20241024_1730_copy_traces";
     db.define(
         name,
-        &format!(
-            "verify = true\n{}",
-            copy_definition("[\"id\"]", "parallelism = 2")
-        ),
+        "kind = \"copy\"\nverify = true\n\
+         from = { store = \"postgres\", table = \"traces\", key = [\"id\"], order = \"physical\" }\n\
+         to = { store = \"clickhouse\", table = \"traces\" }\n[args]\nparallelism = 2\n",
     );
     let env = [("CLICKHOUSE_URL", ch.url.as_str())];
     let out = db.cli_with_env(&["worker", "--exit-when-done"], &env);
@@ -380,7 +399,7 @@ async fn parallelism_with_verify_fails_naming_the_arg() {
     assert_eq!(record.status, Status::Failed);
     let reason = record.failed_reason.unwrap_or_default();
     assert!(
-        reason.contains("args.parallelism above 1 needs a copy without verify"),
+        reason.contains("args.parallelism above 1 with verify = true needs a copy in key order"),
         "{reason}"
     );
     assert_eq!(

@@ -18,11 +18,28 @@ pub struct CopyCheckpoint<W> {
     /// The verify phase's progress, once it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyState>,
+    /// The key after which this key range starts, for a range split off by `parallelism` (absent for the first
+    /// range, which starts at the table's start): where the range's own verify pass begins, so that the ranges
+    /// together verify every key once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_start: Option<Vec<String>>,
+}
+
+impl<W> CopyCheckpoint<W> {
+    /// The checkpoint after a batch that walked to `walk`, in the same range as `self`.
+    pub fn walked_to<V>(&self, walk: V, verify: Option<VerifyState>) -> CopyCheckpoint<V> {
+        CopyCheckpoint {
+            walk,
+            verify,
+            range_start: self.range_start.clone(),
+        }
+    }
 }
 
 impl<W: Serialize + DeserializeOwned> Checkpoint for CopyCheckpoint<W> {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...]} or {\"ctid\": \"(page,offset)\"}, with \
-                                 \"verify\": {...} once verifying";
+                                 \"verify\": {...} once verifying and \"range_start\": [\"key\", ...] in a key \
+                                 range";
 }
 
 impl KeyPosition for CopyCheckpoint<KeyCursor> {
@@ -32,8 +49,9 @@ impl KeyPosition for CopyCheckpoint<KeyCursor> {
 
     fn after_key(key: Vec<String>) -> Self {
         Self {
-            walk: KeyCursor::after(Some(key)),
+            walk: KeyCursor::after(Some(key.clone())),
             verify: None,
+            range_start: Some(key),
         }
     }
 }
@@ -74,6 +92,7 @@ mod tests {
             json!({"cursor": ["10", "a"]}),
             json!({"cursor": null}),
             json!({"cursor": ["10"], "verify": verify}),
+            json!({"cursor": ["10"], "range_start": ["4"]}),
         ] {
             let read = CopyCheckpoint::<KeyCursor>::read(&state).unwrap();
             assert_eq!(read.to_state(), state);

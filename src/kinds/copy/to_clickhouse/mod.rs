@@ -227,14 +227,19 @@ impl ClickHouseCopy {
         Ok(())
     }
 
-    /// The checkpoint after a copy batch: the walk's new position, and the verify phase's start once the source
-    /// is exhausted (when the definition asks for it).
-    fn walked<W: Serialize + DeserializeOwned>(&self, walked: Walked<W>) -> BatchOutcome {
+    /// The checkpoint after a copy batch from `before`: the walk's new position, and the verify phase's start
+    /// once the source (the key range) is exhausted, when the definition asks for it — at the range's start.
+    fn walked<W: Serialize + DeserializeOwned>(
+        &self,
+        before: &CopyCheckpoint<W>,
+        walked: Walked<W>,
+    ) -> BatchOutcome {
         let verify_next = walked.exhausted && self.spec.verify;
-        let checkpoint = CopyCheckpoint {
-            walk: walked.at,
-            verify: verify_next.then(VerifyState::default),
-        };
+        let verify = verify_next.then(|| VerifyState {
+            cursor: before.range_start.clone(),
+            ..VerifyState::default()
+        });
+        let checkpoint = before.walked_to(walked.at, verify);
         BatchOutcome {
             state: checkpoint.to_state(),
             done: walked.exhausted && !verify_next,
@@ -248,7 +253,7 @@ impl ClickHouseCopy {
     async fn verify_batch<W: Serialize + DeserializeOwned>(
         &self,
         plan: &CopyPlan,
-        args: &Args,
+        (args, end): (&Args, Option<&[String]>),
         mut checkpoint: CopyCheckpoint<W>,
         mut verified: VerifyState,
     ) -> Result<BatchOutcome, MigrationError> {
@@ -261,7 +266,7 @@ impl ClickHouseCopy {
             self.source.pool(),
             &self.target,
             plan,
-            verified.cursor.as_deref(),
+            (verified.cursor.as_deref(), end),
             args,
         )
         .await?;
@@ -310,7 +315,8 @@ impl Migration for ClickHouseCopy {
     }
 
     /// Cuts a key-order walk at keys `rows / parts` apart on the source key's index, and a physical walk at pages
-    /// equally far apart. A copy with `verify` runs as one stream (its verify pass compares the whole table).
+    /// equally far apart. Each key range verifies its own keys; a physical walk with `verify` runs as one stream
+    /// (its verify pass walks the whole table by key).
     async fn split(
         &self,
         from: &Value,
@@ -319,10 +325,10 @@ impl Migration for ClickHouseCopy {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let plan = self.plan().await?;
-        if self.spec.verify {
+        if self.spec.verify && plan.physical.is_some() {
             return Err(MigrationError::Permanent(
-                "args.parallelism above 1 needs a copy without verify (verify = true compares the whole table as \
-                 one stream); set parallelism to 1"
+                "args.parallelism above 1 with verify = true needs a copy in key order (verify compares key \
+                 ranges, and order = \"physical\" ranges are runs of pages); set parallelism to 1 or remove order"
                     .into(),
             ));
         }
@@ -344,7 +350,12 @@ impl Migration for ClickHouseCopy {
             .into_iter()
             .map(|page| {
                 let walk = PageCursor::after_tid(Tid::page_start(page));
-                CopyCheckpoint { walk, verify: None }.to_state()
+                CopyCheckpoint {
+                    walk,
+                    verify: None,
+                    range_start: None,
+                }
+                .to_state()
             })
             .collect())
     }
@@ -356,24 +367,29 @@ impl Migration for ClickHouseCopy {
         match &plan.physical {
             None => {
                 let mut checkpoint = CopyCheckpoint::<KeyCursor>::read(state)?;
+                let end = range_end::<CopyCheckpoint<KeyCursor>>(batch.upper, plan.key.len())?;
                 if let Some(verified) = checkpoint.verify.take() {
-                    return self.verify_batch(plan, args, checkpoint, verified).await;
+                    return self
+                        .verify_batch(plan, (args, end.as_deref()), checkpoint, verified)
+                        .await;
                 }
                 let lower = checkpoint.walk.keys(plan.key.len(), state)?;
-                let end = range_end::<CopyCheckpoint<KeyCursor>>(batch.upper, plan.key.len())?;
                 let walked =
                     key_range::copy_key_batch(pool, target, plan, lower, end.as_deref(), args)
                         .await?;
-                Ok(self.walked(walked))
+                Ok(self.walked(&checkpoint, walked))
             }
             Some(walk) => {
                 let mut checkpoint = CopyCheckpoint::<PageCursor>::read(state)?;
                 if let Some(verified) = checkpoint.verify.take() {
-                    return self.verify_batch(plan, args, checkpoint, verified).await;
+                    // One stream only (split refuses verify in physical order): the whole table, by key.
+                    return self
+                        .verify_batch(plan, (args, None), checkpoint, verified)
+                        .await;
                 }
                 let range = (checkpoint.walk.after(), page_range_end(batch.upper)?);
                 let walked = pages::copy_page_batch(pool, target, plan, walk, range, args).await?;
-                Ok(self.walked(walked))
+                Ok(self.walked(&checkpoint, walked))
             }
         }
     }

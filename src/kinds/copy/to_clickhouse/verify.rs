@@ -130,7 +130,7 @@ pub struct Checked {
     pub source: RowDigest,
     /// The ClickHouse rows with those keys.
     pub target: RowDigest,
-    /// True when the source has no rows after this range.
+    /// True when the source (the key range) has no rows after this range.
     pub exhausted: bool,
 }
 
@@ -143,12 +143,13 @@ pub fn key_type_supported(ty: &ChType) -> bool {
     )
 }
 
-/// Verifies the range after `lower`: up to `batchSize` rows or `maxBatchBytes` bytes, as a copy batch would read.
+/// Verifies the rows after `lower`, up to `end` (a key range's last key, if any): up to `batchSize` rows or
+/// `maxBatchBytes` bytes, as a copy batch would read.
 pub async fn verify_batch(
     pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
-    lower: Option<&[String]>,
+    (lower, end): (Option<&[String]>, Option<&[String]>),
     args: &Args,
 ) -> Result<Checked, MigrationError> {
     let types: Vec<ChType> = plan.columns.iter().map(|c| c.target.clone()).collect();
@@ -159,7 +160,7 @@ pub async fn verify_batch(
         plan,
         Window::Keys {
             after: lower,
-            upto: None,
+            upto: end,
         },
         args,
         writer,
