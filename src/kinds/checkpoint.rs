@@ -85,6 +85,17 @@ pub trait KeyPosition: Checkpoint {
     fn after_key(key: Vec<String>) -> Self;
 }
 
+/// A bare key cursor is its own position (copies into SQL stores checkpoint nothing else).
+impl KeyPosition for KeyCursor {
+    fn cursor(&self) -> &KeyCursor {
+        self
+    }
+
+    fn after_key(key: Vec<String>) -> Self {
+        KeyCursor::after(Some(key))
+    }
+}
+
 /// The last key of a key range, from the checkpoint `upper` at which the next range starts (`None`: no end),
 /// checked to have `arity` values.
 pub fn range_end<C: KeyPosition>(

@@ -31,6 +31,11 @@ pub(super) struct InDatabase {
 }
 
 impl InDatabase {
+    /// The source's key walk (to cut key ranges on).
+    pub fn walk(&self) -> &Keyset {
+        &self.walk
+    }
+
     /// The copy from `source` (walked by `walk`) by `insert`, run on the database of `reach`.
     pub fn new(source: Arc<dyn SqlStore>, walk: Keyset, reach: Reach, insert: RangeInsert) -> Self {
         Self {
@@ -45,23 +50,25 @@ impl InDatabase {
     pub async fn run_batch(
         &self,
         batch: &mut Batch<'_>,
-        lower: Option<&[String]>,
+        (lower, end): (Option<&[String]>, Option<&[String]>),
     ) -> Result<BatchOutcome, MigrationError> {
-        let upper = batch_end(
+        let end = batch_end(
             self.source.as_ref(),
             &self.walk,
             lower,
+            end,
             batch.args.batch_size,
         )
         .await?;
+        let upper = end.upper.as_deref();
         let mut params = texts(lower.unwrap_or_default());
-        params.extend(texts(upper.as_deref().unwrap_or_default()));
+        params.extend(texts(upper.unwrap_or_default()));
         let mut tx = self.target.begin().await?;
         let rows = tx
             .execute(&self.insert.sql(lower.is_some(), upper.is_some()), &params)
             .await
-            .map_err(|err| key_repeated(err, lower, upper.as_deref()))?;
-        let outcome = outcome(lower, upper, rows, 0);
+            .map_err(|err| key_repeated(err, lower, upper))?;
+        let outcome = outcome(lower, end, rows, 0);
         batch.commit(tx, &outcome).await?;
         Ok(outcome)
     }

@@ -24,6 +24,7 @@ mod upsert;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use self::in_database::{InDatabase, RangeInsert, Reached};
@@ -32,8 +33,8 @@ use self::upsert::{Side, UpsertSql};
 use super::source::{SourceShape, estimate};
 use super::spec::{CopySpec, Relation};
 use crate::args::Args;
-use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
-use crate::kinds::keyset::Keyset;
+use crate::kinds::checkpoint::{Checkpoint, KeyCursor, range_end};
+use crate::kinds::keyset::{self, Keyset};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::{Dialect, PgStore, SqlParam, SqlStore};
 
@@ -141,7 +142,7 @@ impl SqlCopy {
         );
         let mut tx = self.source.begin_read().await?;
         let dry_run = tx
-            .fetch_all_text(&sql.read(false), &[SqlParam::Int(0)])
+            .fetch_all_text(&sql.read(false, false), &[SqlParam::Int(0)])
             .await;
         tx.commit().await?;
         dry_run.map_err(|err| {
@@ -229,17 +230,18 @@ impl SqlCopy {
         Ok(Some(reach))
     }
 
-    /// Reads the rows after `lower` (as text, in key order) and keeps those that fit the batch's limits.
-    /// Returns them with whether the source has no rows after them.
+    /// Reads the rows after `lower` up to `end` (a key range's last key, if any; as text, in key order) and keeps
+    /// those that fit the batch's limits. Returns them with whether the source (the range) has no rows after them.
     async fn read(
         &self,
         plan: &SqlPlan,
-        lower: Option<&[String]>,
+        (lower, end): (Option<&[String]>, Option<&[String]>),
         args: &Args,
     ) -> Result<(Vec<Vec<Option<String>>>, u64, bool), MigrationError> {
         let mut params: Vec<SqlParam> = lower
             .unwrap_or_default()
             .iter()
+            .chain(end.unwrap_or_default())
             .cloned()
             .map(SqlParam::Text)
             .collect();
@@ -248,7 +250,7 @@ impl SqlCopy {
         ));
         let mut tx = self.source.begin_read().await?;
         let mut rows = tx
-            .fetch_all_text(&plan.sql.read(lower.is_some()), &params)
+            .fetch_all_text(&plan.sql.read(lower.is_some(), end.is_some()), &params)
             .await?;
         // A read transaction (no write lock on SQLite), ended before the target's write begins.
         tx.commit().await?;
@@ -293,15 +295,35 @@ impl Migration for SqlCopy {
         Ok(estimate(self.source.as_ref(), &self.spec.from).await?)
     }
 
+    /// Cuts the key space at keys `rows / parts` apart on the source key's index, whichever mover runs.
+    async fn split(
+        &self,
+        from: &Value,
+        upper: Option<&Value>,
+        parts: u64,
+        rows: Option<u64>,
+    ) -> Result<Vec<Value>, MigrationError> {
+        let walk = match self.plan().await? {
+            Mover::InDatabase(mover) => mover.walk(),
+            Mover::Piped(mover) => mover.walk(),
+            Mover::Rows(plan) => plan.sql.keyset(),
+        };
+        keyset::split_states::<KeyCursor>(self.source.as_ref(), walk, (from, upper), parts, rows)
+            .await
+    }
+
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
+        let arity = self.spec.from.key.len();
         let checkpoint = KeyCursor::read(batch.state)?;
-        let lower = checkpoint.keys(self.spec.from.key.len(), batch.state)?;
+        let lower = checkpoint.keys(arity, batch.state)?;
+        let end = range_end::<KeyCursor>(batch.upper, arity)?;
+        let range = (lower, end.as_deref());
         let plan = match self.plan().await? {
-            Mover::InDatabase(mover) => return mover.run_batch(batch, lower).await,
-            Mover::Piped(mover) => return mover.run_batch(batch, lower).await,
+            Mover::InDatabase(mover) => return mover.run_batch(batch, range).await,
+            Mover::Piped(mover) => return mover.run_batch(batch, range).await,
             Mover::Rows(plan) => plan,
         };
-        let (rows, bytes, exhausted) = self.read(plan, lower, batch.args).await?;
+        let (rows, bytes, exhausted) = self.read(plan, range, batch.args).await?;
         let mut last_key: Option<Vec<String>> = None;
         for row in &rows {
             let key = plan.key_positions.iter().map(|&i| row[i].clone()).collect();

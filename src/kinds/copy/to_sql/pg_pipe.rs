@@ -32,6 +32,11 @@ pub(super) struct PgPipe {
 }
 
 impl PgPipe {
+    /// The source's key walk (to cut key ranges on).
+    pub fn walk(&self) -> &Keyset {
+        &self.sql.walk
+    }
+
     /// The copy from `source` into `target` by `sql`.
     pub fn new(source: PgStore, target: PgStore, sql: PipeSql) -> Self {
         Self {
@@ -46,14 +51,15 @@ impl PgPipe {
     pub async fn run_batch(
         &self,
         batch: &mut Batch<'_>,
-        lower: Option<&[String]>,
+        (lower, end): (Option<&[String]>, Option<&[String]>),
     ) -> Result<BatchOutcome, MigrationError> {
         let sql = &self.sql;
-        let upper = batch_end(&self.source, &sql.walk, lower, batch.args.batch_size).await?;
+        let end = batch_end(&self.source, &sql.walk, lower, end, batch.args.batch_size).await?;
+        let upper = end.upper.as_deref();
         let params: Vec<String> = lower
             .unwrap_or_default()
             .iter()
-            .chain(upper.as_deref().unwrap_or_default())
+            .chain(upper.unwrap_or_default())
             .cloned()
             .collect();
         let copy_out = sql.copy_out(lower.is_some(), upper.is_some());
@@ -76,12 +82,12 @@ impl PgPipe {
                     pg_copy::pipe(&self.source, &params, &copy_out, &mut tx, &sql.copy_in).await?;
                 tx.execute_script(&sql.merge)
                     .await
-                    .map_err(|err| key_repeated(err, lower, upper.as_deref()))?;
+                    .map_err(|err| key_repeated(err, lower, upper))?;
                 moved
             }
             Err(err) => return Err(err.into()),
         };
-        let outcome = outcome(lower, upper, rows, bytes);
+        let outcome = outcome(lower, end, rows, bytes);
         batch.commit(Box::new(tx), &outcome).await?;
         Ok(outcome)
     }

@@ -1,6 +1,6 @@
 //! The key range of one batch of the copies that move rows without reading them into the worker
 //! ([`super::in_database`], [`super::pg_pipe`]): after the cursor, up to the key `batchSize` rows on in the source's
-//! key order, found on the key's index alone, as the backfill finds its ranges (the `where` filter aside: every key
+//! key order (within the walk's key range, with `parallelism`), found on the key's index alone, as the backfill finds its ranges (the `where` filter aside: every key
 //! bounds a range, and a range may hold fewer matching rows).
 
 use crate::kinds::checkpoint::{Checkpoint, KeyCursor};
@@ -8,24 +8,47 @@ use crate::kinds::keyset::Keyset;
 use crate::migration::{BatchOutcome, MigrationError};
 use crate::store::{SqlParam, SqlStore, StoreError};
 
-/// The last key of the batch after `lower`: the key `size` rows on, or `None` when fewer rows remain (the last
-/// batch then takes every row after `lower`). Read in a read transaction of the source's own.
+/// Where a batch ends: the last key it takes, and whether it is the walk's (the key range's) last batch.
+pub(super) struct BatchEnd {
+    /// The batch's last key; `None` for the last batch of a walk without an end (every row after the cursor).
+    pub upper: Option<Vec<String>>,
+    /// No batch follows this one.
+    pub last: bool,
+}
+
+/// The end of the batch after `lower`, within the key range that ends at `end` (inclusive; `None`: the source's
+/// end): the key `size` rows on, or, when fewer rows remain, the range's end. Read in a read transaction of the
+/// source's own.
 pub(super) async fn batch_end(
     source: &dyn SqlStore,
     walk: &Keyset,
     lower: Option<&[String]>,
+    end: Option<&[String]>,
     size: u64,
-) -> Result<Option<Vec<String>>, MigrationError> {
+) -> Result<BatchEnd, MigrationError> {
     let mut params = texts(lower.unwrap_or_default());
+    params.extend(texts(end.unwrap_or_default()));
     params.push(SqlParam::Int(
         i64::try_from(size.saturating_sub(1)).unwrap_or(i64::MAX),
     ));
     let mut tx = source.begin_read().await?;
     let upper = tx
-        .fetch_optional_text(&walk.key_after(lower.is_some()), &params)
+        .fetch_optional_text(
+            &walk.key_after_within(lower.is_some(), end.is_some()),
+            &params,
+        )
         .await?;
     tx.commit().await?;
-    Ok(upper)
+    Ok(match upper {
+        Some(upper) => BatchEnd {
+            upper: Some(upper),
+            last: false,
+        },
+        None => BatchEnd {
+            upper: end.map(<[String]>::to_vec),
+            last: true,
+        },
+    })
 }
 
 /// The bounds as parameters: `lower` (if any), then `upper` (if any), one text per key column.
@@ -33,19 +56,18 @@ pub(super) fn texts(keys: &[String]) -> Vec<SqlParam> {
     keys.iter().cloned().map(SqlParam::Text).collect()
 }
 
-/// The outcome of a batch that moved `rows` (`bytes`) in (`lower`, `upper`]: the cursor at `upper`, or, for the
-/// last batch (`upper` is `None`), done with the cursor where it was.
+/// The outcome of a batch that moved `rows` (`bytes`) in (`lower`, `end.upper`]: the cursor at its upper key (where
+/// it was, for a last batch without one), done after the last batch.
 pub(super) fn outcome(
     lower: Option<&[String]>,
-    upper: Option<Vec<String>>,
+    end: BatchEnd,
     rows: u64,
     bytes: u64,
 ) -> BatchOutcome {
-    let done = upper.is_none();
-    let at = upper.or_else(|| lower.map(<[String]>::to_vec));
+    let at = end.upper.or_else(|| lower.map(<[String]>::to_vec));
     BatchOutcome {
         state: KeyCursor::after(at).to_state(),
-        done,
+        done: end.last,
         rows,
         bytes,
     }

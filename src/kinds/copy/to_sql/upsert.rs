@@ -94,9 +94,10 @@ impl UpsertSql {
         }
     }
 
-    /// Reads the next batch as text. Params: the cursor (if any), one text per key column, then the row limit.
-    pub fn read(&self, has_lower: bool) -> String {
-        self.keyset.read(&self.select, has_lower)
+    /// Reads the next batch as text, within a key range's end if it has one. Params: the cursor (if any), then the
+    /// end (if any), one text per key column each, then the row limit.
+    pub fn read(&self, has_lower: bool, has_end: bool) -> String {
+        self.keyset.read_within(&self.select, has_lower, has_end)
     }
 
     /// The key walk: the source, its key columns, the check of each row's key.
@@ -188,12 +189,12 @@ mod tests {
     #[test]
     fn the_read_walks_the_key_after_the_cursor_with_every_value_as_text() {
         assert_eq!(
-            sql(Dialect::Postgres, Dialect::Postgres).read(true),
+            sql(Dialect::Postgres, Dialect::Postgres).read(true, false),
             "SELECT bgm_src.\"id\"::text, bgm_src.\"day\"::text, bgm_src.\"n\"::text FROM \"traces\" AS bgm_src \
              WHERE (bgm_src.\"day\", bgm_src.\"id\") > ($1::timestamp with time zone, $2::text) AND (n > 0) \
              ORDER BY bgm_src.\"day\", bgm_src.\"id\" LIMIT $3::bigint"
         );
-        assert!(sql(Dialect::Sqlite, Dialect::Sqlite).read(false).ends_with(
+        assert!(sql(Dialect::Sqlite, Dialect::Sqlite).read(false, false).ends_with(
             "WHERE (n > 0) ORDER BY bgm_src.\"day\", bgm_src.\"id\" LIMIT CAST(?1 AS INTEGER)"
         ));
     }
