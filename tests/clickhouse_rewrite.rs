@@ -83,34 +83,8 @@ async fn two_workers_rewrite_runs_of_partitions_exactly() {
          columns = [\"id\", \"ts\", \"name\", \"name_length\"]\nselect = \"id, ts, upperUTF8(name), lengthUTF8(name)\"\n\
          [args]\nparallelism = 2\nsleepMs = 50\n",
     );
-    let env = [
-        ("CLICKHOUSE_URL", ch.url.as_str()),
-        ("BGMIGRATE_LEASE_TTL", "2s"),
-        ("BGMIGRATE_HEARTBEAT", "500ms"),
-        ("BGMIGRATE_POLL", "200ms"),
-    ];
-    assert!(db.cli_with_env(&["migrate"], &env).status.success());
-    db.run_workers(&["w1", "w2"], &env);
-    let connected = db.connect_with_clickhouse(&ch.url).await;
+    let (connected, _) = db.two_workers_finish_in_ranges(&ch.url, NAME).await;
     let record = connected.control.get(NAME).await.unwrap();
-    assert_eq!(
-        record.status,
-        Status::Finished,
-        "{:?}",
-        record.failed_reason
-    );
-    let ranges = connected.control.ranges(NAME).await.unwrap();
-    assert!(
-        ranges.len() >= 2 && ranges.iter().all(|r| r.done),
-        "{ranges:?}"
-    );
-    let walkers: std::collections::BTreeSet<_> =
-        ranges.iter().filter_map(|r| r.worker_id.clone()).collect();
-    assert_eq!(
-        walkers.len(),
-        2,
-        "both workers rewrote partitions: {ranges:?}"
-    );
     assert_eq!(record.rows_done, 960);
     assert_eq!(ch.value("SELECT count() FROM events FINAL").await, "960");
     assert_eq!(

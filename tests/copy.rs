@@ -321,30 +321,7 @@ async fn two_workers_copy_exactly(
     let (db, ch) = (&traces.db, &traces.ch);
     let name = "20241024_1730_copy_traces";
     db.define(name, definition);
-    let env = [
-        ("CLICKHOUSE_URL", ch.url.as_str()),
-        ("BGMIGRATE_LEASE_TTL", "2s"),
-        ("BGMIGRATE_HEARTBEAT", "500ms"),
-        ("BGMIGRATE_POLL", "200ms"),
-    ];
-    assert!(db.cli_with_env(&["migrate"], &env).status.success());
-    db.run_workers(&["w1", "w2"], &env);
-    let connected = db.connect_with_clickhouse(&ch.url).await;
-    let record = connected.control.get(name).await.unwrap();
-    assert_eq!(
-        record.status,
-        Status::Finished,
-        "{:?}",
-        record.failed_reason
-    );
-    let ranges = connected.control.ranges(name).await.unwrap();
-    assert!(
-        ranges.len() >= 2 && ranges.iter().all(|r| r.done),
-        "{ranges:?}"
-    );
-    let walkers: std::collections::BTreeSet<_> =
-        ranges.iter().filter_map(|r| r.worker_id.clone()).collect();
-    assert_eq!(walkers.len(), 2, "both workers walked ranges: {ranges:?}");
+    let (_, ranges) = db.two_workers_finish_in_ranges(&ch.url, name).await;
     assert_eq!(
         ch.value("SELECT count() FROM traces FINAL").await,
         rows.to_string()

@@ -161,6 +161,41 @@ impl TestDb {
         }
     }
 
+    /// Registers the definitions, runs two worker processes (`w1`, `w2`, short leases) on them with ClickHouse at
+    /// `clickhouse_url`, and checks that migration `name` finished in at least two ranges, every one done, both
+    /// workers among their walkers. Returns the stores and the ranges.
+    pub async fn two_workers_finish_in_ranges(
+        &self,
+        clickhouse_url: &str,
+        name: &str,
+    ) -> (Connected, Vec<bgmigrate::control::RangeRecord>) {
+        let env = [
+            ("CLICKHOUSE_URL", clickhouse_url),
+            ("BGMIGRATE_LEASE_TTL", "2s"),
+            ("BGMIGRATE_HEARTBEAT", "500ms"),
+            ("BGMIGRATE_POLL", "200ms"),
+        ];
+        assert!(self.cli_with_env(&["migrate"], &env).status.success());
+        self.run_workers(&["w1", "w2"], &env);
+        let connected = self.connect_with_clickhouse(clickhouse_url).await;
+        let record = connected.control.get(name).await.expect("row");
+        assert_eq!(
+            record.status,
+            Status::Finished,
+            "{:?}",
+            record.failed_reason
+        );
+        let ranges = connected.control.ranges(name).await.expect("ranges");
+        assert!(
+            ranges.len() >= 2 && ranges.iter().all(|r| r.done),
+            "{ranges:?}"
+        );
+        let walkers: std::collections::BTreeSet<_> =
+            ranges.iter().filter_map(|r| r.worker_id.clone()).collect();
+        assert_eq!(walkers.len(), 2, "both workers walked ranges: {ranges:?}");
+        (connected, ranges)
+    }
+
     /// Status of one migration, read from the control table.
     pub async fn status_of(&self, name: &str) -> Status {
         let connected = self.connect().await;
