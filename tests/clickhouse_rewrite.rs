@@ -11,19 +11,37 @@ use common::{TestDb, register_dir, run_registered, text};
 const NAME: &str = "20241101_0001_rewrite_events";
 
 async fn setup(test: &str) -> (TestDb, TestClickHouse) {
+    setup_partitioned(test, "toYYYYMM(ts)", 2_000, "").await
+}
+
+/// `rows` hourly events from 2024-09-01 in `events_v1`, partitioned by `partition_by`, the empty `events`, and the
+/// rewrite between them defined with `args` (TOML lines after `[args]`, or none).
+async fn setup_partitioned(
+    test: &str,
+    partition_by: &str,
+    rows: u32,
+    args: &str,
+) -> (TestDb, TestClickHouse) {
     let db = TestDb::create(test).await;
     let ch = TestClickHouse::create(test).await;
-    ch.exec("CREATE TABLE events_v1 (id String, ts DateTime, name String) ENGINE = MergeTree PARTITION BY toYYYYMM(ts) ORDER BY id").await;
+    ch.exec(&format!("CREATE TABLE events_v1 (id String, ts DateTime, name String) ENGINE = MergeTree PARTITION BY {partition_by} ORDER BY id")).await;
     ch.exec("CREATE TABLE events (id String, ts DateTime, name String, name_length UInt64) ENGINE = ReplacingMergeTree ORDER BY id").await;
-    ch.exec(
+    ch.exec(&format!(
         "INSERT INTO events_v1 SELECT concat('e', toString(number)), toDateTime('2024-09-01 00:00:00') + number * 3600, \
-         concat('événement ', toString(number)) FROM system.numbers LIMIT 2000",
-    )
+         concat('événement ', toString(number)) FROM system.numbers LIMIT {rows}",
+    ))
     .await;
+    let args = if args.is_empty() {
+        String::new()
+    } else {
+        format!("[args]\n{args}\n")
+    };
     db.define(
         NAME,
-        "kind = \"clickhouse_rewrite\"\nstore = \"clickhouse\"\nfrom = \"events_v1\"\nto = \"events\"\n\
-         columns = [\"id\", \"ts\", \"name\", \"name_length\"]\nselect = \"id, ts, upperUTF8(name), lengthUTF8(name)\"\n",
+        &format!(
+            "kind = \"clickhouse_rewrite\"\nstore = \"clickhouse\"\nfrom = \"events_v1\"\nto = \"events\"\n\
+             columns = [\"id\", \"ts\", \"name\", \"name_length\"]\nselect = \"id, ts, upperUTF8(name), lengthUTF8(name)\"\n{args}"
+        ),
     );
     (db, ch)
 }
@@ -68,21 +86,13 @@ async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
 /// one, every range ends done, and every row arrives once with its transformation.
 #[tokio::test]
 async fn two_workers_rewrite_runs_of_partitions_exactly() {
-    let db = TestDb::create("ch_rewrite_parallel").await;
-    let ch = TestClickHouse::create("ch_rewrite_parallel").await;
-    ch.exec("CREATE TABLE events_v1 (id String, ts DateTime, name String) ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY id").await;
-    ch.exec("CREATE TABLE events (id String, ts DateTime, name String, name_length UInt64) ENGINE = ReplacingMergeTree ORDER BY id").await;
-    ch.exec(
-        "INSERT INTO events_v1 SELECT concat('e', toString(number)), toDateTime('2024-09-01 00:00:00') + number * 3600, \
-         concat('événement ', toString(number)) FROM system.numbers LIMIT 960",
+    let (db, ch) = setup_partitioned(
+        "ch_rewrite_parallel",
+        "toYYYYMMDD(ts)",
+        960,
+        "parallelism = 2\nsleepMs = 50",
     )
     .await;
-    db.define(
-        NAME,
-        "kind = \"clickhouse_rewrite\"\nstore = \"clickhouse\"\nfrom = \"events_v1\"\nto = \"events\"\n\
-         columns = [\"id\", \"ts\", \"name\", \"name_length\"]\nselect = \"id, ts, upperUTF8(name), lengthUTF8(name)\"\n\
-         [args]\nparallelism = 2\nsleepMs = 50\n",
-    );
     let (connected, _) = db.two_workers_finish_in_ranges(&ch.url, NAME).await;
     let record = connected.control.get(NAME).await.unwrap();
     assert_eq!(record.rows_done, 960);
