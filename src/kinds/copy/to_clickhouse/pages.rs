@@ -94,6 +94,7 @@ impl PageWindow {
 /// size in pages as last read.
 #[derive(Debug)]
 pub struct PhysicalWalk {
+    pool: PgPool,
     table: String,
     rows_per_page: f64,
     /// The table's pages when last read: re-read only when a window reaches them, so that a batch in the middle of
@@ -107,6 +108,7 @@ impl PhysicalWalk {
     pub async fn prepare(pool: &PgPool, table: &str) -> Result<PhysicalWalk, MigrationError> {
         check_server(pool).await?;
         Ok(PhysicalWalk {
+            pool: pool.clone(),
             table: table.to_owned(),
             rows_per_page: rows_per_page(pool, table).await?,
             known_pages: AtomicU64::new(heap_pages(pool, table).await?),
@@ -114,11 +116,11 @@ impl PhysicalWalk {
     }
 
     /// Whether the table has pages at or after `page`.
-    async fn has_pages_from(&self, pool: &PgPool, page: u64) -> Result<bool, MigrationError> {
+    async fn has_pages_from(&self, page: u64) -> Result<bool, MigrationError> {
         if page < self.known_pages.load(Ordering::Relaxed) {
             return Ok(true);
         }
-        let pages = heap_pages(pool, &self.table).await?;
+        let pages = heap_pages(&self.pool, &self.table).await?;
         self.known_pages.store(pages, Ordering::Relaxed);
         Ok(page < pages)
     }
@@ -127,7 +129,6 @@ impl PhysicalWalk {
 /// Copies the page window after the checkpoint's `ctid` cursor `after`. The table is exhausted when a window that
 /// reached its last page was read whole.
 pub async fn copy_page_batch(
-    pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     walk: &PhysicalWalk,
@@ -135,13 +136,13 @@ pub async fn copy_page_batch(
     args: &Args,
 ) -> Result<Walked<PageCursor>, MigrationError> {
     let window = PageWindow::after(after, args.batch_size, walk.rows_per_page);
-    let moved = copy_batch(pool, clickhouse, plan, Window::Pages(window), args).await?;
+    let moved = copy_batch(clickhouse, plan, Window::Pages(window), args).await?;
     let cursor = if moved.complete {
         Tid::page_start(window.end_page)
     } else {
         moved.last_tid.unwrap_or(after)
     };
-    let exhausted = moved.complete && !walk.has_pages_from(pool, window.end_page).await?;
+    let exhausted = moved.complete && !walk.has_pages_from(window.end_page).await?;
     Ok(Walked {
         at: PageCursor::after_tid(cursor),
         moved,
