@@ -117,7 +117,7 @@ fn convert<'r>(value: Stored<'r>, ty: &ChType) -> Result<Cell<'r>, EncodeError> 
         (_, ChType::Nullable(inner)) => return convert(value, inner),
         (Stored::Blob(bytes), ChType::String) => {
             let mut out = Vec::with_capacity(bytes.len() + 5);
-            push_len(&mut out, bytes.len());
+            from_text::push_len(&mut out, bytes.len());
             out.extend_from_slice(bytes);
             Cell::Bytes(out)
         }
@@ -282,18 +282,6 @@ fn json_array(text: &str) -> Result<Vec<Stored<'static>>, String> {
             })
         })
         .collect()
-}
-
-fn push_len(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 #[cfg(test)]
