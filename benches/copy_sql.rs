@@ -210,7 +210,8 @@ async fn sqlite_reference(source: &Path, target: &Path) -> Duration {
 fn clickhouse_reference(source: &Path, database: &str, table: &str) -> Duration {
     let started = Instant::now();
     let mut out = Command::new("sqlite3")
-        .args(["-csv", "-nullvalue", "\\N"])
+        // A busy timeout: the pool that filled the file may still be closing (checkpointing) its connections.
+        .args(["-csv", "-nullvalue", "\\N", "-cmd", ".timeout 10000"])
         .arg(source)
         .arg(
             "SELECT id, project_id, name, datetime(created_at), input, output, latency, is_public FROM traces",

@@ -214,8 +214,9 @@ impl ClickHouseCopy {
                     &shape.key_types,
                     from.filter.as_deref(),
                 );
-                sql.check(store.pool(), &from.relation).await?;
-                (ReadSql::Sqlite(store.pool().clone(), sql), None)
+                let pool = sqlite_rows::reading_pool(store.pool()).await?;
+                sql.check(&pool, &from.relation).await?;
+                (ReadSql::Sqlite(pool, sql), None)
             }
         };
         let plan = CopyPlan {
