@@ -1,5 +1,6 @@
 //! The `copy` kind from a real SQLite file into the real ClickHouse server (18.16 on the test machine): an exact copy
-//! of values of every storage class, a copy sent twice that leaves one row per key, a worker killed mid-copy whose
+//! of values of every storage class, a copy sent twice that leaves one row per key, a copy split into key ranges, a
+//! worker killed mid-copy whose
 //! successor ends exact, and a value that does not fit its column failing the batch with key, column, value and
 //! type named, nothing of that batch written, and a retry that resumes from the checkpoint.
 
@@ -234,6 +235,25 @@ async fn a_sqlite_table_copies_into_clickhouse_exactly_and_a_resent_copy_leaves_
         .unwrap();
     assert_finished(&again);
     assert_eq!(again.rows_done, ROWS, "every row was sent a second time");
+    fixture.assert_exact().await;
+}
+
+/// With `parallelism = 2` the copy's key space is cut on the SQLite key's index into ranges, each walked to its end,
+/// and the copy is exact.
+#[tokio::test]
+async fn a_copy_split_into_key_ranges_is_exact() {
+    let fixture = Fixture::create("sqlite_ch_ranges").await;
+    let name = "20240101_0001_copy_events";
+    fixture.define(name, "batchSize = 400\nparallelism = 2");
+    fixture.run().await;
+    let record = fixture.connected.control.get(name).await.unwrap();
+    assert_finished(&record);
+    assert_eq!(record.rows_done, ROWS);
+    let ranges = fixture.connected.control.ranges(name).await.unwrap();
+    assert!(
+        ranges.len() >= 2 && ranges.iter().all(|r| r.done),
+        "{ranges:?}"
+    );
     fixture.assert_exact().await;
 }
 
