@@ -6,9 +6,13 @@
 //! 2. Postgres → Postgres (source in one database; target and control in another, so batch and checkpoint commit in
 //!    one transaction) versus `psql -c "COPY traces TO STDOUT" | psql -c "COPY traces FROM STDIN"`.
 //! 3. Postgres → SQLite and SQLite → Postgres, measured and reported (against the same two references).
+//! 4. SQLite → ClickHouse (a `ReplacingMergeTree`; 100,000-row batches, the default into ClickHouse; `created_at`
+//!    text parsed into `DateTime`) versus `sqlite3 -csv source.db 'SELECT ...' | curl --data-binary @-
+//!    '.../?query=INSERT ... FORMAT CSV'` into an empty twin table, SQLite formatting the timestamp itself.
 //!
-//! Needs the machine's Postgres (127.0.0.1:5432, user postgres). `BENCH_ROWS` overrides the row count,
-//! `BENCH_ONLY=sqlite|postgres|cross` runs one part. Run with `cargo bench --bench copy_sql`.
+//! Needs the machine's Postgres (127.0.0.1:5432, user postgres), and for part 4 its ClickHouse (127.0.0.1:8123) and
+//! the `sqlite3` and `curl` commands. `BENCH_ROWS` overrides the row count, `BENCH_ONLY=sqlite|postgres|cross|
+//! clickhouse` runs one part. Run with `cargo bench --bench copy_sql`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,7 +25,12 @@ use bgmigrate::{Registration, Runner, RunnerConfig, builtin_registry};
 use serde_json::json;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
+const CH: &str = "http://127.0.0.1:8123";
 const BATCH: u64 = 20_000;
+
+/// The ClickHouse twin of [`TABLE`]; `created_at` is a real timestamp there.
+const CH_TABLE: &str = "(id String, project_id String, name Nullable(String), created_at DateTime, input String,
+    output String, latency Nullable(Float64), is_public UInt8) ENGINE = ReplacingMergeTree ORDER BY id";
 
 const TABLE: &str = "CREATE TABLE traces (id text NOT NULL PRIMARY KEY, project_id text NOT NULL, name text,
     created_at text NOT NULL, input text, output text, latency double precision, is_public integer NOT NULL)";
@@ -115,8 +124,9 @@ async fn fill(store: &dyn SqlStore, rows: u64) {
     }
 }
 
-/// Runs one copy of `traces` from store `from` into store `to` (both configured in `connected`) to its end.
-async fn copy(connected: &Connected, from: &str, to: &str) -> Duration {
+/// Runs one copy of `traces` from store `from` into store `to` (both configured in `connected`) to its end, in
+/// batches of `batch` rows.
+async fn copy(connected: &Connected, from: &str, to: &str, batch: u64) -> Duration {
     connected.control.ensure_schema().await.expect("schema");
     let name = format!("0001_copy_{from}_to_{to}");
     let registration = Registration {
@@ -126,7 +136,7 @@ async fn copy(connected: &Connected, from: &str, to: &str) -> Duration {
             "from": {"store": from, "table": "traces", "key": ["id"]},
             "to": {"store": to, "table": "traces"},
         }),
-        args: json!({ "batchSize": BATCH, "sleepMs": 0 }),
+        args: json!({ "batchSize": batch, "sleepMs": 0 }),
         depends_on: None,
     };
     connected
@@ -155,9 +165,13 @@ async fn copy(connected: &Connected, from: &str, to: &str) -> Duration {
 }
 
 fn line(what: &str, rows: u64, ours: Duration, reference: Option<(&str, Duration)>) {
+    line_of(what, rows, BATCH, ours, reference);
+}
+
+fn line_of(what: &str, rows: u64, batch: u64, ours: Duration, reference: Option<(&str, Duration)>) {
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     let mut text = format!(
-        "{what}, {rows} rows: bgmigrate {BATCH}-row batches {:.2} s ({:.0} rows/s)",
+        "{what}, {rows} rows: bgmigrate {batch}-row batches {:.2} s ({:.0} rows/s)",
         ours.as_secs_f64(),
         rate(ours)
     );
@@ -189,6 +203,77 @@ async fn sqlite_reference(source: &Path, target: &Path) -> Duration {
         .await
         .expect("insert select");
     started.elapsed()
+}
+
+/// `sqlite3 -csv | curl ... FORMAT CSV` into `table` of ClickHouse `database`: the two tools' own bulk paths, SQLite
+/// formatting the timestamp and `\N` for NULL.
+fn clickhouse_reference(source: &Path, database: &str, table: &str) -> Duration {
+    let started = Instant::now();
+    let mut out = Command::new("sqlite3")
+        // A busy timeout: the pool that filled the file may still be closing (checkpointing) its connections.
+        .args(["-csv", "-nullvalue", "\\N", "-cmd", ".timeout 10000"])
+        .arg(source)
+        .arg(
+            "SELECT id, project_id, name, datetime(created_at), input, output, latency, is_public FROM traces",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sqlite3");
+    let query = format!("INSERT INTO {database}.{table} FORMAT CSV").replace(' ', "%20");
+    let status = Command::new("curl")
+        .args(["-sS", "--fail", "--data-binary", "@-"])
+        .arg(format!("{CH}/?query={query}"))
+        .stdin(out.stdout.take().expect("pipe"))
+        .status()
+        .expect("curl");
+    assert!(status.success() && out.wait().expect("wait").success());
+    started.elapsed()
+}
+
+/// SQLite → ClickHouse beside `sqlite3 -csv | curl`, in a ClickHouse database of its own (dropped after).
+async fn sqlite_to_clickhouse(source_file: &Path, rows: u64) {
+    let database = format!("bgm_bench_sqlch_{}", std::process::id());
+    let admin = bgmigrate::clickhouse::ClickHouse::from_url(&format!("{CH}/default")).expect("url");
+    admin
+        .execute(&format!("DROP DATABASE IF EXISTS {database}"))
+        .await
+        .expect("drop");
+    admin
+        .execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .expect("create");
+    for table in ["traces", "traces_ref"] {
+        admin
+            .execute(&format!("CREATE TABLE {database}.{table} {CH_TABLE}"))
+            .await
+            .expect("create table");
+    }
+    let reference = clickhouse_reference(source_file, &database, "traces_ref");
+    let connected = config::connect(&format!("sqlite://{}", source_file.display()))
+        .await
+        .expect("control")
+        .with_clickhouse(Some(&format!("{CH}/{database}")))
+        .expect("clickhouse url");
+    let batch = bgmigrate::kinds::copy::CLICKHOUSE_BATCH_SIZE;
+    let ours = copy(&connected, SQLITE_STORE, "clickhouse", batch).await;
+    for table in ["traces", "traces_ref"] {
+        let copied = admin
+            .query_value(&format!("SELECT count() FROM {database}.{table} FINAL"))
+            .await
+            .expect("count");
+        assert_eq!(copied, rows.to_string(), "{table}");
+    }
+    line_of(
+        "sqlite -> clickhouse",
+        rows,
+        batch,
+        ours,
+        Some(("sqlite3 -csv | curl INSERT ... FORMAT CSV", reference)),
+    );
+    admin
+        .execute(&format!("DROP DATABASE IF EXISTS {database}"))
+        .await
+        .expect("drop");
 }
 
 /// `psql COPY TO STDOUT | psql COPY FROM STDIN` between two databases: Postgres's own copy.
@@ -255,7 +340,7 @@ async fn main() {
                 .with_sql("analytics", Arc::new(target.clone())),
             ..connected
         };
-        let ours = copy(&connected, SQLITE_STORE, "analytics").await;
+        let ours = copy(&connected, SQLITE_STORE, "analytics", BATCH).await;
         assert_eq!(count(&target).await, rows as i64);
         line(
             "sqlite -> sqlite",
@@ -281,7 +366,7 @@ async fn main() {
             stores: connected.stores.clone().with_postgres("source", source),
             ..connected
         };
-        let ours = copy(&connected, "source", "postgres").await;
+        let ours = copy(&connected, "source", "postgres", BATCH).await;
         assert_eq!(count(target.as_ref()).await, rows as i64);
         line(
             "postgres -> postgres",
@@ -308,7 +393,7 @@ async fn main() {
                 .with_sql("analytics", Arc::new(target.clone())),
             ..connected
         };
-        let ours = copy(&connected, "postgres", "analytics").await;
+        let ours = copy(&connected, "postgres", "analytics", BATCH).await;
         assert_eq!(count(&target).await, rows as i64);
         line(
             "postgres -> sqlite",
@@ -335,7 +420,7 @@ async fn main() {
                 .with_postgres("warehouse", target.clone()),
             ..connected
         };
-        let ours = copy(&connected, SQLITE_STORE, "warehouse").await;
+        let ours = copy(&connected, SQLITE_STORE, "warehouse", BATCH).await;
         assert_eq!(count(&target).await, rows as i64);
         line(
             "sqlite -> postgres",
@@ -347,6 +432,9 @@ async fn main() {
             )),
         );
         drop_pg(&pg_target);
+    }
+    if run("clickhouse") {
+        sqlite_to_clickhouse(&source_file, rows).await;
     }
     for db in [&pg_source, &pg_reference] {
         if run("postgres") || run("cross") {

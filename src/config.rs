@@ -189,7 +189,7 @@ impl Connected {
                 let pool = sqlite::connect_pool(url, 4).await.map_err(opened)?;
                 let path = sqlite::file_of(url).unwrap_or_default();
                 let store = SqliteStore::new(pool, SqliteStore::id_for_path(&path));
-                self.stores.clone().with_sql(&setting.name, Arc::new(store))
+                self.stores.clone().with_sqlite(&setting.name, store)
             } else if url.starts_with("http://") || url.starts_with("https://") {
                 let config = ClickHouseConfig::parse(url, |_| None).map_err(|err| match err {
                     ClickHouseError::BadUrl { reason, .. } => setting.bad(reason),
@@ -266,7 +266,7 @@ async fn connect_sqlite(database_url: &str) -> Result<Connected, ConfigError> {
     let control: Arc<dyn ControlStore> = Arc::new(SqlControlStore::sqlite(&store));
     Ok(Connected {
         control,
-        stores: Stores::new().with_sql(SQLITE_STORE, Arc::new(store)),
+        stores: Stores::new().with_sqlite(SQLITE_STORE, store),
         pool: None,
         clickhouse: None,
     })

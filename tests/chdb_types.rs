@@ -1,5 +1,6 @@
 //! Proof on current ClickHouse (chDB, ClickHouse 26.x in-process, installed by `scripts/ensure-chdb.sh`) of what
-//! the local 18.16 server cannot show: the copy writes every type it maps — `Decimal32..256`, `Int128..UInt256`,
+//! the local 18.16 server cannot show: the copy writes every type it maps (from Postgres, and from SQLite's dynamically
+//! typed values) — `Decimal32..256`, `Int128..UInt256`,
 //! `UUID`, `Enum8/16`, `FixedString`, `IPv4/IPv6`, `Bool`, `Date32`, zoned `DateTime`/`DateTime64`, `Map`,
 //! `LowCardinality(Nullable)`, arrays of them — and Langfuse's real v3 tables
 //! (`examples/langfuse_v2_to_v3/clickhouse_v3/`) receive v2 rows; the health signals' queries answer there too.
@@ -351,6 +352,162 @@ SELECT 'score-' || g, timestamp '2024-10-01 00:00:00.321' + g * interval '1 minu
        timestamp '2024-10-04 00:00:00' + g * interval '1 minute'
 FROM generate_series(1, 90) g;
 "#;
+
+/// A SQLite source's dynamically typed values land exactly in the types only current ClickHouse has: `Bool` from
+/// text, `DateTime64(3, 'UTC')` from ISO text and from unix seconds with a fraction, `Date32` before 1970, `Map`
+/// and `Array` from JSON text, `Int128` from text and integers, `Decimal(38, 10)` from text and REALs,
+/// `LowCardinality(Nullable(String))`, and `UUID` from a 16-byte BLOB; `verify` then compares every key range.
+#[tokio::test]
+async fn sqlite_values_of_every_storage_class_land_exactly_in_current_clickhouse_types() {
+    let chdb = Chdb::start();
+    let ch = TestClickHouse::create_on(&chdb.url, "chdb_sqlite").await;
+    ch.exec(
+        "CREATE TABLE events (id UInt64, flag Bool, at DateTime64(3, 'UTC'), day Date32, \
+         meta Map(String, UInt64), label LowCardinality(Nullable(String)), big Int128, amount Decimal(38, 10), \
+         tags Array(String), uid UUID) ENGINE = ReplacingMergeTree ORDER BY id",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations/background")).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("app.db").display());
+    let connected = bgmigrate::config::connect(&url)
+        .await
+        .unwrap()
+        .with_clickhouse(Some(&ch.url))
+        .unwrap();
+    connected.control.ensure_schema().await.unwrap();
+    let pool = connected.stores.sqlite("sqlite").unwrap().pool().clone();
+    sqlx::query(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, flag, at, day, meta, label, big, amount, tags, uid BLOB)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rows = 200u32;
+    for n in 1..=rows {
+        let at = if n % 2 == 0 {
+            format!("'2024-10-24T12:00:{:02}.123Z'", n % 60)
+        } else {
+            format!("{}.25", 1_729_771_200 + n)
+        };
+        let big = if n == 1 {
+            format!("'{}'", i128::MAX)
+        } else {
+            format!("{}", -1000 * i64::from(n))
+        };
+        let amount = if n % 2 == 0 {
+            format!("'12345678901234567890.{n:010}'")
+        } else {
+            format!("{n}.25")
+        };
+        let label = if n % 4 == 0 {
+            "NULL".to_owned()
+        } else {
+            format!("'l{}'", n % 3)
+        };
+        let sql = format!(
+            "INSERT INTO events VALUES ({n}, '{}', {at}, date('1950-06-01', '+{n} days'), \
+             '{{\"a\": {n}, \"b\": {}}}', {label}, {big}, {amount}, '[\"x\", \"y {n}\"]', x'{:032x}')",
+            if n % 2 == 0 { "true" } else { "f" },
+            2 * n,
+            u128::from(n) << 64 | 0xabc
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("migrations/background/20240101_0001_sqlite_types.toml"),
+        "kind = \"copy\"\nverify = true\nfrom = { store = \"sqlite\", table = \"events\", key = [\"id\"] }\n\
+         to = { store = \"clickhouse\", table = \"events\" }\n[args]\nbatchSize = 70\n",
+    )
+    .unwrap();
+    common::run_to_end(&connected, &dir.path().join("migrations")).await;
+    let record = connected
+        .control
+        .get("20240101_0001_sqlite_types")
+        .await
+        .unwrap();
+    assert_eq!(
+        record.status,
+        Status::Finished,
+        "{:?}",
+        record.failed_reason
+    );
+
+    let expected: Vec<String> = (1..=rows)
+        .map(|n| {
+            let at = if n % 2 == 0 {
+                format!("2024-10-24 12:00:{:02}.123", n % 60)
+            } else {
+                let secs = 1_729_771_200 + i64::from(n);
+                let t = chrono::DateTime::from_timestamp(secs, 0).unwrap();
+                format!("{}.250", t.format("%Y-%m-%d %H:%M:%S"))
+            };
+            let day = chrono::NaiveDate::from_ymd_opt(1950, 6, 1).unwrap()
+                + chrono::Duration::days(i64::from(n));
+            let label = if n % 4 == 0 {
+                "NULL".to_owned()
+            } else {
+                format!("l{}", n % 3)
+            };
+            let big = if n == 1 {
+                i128::MAX.to_string()
+            } else {
+                (-1000 * i64::from(n)).to_string()
+            };
+            let amount = if n % 2 == 0 {
+                format!("12345678901234567890.{n:010}")
+                    .trim_end_matches('0')
+                    .to_owned()
+            } else {
+                format!("{n}.25")
+            };
+            let uid = format!("{:032x}", u128::from(n) << 64 | 0xabc);
+            let uid = format!(
+                "{}-{}-{}-{}-{}",
+                &uid[..8],
+                &uid[8..12],
+                &uid[12..16],
+                &uid[16..20],
+                &uid[20..]
+            );
+            [
+                n.to_string(),
+                (n % 2 == 0).to_string(),
+                at,
+                day.to_string(),
+                format!("{{'a':{n},'b':{}}}", 2 * n),
+                label,
+                big,
+                amount,
+                format!("['x','y {n}']"),
+                uid,
+            ]
+            .join(" | ")
+        })
+        .collect();
+    let copied: Vec<String> = ch
+        .client
+        .query_rows(
+            "SELECT concat_ws(' | ', toString(id), toString(flag), toString(at), toString(day), toString(meta), \
+             ifNull(toString(label), 'NULL'), toString(big), toString(amount), toString(tags), toString(uid)) \
+             FROM events FINAL ORDER BY id",
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.concat())
+        .collect();
+    assert_eq!(copied.len(), expected.len());
+    for (c, e) in copied.iter().zip(&expected) {
+        assert_eq!(
+            c, e,
+            "ClickHouse (left) and the expected value (right) differ"
+        );
+    }
+}
 
 /// Langfuse's v2 → v3 move on its real v3 tables (`examples/langfuse_v2_to_v3/current/`): `bgmigrate migrate`
 /// applies the v2 Postgres schema and the v3 ClickHouse DDL (Map, Bool, Decimal64(12), DateTime64(3),

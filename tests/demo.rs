@@ -342,7 +342,7 @@ async fn a_plain_worker_with_the_printed_variables_runs_the_demos_copy() {
     );
 }
 
-/// With CLICKHOUSE_URL set (and the sample data in Postgres), the demo creates its traces table in ClickHouse and
+/// With CLICKHOUSE_URL set and the sample data in Postgres (DATABASE_URL), the demo creates its traces table in ClickHouse and
 /// copies every trace into it, the backfilled day included.
 #[tokio::test]
 async fn with_clickhouse_url_the_demo_copies_the_traces_into_clickhouse() {
@@ -397,29 +397,64 @@ async fn with_clickhouse_url_the_demo_copies_the_traces_into_clickhouse() {
     assert_eq!(copied, ids);
 }
 
-/// CLICKHOUSE_URL with the demo's SQLite data is refused (exit 2, naming both variables) before any data is
-/// generated: a copy into ClickHouse reads from Postgres.
+/// With CLICKHOUSE_URL set and no DATABASE_URL (the newcomer's default: the sample data in the demo's SQLite file),
+/// the demo creates its traces table in ClickHouse and copies every trace into it from SQLite, the backfilled day
+/// included; the worker command it prints carries CLICKHOUSE_URL.
 #[tokio::test]
-async fn clickhouse_url_with_sqlite_data_is_refused_before_any_data_is_generated() {
+async fn with_clickhouse_url_and_the_default_sqlite_data_the_demo_copies_the_traces_into_clickhouse()
+ {
+    let clickhouse = TestClickHouse::create("demo_sqlite_clickhouse").await;
     let dir = tempfile::tempdir().unwrap();
     let output = demo_of(dir.path(), FREE_PORT, 400)
-        .env("CLICKHOUSE_URL", "http://127.0.0.1:8123/default")
+        .env("CLICKHOUSE_URL", &clickhouse.url)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let variables = printed_worker_variables(&stdout);
     assert!(
-        stderr.contains("CLICKHOUSE_URL is set, but the demo's data is in SQLite")
-            && stderr.contains("DATABASE_URL=postgres://"),
-        "{stderr}"
+        variables.contains(&("CLICKHOUSE_URL".into(), clickhouse.url.clone())),
+        "the worker command carries CLICKHOUSE_URL (it has no password): {variables:?}"
     );
+
     let file = dir.path().join("bgmigrate-demo/app.db");
     let connected = config::connect(&format!("sqlite://{}", file.display()))
         .await
         .unwrap();
-    let store = connected.stores.sql(config::SQLITE_STORE).unwrap();
+    let records = connected.control.list().await.unwrap();
+    let copy = records
+        .iter()
+        .find(|r| r.name == "20241024_1730_copy_traces_to_clickhouse")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(copy.status, Status::Finished, "{copy:?}");
     assert!(
-        store.columns("traces").await.unwrap().is_empty(),
-        "no data was generated"
+        !records.iter().any(|r| r.name == COPY),
+        "no copy into analytics.db"
     );
+    let client = bgmigrate::clickhouse::ClickHouse::from_url(&clickhouse.url).unwrap();
+    assert_eq!(
+        client
+            .query_value(
+                "SELECT count() FROM traces FINAL WHERE created_day = substring(created_at, 1, 10) \
+                 AND input LIKE '{%'"
+            )
+            .await
+            .unwrap(),
+        "100"
+    );
+    let store = connected.stores.sql(config::SQLITE_STORE).unwrap();
+    let mut tx = store.begin_read().await.unwrap();
+    let ids = tx
+        .fetch_all_text("SELECT id FROM traces ORDER BY id", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ids: Vec<String> = ids.into_iter().filter_map(|row| row[0].clone()).collect();
+    let copied = client
+        .query_rows("SELECT id FROM traces FINAL ORDER BY id")
+        .await
+        .unwrap();
+    let copied: Vec<String> = copied.into_iter().map(|row| row[0].clone()).collect();
+    assert_eq!(copied.len(), 100);
+    assert_eq!(copied, ids);
 }

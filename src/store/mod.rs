@@ -315,6 +315,7 @@ pub trait SqlStore: Send + Sync {
 pub struct Stores {
     sql: BTreeMap<String, Arc<dyn SqlStore>>,
     postgres: BTreeMap<String, PgStore>,
+    sqlite: BTreeMap<String, SqliteStore>,
     clickhouse: BTreeMap<String, ClickHouse>,
 }
 
@@ -351,6 +352,20 @@ impl Stores {
     /// The Postgres store called `name`, if configured.
     pub fn postgres(&self, name: &str) -> Option<PgStore> {
         self.postgres.get(name).cloned()
+    }
+
+    /// Adds a SQLite store under `name`, both as a SQL store and for kinds that read its values typed (`copy` into
+    /// ClickHouse).
+    pub fn with_sqlite(mut self, name: impl Into<String>, store: SqliteStore) -> Self {
+        let name = name.into();
+        self.sql.insert(name.clone(), Arc::new(store.clone()));
+        self.sqlite.insert(name, store);
+        self
+    }
+
+    /// The SQLite store called `name`, if configured.
+    pub fn sqlite(&self, name: &str) -> Option<SqliteStore> {
+        self.sqlite.get(name).cloned()
     }
 
     /// Adds (or replaces) a ClickHouse store under `name`.

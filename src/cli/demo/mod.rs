@@ -3,8 +3,8 @@
 //! over it (backfills, and a copy of the traces into the `analytics` store: a second SQLite file,
 //! `bgmigrate-demo/analytics.db`, unless `BGMIGRATE_STORE_ANALYTICS` names another), and runs the worker and the web
 //! UI in this process, with progress bars. With `DATABASE_URL` set, the sample data and the control tables go to
-//! that database instead; with `CLICKHOUSE_URL` set as well (and a Postgres `DATABASE_URL`: a copy into ClickHouse
-//! reads from Postgres), the traces are copied into a ClickHouse table instead.
+//! that database instead. With `CLICKHOUSE_URL` set, the traces are copied into a ClickHouse table instead, from
+//! either store (the demo's SQLite file or the `DATABASE_URL` Postgres).
 //!
 //! The analytics store is an ordinary named store ([`add_analytics_store`]), so a plain `bgmigrate worker` given
 //! the same variables runs the demo's migrations too; the demo prints that command.
@@ -131,7 +131,7 @@ pub async fn run(
         .stores
         .sql(store_name)
         .context("the demo's store is not configured")?;
-    let target = copy_target(connected, store_name).await?;
+    let target = copy_target(connected).await?;
     sample_data(store.as_ref(), args.rows).await?;
     let migrations = Path::new(DEMO_DIR).join("migrations");
     write_definitions(&migrations, store_name, target)?;
@@ -175,17 +175,8 @@ pub async fn run(
 
 /// Where the traces go, its table created if missing (the application's columns, one row per `id`: the copy
 /// upserts on it): ClickHouse when `CLICKHOUSE_URL` is set, else the `analytics` SQL store.
-async fn copy_target(connected: &Connected, store_name: &str) -> anyhow::Result<CopyTarget> {
+async fn copy_target(connected: &Connected) -> anyhow::Result<CopyTarget> {
     if let Some(clickhouse) = &connected.clickhouse {
-        if store_name != "postgres" {
-            return Err(BadInput(
-                "CLICKHOUSE_URL is set, but the demo's data is in SQLite and a copy into ClickHouse reads from \
-                 Postgres: set DATABASE_URL=postgres://user@host:port/database too, or unset CLICKHOUSE_URL to copy \
-                 into the analytics store"
-                    .into(),
-            )
-            .into());
-        }
         clickhouse
             .execute(include_str!("../sql/demo_clickhouse.sql"))
             .await

@@ -1,6 +1,6 @@
 //! `kind = "copy"`: copy a table (or a Postgres query's result) batch by batch in keyset order over a unique key
-//! (single or composite; text ids allowed) — from Postgres into ClickHouse, or from a SQL store into a SQL store
-//! (SQLite or Postgres, either way). The target's store selects the writer: a ClickHouse store the `RowBinary`
+//! (single or composite; text ids allowed) — from Postgres or SQLite into ClickHouse, or from a SQL store into a SQL
+//! store (SQLite or Postgres, either way). The target's store selects the writer: a ClickHouse store the `RowBinary`
 //! stream of [`to_clickhouse`], a SQL store the upsert of [`to_sql`].
 //!
 //! Layout: this file is the factory (which writer, which stores); [`spec`] parses the definition; [`source`] checks
@@ -23,7 +23,9 @@ use crate::store::Stores;
 use self::spec::Order;
 
 pub use self::spec::CopySpec;
-pub use self::to_clickhouse::{CLICKHOUSE_BATCH_SIZE, ClickHouseCopy, ColumnPlan, plan_column};
+pub use self::to_clickhouse::{
+    CLICKHOUSE_BATCH_SIZE, ClickHouseCopy, ColumnPlan, Reader, plan_column,
+};
 pub use self::to_sql::SqlCopy;
 
 /// The name definitions use: `kind = "copy"`.
@@ -76,14 +78,21 @@ pub fn build(params: &Value, stores: &Stores) -> Result<Arc<dyn Migration>, Stri
             stores.sql_names().join(", ")
         )
     })?;
-    let source = stores.postgres(&spec.from.store).ok_or_else(|| {
-        format!(
-            "copy definition: from.store {:?} is not a configured Postgres store (configured SQL stores: {}); a copy into \
-             ClickHouse reads from Postgres",
-            spec.from.store,
-            stores.sql_names().join(", ")
-        )
-    })?;
+    let source = match (
+        stores.postgres(&spec.from.store),
+        stores.sqlite(&spec.from.store),
+    ) {
+        (Some(store), _) => Reader::Postgres(store),
+        (None, Some(store)) => Reader::Sqlite(store),
+        (None, None) => {
+            return Err(format!(
+                "copy definition: from.store {:?} is not a configured Postgres or SQLite store (configured SQL \
+                 stores: {}); a copy into ClickHouse reads from one of them",
+                spec.from.store,
+                stores.sql_names().join(", ")
+            ));
+        }
+    };
     Ok(Arc::new(ClickHouseCopy::new(spec, source, target)))
 }
 

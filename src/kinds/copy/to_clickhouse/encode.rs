@@ -1,4 +1,5 @@
-//! Reading a Postgres row's values ([`Cell`]) and writing them as ClickHouse `RowBinary`.
+//! The cells both readers produce ([`Cell`]: [`read`] makes them from a Postgres row, [`super::sqlite_values`] from
+//! SQLite values) and writing them as ClickHouse `RowBinary`.
 //!
 //! Text read for a type without a Postgres counterpart (`Decimal`, `UUID`, `Map`, ...) is first turned into its
 //! bytes by [`prepare`] (see [`super::from_text`]). Sizes are computed before anything is written
@@ -16,7 +17,7 @@ use super::mapping::{ColumnPlan, PgRead};
 use crate::clickhouse::ChType;
 use crate::clickhouse::rowbinary::{BodyClosed, BodyWriter, len_of_len};
 
-/// A value read from Postgres.
+/// A value read from the source.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell<'r> {
     /// SQL NULL.

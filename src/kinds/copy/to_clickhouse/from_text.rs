@@ -245,7 +245,8 @@ fn map_value(raw: &str, ty: &ChType, out: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
-fn push_len(out: &mut Vec<u8>, mut len: usize) {
+/// Appends a LEB128 length, as `RowBinary` prefixes strings and arrays.
+pub fn push_len(out: &mut Vec<u8>, mut len: usize) {
     loop {
         let byte = (len & 0x7f) as u8;
         len >>= 7;

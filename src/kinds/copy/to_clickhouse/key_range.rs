@@ -11,14 +11,14 @@
 //! outgrows `maxBatchBytes` is abandoned: what was sent collapses with the rows sent again, and the batch is read
 //! again in key order, which closes at the budget exactly; the copy then stays in key order (its rows are large).
 //! The last, partial batch (fewer than `batchSize` rows left) is read in key order too. Query sources always are:
-//! their key may have no index to find the range's end on.
+//! their key may have no index to find the range's end on; and so are SQLite sources (see [`super::sqlite_rows`]).
 
 use std::sync::atomic::Ordering;
 
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
+use sqlx::{AssertSqlSafe, Postgres, Row};
 
-use super::CopyPlan;
 use super::batch::{Walked, Window, copy_batch};
+use super::{CopyPlan, ReadSql};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::kinds::checkpoint::KeyCursor;
@@ -29,7 +29,6 @@ use crate::store::StoreError;
 /// as a key range while the plan allows, else in key order. Stops reading ranges for good when one could not be
 /// read whole.
 pub async fn copy_key_batch(
-    pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     lower: Option<&[String]>,
@@ -38,7 +37,7 @@ pub async fn copy_key_batch(
 ) -> Result<Walked<KeyCursor>, MigrationError> {
     // The batch's last key, or, in a key range with less than a batch left, the range's own end.
     let last = if plan.ranged.load(Ordering::Relaxed) {
-        key_after(pool, plan, lower, end, args.batch_size)
+        key_after(plan, lower, end, args.batch_size)
             .await?
             .map(|last| (last, false))
             .or_else(|| end.map(|end| (end.to_vec(), true)))
@@ -54,7 +53,7 @@ pub async fn copy_key_batch(
             after: lower,
             upto: &last,
         };
-        let moved = copy_batch(pool, clickhouse, plan, window, &range_args).await?;
+        let moved = copy_batch(clickhouse, plan, window, &range_args).await?;
         if moved.complete {
             return Ok(Walked {
                 at: KeyCursor::after(Some(last)),
@@ -73,7 +72,7 @@ pub async fn copy_key_batch(
         after: lower,
         upto: end,
     };
-    let moved = copy_batch(pool, clickhouse, plan, window, args).await?;
+    let moved = copy_batch(clickhouse, plan, window, args).await?;
     let cursor = moved
         .last_key
         .clone()
@@ -86,15 +85,17 @@ pub async fn copy_key_batch(
 }
 
 /// The key `n` rows after `lower`, up to `end` if given (the `where` filter aside: any key bounds a range), `None`
-/// when fewer remain.
+/// when fewer remain, or when the source is not Postgres (only a Postgres source is read as key ranges).
 async fn key_after(
-    pool: &PgPool,
     plan: &CopyPlan,
     lower: Option<&[String]>,
     end: Option<&[String]>,
     n: u64,
 ) -> Result<Option<Vec<String>>, MigrationError> {
-    let sql = plan.sql.key_after(lower.is_some(), end.is_some());
+    let ReadSql::Postgres(pool, sql) = &plan.sql else {
+        return Ok(None);
+    };
+    let sql = sql.key_after(lower.is_some(), end.is_some());
     let mut query = sqlx::query::<Postgres>(AssertSqlSafe(sql));
     for part in [lower.unwrap_or_default(), end.unwrap_or_default()].concat() {
         query = query.bind(part);

@@ -60,15 +60,17 @@ pub enum PgRead {
 pub struct ColumnPlan {
     /// The column name (same on both sides).
     pub name: String,
-    /// The Postgres type, as `format_type` spells it.
-    pub pg_type: String,
+    /// The source column's type, for messages: the Postgres type as `format_type` spells it, or `SQLite` and the
+    /// declared type.
+    pub source_type: String,
     /// The quoted column name.
     pub quoted: String,
     /// The value expression (`"col"` or `"col"::text`), unaliased.
     pub select: String,
-    /// How the value is read.
+    /// How the Postgres reader reads the value (the SQLite reader reads each value by its storage class instead,
+    /// see [`super::sqlite_values`]).
     pub read: PgRead,
-    /// Whether the value is an array.
+    /// Whether the Postgres value is an array.
     pub array: bool,
     /// The ClickHouse column's type.
     pub target: ChType,
@@ -78,7 +80,7 @@ impl ColumnPlan {
     /// Whether the Postgres column is plain text (`text`, `varchar`, `char`), whose byte length is its size as
     /// sent.
     pub fn text_source(&self) -> bool {
-        TEXT_TYPES.contains(&normalise(&self.pg_type).as_str())
+        TEXT_TYPES.contains(&normalise(&self.source_type).as_str())
     }
 
     /// Whether a large value of this column is read in slices rather than with its row (scalar text into String).
@@ -210,7 +212,7 @@ fn allowed_targets(pg_base: &str) -> &'static str {
 }
 
 /// Why a `Map` target cannot be written, if it cannot.
-fn map_refusal(target: &ChType) -> Option<String> {
+pub(super) fn map_refusal(target: &ChType) -> Option<String> {
     match target {
         ChType::Map(key, value) => {
             if **key != ChType::String {
@@ -229,17 +231,27 @@ fn map_refusal(target: &ChType) -> Option<String> {
     }
 }
 
-/// Plans the copy of column `name` of Postgres type `pg_type` into a ClickHouse column of type `ch_type`; the
-/// error names the column, both types and what is allowed.
-pub fn plan_column(name: &str, pg_type: &str, ch_type: &str) -> Result<ColumnPlan, String> {
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    let target = ChType::parse(ch_type).map_err(|reason| {
+/// `"name"`, quoted for a select list.
+pub(super) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The ClickHouse column type `ch_type` of column `name`; the error names the column and the supported types.
+pub(super) fn parse_target(name: &str, ch_type: &str) -> Result<ChType, String> {
+    ChType::parse(ch_type).map_err(|reason| {
         format!(
             "column {name}: {reason} (supported: String, FixedString, Int8..Int256, UInt8..UInt256, Float32, \
              Float64, Decimal, Bool, UUID, IPv4, IPv6, Enum8, Enum16, Date, Date32, DateTime, DateTime64, Map, \
              Nullable, Array, LowCardinality)"
         )
-    })?;
+    })
+}
+
+/// Plans the copy of column `name` of Postgres type `pg_type` into a ClickHouse column of type `ch_type`; the
+/// error names the column, both types and what is allowed.
+pub fn plan_column(name: &str, pg_type: &str, ch_type: &str) -> Result<ColumnPlan, String> {
+    let quoted = quote(name);
+    let target = parse_target(name, ch_type)?;
     let base = normalise(pg_type);
     let (element, array) = match base.strip_suffix("[]") {
         Some(element) => (element.to_owned(), true),
@@ -289,7 +301,7 @@ pub fn plan_column(name: &str, pg_type: &str, ch_type: &str) -> Result<ColumnPla
     };
     Ok(ColumnPlan {
         name: name.to_owned(),
-        pg_type: pg_type.to_owned(),
+        source_type: pg_type.to_owned(),
         quoted,
         select,
         read,

@@ -1,14 +1,16 @@
-//! The copy from Postgres into ClickHouse, idempotent under retries and crashes: the target must be a
+//! The copy from Postgres or SQLite into ClickHouse, idempotent under retries and crashes: the target must be a
 //! `ReplacingMergeTree` whose `ORDER BY` includes the key, so a batch sent twice (a crash after ClickHouse
 //! acknowledged the insert but before the checkpoint was written) collapses into one row per key on merge
 //! (`SELECT ... FINAL` reads it deduplicated at once). The checkpoint advances only after ClickHouse acknowledged the
 //! batch's insert.
 //!
 //! Layout: this file checks both tables and builds the [`CopyPlan`], then runs a batch of the walk the plan chose;
-//! [`checkpoint`] is the checkpoint. [`mapping`] maps and checks types; [`sql`] builds the reads (with the
-//! large-value reads) and names the layout of a row read; [`encode`] turns Postgres values into `RowBinary`;
-//! [`batch`] streams one batch. The walks: [`key_range`] (key order, as key ranges while it can), [`pages`]
-//! (physical order). [`verify`] compares both sides after the last batch.
+//! [`checkpoint`] is the checkpoint. [`batch`] streams one batch through the one encoder contract ([`encode`]
+//! writes cells as `RowBinary`, [`from_text`] turns text into types Postgres and SQLite lack), fed by a reader per
+//! source store: [`pg_rows`] ([`mapping`] maps and checks Postgres types, [`sql`] builds the reads with the
+//! large-value reads) and [`sqlite_rows`] ([`sqlite_values`] turns SQLite's dynamically typed values into the
+//! column's type). The walks: [`key_range`] (key order, as key ranges while it can), [`pages`] (physical order,
+//! Postgres). [`verify`] compares both sides after the last batch.
 
 mod batch;
 mod checkpoint;
@@ -17,7 +19,10 @@ mod from_text;
 mod key_range;
 mod mapping;
 mod pages;
+mod pg_rows;
 mod sql;
+mod sqlite_rows;
+mod sqlite_values;
 mod verify;
 
 use std::sync::atomic::AtomicBool;
@@ -33,10 +38,11 @@ use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::kinds::ch_error;
 use crate::kinds::checkpoint::{Checkpoint, KeyCursor, range_end};
-use crate::kinds::keyset;
+use crate::kinds::keyset::{self, Keyset};
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::PgStore;
+use crate::store::{PgStore, SqlStore, SqliteStore};
 use serde_json::Value;
+use sqlx::{PgPool, SqlitePool};
 
 pub use self::mapping::{ColumnPlan, plan_column};
 
@@ -44,6 +50,7 @@ use self::batch::Walked;
 use self::checkpoint::{CopyCheckpoint, PageCursor};
 use self::pages::{PhysicalWalk, Tid};
 use self::sql::CopySql;
+use self::sqlite_rows::SqliteSql;
 use self::verify::VerifyState;
 
 /// Rows per batch into ClickHouse unless `args.batchSize` says otherwise. Each insert becomes a part the server
@@ -65,25 +72,60 @@ fn page_range_end(upper: Option<&Value>) -> Result<Option<u64>, MigrationError> 
         .transpose()
 }
 
-/// A copy from Postgres into ClickHouse, bound to its stores.
+/// The store a copy into ClickHouse reads: each has its reader feeding the one encoder ([`batch`]).
+#[derive(Clone)]
+pub enum Reader {
+    /// A Postgres database: typed values, large text streamed in slices, key ranges, physical order.
+    Postgres(PgStore),
+    /// A SQLite file: dynamically typed values, in key order.
+    Sqlite(SqliteStore),
+}
+
+impl Reader {
+    fn store(&self) -> &dyn SqlStore {
+        match self {
+            Reader::Postgres(store) => store,
+            Reader::Sqlite(store) => store,
+        }
+    }
+}
+
+/// A copy from Postgres or SQLite into ClickHouse, bound to its stores.
 pub struct ClickHouseCopy {
     spec: CopySpec,
-    source: PgStore,
+    source: Reader,
     target: ClickHouse,
     plan: OnceCell<CopyPlan>,
+}
+
+/// The read statements of a plan, in the source's dialect, with the pool they run on.
+enum ReadSql {
+    /// Postgres: typed reads, large-value slices, key ranges and pages.
+    Postgres(PgPool, CopySql),
+    /// SQLite: the key-order read.
+    Sqlite(SqlitePool, SqliteSql),
+}
+
+impl std::fmt::Debug for ReadSql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadSql::Postgres(_, sql) => f.debug_tuple("Postgres").field(sql).finish(),
+            ReadSql::Sqlite(_, sql) => f.debug_tuple("Sqlite").field(sql).finish(),
+        }
+    }
 }
 
 /// What validation established: the columns with their mapping, and the read statement.
 #[derive(Debug)]
 pub struct CopyPlan {
     columns: Vec<ColumnPlan>,
-    sql: CopySql,
+    sql: ReadSql,
     key: Vec<String>,
     target_table: String,
     /// Set for a walk in physical order.
     physical: Option<PhysicalWalk>,
-    /// Whether key-order batches are read as key ranges: a table source (its key has an index to find a range's
-    /// end on), until a range could not be read whole (see [`key_range`]).
+    /// Whether key-order batches are read as key ranges: a Postgres table source (its key has an index to find a
+    /// range's end on), until a range could not be read whole (see [`key_range`]).
     ranged: AtomicBool,
 }
 
@@ -99,11 +141,27 @@ impl CopyPlan {
             .filter_map(|k| self.columns.iter().find(|c| &c.name == k))
             .collect()
     }
+
+    /// The source's kind of store, for messages.
+    fn source_name(&self) -> &'static str {
+        match &self.sql {
+            ReadSql::Postgres(..) => "Postgres",
+            ReadSql::Sqlite(..) => "SQLite",
+        }
+    }
+
+    /// The key walk of the source.
+    fn keyset(&self) -> &Keyset {
+        match &self.sql {
+            ReadSql::Postgres(_, sql) => sql.keyset(),
+            ReadSql::Sqlite(_, sql) => sql.keyset(),
+        }
+    }
 }
 
 impl ClickHouseCopy {
-    /// Binds a parsed definition to its Postgres source and ClickHouse target.
-    pub fn new(spec: CopySpec, source: PgStore, target: ClickHouse) -> Self {
+    /// Binds a parsed definition to its source (Postgres or SQLite) and ClickHouse target.
+    pub fn new(spec: CopySpec, source: Reader, target: ClickHouse) -> Self {
         Self {
             spec,
             source,
@@ -120,7 +178,7 @@ impl ClickHouseCopy {
     async fn prepare(&self) -> Result<CopyPlan, MigrationError> {
         let (from, to) = (&self.spec.from, &self.spec.to);
         let invalid = MigrationError::Invalid;
-        let shape = SourceShape::check(&self.source, from).await?;
+        let shape = SourceShape::check(self.source.store(), from).await?;
         self.check_target().await?;
         let target_columns = self.target.columns(&to.table).await.map_err(ch_error)?;
         let mut columns = Vec::with_capacity(shape.names.len());
@@ -139,38 +197,34 @@ impl ClickHouseCopy {
                     to.table
                 ))
             })?;
-            columns.push(plan_column(name, &source.type_name, &target.type_name).map_err(invalid)?);
+            let planned = match &self.source {
+                Reader::Postgres(_) => plan_column(name, &source.type_name, &target.type_name),
+                Reader::Sqlite(_) => {
+                    sqlite_values::plan_column(name, &source.type_name, &target.type_name)
+                }
+            };
+            columns.push(planned.map_err(invalid)?);
         }
-        let sql = CopySql::new(
-            &from.relation,
-            &columns,
-            &from.key,
-            &shape.key_types,
-            from.filter.as_deref(),
-        );
-        let explain = format!("EXPLAIN {}", sql.read(false));
-        sqlx::query(sqlx::AssertSqlSafe(explain))
-            .bind(1i64)
-            .execute(self.source.pool())
-            .await
-            .map_err(|err| {
-                invalid(format!(
-                    "the columns or the where filter do not work on {}: {err}",
-                    from.relation
-                ))
-            })?;
-        let (sql, physical) = match (from.order, &from.relation) {
-            (Order::Key, _) => (sql, None),
-            (Order::Physical, Relation::Query(_)) => {
-                return Err(invalid(
-                    "order = \"physical\" walks a table's heap; a query source is walked in key order, so remove \
-                     order or copy from.table"
-                        .into(),
-                ));
-            }
-            (Order::Physical, Relation::Table(table)) => {
-                let walk = PhysicalWalk::prepare(self.source.pool(), table).await?;
-                (sql.with_ctid(), Some(walk))
+        let (sql, physical) = match &self.source {
+            Reader::Postgres(store) => self.postgres_reads(store, &columns, &shape).await?,
+            Reader::Sqlite(store) => {
+                if from.order == Order::Physical {
+                    return Err(invalid(
+                        "order = \"physical\" walks a Postgres table's heap; a SQLite source is walked in key \
+                         order, so remove order"
+                            .into(),
+                    ));
+                }
+                let sql = SqliteSql::new(
+                    &from.relation,
+                    &columns,
+                    &from.key,
+                    &shape.key_types,
+                    from.filter.as_deref(),
+                );
+                let pool = sqlite_rows::reading_pool(store.pool()).await?;
+                sql.check(&pool, &from.relation).await?;
+                (ReadSql::Sqlite(pool, sql), None)
             }
         };
         let plan = CopyPlan {
@@ -179,7 +233,10 @@ impl ClickHouseCopy {
             key: from.key.clone(),
             target_table: to.table.clone(),
             physical,
-            ranged: AtomicBool::new(matches!(from.relation, Relation::Table(_))),
+            ranged: AtomicBool::new(
+                matches!(self.source, Reader::Postgres(_))
+                    && matches!(from.relation, Relation::Table(_)),
+            ),
         };
         if self.spec.verify
             && let Some(column) = plan
@@ -194,6 +251,51 @@ impl ClickHouseCopy {
             )));
         }
         Ok(plan)
+    }
+
+    /// The reads from a Postgres source, checked with `EXPLAIN`: in key order, or in physical order when the
+    /// definition asks for it (a table only).
+    async fn postgres_reads(
+        &self,
+        store: &PgStore,
+        columns: &[ColumnPlan],
+        shape: &SourceShape,
+    ) -> Result<(ReadSql, Option<PhysicalWalk>), MigrationError> {
+        let from = &self.spec.from;
+        let invalid = MigrationError::Invalid;
+        let sql = CopySql::new(
+            &from.relation,
+            columns,
+            &from.key,
+            &shape.key_types,
+            from.filter.as_deref(),
+        );
+        let explain = format!("EXPLAIN {}", sql.read(false));
+        sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind(1i64)
+            .execute(store.pool())
+            .await
+            .map_err(|err| {
+                invalid(format!(
+                    "the columns or the where filter do not work on {}: {err}",
+                    from.relation
+                ))
+            })?;
+        Ok(match (from.order, &from.relation) {
+            (Order::Key, _) => (ReadSql::Postgres(store.pool().clone(), sql), None),
+            (Order::Physical, Relation::Query(_)) => {
+                return Err(invalid(
+                    "order = \"physical\" walks a table's heap; a query source is walked in key order, so remove \
+                     order or copy from.table"
+                        .into(),
+                ));
+            }
+            (Order::Physical, Relation::Table(table)) => {
+                let walk = PhysicalWalk::prepare(store.pool(), table).await?;
+                let pool = store.pool().clone();
+                (ReadSql::Postgres(pool, sql.with_ctid()), Some(walk))
+            }
+        })
     }
 
     /// The target must be a ReplacingMergeTree whose sorting key includes every key column.
@@ -258,18 +360,13 @@ impl ClickHouseCopy {
         mut verified: VerifyState,
     ) -> Result<BatchOutcome, MigrationError> {
         if verified.complete
-            && let Some(failure) = verified.failure(&plan.target_table)
+            && let Some(failure) = verified.failure(plan.source_name(), &plan.target_table)
         {
             return Err(failure);
         }
-        let checked = verify::verify_batch(
-            self.source.pool(),
-            &self.target,
-            plan,
-            (verified.cursor.as_deref(), end),
-            args,
-        )
-        .await?;
+        let checked =
+            verify::verify_batch(&self.target, plan, (verified.cursor.as_deref(), end), args)
+                .await?;
         let (rows, exhausted) = (checked.source.rows, checked.exhausted);
         verified.record(checked);
         verified.complete = exhausted && verified.mismatched > 0;
@@ -309,7 +406,7 @@ impl Migration for ClickHouseCopy {
 
     /// The source's estimated rows; twice that with `verify`, which reads every row a second time.
     async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
-        let rows = estimate(&self.source, &self.spec.from).await?;
+        let rows = estimate(self.source.store(), &self.spec.from).await?;
         let passes = if self.spec.verify { 2 } else { 1 };
         Ok(rows.map(|rows| rows * passes))
     }
@@ -334,8 +431,8 @@ impl Migration for ClickHouseCopy {
         }
         let Some(walk) = &plan.physical else {
             return keyset::split_states::<CopyCheckpoint<KeyCursor>>(
-                &self.source,
-                plan.sql.keyset(),
+                self.source.store(),
+                plan.keyset(),
                 (from, upper),
                 parts,
                 rows,
@@ -343,9 +440,7 @@ impl Migration for ClickHouseCopy {
             .await;
         };
         let after = CopyCheckpoint::<PageCursor>::read(from)?.walk.after();
-        let cuts = walk
-            .split(self.source.pool(), after, page_range_end(upper)?, parts)
-            .await?;
+        let cuts = walk.split(after, page_range_end(upper)?, parts).await?;
         Ok(cuts
             .into_iter()
             .map(|page| {
@@ -362,8 +457,7 @@ impl Migration for ClickHouseCopy {
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let plan = self.plan().await?;
-        let (pool, target, state, args) =
-            (self.source.pool(), &self.target, batch.state, batch.args);
+        let (target, state, args) = (&self.target, batch.state, batch.args);
         match &plan.physical {
             None => {
                 let mut checkpoint = CopyCheckpoint::<KeyCursor>::read(state)?;
@@ -375,8 +469,7 @@ impl Migration for ClickHouseCopy {
                 }
                 let lower = checkpoint.walk.keys(plan.key.len(), state)?;
                 let walked =
-                    key_range::copy_key_batch(pool, target, plan, lower, end.as_deref(), args)
-                        .await?;
+                    key_range::copy_key_batch(target, plan, lower, end.as_deref(), args).await?;
                 Ok(self.walked(&checkpoint, walked))
             }
             Some(walk) => {
@@ -388,7 +481,7 @@ impl Migration for ClickHouseCopy {
                         .await;
                 }
                 let range = (checkpoint.walk.after(), page_range_end(batch.upper)?);
-                let walked = pages::copy_page_batch(pool, target, plan, walk, range, args).await?;
+                let walked = pages::copy_page_batch(target, plan, walk, range, args).await?;
                 Ok(self.walked(&checkpoint, walked))
             }
         }

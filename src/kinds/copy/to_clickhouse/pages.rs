@@ -116,6 +116,7 @@ pub fn page_cuts(after: Tid, end_page: u64, parts: u64) -> Vec<u64> {
 /// size in pages as last read.
 #[derive(Debug)]
 pub struct PhysicalWalk {
+    pool: PgPool,
     table: String,
     rows_per_page: f64,
     /// The table's pages when last read: re-read only when a window reaches them, so that a batch in the middle of
@@ -129,6 +130,7 @@ impl PhysicalWalk {
     pub async fn prepare(pool: &PgPool, table: &str) -> Result<PhysicalWalk, MigrationError> {
         check_server(pool).await?;
         Ok(PhysicalWalk {
+            pool: pool.clone(),
             table: table.to_owned(),
             rows_per_page: rows_per_page(pool, table).await?,
             known_pages: AtomicU64::new(heap_pages(pool, table).await?),
@@ -139,7 +141,6 @@ impl PhysicalWalk {
     /// [`crate::migration::Migration::split`]: see [`page_cuts`].
     pub async fn split(
         &self,
-        pool: &PgPool,
         after: Tid,
         range_end: Option<u64>,
         parts: u64,
@@ -147,7 +148,7 @@ impl PhysicalWalk {
         let end_page = match range_end {
             Some(end) => end,
             None => {
-                let pages = heap_pages(pool, &self.table).await?;
+                let pages = heap_pages(&self.pool, &self.table).await?;
                 self.known_pages.store(pages, Ordering::Relaxed);
                 pages
             }
@@ -156,11 +157,11 @@ impl PhysicalWalk {
     }
 
     /// Whether the table has pages at or after `page`.
-    async fn has_pages_from(&self, pool: &PgPool, page: u64) -> Result<bool, MigrationError> {
+    async fn has_pages_from(&self, page: u64) -> Result<bool, MigrationError> {
         if page < self.known_pages.load(Ordering::Relaxed) {
             return Ok(true);
         }
-        let pages = heap_pages(pool, &self.table).await?;
+        let pages = heap_pages(&self.pool, &self.table).await?;
         self.known_pages.store(pages, Ordering::Relaxed);
         Ok(page < pages)
     }
@@ -170,7 +171,6 @@ impl PhysicalWalk {
 /// `range_end` (`None`: the walk's only or last range). A range is exhausted when a window that reached its end was
 /// read whole; the last range when that window reached the table's last page.
 pub async fn copy_page_batch(
-    pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     walk: &PhysicalWalk,
@@ -178,7 +178,7 @@ pub async fn copy_page_batch(
     args: &Args,
 ) -> Result<Walked<PageCursor>, MigrationError> {
     let window = PageWindow::after(after, args.batch_size, walk.rows_per_page).within(range_end);
-    let moved = copy_batch(pool, clickhouse, plan, Window::Pages(window), args).await?;
+    let moved = copy_batch(clickhouse, plan, Window::Pages(window), args).await?;
     let cursor = if moved.complete {
         Tid::page_start(window.end_page)
     } else {
@@ -187,7 +187,7 @@ pub async fn copy_page_batch(
     let exhausted = moved.complete
         && match range_end {
             Some(end) => window.end_page >= end,
-            None => !walk.has_pages_from(pool, window.end_page).await?,
+            None => !walk.has_pages_from(window.end_page).await?,
         };
     Ok(Walked {
         at: PageCursor::after_tid(cursor),

@@ -3,14 +3,13 @@
 //! the rows as `RowBinary` bytes.
 //!
 //! Postgres sorts text keys by its collation, ClickHouse by bytes, so a range cannot be given by its bounds alone:
-//! each verify batch reads its rows (and their keys) from Postgres as the copy would encode them, then asks
+//! each verify batch reads its rows (and their keys) from the source (Postgres or SQLite) as the copy would encode them, then asks
 //! ClickHouse for exactly those keys (`SELECT ... FINAL WHERE key IN bgm_keys`, the keys sent as an external table). Both answers go through one digest
 //! ([`crate::clickhouse::digest`]), so equal digests mean equal rows. A range that differs is recorded in the
 //! checkpoint (shown by `show` and the web UI); when the walk ends with any, the migration fails naming them (in
 //! one more batch, after the checkpoint listing them is written).
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use super::CopyPlan;
 use super::batch::{ReadError, Window, encode_batch};
@@ -44,14 +43,14 @@ pub struct VerifyState {
     pub complete: bool,
 }
 
-/// A key range whose rows differ between Postgres and ClickHouse.
+/// A key range whose rows differ between the source and ClickHouse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mismatch {
     /// The range's first key (inclusive).
     pub from: Vec<String>,
     /// The range's last key (inclusive).
     pub to: Vec<String>,
-    /// Rows in Postgres.
+    /// Rows in the source (named for the first source, Postgres: the checkpoint keeps its shape for SQLite too).
     pub postgres_rows: u64,
     /// Rows in ClickHouse with those keys (after `FINAL`).
     pub clickhouse_rows: u64,
@@ -80,8 +79,8 @@ impl VerifyState {
         }
     }
 
-    /// The failure when any range differed, naming them.
-    pub fn failure(&self, target_table: &str) -> Option<MigrationError> {
+    /// The failure when any range differed, naming them and the `source` (`Postgres`, `SQLite`).
+    pub fn failure(&self, source: &str, target_table: &str) -> Option<MigrationError> {
         if self.mismatched == 0 {
             return None;
         }
@@ -93,7 +92,7 @@ impl VerifyState {
                     format!("{} rows on both sides, checksums differ", m.postgres_rows)
                 } else {
                     format!(
-                        "Postgres {} rows, ClickHouse {} rows",
+                        "{source} {} rows, ClickHouse {} rows",
                         m.postgres_rows, m.clickhouse_rows
                     )
                 };
@@ -111,7 +110,7 @@ impl VerifyState {
             String::new()
         };
         Some(MigrationError::Permanent(format!(
-            "verify: {} of {} key ranges differ between Postgres and ClickHouse table {target_table}: {}{more}. \
+            "verify: {} of {} key ranges differ between {source} and ClickHouse table {target_table}: {}{more}. \
              Copy again with `bgmigrate retry --from-start NAME` (re-sent rows collapse in the ReplacingMergeTree) \
              once the source is no longer written",
             self.mismatched,
@@ -124,9 +123,9 @@ impl VerifyState {
 /// One verified range: its keys in source order and both sides' digests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
-    /// The keys read from Postgres.
+    /// The keys read from the source.
     pub keys: Vec<Vec<String>>,
-    /// The Postgres rows, as the copy encodes them.
+    /// The source's rows, as the copy encodes them.
     pub source: RowDigest,
     /// The ClickHouse rows with those keys.
     pub target: RowDigest,
@@ -134,7 +133,7 @@ pub struct Checked {
     pub exhausted: bool,
 }
 
-/// Whether verify can send keys of this ClickHouse type in its keys table (built from their Postgres text, which
+/// Whether verify can send keys of this ClickHouse type in its keys table (built from their source text, which
 /// ClickHouse parses: integers and UUIDs in their usual spelling).
 pub fn key_type_supported(ty: &ChType) -> bool {
     matches!(
@@ -146,7 +145,6 @@ pub fn key_type_supported(ty: &ChType) -> bool {
 /// Verifies the rows after `lower`, up to `end` (a key range's last key, if any): up to `batchSize` rows or
 /// `maxBatchBytes` bytes, as a copy batch would read.
 pub async fn verify_batch(
-    pool: &PgPool,
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     (lower, end): (Option<&[String]>, Option<&[String]>),
@@ -156,7 +154,6 @@ pub async fn verify_batch(
     let (writer, encoded) = BodyWriter::pipe();
     let mut keys = Vec::new();
     let read = encode_batch(
-        pool,
         plan,
         Window::Keys {
             after: lower,
@@ -170,9 +167,9 @@ pub async fn verify_batch(
     let moved = match read {
         Ok(moved) => moved,
         Err(ReadError::Failed(err)) => return Err(err),
-        Err(ReadError::Closed) => return Err(digest_failed("the Postgres rows", source.err())),
+        Err(ReadError::Closed) => return Err(digest_failed("the source's rows", source.err())),
     };
-    let source = source.map_err(|err| digest_failed("the Postgres rows", Some(err)))?;
+    let source = source.map_err(|err| digest_failed("the source's rows", Some(err)))?;
     let target = if keys.is_empty() {
         RowDigest::default()
     } else {
@@ -240,12 +237,15 @@ mod tests {
     fn matching_ranges_advance_the_cursor_and_differing_ones_are_named_in_the_failure() {
         let mut state = VerifyState::default();
         state.record(checked(&["a", "b"], (2, 7), (2, 7)));
-        assert_eq!(state.failure("traces").map(|e| e.to_string()), None);
+        assert_eq!(
+            state.failure("Postgres", "traces").map(|e| e.to_string()),
+            None
+        );
         state.record(checked(&["c", "d"], (2, 9), (1, 4)));
         state.record(checked(&["e", "f"], (2, 9), (2, 5)));
         assert_eq!(state.cursor, Some(vec!["f".to_owned()]));
         assert_eq!((state.rows, state.ranges, state.mismatched), (6, 3, 2));
-        let message = state.failure("traces").unwrap().to_string();
+        let message = state.failure("Postgres", "traces").unwrap().to_string();
         assert!(
             message.contains("2 of 3 key ranges differ")
                 && message.contains("keys (c) to (d): Postgres 2 rows, ClickHouse 1 rows")

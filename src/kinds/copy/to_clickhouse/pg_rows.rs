@@ -1,0 +1,251 @@
+//! The Postgres reader of a copy batch: runs the plan's read for the batch's window, turns each typed row into its
+//! key and [`Cell`]s ([`encode::read`], [`encode::prepare`]) and feeds them to the batch's [`Encoder`]. Text values
+//! too large to read with their row arrive as [`Cell::Large`] and are streamed in slices, by key, on a second
+//! connection.
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row};
+
+use super::CopyPlan;
+use super::batch::{Encoder, Moved, Next, ReadError, Window, bad_value};
+use super::encode::{self, Cell};
+use super::mapping::ColumnPlan;
+use super::pages::Tid;
+use super::sql::{CopySql, SLICE_BYTES};
+use crate::clickhouse::rowbinary::BodyWriter;
+use crate::migration::MigrationError;
+use crate::store::StoreError;
+
+/// Reads the batch of `window` from Postgres with `sql` into `encoder`, then ends (or aborts) its body.
+pub(super) async fn encode(
+    pool: &PgPool,
+    sql: &CopySql,
+    plan: &CopyPlan,
+    window: Window<'_>,
+    mut encoder: Encoder<'_, '_>,
+) -> Result<Moved, ReadError> {
+    let mut connection = match pool.acquire().await {
+        Ok(connection) => connection,
+        Err(err) => {
+            let err = ReadError::sql("connect to read a copy batch")(err);
+            return encoder.finish(Err(err), "Postgres").await;
+        }
+    };
+    let (statement, bounds, tid_column) = match window {
+        Window::Keys { after, upto } => (
+            sql.read_within(after.is_some(), upto.is_some()),
+            [after.unwrap_or_default(), upto.unwrap_or_default()].concat(),
+            None,
+        ),
+        Window::KeyRange { after, upto } => (
+            sql.read_range(after.is_some()),
+            [after.unwrap_or_default(), upto].concat(),
+            None,
+        ),
+        Window::Pages(pages) => (
+            sql.read_pages(),
+            vec![
+                pages.after.to_string(),
+                Tid::page_start(pages.end_page).to_string(),
+            ],
+            sql.layout().ctid(),
+        ),
+    };
+    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(statement));
+    for bound in bounds {
+        query = query.bind(bound);
+    }
+    let query: sqlx::query::Query<'_, Postgres, PgArguments> =
+        query.bind(i64::try_from(encoder.batch_size()).unwrap_or(i64::MAX));
+    let rows = query.fetch(&mut *connection);
+    let mut large = LargeValues {
+        pool,
+        sql,
+        connection: None,
+    };
+    let streamed = stream_rows(rows, sql, plan, &mut large, &mut encoder, tid_column).await;
+    let drained = matches!(streamed, Ok(true));
+    let ended = encoder.finish(streamed.map(|_| ()), "Postgres").await;
+    if !(drained && ended.is_ok()) {
+        // Rows after the batch may still be in flight on this connection: close it rather than drain them.
+        let _ = connection.detach().close_hard().await;
+    }
+    ended
+}
+
+/// Feeds the rows to the encoder until the read ends or a limit is reached; true when the result was read to its
+/// end (the connection is then reusable).
+async fn stream_rows(
+    mut rows: BoxStream<'_, Result<PgRow, sqlx::Error>>,
+    sql: &CopySql,
+    plan: &CopyPlan,
+    large: &mut LargeValues<'_>,
+    encoder: &mut Encoder<'_, '_>,
+    tid_column: Option<usize>,
+) -> Result<bool, ReadError> {
+    let layout = sql.layout();
+    loop {
+        let Some(row) = rows.next().await else {
+            encoder.source_ended();
+            return Ok(true);
+        };
+        let row = row.map_err(ReadError::sql("read a copy batch"))?;
+        let tid = match tid_column {
+            Some(index) => Some(next_tid(&row, index, encoder.moved().last_tid)?),
+            None => None,
+        };
+        let key = layout
+            .key()
+            .map(|i| row.try_get::<Option<String>, _>(i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ReadError::sql("read the key of a row"))?;
+        let key = encoder.key(key)?;
+        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(plan.columns.len());
+        for (index, column) in plan.columns.iter().enumerate() {
+            let is_large = match layout.large_flag(index) {
+                Some(flag) => row
+                    .try_get::<Option<bool>, _>(flag)
+                    .map_err(ReadError::sql("read a row"))?
+                    .unwrap_or(false),
+                None => false,
+            };
+            let cell = if is_large {
+                Cell::Large(
+                    large
+                        .length(column, &key)
+                        .await
+                        .map_err(ReadError::Failed)?,
+                )
+            } else {
+                let cell = encode::read(&row, layout.value(index), column).map_err(|e| {
+                    ReadError::Failed(bad_value(column, &key, &format!("cannot be read: {e}")))
+                })?;
+                encode::prepare(cell, &column.target)
+                    .map_err(|e| ReadError::Failed(bad_value(column, &key, &e.to_string())))?
+            };
+            cells.push(cell);
+        }
+        let Some(size) = encoder.measure(&key, &cells)? else {
+            return Ok(false);
+        };
+        for (index, (cell, column)) in cells.iter().zip(&plan.columns).enumerate() {
+            encoder.put(index, cell).await?;
+            if let Cell::Large(len) = cell {
+                large.stream(column, &key, *len, encoder.writer()).await?;
+            }
+        }
+        drop(cells);
+        match encoder.end_row(key, size, tid).await? {
+            Next::More => {}
+            // The LIMIT is reached: reading the end of the result keeps the connection reusable.
+            Next::RowsReached => return Ok(rows.next().await.is_none()),
+            Next::BytesReached => return Ok(false),
+        }
+    }
+}
+
+/// The row's `ctid`, which must come after the previous row's: the cursor of a physical walk relies on it.
+fn next_tid(row: &PgRow, index: usize, previous: Option<Tid>) -> Result<Tid, ReadError> {
+    let text: &str = row
+        .try_get(index)
+        .map_err(ReadError::sql("read the ctid of a row"))?;
+    let tid = Tid::parse(text).ok_or_else(|| {
+        ReadError::Failed(MigrationError::Permanent(format!(
+            "a row's ctid {text:?} is not (page,offset)"
+        )))
+    })?;
+    if let Some(previous) = previous
+        && previous >= tid
+    {
+        return Err(ReadError::Failed(MigrationError::Permanent(format!(
+            "rows arrived out of physical order (ctid {tid} after {previous}); this Postgres does not scan ctid \
+             ranges in order: use the default key order"
+        ))));
+    }
+    Ok(tid)
+}
+
+/// Reads large text values by key, in slices, on a second connection (the batch's read is paused meanwhile).
+struct LargeValues<'a> {
+    pool: &'a PgPool,
+    sql: &'a CopySql,
+    connection: Option<PoolConnection<Postgres>>,
+}
+
+impl LargeValues<'_> {
+    async fn connection(&mut self) -> Result<&mut PoolConnection<Postgres>, MigrationError> {
+        if self.connection.is_none() {
+            let connection = self
+                .pool
+                .acquire()
+                .await
+                .map_err(StoreError::sql("connect to read a large value"))?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("just set"))
+    }
+
+    /// The value's length in bytes.
+    async fn length(
+        &mut self,
+        column: &ColumnPlan,
+        key: &[String],
+    ) -> Result<usize, MigrationError> {
+        let sql = self.sql.value_length(column);
+        let connection = self.connection().await?;
+        let mut query = sqlx::query_scalar::<Postgres, Option<i32>>(AssertSqlSafe(sql));
+        for part in key {
+            query = query.bind(part.as_str());
+        }
+        let length = query
+            .fetch_optional(&mut **connection)
+            .await
+            .map_err(StoreError::sql("measure a large value"))?
+            .flatten();
+        length
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| changed(column, key))
+    }
+
+    /// Writes the value's `len` bytes, slice by slice.
+    async fn stream(
+        &mut self,
+        column: &ColumnPlan,
+        key: &[String],
+        len: usize,
+        writer: &mut BodyWriter,
+    ) -> Result<(), ReadError> {
+        let sql = self.sql.value_slice(column);
+        let mut done = 0usize;
+        while done < len {
+            let want = (len - done).min(SLICE_BYTES as usize);
+            let connection = self.connection().await.map_err(ReadError::Failed)?;
+            let mut query = sqlx::query_scalar::<Postgres, Vec<u8>>(AssertSqlSafe(sql.clone()));
+            for part in key {
+                query = query.bind(part.as_str());
+            }
+            let slice = query
+                .bind((done + 1) as i32)
+                .bind(want as i32)
+                .fetch_optional(&mut **connection)
+                .await
+                .map_err(ReadError::sql("read a slice of a large value"))?
+                .filter(|slice| slice.len() == want)
+                .ok_or_else(|| ReadError::Failed(changed(column, key)))?;
+            writer.put_raw(&slice).await?;
+            done += want;
+        }
+        Ok(())
+    }
+}
+
+fn changed(column: &ColumnPlan, key: &[String]) -> MigrationError {
+    MigrationError::Transient(format!(
+        "the large value of column {} in the row with key ({}) changed while it was read; the batch is retried",
+        column.name,
+        key.join(", ")
+    ))
+}
