@@ -1,6 +1,7 @@
 //! Holding back on health signals: before each batch the migration's checks are read; while one says hold, the
 //! engine waits — between batches, with no transaction or lock open — and looks again every `throttleCheckMs`;
-//! while one says yield, it runs shorter batches (`yieldBatchMs`) and rests after each. The row says why
+//! while one says yield, it runs shorter batches and rests after each, both in proportion to the foreground's
+//! pressure. While a batch runs the checks sample the store beside it ([`Throttle::during`]). The row says why
 //! (`throttled`), an event marks each period, and `bgmigrate_throttled_seconds_total{migration,reason}` counts the
 //! time.
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::args::Args;
 use crate::control::{Lease, LeaseStore};
 use crate::migration::MigrationError;
-use crate::throttle::{Health, HealthCheck, Limits};
+use crate::throttle::{Health, HealthCheck, Limits, SAMPLE_EVERY};
 
 /// The throttle state of one running migration.
 pub(crate) struct Throttle {
@@ -109,12 +110,13 @@ impl Throttle {
                     signal,
                     reason,
                     rest_ratio,
+                    batch_ms,
                 } => {
                     self.set(leases, lease, Some((reason, signal))).await?;
                     return Ok(AfterBatch {
                         rest_ratio,
                         waited,
-                        batch_ms: (limits.yield_batch_ms > 0).then_some(limits.yield_batch_ms),
+                        batch_ms: (batch_ms > 0).then_some(batch_ms),
                     });
                 }
                 Health::Hold { signal, reason } => {
@@ -130,6 +132,45 @@ impl Throttle {
                 }
             }
         }
+    }
+
+    /// Runs `batch` while every check samples the store each [`SAMPLE_EVERY`] beside it, on its own connection
+    /// (what only shows while a batch runs: foreground sessions waiting for its locks). The samples go on until
+    /// the batch is done, retries included; one that fails is logged once and skipped.
+    pub(crate) async fn during<T>(
+        &mut self,
+        limits: &Limits,
+        batch: impl std::future::Future<Output = T>,
+    ) -> T {
+        if self.checks.is_empty() {
+            return batch.await;
+        }
+        let done = CancellationToken::new();
+        let sampler = tokio::spawn({
+            let (checks, limits, done) = (self.checks.clone(), limits.clone(), done.clone());
+            async move {
+                let mut failed = BTreeSet::new();
+                loop {
+                    tokio::select! {
+                        _ = done.cancelled() => return failed,
+                        _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                    }
+                    for check in &checks {
+                        if let Err(message) = check.sample(&limits).await {
+                            failed.insert(message);
+                        }
+                    }
+                }
+            }
+        });
+        let out = batch.await;
+        done.cancel();
+        for message in sampler.await.unwrap_or_default() {
+            if self.logged.insert(message.clone()) {
+                tracing::warn!("{message}; going on without this sample");
+            }
+        }
+        out
     }
 
     /// Rests after a batch that took `took` while yielding.
