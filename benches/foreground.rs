@@ -85,7 +85,8 @@ struct Backfill {
     wal_mib_per_sec: f64,
     batches: i64,
     median_batch_ms: f64,
-    busy_ms: i64,
+    /// Share of the time batches ran, over the span the batches table keeps (its last 1,000 batches).
+    busy: f64,
     throttled: Option<String>,
 }
 
@@ -260,7 +261,9 @@ async fn backfill(
         "the backfill of {column} left {wrong} rows wrong"
     );
     let stats = sqlx::query(
-        "SELECT count(*) AS batches, coalesce(sum(duration_ms), 0)::bigint AS busy, \
+        "SELECT count(*) AS batches, \
+             coalesce(sum(duration_ms) / nullif(1000 * extract(epoch FROM max(started_at + duration_ms * interval '1 ms') \
+                      - min(started_at)), 0), 0)::float8 AS busy, \
              coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) AS median \
          FROM background_migration_batches WHERE migration_name = $1",
     )
@@ -290,7 +293,7 @@ async fn backfill(
             wal_mib_per_sec,
             batches: stats.try_get("batches")?,
             median_batch_ms: stats.try_get("median")?,
-            busy_ms: stats.try_get("busy")?,
+            busy: stats.try_get("busy")?,
             throttled,
         },
         load,
@@ -440,7 +443,7 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
             during.percentile_ms(0.99),
             share * 100.0,
             backfill.median_batch_ms,
-            backfill.busy_ms as f64 / 10.0 / backfill.seconds,
+            backfill.busy * 100.0,
             alone.cores,
             during.cores,
             backfill.throttled.as_deref().unwrap_or("-")

@@ -136,7 +136,7 @@ impl Throttle {
 
     /// Runs `batch` while every check samples the store each [`SAMPLE_EVERY`] beside it, on its own connection
     /// (what only shows while a batch runs: foreground sessions waiting for its locks). The samples go on until
-    /// the batch is done, retries included; one that fails is logged once and skipped.
+    /// the batch is done, retries included, and stop with it; one that fails is logged once and skipped.
     pub(crate) async fn during<T>(
         &mut self,
         limits: &Limits,
@@ -156,8 +156,12 @@ impl Throttle {
                         _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                     }
                     for check in &checks {
-                        if let Err(message) = check.sample(&limits).await {
-                            failed.insert(message);
+                        // A sample still waiting for a connection when the batch ends is dropped, not awaited.
+                        tokio::select! {
+                            _ = done.cancelled() => return failed,
+                            sampled = check.sample(&limits) => if let Err(message) = sampled {
+                                failed.insert(message);
+                            }
                         }
                     }
                 }
@@ -254,7 +258,53 @@ impl Throttle {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
+
+    /// Counts its samples; a sample fails after the third.
+    #[derive(Default)]
+    struct Sampled(AtomicU64);
+
+    #[async_trait::async_trait]
+    impl HealthCheck for Sampled {
+        async fn check(&self, _limits: &Limits) -> Result<Health, String> {
+            Ok(Health::Fine)
+        }
+        async fn sample(&self, _limits: &Limits) -> Result<(), String> {
+            match self.0.fetch_add(1, Ordering::SeqCst) {
+                0..3 => Ok(()),
+                _ => Err("unreadable".into()),
+            }
+        }
+    }
+
+    /// A batch is sampled every 10 ms while it runs and not after it; a failing sample is logged once and the
+    /// batch's outcome is untouched.
+    #[tokio::test(start_paused = true)]
+    async fn a_running_batch_is_sampled_every_ten_milliseconds_and_not_after() {
+        let check = Arc::new(Sampled::default());
+        let mut throttle = Throttle::new(vec![check.clone()]);
+        let out = throttle
+            .during(&Limits::default(), async {
+                tokio::time::sleep(Duration::from_millis(55)).await;
+                "committed"
+            })
+            .await;
+        assert_eq!(out, "committed");
+        assert_eq!(
+            check.0.load(Ordering::SeqCst),
+            5,
+            "at 10, 20, 30, 40 and 50 ms"
+        );
+        assert_eq!(throttle.logged.len(), 1, "{:?}", throttle.logged);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            check.0.load(Ordering::SeqCst),
+            5,
+            "nothing samples between batches"
+        );
+    }
 
     /// Yielding aims adaptive batches at `yieldBatchMs`; an explicit `batchSize`, or no yield, changes nothing.
     #[test]
