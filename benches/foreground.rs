@@ -24,8 +24,12 @@
 //!
 //! Measured in one run: one plain `UPDATE` of all rows and the backfill on the idle database (the references); then
 //! per load level the load alone, and the load during a backfill — run in 5-second pgbench segments until the
-//! backfill finishes, keeping only transactions that completed before it did.
+//! backfill finishes, keeping only transactions that completed before it did. Beside each, the cores that the
+//! server, the worker and pgbench kept busy (`cores a/d`: alone / during; from `/proc`, so other processes on a
+//! shared machine do not count): how much of the machine the load leaves to the backfill.
 
+#[path = "support/cpu.rs"]
+mod cpu;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +59,8 @@ const SEGMENT_SECS: u64 = 5;
 struct Load {
     latencies_us: Vec<u64>,
     seconds: f64,
+    /// Cores the server and this process (worker, pgbench) kept busy meanwhile, on average.
+    cores: f64,
 }
 
 impl Load {
@@ -73,11 +79,14 @@ impl Load {
 /// One backfill's figures.
 struct Backfill {
     seconds: f64,
+    /// Cores the server and this process kept busy meanwhile (load included), on average.
+    cores: f64,
     /// WAL the server wrote per second during the backfill (all sessions).
     wal_mib_per_sec: f64,
     batches: i64,
     median_batch_ms: f64,
-    busy_ms: i64,
+    /// Share of the time batches ran, over the span the batches table keeps (its last 1,000 batches).
+    busy: f64,
     throttled: Option<String>,
 }
 
@@ -165,19 +174,21 @@ async fn load_alone(
     url: &str,
     script: &Path,
     logs: &Path,
-    rate: u64,
-    seconds: u64,
+    (rate, seconds): (u64, u64),
+    postmaster: u32,
 ) -> anyhow::Result<Load> {
     let prefix = format!("alone_{rate}");
     let db = pool(url).await?;
     // As before each backfill: no checkpoint of earlier writes lands in this run.
     exec(&db, "CHECKPOINT").await?;
     db.close().await;
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu::seconds(postmaster));
     pgbench(url, script, rate, seconds, &logs.join(&prefix)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
     Ok(Load {
         latencies_us: read_latencies(logs, &prefix, None)?,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: elapsed,
+        cores: (cpu::seconds(postmaster) - cpu_before) / elapsed,
     })
 }
 
@@ -185,8 +196,7 @@ async fn load_alone(
 /// segments meanwhile and its latencies up to the backfill's end are returned too.
 async fn backfill(
     connected: &Connected,
-    db: &PgPool,
-    url: &str,
+    (db, url, postmaster): (&PgPool, &str, u32),
     column: &str,
     args: &Value,
     load: Option<(u64, &Path, &Path)>,
@@ -219,7 +229,7 @@ async fn backfill(
             ..Default::default()
         },
     );
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu::seconds(postmaster));
     let run = tokio::spawn(async move { runner.spawn().join().await });
     let mut segments = 0;
     if let Some((rate, script, logs)) = load {
@@ -232,6 +242,7 @@ async fn backfill(
     let summary = run.await??;
     let seconds = started.elapsed().as_secs_f64();
     let ended = now_us();
+    let cores = (cpu::seconds(postmaster) - cpu_before) / seconds;
     let wal_mib_per_sec = (wal_position(db).await? - wal_before) / seconds / 1024.0 / 1024.0;
     if !summary.failed.is_empty() {
         bail!("the backfill failed: {:?}", summary.failed);
@@ -250,7 +261,9 @@ async fn backfill(
         "the backfill of {column} left {wrong} rows wrong"
     );
     let stats = sqlx::query(
-        "SELECT count(*) AS batches, coalesce(sum(duration_ms), 0)::bigint AS busy, \
+        "SELECT count(*) AS batches, \
+             coalesce(sum(duration_ms) / nullif(1000 * extract(epoch FROM max(started_at + duration_ms * interval '1 ms') \
+                      - min(started_at)), 0), 0)::float8 AS busy, \
              coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) AS median \
          FROM background_migration_batches WHERE migration_name = $1",
     )
@@ -269,16 +282,18 @@ async fn backfill(
         Some((rate, _, logs)) => Some(Load {
             latencies_us: read_latencies(logs, &format!("during_{rate}_"), Some(ended))?,
             seconds,
+            cores,
         }),
         None => None,
     };
     Ok((
         Backfill {
             seconds,
+            cores,
             wal_mib_per_sec,
             batches: stats.try_get("batches")?,
             median_batch_ms: stats.try_get("median")?,
-            busy_ms: stats.try_get("busy")?,
+            busy: stats.try_get("busy")?,
             throttled,
         },
         load,
@@ -312,6 +327,12 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
     let rates = rates()?;
     let alone_secs = env_u64("BGMIGRATE_BENCH_LOAD_SECS")?.unwrap_or(20);
     let db = pool(url).await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&db)
+        .await?;
+    let postmaster = cpu::postmaster_of(backend as u32).context(
+        "the benchmark reads the server's CPU time from /proc: run it on the server's machine",
+    )?;
     let started = Instant::now();
     build_table(&db, rows).await?;
     eprintln!(
@@ -338,7 +359,7 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
     exec(&db, "VACUUM items").await?;
     let connected = bgmigrate::config::connect(url).await?;
     connected.control.ensure_schema().await?;
-    let (idle, _) = backfill(&connected, &db, url, "total_idle", args, None).await?;
+    let (idle, _) = backfill(&connected, (&db, url, postmaster), "total_idle", args, None).await?;
     eprintln!(
         "idle backfill {:.1} s, plain UPDATE {update_secs:.1} s",
         idle.seconds
@@ -346,12 +367,11 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
 
     let mut lines = Vec::new();
     for &rate in &rates {
-        let alone = load_alone(url, &script, logs, rate, alone_secs).await?;
+        let alone = load_alone(url, &script, logs, (rate, alone_secs), postmaster).await?;
         let column = format!("total_r{rate}");
         let (during_backfill, during) = backfill(
             &connected,
-            &db,
-            url,
+            (&db, url, postmaster),
             &column,
             args,
             Some((rate, &script, logs)),
@@ -381,12 +401,13 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
     );
     println!(
         "  idle: plain UPDATE {update_secs:.2} s ({update_rate:.0} rows/s); backfill {:.2} s ({idle_rate:.0} rows/s, \
-         {} batches, median {:.0} ms, WAL {:.0} MiB/s, throttled by {}); ratio {idle_ratio:.2} (target >= \
+         {} batches, median {:.0} ms, WAL {:.0} MiB/s, {:.2} cores, throttled by {}); ratio {idle_ratio:.2} (target >= \
          {TARGET_IDLE_RATIO}: {})",
         idle.seconds,
         idle.batches,
         idle.median_batch_ms,
         idle.wal_mib_per_sec,
+        idle.cores,
         idle.throttled.as_deref().unwrap_or("-"),
         if idle_ratio >= TARGET_IDLE_RATIO {
             "MET"
@@ -395,7 +416,7 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
         }
     );
     println!(
-        "  {:>6} | {:>9} | {:>9} | {:>9} | {:>9} | {:>6} | {:>11} | {:>7} | {:>6} | {:>5} | throttled by",
+        "  {:>6} | {:>9} | {:>9} | {:>9} | {:>9} | {:>6} | {:>11} | {:>7} | {:>6} | {:>5} | {:>11} | throttled by",
         "tx/s",
         "p50 alone",
         "p99 alone",
@@ -405,7 +426,8 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
         "backfill/s",
         "of idle",
         "median",
-        "busy"
+        "busy",
+        "cores a/d"
     );
     let mut met = idle_ratio >= TARGET_IDLE_RATIO;
     for (rate, alone, during, backfill) in &lines {
@@ -414,14 +436,16 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
         let share = speed / idle_rate;
         met &= ratio <= TARGET_P99_RATIO && share >= TARGET_SPEED_SHARE;
         println!(
-            "  {rate:>6} | {:>6.1} ms | {:>6.1} ms | {:>6.1} ms | {:>6.1} ms | {ratio:>5.2}x | {speed:>11.0} | {:>6.0}% | {:>3.0} ms | {:>4.0}% | {}",
+            "  {rate:>6} | {:>6.1} ms | {:>6.1} ms | {:>6.1} ms | {:>6.1} ms | {ratio:>5.2}x | {speed:>11.0} | {:>6.0}% | {:>3.0} ms | {:>4.0}% | {:>4.2}/{:>4.2} | {}",
             alone.percentile_ms(0.5),
             alone.percentile_ms(0.99),
             during.percentile_ms(0.5),
             during.percentile_ms(0.99),
             share * 100.0,
             backfill.median_batch_ms,
-            backfill.busy_ms as f64 / 10.0 / backfill.seconds,
+            backfill.busy * 100.0,
+            alone.cores,
+            during.cores,
             backfill.throttled.as_deref().unwrap_or("-")
         );
         eprintln!(

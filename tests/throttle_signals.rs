@@ -1,10 +1,12 @@
 //! The health signals added beside replication lag, each against its real store: the rate Postgres generates WAL
-//! at, and the memory a ClickHouse server tracks. Each holds a migration back while past its threshold, says so in
-//! the row, and lets it finish exact once an operator lifts the threshold.
+//! at, the memory a ClickHouse server tracks, and foreground sessions blocked by a backfill's batch. Each throttles a
+//! migration while past its threshold, says so in the row, and lets it finish exact once an operator lifts it.
 
 mod clickhouse_common;
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bgmigrate::config::Connected;
@@ -145,4 +147,136 @@ async fn server_memory_past_max_server_memory_bytes_holds_a_clickhouse_rewrite_u
     .await;
     assert_eq!(held, 0, "it held before the first partition");
     assert_eq!(ch.value("SELECT count() FROM events").await, "2000");
+}
+
+/// Foreground sessions updating random rows of the table a backfill walks wait for the rows its (slow) batch has
+/// locked; the samples taken while the batch runs see them, so the migration yields — saying "our batches blocked
+/// foreground sessions" — and its next batches are shorter. With `yieldOnBlockedSessions` set to 0 it finishes,
+/// every row backfilled once and not one foreground update lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_sessions_blocked_by_a_batch_make_the_backfill_yield_with_shorter_batches() {
+    let db = TestDb::create("blocked_by_batch").await;
+    let connected = db.connect().await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE items (id int PRIMARY KEY, v int, hits int NOT NULL DEFAULT 0); \
+         INSERT INTO items (id) SELECT i FROM generate_series(1, 3000) i; \
+         CREATE FUNCTION slow(x int) RETURNS int LANGUAGE plpgsql VOLATILE AS \
+           $$ BEGIN PERFORM pg_sleep(0.001); RETURN x; END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The foreground: two sessions, each updating one row every 2 ms.
+    let (updates, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let foreground: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, updates, stop) = (pool.clone(), updates.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    // Scattered over the table (7919 is prime to 3000), one row per statement.
+                    let n = updates.fetch_add(1, Ordering::Relaxed);
+                    let id = (n * 7919 % 3000 + 1) as i32;
+                    let updated = sqlx::query("UPDATE items SET hits = hits + 1 WHERE id = $1")
+                        .bind(id)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    assert_eq!(updated.rows_affected(), 1);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    // About 1 ms a row, 300 rows (300 ms) a batch until it yields; the load signal is off, so only blocking counts.
+    db.define(
+        "0001_v",
+        "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\n\
+         set = { v = \"slow(id * 2)\" }\n\
+         [args]\nminBatchSize = 10\nmaxBatchSize = 300\ntargetBatchMs = 300\nforegroundActivePercent = 0\n",
+    );
+    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
+    let runner = bgmigrate::Runner::new(
+        connected.control.clone(),
+        builtin_registry(),
+        connected.stores.clone(),
+        fast_config("w1"),
+    )
+    .spawn();
+    let control = connected.control.clone();
+    wait_until(
+        "the backfill yields to the foreground sessions it blocked",
+        Duration::from_secs(60),
+        || {
+            let control = control.clone();
+            async move {
+                let row = control.get("0001_v").await.unwrap();
+                row.throttled
+                    .is_some_and(|t| t.contains("our batches blocked foreground sessions (>= 1 at once, yieldOnBlockedSessions)"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        connected.control.get("0001_v").await.unwrap().status,
+        Status::Running
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    connected
+        .control
+        .set_args("0001_v", &json!({"yieldOnBlockedSessions": 0}), "test")
+        .await
+        .expect("lift the threshold");
+    let summary = tokio::time::timeout(Duration::from_secs(120), runner.join())
+        .await
+        .expect("the backfill finishes once the signal is off")
+        .expect("runner");
+    stop.store(true, Ordering::Relaxed);
+    for task in foreground {
+        task.await.unwrap();
+    }
+    assert_eq!(summary.finished, vec!["0001_v".to_owned()]);
+    assert_eq!(
+        connected.control.get("0001_v").await.unwrap().throttled,
+        None
+    );
+
+    let throttled: Vec<_> = db
+        .events("0001_v")
+        .await
+        .into_iter()
+        .filter(|(kind, ..)| kind == "throttled")
+        .collect();
+    assert!(
+        throttled
+            .iter()
+            .any(|(.., detail)| detail["signal"] == "blocked_by_batch"),
+        "{throttled:?}"
+    );
+    let sizes: Vec<i32> = db
+        .batches("0001_v")
+        .await
+        .into_iter()
+        .map(|b| b.0)
+        .collect();
+    assert_eq!(sizes.first(), Some(&300), "{sizes:?}");
+    assert!(
+        sizes.iter().skip(1).any(|size| *size < 100),
+        "batches after the blocking one are shorter: {sizes:?}"
+    );
+    let (wrong, hits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE v IS DISTINCT FROM id * 2), sum(hits) FROM items",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0, "every row backfilled");
+    assert_eq!(
+        hits as u64,
+        updates.load(Ordering::Relaxed),
+        "no foreground update lost"
+    );
 }

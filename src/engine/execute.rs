@@ -355,8 +355,12 @@ pub(super) async fn stream(
             upper: at.upper.as_ref(),
             args: &args,
         };
-        let (outcome, checkpoint) =
-            run_one_batch(ctx, migration, &lease, slice, &tracker, stop).await?;
+        let (outcome, checkpoint) = throttle
+            .during(
+                &args.throttle,
+                run_one_batch(ctx, migration, &lease, slice, &tracker, stop),
+            )
+            .await?;
         let commit = match checkpoint {
             Checkpoint::Written(commit) => commit,
             Checkpoint::Pending(commit) => {

@@ -1,6 +1,7 @@
 //! Holding back on health signals: before each batch the migration's checks are read; while one says hold, the
 //! engine waits — between batches, with no transaction or lock open — and looks again every `throttleCheckMs`;
-//! while one says yield, it runs shorter batches (`yieldBatchMs`) and rests after each. The row says why
+//! while one says yield, it runs shorter batches and rests after each, both in proportion to the foreground's
+//! pressure. While a batch runs the checks sample the store beside it ([`Throttle::during`]). The row says why
 //! (`throttled`), an event marks each period, and `bgmigrate_throttled_seconds_total{migration,reason}` counts the
 //! time.
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::args::Args;
 use crate::control::{Lease, LeaseStore};
 use crate::migration::MigrationError;
-use crate::throttle::{Health, HealthCheck, Limits};
+use crate::throttle::{Health, HealthCheck, Limits, SAMPLE_EVERY};
 
 /// The throttle state of one running migration.
 pub(crate) struct Throttle {
@@ -109,12 +110,13 @@ impl Throttle {
                     signal,
                     reason,
                     rest_ratio,
+                    batch_ms,
                 } => {
                     self.set(leases, lease, Some((reason, signal))).await?;
                     return Ok(AfterBatch {
                         rest_ratio,
                         waited,
-                        batch_ms: (limits.yield_batch_ms > 0).then_some(limits.yield_batch_ms),
+                        batch_ms: (batch_ms > 0).then_some(batch_ms),
                     });
                 }
                 Health::Hold { signal, reason } => {
@@ -130,6 +132,49 @@ impl Throttle {
                 }
             }
         }
+    }
+
+    /// Runs `batch` while every check samples the store each [`SAMPLE_EVERY`] beside it, on its own connection
+    /// (what only shows while a batch runs: foreground sessions waiting for its locks). The samples go on until
+    /// the batch is done, retries included, and stop with it; one that fails is logged once and skipped.
+    pub(crate) async fn during<T>(
+        &mut self,
+        limits: &Limits,
+        batch: impl std::future::Future<Output = T>,
+    ) -> T {
+        if self.checks.is_empty() {
+            return batch.await;
+        }
+        let done = CancellationToken::new();
+        let sampler = tokio::spawn({
+            let (checks, limits, done) = (self.checks.clone(), limits.clone(), done.clone());
+            async move {
+                let mut failed = BTreeSet::new();
+                loop {
+                    tokio::select! {
+                        _ = done.cancelled() => return failed,
+                        _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                    }
+                    for check in &checks {
+                        // A sample still waiting for a connection when the batch ends is dropped, not awaited.
+                        tokio::select! {
+                            _ = done.cancelled() => return failed,
+                            sampled = check.sample(&limits) => if let Err(message) = sampled {
+                                failed.insert(message);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let out = batch.await;
+        done.cancel();
+        for message in sampler.await.unwrap_or_default() {
+            if self.logged.insert(message.clone()) {
+                tracing::warn!("{message}; going on without this sample");
+            }
+        }
+        out
     }
 
     /// Rests after a batch that took `took` while yielding.
@@ -213,7 +258,53 @@ impl Throttle {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
+
+    /// Counts its samples; a sample fails after the third.
+    #[derive(Default)]
+    struct Sampled(AtomicU64);
+
+    #[async_trait::async_trait]
+    impl HealthCheck for Sampled {
+        async fn check(&self, _limits: &Limits) -> Result<Health, String> {
+            Ok(Health::Fine)
+        }
+        async fn sample(&self, _limits: &Limits) -> Result<(), String> {
+            match self.0.fetch_add(1, Ordering::SeqCst) {
+                0..3 => Ok(()),
+                _ => Err("unreadable".into()),
+            }
+        }
+    }
+
+    /// A batch is sampled every 10 ms while it runs and not after it; a failing sample is logged once and the
+    /// batch's outcome is untouched.
+    #[tokio::test(start_paused = true)]
+    async fn a_running_batch_is_sampled_every_ten_milliseconds_and_not_after() {
+        let check = Arc::new(Sampled::default());
+        let mut throttle = Throttle::new(vec![check.clone()]);
+        let out = throttle
+            .during(&Limits::default(), async {
+                tokio::time::sleep(Duration::from_millis(55)).await;
+                "committed"
+            })
+            .await;
+        assert_eq!(out, "committed");
+        assert_eq!(
+            check.0.load(Ordering::SeqCst),
+            5,
+            "at 10, 20, 30, 40 and 50 ms"
+        );
+        assert_eq!(throttle.logged.len(), 1, "{:?}", throttle.logged);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            check.0.load(Ordering::SeqCst),
+            5,
+            "nothing samples between batches"
+        );
+    }
 
     /// Yielding aims adaptive batches at `yieldBatchMs`; an explicit `batchSize`, or no yield, changes nothing.
     #[test]

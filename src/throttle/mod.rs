@@ -8,6 +8,7 @@
 
 pub mod clickhouse;
 pub mod postgres;
+mod pressure;
 mod rate;
 
 use async_trait::async_trait;
@@ -36,6 +37,8 @@ pub enum Health {
         reason: String,
         /// Rest per unit of batch time.
         rest_ratio: f64,
+        /// The duration adaptive batches aim for meanwhile, in ms (0: keep `targetBatchMs`).
+        batch_ms: u64,
     },
 }
 
@@ -45,7 +48,19 @@ pub trait HealthCheck: Send + Sync {
     /// Reads the signal. An error means it could not be read; each check decides (and documents) whether that holds
     /// or lets go, by returning `Hold` or `Fine` itself — errors reaching the engine are logged and let go.
     async fn check(&self, limits: &Limits) -> Result<Health, String>;
+
+    /// Samples the store while a batch runs (every [`SAMPLE_EVERY`]), for what only shows then — foreground
+    /// sessions waiting for the batch's locks; the next `check` folds the samples in. An error lets go, like an
+    /// unreadable `check`. None by default.
+    async fn sample(&self, _limits: &Limits) -> Result<(), String> {
+        Ok(())
+    }
 }
+
+/// How often a running batch is sampled: often enough that a 10 ms yield batch is seen at least once, and a
+/// foreground statement blocked for longer than that is counted; one `pg_stat_activity` read costs well under a
+/// millisecond.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The thresholds, from `args` (each optional; 0 turns a signal off).
 #[derive(Debug, Clone, PartialEq)]
@@ -62,16 +77,22 @@ pub struct Limits {
     /// 1 Gbit/s standby link) cut the idle backfill to 0.59x one plain `UPDATE`, which writes the same WAL unthrottled.
     /// Set it where a standby or archive link is the bottleneck; `maxReplicationLagBytes` covers standbys anyway.
     pub max_wal_bytes_per_second: u64,
-    /// `maxLockWaiters` (default 5): sessions waiting for a lock in the migration's database.
+    /// `maxLockWaiters` (default 5): sessions waiting for a lock in the migration's database, read before a batch
+    /// (when our session holds no lock): contention among other sessions, which a batch would add to.
     pub max_lock_waiters: u64,
+    /// `yieldOnBlockedSessions` (default 1; 0: off): the migration yields, and its next batch is shorter, when a
+    /// sample taken while a batch ran saw at least this many foreground sessions waiting for a lock that a bgmigrate
+    /// session holds.
+    pub yield_on_blocked_sessions: u64,
     /// `foregroundActivePercent` (default 20): when other sessions are busy in the database — on average over
     /// recent checks, in percent of one session — the migration yields.
     pub foreground_active_percent: u64,
-    /// `yieldPercent` (default 100): rest after each batch while yielding, in percent of the batch's duration.
+    /// `yieldPercent` (default 100): rest after each batch while yielding, in percent of the batch's duration per
+    /// foreground session busy while our batches run (at least one; the maths is in `throttle/pressure.rs`).
     pub yield_percent: u64,
     /// `yieldBatchMs` (default 50; 0 keeps `targetBatchMs`): while yielding, adaptive batches aim for this duration
-    /// instead — a foreground statement that needs a row of the batch in flight waits at most about that long, and
-    /// a tenth of the rows are locked at once. Measured in the foreground benchmark (README).
+    /// divided by the same pressure — a foreground statement that needs a row of the batch in flight waits at most
+    /// about that long, and a tenth of the rows are locked at once. Measured in the foreground benchmark (README).
     pub yield_batch_ms: u64,
     /// `maxPartsPercent` (default 60): active parts of one ClickHouse partition, in percent of the table's
     /// `parts_to_delay_insert`.
@@ -97,6 +118,7 @@ impl Default for Limits {
             max_slot_retained_bytes: 10 * 1024 * 1024 * 1024,
             max_wal_bytes_per_second: 0,
             max_lock_waiters: 5,
+            yield_on_blocked_sessions: 1,
             foreground_active_percent: 20,
             yield_percent: 100,
             yield_batch_ms: 50,
@@ -125,6 +147,8 @@ impl Limits {
                 .unwrap_or(d.max_wal_bytes_per_second),
             max_lock_waiters: read_u64(raw, "maxLockWaiters", (0, 100_000))?
                 .unwrap_or(d.max_lock_waiters),
+            yield_on_blocked_sessions: read_u64(raw, "yieldOnBlockedSessions", (0, 10_000))?
+                .unwrap_or(d.yield_on_blocked_sessions),
             foreground_active_percent: read_u64(raw, "foregroundActivePercent", (0, 100_000))?
                 .unwrap_or(d.foreground_active_percent),
             yield_percent: read_u64(raw, "yieldPercent", (0, 10_000))?.unwrap_or(d.yield_percent),
@@ -166,6 +190,7 @@ mod tests {
             Limits::parse(json!({"maxReplicationLagMs": 100}).as_object().unwrap()).unwrap();
         assert_eq!(limits.max_replication_lag_ms, 100);
         assert_eq!(limits.max_lock_waiters, 5);
+        assert_eq!(limits.yield_on_blocked_sessions, 1);
         let err = Limits::parse(json!({"maxPartsPercent": 150}).as_object().unwrap()).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -188,6 +213,16 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("args.maxMergePoolPercent must be an integer from 0 to 100")
+        );
+        let err = Limits::parse(
+            json!({"yieldOnBlockedSessions": 10_001})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "args.yieldOnBlockedSessions must be an integer from 0 to 10000, got 10001"
         );
         let err = Limits::parse(json!({"yieldBatchMs": 1.5}).as_object().unwrap()).unwrap_err();
         assert_eq!(

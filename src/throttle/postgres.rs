@@ -1,6 +1,8 @@
 //! Postgres health: replication lag of every streaming standby (time and bytes), WAL kept for replication slots,
 //! the rate WAL is generated at, sessions waiting for locks, an anti-wraparound autovacuum of the migration's table,
-//! and foreground activity.
+//! foreground activity, and foreground sessions blocked by our batch — the last sampled *while the batch runs*
+//! ([`HealthCheck::sample`]), since between batches our session holds no lock. How much to yield is in
+//! [`super::pressure`].
 //!
 //! A regular autovacuum of the table does not hold: it is what cleans up the dead rows our batches leave, its own
 //! cost-based delay already paces it, and holding for it would make a backfill wait for the cleanup of itself.
@@ -8,34 +10,29 @@
 //! What an unreadable signal does: replication and slot figures need `pg_monitor` on managed services; without it
 //! Postgres shows NULLs, which read as "no lag" — letting go, because a role without that grant would otherwise
 //! never run. Any query error lets go too (logged by the engine): health must not turn a reachable database into a
-//! stuck migration; the batch itself will fail loudly if the database is really down.
+//! stuck migration; the batch itself will fail loudly if the database is really down. The same for the samples
+//! taken during a batch: a role without `pg_read_all_stats` sees no state or wait of other roles' sessions, which
+//! reads as "nobody busy, nobody blocked" — letting go, and the batch is still bounded by `targetBatchMs`; a sample
+//! that fails is skipped (logged once) rather than failing a batch that is doing fine.
 
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use sqlx::{PgPool, Row};
 
+use super::pressure::{Pressure, Sample};
 use super::rate::Rate;
 use super::{Health, HealthCheck, Limits, bytes};
 
 /// The application name bgmigrate's Postgres sessions carry, so foreground activity can leave them out.
 pub const APPLICATION_NAME: &str = "bgmigrate";
 
-/// Weight of the newest sample in the foreground-activity average.
-const ACTIVITY_SMOOTHING: f64 = 0.3;
-/// How long a yield lasts after the last check that saw the foreground busy. One sample counts the sessions busy
-/// at one instant, so under a steady light load the average dips below the threshold every few batches; without
-/// this the migration flipped back to full-length batches and their lock waits (the foreground benchmark at
-/// 100 tx/s: p99 4.2x with flipping).
-const YIELD_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Every Postgres signal for one database (and optionally the migration's table).
 pub struct PgHealth {
     pool: PgPool,
     table: Option<String>,
-    /// Smoothed count of other sessions running a statement, sampled at each check, and until when the last busy
-    /// reading keeps the migration yielding.
-    activity: Mutex<(f64, Option<tokio::time::Instant>)>,
+    /// The foreground as measured before and during our batches: whether and how much to yield.
+    pressure: Mutex<Pressure>,
     /// The WAL position's growth per second.
     wal: Mutex<Rate>,
 }
@@ -46,7 +43,7 @@ impl PgHealth {
         Self {
             pool,
             table,
-            activity: Mutex::new((0.0, None)),
+            pressure: Mutex::new(Pressure::default()),
             wal: Mutex::new(Rate::default()),
         }
     }
@@ -155,7 +152,7 @@ impl PgHealth {
         .fetch_one(&self.pool)
         .await?;
         let waiting = row.try_get::<i64, _>("waiting")?.max(0) as u64;
-        let active = row.try_get::<i64, _>("active")?.max(0) as f64;
+        let active = row.try_get::<i64, _>("active")?.max(0) as u64;
         let wraparound = row.try_get::<i64, _>("wraparound")?;
         if wraparound > 0 {
             return Ok(Some(hold(
@@ -175,31 +172,33 @@ impl PgHealth {
                 ),
             )));
         }
-        let threshold = limits.foreground_active_percent as f64 / 100.0;
-        let now = tokio::time::Instant::now();
-        let yielding = {
-            let mut activity = self.activity.lock().expect("poisoned");
-            let (average, until) = &mut *activity;
-            *average = ACTIVITY_SMOOTHING * active + (1.0 - ACTIVITY_SMOOTHING) * *average;
-            if *average > threshold {
-                *until = Some(now + YIELD_LINGER);
-            }
-            until.is_some_and(|until| now < until)
-        };
-        if limits.foreground_active_percent > 0 && yielding {
-            return Ok(Some(Health::Yield {
-                signal: "foreground_load",
-                reason: format!(
-                    // No live figure in the reason: a reason that changes is a new throttle event.
-                    "foreground load: other sessions busy > {threshold:.2} on average (foregroundActivePercent) \
-                     within the last {} s; resting {}% of each batch's time",
-                    YIELD_LINGER.as_secs(),
-                    limits.yield_percent
-                ),
-                rest_ratio: limits.yield_percent as f64 / 100.0,
-            }));
-        }
-        Ok(None)
+        Ok(self.pressure.lock().expect("poisoned").before_batch(
+            active,
+            limits,
+            tokio::time::Instant::now(),
+        ))
+    }
+
+    /// Foreground sessions running a statement, and those of them waiting for a lock that a bgmigrate session
+    /// holds (`pg_blocking_pids`; only waiting sessions are looked up, so an unblocked database pays one scan of
+    /// `pg_stat_activity`). Any bgmigrate session counts — two migrations on one table block the foreground alike.
+    async fn foreground(&self) -> Result<Sample, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT count(*) AS busy, \
+                    count(*) FILTER (WHERE a.wait_event_type = 'Lock' AND EXISTS ( \
+                        SELECT 1 FROM pg_stat_activity b \
+                        WHERE b.pid = ANY (pg_blocking_pids(a.pid)) AND b.application_name LIKE $1 || '%')) AS blocked \
+             FROM pg_stat_activity a \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.state = 'active' \
+               AND a.backend_type = 'client backend' AND a.application_name NOT LIKE $1 || '%'",
+        )
+        .bind(APPLICATION_NAME)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Sample {
+            busy: row.try_get::<i64, _>("busy")?.max(0) as u64,
+            blocked: row.try_get::<i64, _>("blocked")?.max(0) as u64,
+        })
     }
 }
 
@@ -229,5 +228,17 @@ impl HealthCheck for PgHealth {
             .await
             .map_err(|err| format!("session signals unreadable: {err}"))?;
         Ok(sessions.unwrap_or(Health::Fine))
+    }
+
+    async fn sample(&self, limits: &Limits) -> Result<(), String> {
+        if limits.yield_on_blocked_sessions == 0 && limits.foreground_active_percent == 0 {
+            return Ok(());
+        }
+        let sample = self
+            .foreground()
+            .await
+            .map_err(|err| format!("foreground sessions unreadable during a batch: {err}"))?;
+        self.pressure.lock().expect("poisoned").during_batch(sample);
+        Ok(())
     }
 }

@@ -1,0 +1,310 @@
+//! How hard to yield to the foreground, from what the store measures of it: the pure maths behind the Postgres
+//! `foreground_load` and `blocked_by_batch` yields, fed by samples and tested without a database.
+//!
+//! Two questions, two measurements:
+//! * **Whether** to yield: other sessions busy at the checks between batches (smoothed), past
+//!   `foregroundActivePercent`; or our batch blocked at least `yieldOnBlockedSessions` foreground sessions at one of
+//!   the samples taken *while it ran*. Either keeps the migration yielding for [`LINGER`] after it was last seen.
+//! * **How much**: the foreground's pressure is the number of its sessions busy while our batches run (smoothed
+//!   over batches). By Little's law that is its arrival rate times its latency — the share of the server it wants
+//!   right when we compete with it. While yielding, the rest after a batch is `yieldPercent` of the batch's time
+//!   *per busy foreground session* (at least one), and batches aim for `yieldBatchMs` divided by the same
+//!   pressure: under a light load the backfill takes turns with the foreground 1:1 (as measured good at 100 and
+//!   400 tx/s), under a heavy one it runs shorter batches less often, so fewer transactions queue behind one batch
+//!   and the queue drains between batches. A batch that blocked the foreground halves the next yield batch's
+//!   duration again (down to 1/16), and each batch that blocked no one lets it grow back by 20 % (GitLab's
+//!   optimizer step).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Health, Limits};
+
+/// Weight of the newest sample in the smoothed figures.
+const SMOOTHING: f64 = 0.3;
+/// How long a yield lasts after the last reading that called for it. One sample counts the sessions busy at one
+/// instant, so under a steady light load the average dips below the threshold every few batches; without this the
+/// migration flipped back to full-length batches and their lock waits (the foreground benchmark at 100 tx/s: p99
+/// 4.2x with flipping).
+pub(crate) const LINGER: Duration = Duration::from_secs(10);
+/// The most pressure counted: at 8 busy sessions the backfill already rests 8x its batch time (`yieldPercent` 100);
+/// beyond that the foreground is past what any pacing of ours can help, and the migration still moves.
+const MAX_PRESSURE: f64 = 8.0;
+/// The smallest factor the yield batch's duration shrinks to after batches that blocked the foreground.
+const MIN_SHRINK: f64 = 1.0 / 16.0;
+/// Growth of that factor per batch that blocked no one.
+const REGROW: f64 = 1.2;
+/// The shortest yield batch aimed for (`targetBatchMs`'s own lower bound).
+const MIN_BATCH_MS: f64 = 10.0;
+
+/// What one sample of the store saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Sample {
+    /// Other (non-bgmigrate) sessions running a statement.
+    pub(crate) busy: u64,
+    /// Of those, sessions waiting for a lock that a bgmigrate session holds.
+    pub(crate) blocked: u64,
+}
+
+/// The samples taken while the batch in flight ran.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchSamples {
+    count: u64,
+    busy: u64,
+    blocked_max: u64,
+}
+
+/// The foreground as measured so far by one migration's stream.
+#[derive(Debug)]
+pub(crate) struct Pressure {
+    /// Busy other sessions at the checks between batches, smoothed.
+    between: f64,
+    /// Busy other sessions while our batches ran, smoothed (`None` before the first sampled batch).
+    during: Option<f64>,
+    /// The batch in flight's samples.
+    batch: BatchSamples,
+    /// Factor on the yield batch's duration after batches that blocked the foreground.
+    shrink: f64,
+    /// Until when each trigger keeps the migration yielding: the foreground's load, our batch blocking it.
+    load_until: Option<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Self {
+            between: 0.0,
+            during: None,
+            batch: BatchSamples::default(),
+            shrink: 1.0,
+            load_until: None,
+            blocked_until: None,
+        }
+    }
+}
+
+impl Pressure {
+    /// Records a sample taken while a batch ran.
+    pub(crate) fn during_batch(&mut self, sample: Sample) {
+        self.batch.count += 1;
+        self.batch.busy += sample.busy;
+        self.batch.blocked_max = self.batch.blocked_max.max(sample.blocked);
+    }
+
+    /// Folds in the last batch's samples and the check before the next one (`busy` other sessions now), and says
+    /// whether and how much to yield.
+    pub(crate) fn before_batch(
+        &mut self,
+        busy: u64,
+        limits: &Limits,
+        now: Instant,
+    ) -> Option<Health> {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.count > 0 {
+            let mean = batch.busy as f64 / batch.count as f64;
+            self.during = Some(match self.during {
+                Some(during) => SMOOTHING * mean + (1.0 - SMOOTHING) * during,
+                None => mean,
+            });
+        }
+        let blocking = limits.yield_on_blocked_sessions;
+        if blocking > 0 && batch.blocked_max >= blocking {
+            self.shrink = (self.shrink / 2.0).max(MIN_SHRINK);
+            self.blocked_until = Some(now + LINGER);
+        } else if batch.count > 0 {
+            self.shrink = (self.shrink * REGROW).min(1.0);
+        }
+        self.between = SMOOTHING * busy as f64 + (1.0 - SMOOTHING) * self.between;
+        let threshold = limits.foreground_active_percent as f64 / 100.0;
+        if limits.foreground_active_percent > 0 && self.between > threshold {
+            self.load_until = Some(now + LINGER);
+        }
+        let load = limits.foreground_active_percent > 0 && self.load_until.is_some_and(|t| now < t);
+        let blocked = blocking > 0 && self.blocked_until.is_some_and(|t| now < t);
+        if !load && !blocked {
+            return None;
+        }
+        let pressure = self.during.unwrap_or(0.0).clamp(1.0, MAX_PRESSURE);
+        let batch_ms = match limits.yield_batch_ms {
+            0 => 0,
+            ms => (ms as f64 * self.shrink / pressure)
+                .max(MIN_BATCH_MS)
+                .round() as u64,
+        };
+        // No live figure in the reason: a reason that changes is a new throttle event.
+        let mut why = Vec::new();
+        if blocked {
+            why.push(format!(
+                "our batches blocked foreground sessions (>= {blocking} at once, yieldOnBlockedSessions)"
+            ));
+        }
+        if load {
+            why.push(format!(
+                "other sessions busy > {threshold:.2} on average (foregroundActivePercent)"
+            ));
+        }
+        Some(Health::Yield {
+            signal: if blocked {
+                "blocked_by_batch"
+            } else {
+                "foreground_load"
+            },
+            reason: format!(
+                "yielding to the foreground: {} within the last {} s; shorter batches and rests of {}% of each \
+                 batch's time per busy foreground session (yieldPercent)",
+                why.join("; "),
+                LINGER.as_secs(),
+                limits.yield_percent
+            ),
+            rest_ratio: limits.yield_percent as f64 / 100.0 * pressure,
+            batch_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yield_of(health: Option<Health>) -> (&'static str, f64, u64) {
+        match health {
+            Some(Health::Yield {
+                signal,
+                rest_ratio,
+                batch_ms,
+                ..
+            }) => (signal, rest_ratio, batch_ms),
+            other => panic!("expected a yield, got {other:?}"),
+        }
+    }
+
+    /// A batch during which `busy` foreground sessions ran and `blocked` of them waited for our locks.
+    fn batch(pressure: &mut Pressure, busy: u64, blocked: u64) {
+        for _ in 0..5 {
+            pressure.during_batch(Sample { busy, blocked });
+        }
+    }
+
+    /// On an idle database nothing yields, however long it runs.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_database_never_yields() {
+        let limits = Limits::default();
+        let mut pressure = Pressure::default();
+        for _ in 0..100 {
+            batch(&mut pressure, 0, 0);
+            assert_eq!(pressure.before_batch(0, &limits, Instant::now()), None);
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Under a light load (less than one busy session while we run) the yield is the 1:1 duty cycle measured good
+    /// at 100 and 400 tx/s: rest as long as the batch, batches of `yieldBatchMs`.
+    #[tokio::test(start_paused = true)]
+    async fn a_light_load_takes_turns_one_to_one() {
+        let limits = Limits::default();
+        let mut pressure = Pressure::default();
+        let mut verdict = None;
+        for _ in 0..5 {
+            batch(&mut pressure, 0, 0);
+            pressure.during_batch(Sample {
+                busy: 2,
+                blocked: 0,
+            });
+            verdict = pressure.before_batch(1, &limits, Instant::now());
+        }
+        assert_eq!(yield_of(verdict), ("foreground_load", 1.0, 50));
+    }
+
+    /// The rest grows and the batch shrinks in proportion to the sessions busy while our batches run, up to 8.
+    #[tokio::test(start_paused = true)]
+    async fn the_yield_scales_with_the_sessions_busy_during_our_batches() {
+        let limits = Limits::default();
+        let mut pressure = Pressure::default();
+        batch(&mut pressure, 3, 0);
+        let (_, rest, ms) = yield_of(pressure.before_batch(1, &limits, Instant::now()));
+        assert_eq!(
+            (rest, ms),
+            (3.0, 17),
+            "3 busy sessions: rest 3x, 50/3 ms batches"
+        );
+        for _ in 0..30 {
+            batch(&mut pressure, 40, 0);
+        }
+        let (_, rest, ms) = yield_of(pressure.before_batch(1, &limits, Instant::now()));
+        assert_eq!((rest, ms), (8.0, 10), "capped at 8, never under 10 ms");
+        let doubled = Limits {
+            yield_percent: 200,
+            ..Limits::default()
+        };
+        batch(&mut pressure, 40, 0);
+        let (_, rest, _) = yield_of(pressure.before_batch(1, &doubled, Instant::now()));
+        assert_eq!(rest, 16.0, "yieldPercent scales it");
+    }
+
+    /// A batch that blocked a foreground session yields even when the load alone would not, halves the next
+    /// batch's duration, and lets it grow back by 20 % per batch that blocked no one.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_blocks_the_foreground_shrinks_the_next_one() {
+        let limits = Limits::default();
+        let mut pressure = Pressure::default();
+        batch(&mut pressure, 1, 1);
+        let (signal, rest, ms) = yield_of(pressure.before_batch(0, &limits, Instant::now()));
+        assert_eq!((signal, rest, ms), ("blocked_by_batch", 1.0, 25));
+        batch(&mut pressure, 1, 1);
+        assert_eq!(
+            yield_of(pressure.before_batch(0, &limits, Instant::now())).2,
+            13
+        );
+        batch(&mut pressure, 1, 0);
+        assert_eq!(
+            yield_of(pressure.before_batch(0, &limits, Instant::now())).2,
+            15
+        );
+        let off = Limits {
+            yield_on_blocked_sessions: 0,
+            ..Limits::default()
+        };
+        let mut ignored = Pressure::default();
+        batch(&mut ignored, 0, 3);
+        assert_eq!(
+            ignored.before_batch(0, &off, Instant::now()),
+            None,
+            "0 turns it off"
+        );
+    }
+
+    /// A yield lasts 10 s after the last reading that called for it, with one reason throughout; the reason names
+    /// every trigger in force.
+    #[tokio::test(start_paused = true)]
+    async fn a_yield_lingers_ten_seconds_after_the_last_reading_that_called_for_it() {
+        let limits = Limits::default();
+        let reason = |h: &Option<Health>| match h {
+            Some(Health::Yield { reason, .. }) => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        let mut pressure = Pressure::default();
+        batch(&mut pressure, 1, 1);
+        let first = pressure.before_batch(0, &limits, Instant::now());
+        assert!(
+            reason(&first).contains("our batches blocked foreground sessions (>= 1 at once"),
+            "{first:?}"
+        );
+        tokio::time::advance(Duration::from_secs(9)).await;
+        batch(&mut pressure, 0, 0);
+        let later = pressure.before_batch(0, &limits, Instant::now());
+        assert_eq!(reason(&later), reason(&first));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        batch(&mut pressure, 0, 0);
+        assert_eq!(pressure.before_batch(0, &limits, Instant::now()), None);
+
+        let mut both = Pressure::default();
+        batch(&mut both, 1, 1);
+        let both = reason(&both.before_batch(5, &limits, Instant::now()));
+        assert!(
+            both.contains("blocked foreground sessions")
+                && both.contains("other sessions busy > 0.20"),
+            "{both}"
+        );
+    }
+}
