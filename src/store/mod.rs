@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod sqlite;
 mod sqlx_tx;
 mod used;
+mod wal_checkpoint;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite, SqlitePool, Transaction};
 
+use super::wal_checkpoint::BackgroundCheckpoint;
 use super::{ColumnInfo, DatabaseId, Dialect, Reach, SqlStore, SqlTx, StoreError};
 
 /// How long a connection waits for another writer (this process or another) before giving up with `SQLITE_BUSY`.
@@ -145,12 +146,20 @@ pub fn file_of(url: &str) -> Option<PathBuf> {
 pub struct SqliteStore {
     pool: SqlitePool,
     id: DatabaseId,
+    /// Checkpoints started beside the writers (not on a pool of one connection, where it would only queue).
+    checkpoint: Option<BackgroundCheckpoint>,
 }
 
 impl SqliteStore {
     /// Wraps a pool; `id` names the database file (see [`SqlStore::id`] and [`SqliteStore::id_for_path`]).
     pub fn new(pool: SqlitePool, id: DatabaseId) -> Self {
-        Self { pool, id }
+        let checkpoint =
+            (pool.options().get_max_connections() > 1).then(BackgroundCheckpoint::default);
+        Self {
+            pool,
+            id,
+            checkpoint,
+        }
     }
 
     /// The identity of a database file: `sqlite://` and its absolute path, so two spellings of one file agree.
@@ -264,6 +273,10 @@ impl SqlStore for SqliteStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn SqlTx>, StoreError> {
+        // The WAL the previous write transactions left is copied into the database while this one works.
+        if let Some(checkpoint) = &self.checkpoint {
+            checkpoint.start(&self.pool);
+        }
         self.begin_with(BEGIN_IMMEDIATE).await
     }
 
