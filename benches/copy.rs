@@ -3,7 +3,7 @@
 //! 1. 1,000,000 rows of ~300 bytes, Postgres → ClickHouse, through the `copy` kind (default args; in key order,
 //!    the default, and with `order = "physical"`) versus the raw pipe, once with random (md5) text keys and once
 //!    with sequential ones
-//!    `psql -c "COPY (SELECT ...) TO STDOUT" | curl --data-binary @- '...INSERT ... FORMAT TabSeparated'`.
+//!    `psql -c "COPY (SELECT ...) TO STDOUT" | curl -X POST -T - '...INSERT ... FORMAT TabSeparated'` (streamed).
 //! 2. Peak resident memory (VmHWM) of a `bgmigrate worker` process copying rows of up to 50 MB each at default
 //!    args, against the 128 MiB budget.
 //!
@@ -188,7 +188,9 @@ async fn throughput(rows: u64, keys: Keys) {
             "pipefail",
             "-c",
             &format!(
-                "psql '{}' -c \"{copy}\" | curl -sS --fail-with-body --data-binary @- '{insert}'",
+                // `-T -` streams (psql and ClickHouse work at once); `--data-binary @-` would read all of psql's
+                // output into memory first.
+                "psql '{}' -c \"{copy}\" | curl -sS --fail-with-body -X POST -T - '{insert}'",
                 dbs.pg_url()
             ),
         ])

@@ -7,7 +7,7 @@
 //!    one transaction) versus `psql -c "COPY traces TO STDOUT" | psql -c "COPY traces FROM STDIN"`.
 //! 3. Postgres → SQLite and SQLite → Postgres, measured and reported (against the same two references).
 //! 4. SQLite → ClickHouse (a `ReplacingMergeTree`; 100,000-row batches, the default into ClickHouse; `created_at`
-//!    text parsed into `DateTime`) versus `sqlite3 -csv source.db 'SELECT ...' | curl --data-binary @-
+//!    text parsed into `DateTime`) versus `sqlite3 -csv source.db 'SELECT ...' | curl -X POST -T -
 //!    '.../?query=INSERT ... FORMAT CSV'` into an empty twin table, SQLite formatting the timestamp itself.
 //!
 //! Needs the machine's Postgres (127.0.0.1:5432, user postgres), and for part 4 its ClickHouse (127.0.0.1:8123) and
@@ -221,7 +221,8 @@ fn clickhouse_reference(source: &Path, database: &str, table: &str) -> Duration 
         .expect("sqlite3");
     let query = format!("INSERT INTO {database}.{table} FORMAT CSV").replace(' ', "%20");
     let status = Command::new("curl")
-        .args(["-sS", "--fail", "--data-binary", "@-"])
+        // `-T -` streams (both processes work at once); `--data-binary @-` would read everything first.
+        .args(["-sS", "--fail", "-X", "POST", "-T", "-"])
         .arg(format!("{CH}/?query={query}"))
         .stdin(out.stdout.take().expect("pipe"))
         .status()

@@ -195,12 +195,19 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64]) {
     let started = Instant::now();
     let status = Command::new("bash")
         .args(["-o", "pipefail", "-c", &format!(
-            "psql '{server}/{DATABASE}' -c 'COPY traces TO STDOUT' | curl -sS --fail-with-body --data-binary @- '{insert}'"
+            // `-T -` streams: `--data-binary @-` would read all of psql's output into memory before sending it
+            // (out of memory at 10,000,000 rows) and keep psql and ClickHouse from working at the same time.
+            "psql '{server}/{DATABASE}' -c 'COPY traces TO STDOUT' | curl -sS --fail-with-body -X POST -T - '{insert}'"
         )])
         .status()
         .expect("pipe");
     let reference = started.elapsed();
     assert!(status.success(), "the reference pipe failed");
+    assert_eq!(
+        clickhouse(ch, &format!("SELECT count() FROM {DATABASE}.pipe")),
+        rows.to_string(),
+        "the reference pipe moved every row"
+    );
     println!(
         "copy of {rows} rows (random md5 keys, key order) into ClickHouse: raw psql COPY | curl pipe {:.2} s ({:.0} rows/s)",
         reference.as_secs_f64(),
