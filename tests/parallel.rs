@@ -240,7 +240,8 @@ async fn three_workers_share_one_backfill_in_key_ranges_exactly_once() {
 }
 
 /// A worker SIGKILLed mid-range and another SIGSTOPped mid-range: their ranges are taken over once their leases
-/// expire, the frozen one writes nothing when it wakes (its lease is fenced), and every row is updated exactly once.
+/// expire (a worker frozen inside a transaction: once the server ends it), the frozen one writes nothing when it
+/// wakes (its lease is fenced), and every row is updated exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_frozen_workers_lose_their_ranges_and_nothing_repeats() {
     let db = TestDb::create("killed_and_frozen_workers").await;
@@ -275,9 +276,11 @@ async fn killed_and_frozen_workers_lose_their_ranges_and_nothing_repeats() {
             .success()
     );
 
+    // After the 2 s lease TTL, or, when the worker froze inside its batch's transaction (holding the migration row's
+    // lock that claims take first), once the server ends that transaction: idle_in_transaction_session_timeout, 60 s.
     wait_for(
         "the survivor took over both ranges",
-        Duration::from_secs(60),
+        Duration::from_secs(100),
         async || {
             let events = db.events(NAME).await;
             ["killed", "frozen"].iter().all(|gone| {
