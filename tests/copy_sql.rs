@@ -107,15 +107,7 @@ async fn two_runners_copy_in_key_ranges_exactly(
     common::register_dir(connected, migrations, &bgmigrate::builtin_registry()).await;
     let runners: Vec<_> = ["w1", "w2"]
         .into_iter()
-        .map(|id| {
-            bgmigrate::Runner::new(
-                connected.control.clone(),
-                bgmigrate::builtin_registry(),
-                connected.stores.clone(),
-                common::fast_config(id),
-            )
-            .spawn()
-        })
+        .map(|id| common::spawn_runner(connected, id))
         .collect();
     for runner in runners {
         runner.join().await.expect("runner");

@@ -12,20 +12,14 @@ use std::time::Duration;
 use bgmigrate::config::Connected;
 use bgmigrate::{Status, builtin_registry};
 use clickhouse_common::TestClickHouse;
-use common::{TestDb, fast_config, register_dir, wait_until};
+use common::{TestDb, register_dir, spawn_runner, wait_until};
 use serde_json::{Value, json};
 
 /// Runs the registered migration `name` with one worker; waits until its row says it holds back for a reason that
 /// contains `needle`, checks that no batch runs meanwhile, applies `lift` with `set_args` and waits for the end.
 /// Returns the rows done while it held.
 async fn hold_then_lift(connected: &Connected, name: &str, needle: &str, lift: Value) -> i64 {
-    let runner = bgmigrate::Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w1"),
-    )
-    .spawn();
+    let runner = spawn_runner(connected, "w1");
     let control = connected.control.clone();
     wait_until(
         &format!("the migration holds back on {needle}"),
@@ -199,13 +193,7 @@ async fn foreground_sessions_blocked_by_a_batch_make_the_backfill_yield_with_sho
          [args]\nminBatchSize = 10\nmaxBatchSize = 300\ntargetBatchMs = 300\nforegroundActivePercent = 0\n",
     );
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    let runner = bgmigrate::Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("w1"),
-    )
-    .spawn();
+    let runner = spawn_runner(&connected, "w1");
     let control = connected.control.clone();
     wait_until(
         "the backfill yields to the foreground sessions it blocked",

@@ -276,8 +276,8 @@ pub async fn register_dir(connected: &Connected, dir: &Path, registry: &bgmigrat
         .expect("register");
 }
 
-/// Runs every registered migration to the end with one library runner named `worker` (`--exit-when-done`).
-pub async fn run_registered(connected: &Connected, worker: &str) {
+/// Starts one library runner named `worker` on the built-in kinds, with [`fast_config`] (`--exit-when-done`).
+pub fn spawn_runner(connected: &Connected, worker: &str) -> bgmigrate::RunnerHandle {
     bgmigrate::Runner::new(
         connected.control.clone(),
         bgmigrate::builtin_registry(),
@@ -285,9 +285,14 @@ pub async fn run_registered(connected: &Connected, worker: &str) {
         fast_config(worker),
     )
     .spawn()
-    .join()
-    .await
-    .expect("runner");
+}
+
+/// Runs every registered migration to the end with one library runner named `worker` (`--exit-when-done`).
+pub async fn run_registered(connected: &Connected, worker: &str) {
+    spawn_runner(connected, worker)
+        .join()
+        .await
+        .expect("runner");
 }
 
 /// Registers the definitions in `dir`, then runs every migration to the end with one library runner (`w1`).
