@@ -4,9 +4,14 @@
 //! Each batch's UPDATE and its checkpoint commit in one transaction when the table lives in the control database,
 //! so a crash at any point neither skips nor repeats a row.
 //!
-//! Layout: this file checks the table and runs a batch, with the [`BackfillCheckpoint`]; [`spec`] parses the
-//! definition; [`sql`] builds the statements on the shared [`crate::kinds::keyset::Keyset`].
+//! With `order = "physical"` (Postgres) the rows are updated in heap order instead, through a key list
+//! ([`heap_walk`]).
+//!
+//! Layout: this file checks the table and runs a key-order batch, with the [`BackfillCheckpoint`]; [`heap_walk`]
+//! runs a heap-order batch; [`spec`] parses the definition; [`sql`] builds the statements on the shared
+//! [`crate::kinds::keyset::Keyset`].
 
+mod heap_walk;
 mod spec;
 mod sql;
 
@@ -20,9 +25,9 @@ use tokio::sync::OnceCell;
 use super::checkpoint::{Checkpoint, KeyCursor, KeyPosition, range_end};
 use super::keyset;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::{SqlParam, SqlStore, Stores};
+use crate::store::{Dialect, SqlParam, SqlStore, Stores};
 
-pub use self::spec::BackfillSpec;
+pub use self::spec::{BackfillOrder, BackfillSpec};
 pub use self::sql::BackfillSql;
 
 /// The name definitions use: `kind = "backfill"`.
@@ -68,6 +73,13 @@ impl Backfill {
                 spec.table, spec.store
             )));
         }
+        if spec.order == BackfillOrder::Physical && self.store.dialect() != Dialect::Postgres {
+            return Err(invalid(format!(
+                "order = \"physical\" is for Postgres tables; store {} is SQLite, whose tables are stored in rowid \
+                 order: use order = \"key\" (the default) with the rowid or INTEGER PRIMARY KEY as the key",
+                spec.store
+            )));
+        }
         let column = |name: &str| columns.iter().find(|c| c.name == name);
         let key_types = keyset::key_types(&columns, &spec.key, &spec.table, Some(&spec.table))?;
         keyset::check_unique_key(self.store.as_ref(), &spec.table, &spec.key).await?;
@@ -103,19 +115,34 @@ impl Backfill {
     }
 }
 
-/// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch.
+/// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch. A heap-order
+/// walk adds its key list: `{"cursor": ..., "list": "bgmigrate_keys_...", "listed": 1000, "walked": 200}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackfillCheckpoint {
-    /// The last key updated.
+    /// The last key updated; in a heap-order walk, where its key range starts (its keys are listed after it).
     #[serde(flatten)]
     pub at: KeyCursor,
+    /// The key list of a heap-order walk, once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// How many keys the list holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed: Option<u64>,
+    /// How many listed keys are updated: the list's positions 1..=walked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub walked: u64,
     /// Written (as `true`) by the last batch only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub done: bool,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Checkpoint for BackfillCheckpoint {
-    const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false}";
+    const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false} (heap order: also \
+                                 \"list\": \"bgmigrate_keys_...\", \"listed\": n, \"walked\": n)";
 }
 
 impl KeyPosition for BackfillCheckpoint {
@@ -126,7 +153,7 @@ impl KeyPosition for BackfillCheckpoint {
     fn after_key(key: Vec<String>) -> Self {
         Self {
             at: KeyCursor::after(Some(key)),
-            done: false,
+            ..Self::default()
         }
     }
 }
@@ -152,7 +179,8 @@ impl Migration for Backfill {
         Ok(self.store.estimate_rows(&self.spec.table).await?)
     }
 
-    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_states`]).
+    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_states`]). A heap-order range whose
+    /// keys are listed is not cut: its list holds keys from all over its key range.
     async fn split(
         &self,
         from: &Value,
@@ -161,6 +189,9 @@ impl Migration for Backfill {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let statements = self.statements().await?;
+        if BackfillCheckpoint::read(from)?.list.is_some() {
+            return Ok(Vec::new());
+        }
         keyset::split_states::<BackfillCheckpoint>(
             self.store.as_ref(),
             statements.keyset(),
@@ -173,7 +204,16 @@ impl Migration for Backfill {
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let statements = self.statements().await?;
+        if self.spec.order == BackfillOrder::Physical {
+            return heap_walk::run_batch(self, statements, batch).await;
+        }
         let checkpoint = BackfillCheckpoint::read(batch.state)?;
+        if let Some(list) = &checkpoint.list {
+            return Err(MigrationError::Permanent(format!(
+                "this backfill was started in heap order (its checkpoint names the key list {list}), but its \
+                 definition now says order = \"key\": restore order = \"physical\", or retry --from-start"
+            )));
+        }
         let lower = checkpoint.at.keys(statements.arity(), batch.state)?;
         let has_lower = lower.is_some();
         let end = range_end::<BackfillCheckpoint>(batch.upper, statements.arity())?;
@@ -196,7 +236,7 @@ impl Migration for Backfill {
                     .await?;
                 let next = BackfillCheckpoint {
                     at: KeyCursor::after(Some(upper)),
-                    done: false,
+                    ..BackfillCheckpoint::default()
                 };
                 BatchOutcome {
                     state: next.to_state(),
@@ -214,6 +254,7 @@ impl Migration for Backfill {
                 let last = BackfillCheckpoint {
                     at: KeyCursor::after(lower.map(<[String]>::to_vec)),
                     done: true,
+                    ..BackfillCheckpoint::default()
                 };
                 BatchOutcome {
                     state: last.to_state(),

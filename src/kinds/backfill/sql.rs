@@ -5,6 +5,10 @@
 //! `UPDATE ... WHERE key > $lo AND key <= $hi`. The CTE-join form (`WITH batch AS (SELECT ... LIMIT n) UPDATE ...
 //! FROM batch`) switches to a hash join over a sequential scan around 10k rows per batch and runs several times
 //! slower, so it is not used.
+//!
+//! The heap-order walk's statements (`order = "physical"`) are in [`key_list`].
+
+mod key_list;
 
 use crate::kinds::keyset::Keyset;
 use crate::store::Dialect;

@@ -1,0 +1,327 @@
+//! `order = "physical"` backfills against a real Postgres: keys listed once in page order, each listed row updated
+//! exactly once while the application moves rows between pages and inserts new ones; in ranges across two
+//! workers; resumed after a SIGKILL; a lost list or a SQLite store refused with what to do.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bgmigrate::Status;
+use common::TestDb;
+
+const NAME: &str = "0001_heap_order";
+
+/// Short leases and polls for worker processes.
+const FAST: [(&str, &str); 3] = [
+    ("BGMIGRATE_LEASE_TTL", "2s"),
+    ("BGMIGRATE_HEARTBEAT", "500ms"),
+    ("BGMIGRATE_POLL", "200ms"),
+];
+
+async fn scalar(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .expect(sql)
+}
+
+/// `items`: `rows` md5-keyed rows (key order is not page order), `hits` 0.
+async fn create_items(pool: &sqlx::PgPool, rows: i64) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE items (id text PRIMARY KEY, a int NOT NULL, b int NOT NULL, total int,
+                             hits int NOT NULL DEFAULT 0, pad text NOT NULL DEFAULT '');
+         INSERT INTO items (id, a, b) SELECT md5(g::text), g, g % 7 FROM generate_series(1, {rows}) g;
+         ANALYZE items;"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A heap-order backfill of `items`: `hits + 1` shows a row updated twice.
+fn define(db: &TestDb, args: &str) {
+    db.define(
+        NAME,
+        &format!(
+            "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\norder = \"physical\"\n\
+             set = {{ total = \"a + b\", hits = \"hits + 1\" }}\n[args]\n{args}"
+        ),
+    );
+}
+
+/// Key lists left in the database.
+async fn lists_left(pool: &sqlx::PgPool) -> i64 {
+    scalar(
+        pool,
+        "SELECT count(*) FROM pg_class WHERE relname LIKE 'bgmigrate\\_keys\\_%' AND relkind = 'r'",
+    )
+    .await
+}
+
+/// The migration's checkpoint.
+async fn state(pool: &sqlx::PgPool) -> serde_json::Value {
+    sqlx::query_scalar::<_, sqlx::types::Json<serde_json::Value>>(
+        "SELECT state FROM background_migrations WHERE name = $1",
+    )
+    .bind(NAME)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .0
+}
+
+/// While the backfill runs, the application grows random rows (so they move to other pages, ahead of the walk and
+/// behind it) and inserts new ones. Every row present at the listing is updated exactly once; rows inserted after
+/// it are not; the list is dropped at the end.
+#[tokio::test]
+async fn every_listed_row_is_updated_once_while_the_application_moves_and_inserts_rows() {
+    let db = TestDb::create("heap_moves").await;
+    let pool = db.pool().await;
+    let rows = 20_000;
+    create_items(&pool, rows).await;
+    define(&db, "batchSize = 400\nsleepMs = 5");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (moved, inserted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let application = {
+        let (pool, stop, moved, inserted) =
+            (pool.clone(), stop.clone(), moved.clone(), inserted.clone());
+        tokio::spawn(async move {
+            let mut n: i64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let grown = sqlx::query(
+                    "UPDATE items SET pad = pad || repeat('x', 200) WHERE id = md5(((($1 * 7919) % 20000) + 1)::text)",
+                )
+                .bind(n)
+                .execute(&pool)
+                .await
+                .unwrap();
+                moved.fetch_add(grown.rows_affected(), Ordering::Relaxed);
+                if n % 5 == 0 {
+                    sqlx::query("INSERT INTO items (id, a, b) VALUES ('new-' || $1, 1, 1)")
+                        .bind(n)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    inserted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    common::run_to_end(&db.connect().await, &db.migrations()).await;
+    stop.store(true, Ordering::Relaxed);
+    application.await.unwrap();
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert!(
+        moved.load(Ordering::Relaxed) > 100,
+        "the application moved rows during the walk"
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM items WHERE id NOT LIKE 'new-%' AND (hits <> 1 OR total IS DISTINCT FROM a + b)"
+        )
+        .await,
+        0,
+        "every row present at the listing is updated exactly once"
+    );
+    let listed = state(&pool).await;
+    let after_listing = scalar(&pool, "SELECT count(*) FROM items").await - rows;
+    assert_eq!(
+        listed["listed"].as_i64().unwrap(),
+        rows + scalar(
+            &pool,
+            "SELECT count(*) FROM items WHERE id LIKE 'new-%' AND hits = 1"
+        )
+        .await,
+        "the listing took the rows there at its snapshot: {listed}"
+    );
+    assert!(
+        after_listing > 0
+            && scalar(
+                &pool,
+                "SELECT count(*) FROM items WHERE id LIKE 'new-%' AND hits = 0"
+            )
+            .await
+                > 0,
+        "rows inserted after the listing are not updated ({} inserted)",
+        inserted.load(Ordering::Relaxed)
+    );
+    assert_eq!(listed["walked"], listed["listed"]);
+    assert_eq!(
+        scalar(&pool, "SELECT rows_done FROM background_migrations").await,
+        listed["listed"].as_i64().unwrap(),
+        "progress counts each listed key once"
+    );
+    assert_eq!(
+        lists_left(&pool).await,
+        0,
+        "the last batch dropped the list"
+    );
+}
+
+/// Two workers, `parallelism = 2`, a composite key and a `where` filter: each range lists and walks its own keys;
+/// together they update each matching row once and no other.
+#[tokio::test]
+async fn two_workers_list_and_walk_their_own_ranges_exactly_once() {
+    let db = TestDb::create("heap_ranges").await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE scores (tenant int NOT NULL, id uuid NOT NULL, v int NOT NULL, hits int NOT NULL DEFAULT 0,
+                              PRIMARY KEY (tenant, id));
+         INSERT INTO scores (tenant, id, v)
+         SELECT g % 13, md5(g::text)::uuid, g FROM generate_series(1, 12000) g;
+         ANALYZE scores;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    db.define(
+        NAME,
+        "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"scores\"\nkey = [\"tenant\", \"id\"]\n\
+         order = \"physical\"\nset = { hits = \"hits + 1\" }\nwhere = \"v % 3 <> 0\"\n\
+         [args]\nparallelism = 2\nbatchSize = 300\nsleepMs = 20",
+    );
+    assert!(db.cli_with_env(&["migrate"], &FAST).status.success());
+    db.run_workers(&["w1", "w2"], &FAST);
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM scores WHERE hits <> (CASE WHEN v % 3 <> 0 THEN 1 ELSE 0 END)"
+        )
+        .await,
+        0
+    );
+    let connected = db.connect().await;
+    let ranges = connected.control.ranges(NAME).await.unwrap();
+    assert!(
+        ranges.len() >= 2 && ranges.iter().all(|r| r.done),
+        "{ranges:?}"
+    );
+    assert_eq!(lists_left(&pool).await, 0);
+}
+
+fn spawn_worker(db: &TestDb, id: &str) -> Child {
+    db.command(&["worker", "--worker-id", id, "--exit-when-done"], &FAST)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a worker")
+}
+
+/// A worker SIGKILLed in the middle of the walk: the next one goes on from the checkpoint in the same list, and
+/// no row is updated twice.
+#[tokio::test]
+async fn a_killed_worker_is_followed_in_the_same_list_without_repeats() {
+    let db = TestDb::create("heap_kill").await;
+    let pool = db.pool().await;
+    create_items(&pool, 8_000).await;
+    define(&db, "batchSize = 100\nsleepMs = 30");
+    assert!(db.cli_with_env(&["migrate"], &FAST).status.success());
+    let mut first = spawn_worker(&db, "w1");
+    common::wait_until("the walk is under way", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move { state(&pool).await["walked"].as_u64().unwrap_or(0) >= 1_000 }
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let list = state(&pool).await["list"].as_str().unwrap().to_owned();
+
+    let mut second = spawn_worker(&db, "w2");
+    assert!(second.wait().unwrap().success());
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM items WHERE hits <> 1").await,
+        0
+    );
+    let last = state(&pool).await;
+    assert_eq!(last["list"], list.as_str(), "the same list: {last}");
+    assert_eq!(lists_left(&pool).await, 0);
+}
+
+/// A checkpoint whose list is gone cannot say which rows are left: the migration fails saying so and what to do,
+/// having changed nothing; `retry --from-start` lists again and finishes.
+#[tokio::test]
+async fn a_lost_list_fails_saying_what_to_do_and_from_start_lists_again() {
+    let db = TestDb::create("heap_lost").await;
+    let pool = db.pool().await;
+    create_items(&pool, 1_000).await;
+    define(&db, "batchSize = 100");
+    let connected = db.connect().await;
+    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    sqlx::query(
+        "UPDATE background_migrations SET state = '{\"cursor\": null, \"list\": \"bgmigrate_keys_00000000abcd\", \
+         \"listed\": 1000, \"walked\": 300}' WHERE name = $1",
+    )
+    .bind(NAME)
+    .execute(&pool)
+    .await
+    .unwrap();
+    common::run_registered(&connected, "w1").await;
+    let record = connected.control.get(NAME).await.unwrap();
+    assert_eq!(record.status, Status::Failed);
+    let reason = record.failed_reason.unwrap_or_default();
+    assert!(
+        reason.contains(
+            "the key list bgmigrate_keys_00000000abcd of this backfill is gone (300 of its 1000"
+        ) && reason.contains("retry --from-start"),
+        "{reason}"
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM items WHERE hits <> 0").await,
+        0
+    );
+
+    let retried = db.cli(&["retry", NAME, "--from-start"]);
+    assert!(retried.status.success(), "{}", common::text(&retried));
+    common::run_registered(&connected, "w1").await;
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM items WHERE hits <> 1").await,
+        0
+    );
+}
+
+/// SQLite stores tables in rowid order: a heap-order backfill there is refused before any row changes, naming the
+/// order to use.
+#[tokio::test]
+async fn a_heap_order_backfill_on_sqlite_is_refused_naming_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let pool = bgmigrate::store::sqlite::connect_pool(&format!("sqlite://{}", file.display()), 2)
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE items (id INTEGER PRIMARY KEY, a int, total int); INSERT INTO items VALUES (1, 1, NULL);")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = bgmigrate::store::SqliteStore::new(
+        pool.clone(),
+        bgmigrate::store::SqliteStore::id_for_path(&file),
+    );
+    let stores = bgmigrate::store::Stores::new().with_sqlite("app", store);
+    let backfill = bgmigrate::kinds::backfill::Backfill::build(
+        &serde_json::json!({"store": "app", "table": "items", "key": ["id"], "set": {"total": "a"}, "order": "physical"}),
+        &stores,
+    )
+    .unwrap();
+    let err = backfill.validate().await.unwrap_err().to_string();
+    assert!(
+        err.contains("order = \"physical\" is for Postgres tables")
+            && err.contains("use order = \"key\""),
+        "{err}"
+    );
+    let total: Option<i64> = sqlx::query_scalar("SELECT total FROM items")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(total, None);
+}
