@@ -13,6 +13,8 @@
 //! * `BGMIGRATE_BENCH_RATES`      load levels in transactions per second (default `100,400,800`).
 //! * `BGMIGRATE_BENCH_LOAD_SECS`  how long the load runs alone at each level (default 20).
 //! * `BGMIGRATE_BENCH_ARGS`       the backfill's `args` as JSON (default `{}`: the engine's defaults).
+//! * `BGMIGRATE_BENCH_ORDER`      the backfill definition's `order`: `physical` (default: what a table with random
+//!   keys calls for) or `key`.
 //! * `BGMIGRATE_BENCH_KEEP=1`     keeps the database afterwards.
 //! * `RUST_LOG`                   log filter (default `warn,sqlx=error,sqlx_core=error`).
 //!
@@ -192,13 +194,19 @@ async fn load_alone(
     })
 }
 
+/// What the backfill is given: its definition's `order` and its `args`.
+struct Walk {
+    order: String,
+    args: Value,
+}
+
 /// Registers a backfill of `column` and runs it to the end; with `load` = (rate, script, logs), the load runs in
 /// segments meanwhile and its latencies up to the backfill's end are returned too.
 async fn backfill(
     connected: &Connected,
     (db, url, postmaster): (&PgPool, &str, u32),
     column: &str,
-    args: &Value,
+    walk: &Walk,
     load: Option<(u64, &Path, &Path)>,
 ) -> anyhow::Result<(Backfill, Option<Load>)> {
     exec(db, &format!("ALTER TABLE items ADD COLUMN {column} int")).await?;
@@ -210,9 +218,10 @@ async fn backfill(
                 name: column.to_owned(),
                 script: "backfill".into(),
                 params: json!({
-                    "store": "postgres", "table": "items", "key": ["id"], "set": { column: "a + b" }
+                    "store": "postgres", "table": "items", "key": ["id"], "set": { column: "a + b" },
+                    "order": walk.order
                 }),
-                args: args.clone(),
+                args: walk.args.clone(),
                 depends_on: None,
             }],
             &registry,
@@ -323,7 +332,7 @@ fn rates() -> anyhow::Result<Vec<u64>> {
         .collect()
 }
 
-async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<()> {
+async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<()> {
     let rates = rates()?;
     let alone_secs = env_u64("BGMIGRATE_BENCH_LOAD_SECS")?.unwrap_or(20);
     let db = pool(url).await?;
@@ -359,7 +368,7 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
     exec(&db, "VACUUM items").await?;
     let connected = bgmigrate::config::connect(url).await?;
     connected.control.ensure_schema().await?;
-    let (idle, _) = backfill(&connected, (&db, url, postmaster), "total_idle", args, None).await?;
+    let (idle, _) = backfill(&connected, (&db, url, postmaster), "total_idle", walk, None).await?;
     eprintln!(
         "idle backfill {:.1} s, plain UPDATE {update_secs:.1} s",
         idle.seconds
@@ -373,7 +382,7 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
             &connected,
             (&db, url, postmaster),
             &column,
-            args,
+            walk,
             Some((rate, &script, logs)),
         )
         .await?;
@@ -391,13 +400,14 @@ async fn run(url: &str, rows: u64, args: &Value, logs: &Path) -> anyhow::Result<
     let idle_rate = rows as f64 / idle.seconds;
     let update_rate = rows as f64 / update_secs;
     let idle_ratio = idle_rate / update_rate;
-    let args_label = if args.as_object().is_some_and(|a| a.is_empty()) {
+    let args_label = if walk.args.as_object().is_some_and(|a| a.is_empty()) {
         "defaults".to_owned()
     } else {
-        args.to_string()
+        walk.args.to_string()
     };
     println!(
-        "foreground-impact benchmark: {rows} rows, backfill args {args_label}, load {CLIENTS} clients"
+        "foreground-impact benchmark: {rows} rows, backfill order {:?}, args {args_label}, load {CLIENTS} clients",
+        walk.order
     );
     println!(
         "  idle: plain UPDATE {update_secs:.2} s ({update_rate:.0} rows/s); backfill {:.2} s ({idle_rate:.0} rows/s, \
@@ -479,10 +489,16 @@ async fn main() -> anyhow::Result<()> {
         _ => json!({}),
     };
     bgmigrate::Args::parse(&args).context("BGMIGRATE_BENCH_ARGS")?;
+    let order = std::env::var("BGMIGRATE_BENCH_ORDER").unwrap_or_else(|_| "physical".into());
+    ensure!(
+        order == "physical" || order == "key",
+        "BGMIGRATE_BENCH_ORDER={order:?}: allowed are physical and key"
+    );
+    let walk = Walk { order, args };
     let logs: PathBuf = tempfile::tempdir()?.keep();
     let result = support::in_fresh_database(DATABASE, |url| {
-        let (args, logs) = (&args, &logs);
-        async move { run(&url, rows, args, logs).await }
+        let (walk, logs) = (&walk, &logs);
+        async move { run(&url, rows, walk, logs).await }
     })
     .await;
     let _ = std::fs::remove_dir_all(&logs);

@@ -1,5 +1,5 @@
-//! `order = "physical"` backfills against a real Postgres: keys listed once in page order, each listed row updated
-//! exactly once while the application moves rows between pages and inserts new ones; in ranges across two
+//! `order = "physical"` backfills against a real Postgres: keys listed once with their pages, each listed row
+//! updated exactly once while the application moves rows between pages and inserts new ones; in ranges across two
 //! workers; resumed after a SIGKILL; a lost list or a SQLite store refused with what to do.
 
 mod common;
@@ -74,8 +74,8 @@ async fn state(pool: &sqlx::PgPool) -> serde_json::Value {
 }
 
 /// While the backfill runs, the application grows random rows (so they move to other pages, ahead of the walk and
-/// behind it) and inserts new ones. Every row present at the listing is updated exactly once; rows inserted after
-/// it are not; the list is dropped at the end.
+/// behind it) and inserts new ones. Every row listed is updated exactly once, however it moved; rows inserted after
+/// the listing are not; the list is dropped at the end.
 #[tokio::test]
 async fn every_listed_row_is_updated_once_while_the_application_moves_and_inserts_rows() {
     let db = TestDb::create("heap_moves").await;
@@ -128,7 +128,7 @@ async fn every_listed_row_is_updated_once_while_the_application_moves_and_insert
         )
         .await,
         0,
-        "every row present at the listing is updated exactly once"
+        "every row present before the listing is updated exactly once"
     );
     let listed = state(&pool).await;
     let after_listing = scalar(&pool, "SELECT count(*) FROM items").await - rows;
@@ -139,7 +139,7 @@ async fn every_listed_row_is_updated_once_while_the_application_moves_and_insert
             "SELECT count(*) FROM items WHERE id LIKE 'new-%' AND hits = 1"
         )
         .await,
-        "the listing took the rows there at its snapshot: {listed}"
+        "the rows listed are the rows updated: {listed}"
     );
     assert!(
         after_listing > 0
@@ -259,7 +259,7 @@ async fn a_lost_list_fails_saying_what_to_do_and_from_start_lists_again() {
     common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
     sqlx::query(
         "UPDATE background_migrations SET state = '{\"cursor\": null, \"list\": \"bgmigrate_keys_00000000abcd\", \
-         \"listed\": 1000, \"walked\": 300}' WHERE name = $1",
+         \"listed\": 1000, \"pages\": 10, \"page\": 3, \"walked\": 300}' WHERE name = $1",
     )
     .bind(NAME)
     .execute(&pool)
@@ -271,7 +271,7 @@ async fn a_lost_list_fails_saying_what_to_do_and_from_start_lists_again() {
     let reason = record.failed_reason.unwrap_or_default();
     assert!(
         reason.contains(
-            "the key list bgmigrate_keys_00000000abcd of this backfill is gone (300 of its 1000"
+            "the key list bgmigrate_keys_00000000abcd of this backfill is gone (1000 keys listed, 300 rows updated)"
         ) && reason.contains("retry --from-start"),
         "{reason}"
     );

@@ -1,7 +1,11 @@
-//! The heap-order walk (`order = "physical"`, Postgres): the first batch of a range lists its keys in page order in
-//! a table beside the target; each later batch updates the next run of listed keys. Exactness rests on the key,
-//! not on where a row sits: a row that a batch (or the application) moves to another page is still updated once,
-//! through its listed key.
+//! The heap-order walk (`order = "physical"`, Postgres), in two phases per key range.
+//!
+//! 1. **Listing**: batches walk the key as the key walk does, but instead of updating rows they list their keys,
+//!    each with the page its row is on, in a table beside the target. Each key is listed once (the key ranges
+//!    partition the key space), in small transactions paced like any batch.
+//! 2. **Walking**: batches update the rows listed for a window of pages, through the key's index. Each page is then
+//!    changed by one batch: its full-page image goes into the WAL once, not once per row. A row that moved since
+//!    it was listed (our own updates and the application's move rows) is still updated once, through its key.
 //!
 //! The list is an ordinary (logged) table, so it survives a server crash and a failover with the checkpoint that
 //! points into it. Its name is written in the checkpoint; the last batch drops it in its own transaction.
@@ -11,7 +15,7 @@ use serde_json::Value;
 use super::{Backfill, BackfillCheckpoint, BackfillSql, texts};
 use crate::kinds::checkpoint::{Checkpoint, range_end, unreadable};
 use crate::migration::{Batch, BatchOutcome, MigrationError};
-use crate::store::SqlParam;
+use crate::store::{SqlParam, SqlTx};
 
 /// The prefix of every key list's name: operators find stray ones (of a cancelled backfill, or one started over
 /// with `retry --from-start`) with `\dt *.bgmigrate_keys_*`.
@@ -46,21 +50,22 @@ fn checked_list_name<'a>(name: &'a str, state: &Value) -> Result<&'a str, Migrat
     }
 }
 
-/// One batch of a heap-order backfill: the listing if the range has no list yet, else the next run of it.
+/// One batch of a heap-order backfill: listing keys until the range's are all listed, then walking the list.
 pub(super) async fn run_batch(
     backfill: &Backfill,
     statements: &BackfillSql,
     batch: &mut Batch<'_>,
 ) -> Result<BatchOutcome, MigrationError> {
     let checkpoint = BackfillCheckpoint::read(batch.state)?;
-    match checkpoint.list.clone() {
-        None => list_keys(backfill, statements, checkpoint, batch).await,
-        Some(list) => walk(backfill, statements, checkpoint, &list, batch).await,
+    if checkpoint.page.is_some() {
+        walk(backfill, statements, checkpoint, batch).await
+    } else {
+        list_keys(backfill, statements, checkpoint, batch).await
     }
 }
 
-/// Lists the range's keys (after the cursor, up to the range's end) in one statement, so under one snapshot: every
-/// row present then is listed once. It walks no row, so it counts none (and does not teach the batch sizer).
+/// Lists the next `batchSize` keys of the range (creating the list first); the range's last keys end the listing.
+/// It updates no row, so it counts none (nor teaches the batch sizer).
 async fn list_keys(
     backfill: &Backfill,
     statements: &BackfillSql,
@@ -70,30 +75,81 @@ async fn list_keys(
     let arity = statements.arity();
     let lower = checkpoint.at.keys(arity, batch.state)?;
     let end = range_end::<BackfillCheckpoint>(batch.upper, arity)?;
-    let mut params = texts(lower.unwrap_or_default());
-    params.extend(texts(end.as_deref().unwrap_or_default()));
-    let list = new_list_name(&backfill.spec.table);
+    let (has_lower, has_end) = (lower.is_some(), end.is_some());
+    let list = match &checkpoint.list {
+        Some(list) => checked_list_name(list, batch.state)?.to_owned(),
+        None => new_list_name(&backfill.spec.table),
+    };
     let quoted = backfill.store.dialect().quote_ident(&list);
 
     let mut tx = backfill.store.begin().await?;
-    let create = statements.create_key_list(&quoted, lower.is_some(), end.is_some());
-    let listed = tx.execute(&create, &params).await?;
-    let done = listed == 0;
+    if checkpoint.list.is_none() {
+        tx.execute(&statements.create_key_list(&quoted), &[])
+            .await?;
+        tx.execute(&BackfillSql::index_key_list(&quoted), &[])
+            .await?;
+    } else {
+        ensure_list_exists(tx.as_mut(), &list, &checkpoint).await?;
+    }
+    let mut bound_params = texts(lower.unwrap_or_default());
+    bound_params.extend(texts(end.as_deref().unwrap_or_default()));
+    bound_params.push(SqlParam::Int(
+        i64::try_from(batch.args.batch_size - 1).unwrap_or(i64::MAX),
+    ));
+    let last_key = tx
+        .fetch_optional_text(&statements.upper_bound(has_lower, has_end), &bound_params)
+        .await?;
+    let mut params = texts(lower.unwrap_or_default());
+    let (sql, cursor) = match last_key {
+        Some(last_key) => {
+            params.extend(texts(&last_key));
+            (
+                statements.list_keys(&quoted, has_lower, true),
+                Some(last_key),
+            )
+        }
+        None => {
+            params.extend(texts(end.as_deref().unwrap_or_default()));
+            (statements.list_keys(&quoted, has_lower, has_end), None)
+        }
+    };
+    let counted = tx.fetch_optional_text(&sql, &params).await?;
+    let (count, highest_page) = counted
+        .as_deref()
+        .and_then(|row| match row {
+            [count, page] => Some((count.parse::<u64>().ok()?, page.parse::<i64>().ok()?)),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            MigrationError::Permanent(format!(
+                "listing keys into {list} returned {counted:?}, not a count and a page"
+            ))
+        })?;
+    let listed = checkpoint.listed.unwrap_or(0) + count;
+    let pages = checkpoint
+        .pages
+        .unwrap_or(0)
+        .max(u64::try_from(highest_page + 1).unwrap_or(0));
+    let listing_done = cursor.is_none();
+    let done = listing_done && listed == 0;
     if done {
         tx.execute(&BackfillSql::drop_key_list(&quoted), &[])
             .await?;
-    } else {
-        tx.execute(&BackfillSql::index_key_list(&quoted), &[])
-            .await?;
-        tx.execute(&BackfillSql::analyze_key_list(&quoted), &[])
-            .await?;
     }
-    tracing::info!(list = %list, rows = listed, "keys listed in page order");
+    if listing_done {
+        tracing::info!(list = %list, keys = listed, pages, "keys listed; walking them in page order");
+    }
     let next = BackfillCheckpoint {
+        at: match cursor {
+            Some(key) => crate::kinds::checkpoint::KeyCursor::after(Some(key)),
+            None => checkpoint.at.clone(),
+        },
         list: (!done).then_some(list),
         listed: Some(listed),
+        pages: Some(pages),
+        page: listing_done.then_some(0),
+        walked: 0,
         done,
-        ..checkpoint
     };
     let outcome = BatchOutcome {
         state: next.to_state(),
@@ -105,64 +161,85 @@ async fn list_keys(
     Ok(outcome)
 }
 
-/// Updates the next `batchSize` listed keys; the last run drops the list.
+/// Updates the rows listed for the next window of pages, about `batchSize` of them; the last window drops the list.
 async fn walk(
     backfill: &Backfill,
     statements: &BackfillSql,
     checkpoint: BackfillCheckpoint,
-    list: &str,
     batch: &mut Batch<'_>,
 ) -> Result<BatchOutcome, MigrationError> {
-    let list = checked_list_name(list, batch.state)?;
-    let listed = checkpoint.listed.ok_or_else(|| {
+    let missing = |field: &str| {
         unreadable(
             batch.state,
             BackfillCheckpoint::SHAPE,
-            "it names a list but not how many keys it holds (listed)",
+            format_args!("it walks a key list but has no {field}"),
         )
-    })?;
-    let walked = checkpoint.walked.min(listed);
-    let through = walked.saturating_add(batch.args.batch_size).min(listed);
+    };
+    let list = checkpoint.list.as_deref().ok_or_else(|| missing("list"))?;
+    let list = checked_list_name(list, batch.state)?;
+    let listed = checkpoint.listed.ok_or_else(|| missing("listed"))?;
+    let pages = checkpoint.pages.ok_or_else(|| missing("pages"))?;
+    let from = checkpoint.page.unwrap_or(0);
+    let rows_per_page = (listed / pages.max(1)).max(1);
+    let to = from
+        .saturating_add(batch.args.batch_size.div_ceil(rows_per_page).max(1))
+        .min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
+    let position = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let window = [position(from), position(to)];
 
     let mut tx = backfill.store.begin().await?;
-    let exists = tx
-        .fetch_count(
-            "SELECT count(to_regclass($1::text))",
-            &[SqlParam::Text(quoted.clone())],
-        )
+    ensure_list_exists(tx.as_mut(), list, &checkpoint).await?;
+    let rows = tx
+        .fetch_count(&BackfillSql::count_window(&quoted), &window)
         .await?;
-    if exists == 0 {
-        return Err(MigrationError::Permanent(format!(
-            "the key list {list} of this backfill is gone ({walked} of its {listed} keys were updated): the rest \
-             cannot be known; retry --from-start lists the keys again and updates every row again"
-        )));
-    }
     tx.execute(BackfillSql::join_by_index(), &[]).await?;
-    let position = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
-    tx.execute(
-        &statements.update_listed(&quoted),
-        &[position(walked), position(through)],
-    )
-    .await?;
-    let done = through == listed;
+    tx.execute(&statements.update_window(&quoted), &window)
+        .await?;
+    let done = to >= pages;
     if done {
         tx.execute(&BackfillSql::drop_key_list(&quoted), &[])
             .await?;
     }
+    let rows = u64::try_from(rows).unwrap_or(0);
     let next = BackfillCheckpoint {
-        walked: through,
+        page: Some(to),
+        walked: checkpoint.walked + rows,
         done,
         ..checkpoint
     };
     let outcome = BatchOutcome {
         state: next.to_state(),
         done,
-        rows: through - walked,
+        rows,
         bytes: 0,
     };
     batch.commit(tx, &outcome).await?;
     Ok(outcome)
+}
+
+/// Fails the migration when its list is gone (dropped by hand): which rows are left cannot be known then.
+async fn ensure_list_exists(
+    tx: &mut dyn SqlTx,
+    list: &str,
+    checkpoint: &BackfillCheckpoint,
+) -> Result<(), MigrationError> {
+    let quoted = crate::store::Dialect::Postgres.quote_ident(list);
+    let found = tx
+        .fetch_count(
+            "SELECT count(to_regclass($1::text))",
+            &[SqlParam::Text(quoted)],
+        )
+        .await?;
+    if found == 0 {
+        return Err(MigrationError::Permanent(format!(
+            "the key list {list} of this backfill is gone ({} keys listed, {} rows updated): which rows are left \
+             cannot be known; retry --from-start lists the keys again and updates every row again",
+            checkpoint.listed.unwrap_or(0),
+            checkpoint.walked
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

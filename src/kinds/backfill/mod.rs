@@ -116,19 +116,26 @@ impl Backfill {
 }
 
 /// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch. A heap-order
-/// walk adds its key list: `{"cursor": ..., "list": "bgmigrate_keys_...", "listed": 1000, "walked": 200}`.
+/// walk adds its key list: `{"cursor": ..., "list": "bgmigrate_keys_...", "listed": 1000, "pages": 40, "page": 8,
+/// "walked": 200}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackfillCheckpoint {
-    /// The last key updated; in a heap-order walk, where its key range starts (its keys are listed after it).
+    /// The last key updated; in a heap-order walk, the last key listed.
     #[serde(flatten)]
     pub at: KeyCursor,
-    /// The key list of a heap-order walk, once written.
+    /// The key list of a heap-order walk, once created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<String>,
-    /// How many keys the list holds.
+    /// How many keys the list holds so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed: Option<u64>,
-    /// How many listed keys are updated: the list's positions 1..=walked.
+    /// One past the highest page a listed row was on: where the walk ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<u64>,
+    /// The next page to walk; `None` while keys are being listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u64>,
+    /// How many listed rows the walk has updated (the filter aside).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub walked: u64,
     /// Written (as `true`) by the last batch only.
@@ -142,7 +149,7 @@ fn is_zero(n: &u64) -> bool {
 
 impl Checkpoint for BackfillCheckpoint {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false} (heap order: also \
-                                 \"list\": \"bgmigrate_keys_...\", \"listed\": n, \"walked\": n)";
+                                 \"list\": \"bgmigrate_keys_...\", \"listed\": n, \"pages\": n, \"page\": n, \"walked\": n)";
 }
 
 impl KeyPosition for BackfillCheckpoint {
@@ -179,8 +186,9 @@ impl Migration for Backfill {
         Ok(self.store.estimate_rows(&self.spec.table).await?)
     }
 
-    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_states`]). A heap-order range whose
-    /// keys are listed is not cut: its list holds keys from all over its key range.
+    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_states`]). A heap-order range is cut
+    /// while it lists keys (after its last listed key; the new range lists its own), not once it walks its list:
+    /// the list holds keys from all over the range.
     async fn split(
         &self,
         from: &Value,
@@ -189,7 +197,7 @@ impl Migration for Backfill {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let statements = self.statements().await?;
-        if BackfillCheckpoint::read(from)?.list.is_some() {
+        if BackfillCheckpoint::read(from)?.page.is_some() {
             return Ok(Vec::new());
         }
         keyset::split_states::<BackfillCheckpoint>(
