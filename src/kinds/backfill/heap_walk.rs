@@ -1,8 +1,10 @@
 //! The heap-order walk (`order = "physical"`, Postgres), in two phases per key range.
 //!
-//! 1. **Listing**: batches walk the key as the key walk does, but instead of updating rows they list their keys,
-//!    each with the page its row is on, in a table beside the target. Each key is listed once (the key ranges
-//!    partition the key space), in small transactions paced like any batch.
+//! 1. **Listing**: batches sweep the heap in windows of pages (TID range scans) and list the keys of the rows there,
+//!    each with its page, in a table beside the target: reads in page order and appends, in small transactions
+//!    paced like any batch. A row the application moves during the sweep may be seen twice or not at all, so the
+//!    last listing batch closes the list in one statement each — under one snapshot — listing every key of the range
+//!    not yet listed and dropping every second entry of a key. Each key present then is listed exactly once.
 //! 2. **Walking**: batches update the rows listed for a window of pages, through the key's index. Each page is then
 //!    changed by one batch: its full-page image goes into the WAL once, not once per row. A row that moved since
 //!    it was listed (our own updates and the application's move rows) is still updated once, through its key.
@@ -50,7 +52,14 @@ fn checked_list_name<'a>(name: &'a str, state: &Value) -> Result<&'a str, Migrat
     }
 }
 
-/// One batch of a heap-order backfill: listing keys until the range's are all listed, then walking the list.
+/// A sweep batch lists about this many times `batchSize` rows: listing a key (a sequential read and an append) costs
+/// a fraction of updating its row.
+const SWEEP_ROWS_PER_BATCH_ROW: u64 = 4;
+/// Rows per page assumed for a table never analysed.
+const UNKNOWN_ROWS_PER_PAGE: u64 = 50;
+
+/// One batch of a heap-order backfill: sweeping and listing keys until the range's are all listed, then walking the
+/// list.
 pub(super) async fn run_batch(
     backfill: &Backfill,
     statements: &BackfillSql,
@@ -64,7 +73,7 @@ pub(super) async fn run_batch(
     }
 }
 
-/// Lists the next `batchSize` keys of the range (creating the list first); the range's last keys end the listing.
+/// Lists the keys on the next window of pages (creating the list first); the last window also closes the list.
 /// It updates no row, so it counts none (nor teaches the batch sizer).
 async fn list_keys(
     backfill: &Backfill,
@@ -76,89 +85,110 @@ async fn list_keys(
     let lower = checkpoint.at.keys(arity, batch.state)?;
     let end = range_end::<BackfillCheckpoint>(batch.upper, arity)?;
     let (has_lower, has_end) = (lower.is_some(), end.is_some());
+    let mut bounds = texts(lower.unwrap_or_default());
+    bounds.extend(texts(end.as_deref().unwrap_or_default()));
+    let dialect = backfill.store.dialect();
     let list = match &checkpoint.list {
         Some(list) => checked_list_name(list, batch.state)?.to_owned(),
         None => new_list_name(&backfill.spec.table),
     };
-    let quoted = backfill.store.dialect().quote_ident(&list);
+    let quoted = dialect.quote_ident(&list);
 
     let mut tx = backfill.store.begin().await?;
-    if checkpoint.list.is_none() {
-        tx.execute(&statements.create_key_list(&quoted), &[])
-            .await?;
-        tx.execute(&BackfillSql::index_key_list(&quoted), &[])
-            .await?;
-    } else {
-        ensure_list_exists(tx.as_mut(), &list, &checkpoint).await?;
-    }
-    let mut bound_params = texts(lower.unwrap_or_default());
-    bound_params.extend(texts(end.as_deref().unwrap_or_default()));
-    bound_params.push(SqlParam::Int(
-        i64::try_from(batch.args.batch_size - 1).unwrap_or(i64::MAX),
-    ));
-    let last_key = tx
-        .fetch_optional_text(&statements.upper_bound(has_lower, has_end), &bound_params)
-        .await?;
-    let mut params = texts(lower.unwrap_or_default());
-    let (sql, cursor) = match last_key {
-        Some(last_key) => {
-            params.extend(texts(&last_key));
+    let table = [SqlParam::Text(dialect.quote_ident(&backfill.spec.table))];
+    let (table_pages, rows_per_page) = two_numbers(
+        tx.fetch_optional_text(BackfillSql::table_shape(), &table)
+            .await?,
+        "the table's shape",
+    )?;
+    let (from, sweep_end) = match checkpoint.list {
+        None => {
+            tx.execute(&statements.create_key_list(&quoted), &[])
+                .await?;
+            tx.execute(&BackfillSql::index_key_list(&quoted), &[])
+                .await?;
+            (0, table_pages)
+        }
+        Some(_) => {
+            ensure_list_exists(tx.as_mut(), &list, &checkpoint).await?;
             (
-                statements.list_keys(&quoted, has_lower, true),
-                Some(last_key),
+                checkpoint.sweep.unwrap_or(0),
+                checkpoint.pages.unwrap_or(table_pages),
             )
         }
-        None => {
-            params.extend(texts(end.as_deref().unwrap_or_default()));
-            (statements.list_keys(&quoted, has_lower, has_end), None)
+    };
+    let rows_per_page = if rows_per_page > 0 {
+        rows_per_page
+    } else {
+        UNKNOWN_ROWS_PER_PAGE
+    };
+    let window = (batch.args.batch_size * SWEEP_ROWS_PER_BATCH_ROW / rows_per_page).max(1);
+    let to = from.saturating_add(window).min(sweep_end);
+    let mut params = bounds.clone();
+    params.extend([
+        SqlParam::Text(format!("({from},0)")),
+        SqlParam::Text(format!("({to},0)")),
+    ]);
+    tx.execute(&statements.sweep_keys(&quoted, has_lower, has_end), &params)
+        .await?;
+    let swept = to >= sweep_end;
+    let next = if swept {
+        tx.execute(
+            &statements.list_missed(&quoted, has_lower, has_end),
+            &bounds,
+        )
+        .await?;
+        tx.execute(&statements.drop_listed_twice(&quoted), &[])
+            .await?;
+        let (listed, pages) = two_numbers(
+            tx.fetch_optional_text(&BackfillSql::list_extent(&quoted), &[])
+                .await?,
+            "the list's extent",
+        )?;
+        tracing::info!(list = %list, keys = listed, pages, "keys listed; walking them in page order");
+        BackfillCheckpoint {
+            list: Some(list),
+            listed: Some(listed),
+            pages: Some(pages),
+            sweep: None,
+            page: Some(0),
+            done: listed == 0,
+            ..checkpoint
+        }
+    } else {
+        BackfillCheckpoint {
+            list: Some(list),
+            pages: Some(sweep_end),
+            sweep: Some(to),
+            ..checkpoint
         }
     };
-    let counted = tx.fetch_optional_text(&sql, &params).await?;
-    let (count, highest_page) = counted
-        .as_deref()
-        .and_then(|row| match row {
-            [count, page] => Some((count.parse::<u64>().ok()?, page.parse::<i64>().ok()?)),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            MigrationError::Permanent(format!(
-                "listing keys into {list} returned {counted:?}, not a count and a page"
-            ))
-        })?;
-    let listed = checkpoint.listed.unwrap_or(0) + count;
-    let pages = checkpoint
-        .pages
-        .unwrap_or(0)
-        .max(u64::try_from(highest_page + 1).unwrap_or(0));
-    let listing_done = cursor.is_none();
-    let done = listing_done && listed == 0;
-    if done {
+    if next.done {
         tx.execute(&BackfillSql::drop_key_list(&quoted), &[])
             .await?;
     }
-    if listing_done {
-        tracing::info!(list = %list, keys = listed, pages, "keys listed; walking them in page order");
-    }
-    let next = BackfillCheckpoint {
-        at: match cursor {
-            Some(key) => crate::kinds::checkpoint::KeyCursor::after(Some(key)),
-            None => checkpoint.at.clone(),
-        },
-        list: (!done).then_some(list),
-        listed: Some(listed),
-        pages: Some(pages),
-        page: listing_done.then_some(0),
-        walked: 0,
-        done,
-    };
     let outcome = BatchOutcome {
         state: next.to_state(),
-        done,
+        done: next.done,
         rows: 0,
         bytes: 0,
     };
     batch.commit(tx, &outcome).await?;
     Ok(outcome)
+}
+
+/// Two non-negative integers read as text in one row.
+fn two_numbers(row: Option<Vec<String>>, what: &str) -> Result<(u64, u64), MigrationError> {
+    row.as_deref()
+        .and_then(|row| match row {
+            [a, b] => Some((a.parse().ok()?, b.parse().ok()?)),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            MigrationError::Permanent(format!(
+                "reading {what} returned {row:?}, not two non-negative integers"
+            ))
+        })
 }
 
 /// Updates the rows listed for the next window of pages, about `batchSize` of them; the last window drops the list.

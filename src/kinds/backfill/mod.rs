@@ -103,6 +103,17 @@ impl Backfill {
             spec.filter.as_deref(),
         );
         let mut tx = self.store.begin().await?;
+        if spec.order == BackfillOrder::Physical {
+            let version = tx
+                .fetch_count("SELECT current_setting('server_version_num')::int8", &[])
+                .await?;
+            if version < 140_000 {
+                return Err(invalid(format!(
+                    "order = \"physical\" needs Postgres 14 or later (TID range scans); this server is {version}: \
+                     use order = \"key\""
+                )));
+            }
+        }
         tx.execute(&statements.dry_run(), &[])
             .await
             .map_err(|err| {
@@ -116,11 +127,11 @@ impl Backfill {
 }
 
 /// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch. A heap-order
-/// walk adds its key list: `{"cursor": ..., "list": "bgmigrate_keys_...", "listed": 1000, "pages": 40, "page": 8,
-/// "walked": 200}`.
+/// walk adds its key list: while listing `{"cursor": ..., "list": "bgmigrate_keys_...", "pages": 40, "sweep": 8}`,
+/// then `{"cursor": ..., "list": ..., "listed": 1000, "pages": 40, "page": 8, "walked": 200}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackfillCheckpoint {
-    /// The last key updated; in a heap-order walk, the last key listed.
+    /// The last key updated; in a heap-order walk, where its key range starts.
     #[serde(flatten)]
     pub at: KeyCursor,
     /// The key list of a heap-order walk, once created.
@@ -129,9 +140,13 @@ pub struct BackfillCheckpoint {
     /// How many keys the list holds so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed: Option<u64>,
-    /// One past the highest page a listed row was on: where the walk ends.
+    /// Where the sweep ends (the table's pages when it began); once listed, one past the highest page a listed row
+    /// was on: where the walk ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pages: Option<u64>,
+    /// The next page to sweep for keys; `None` before the list exists and once it is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<u64>,
     /// The next page to walk; `None` while keys are being listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<u64>,
@@ -149,7 +164,7 @@ fn is_zero(n: &u64) -> bool {
 
 impl Checkpoint for BackfillCheckpoint {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false} (heap order: also \
-                                 \"list\": \"bgmigrate_keys_...\", \"listed\": n, \"pages\": n, \"page\": n, \"walked\": n)";
+                                 \"list\": \"bgmigrate_keys_...\", \"listed\": n, \"pages\": n, \"sweep\": n or \"page\": n, \"walked\": n)";
 }
 
 impl KeyPosition for BackfillCheckpoint {
@@ -186,9 +201,8 @@ impl Migration for Backfill {
         Ok(self.store.estimate_rows(&self.spec.table).await?)
     }
 
-    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_states`]). A heap-order range is cut
-    /// while it lists keys (after its last listed key; the new range lists its own), not once it walks its list:
-    /// the list holds keys from all over the range.
+    /// Cuts at keys `rows / parts` apart on the key's index ([`keyset::split_states`]). A heap-order range is not
+    /// cut once it has a list: the list holds keys from all over the range.
     async fn split(
         &self,
         from: &Value,
@@ -197,7 +211,7 @@ impl Migration for Backfill {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let statements = self.statements().await?;
-        if BackfillCheckpoint::read(from)?.page.is_some() {
+        if BackfillCheckpoint::read(from)?.list.is_some() {
             return Ok(Vec::new());
         }
         keyset::split_states::<BackfillCheckpoint>(

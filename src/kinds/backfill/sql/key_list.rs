@@ -1,8 +1,10 @@
-//! The statements of a heap-order backfill (`order = "physical"`, Postgres): a key list beside the table, filled in
-//! key ranges (each key once), then walked by the page each row was on when it was listed.
+//! The statements of a heap-order backfill (`order = "physical"`, Postgres): a key list beside the table, filled by
+//! a sweep of the heap in page windows, closed by listing the keys the sweep missed and dropping the keys it listed
+//! twice, then walked by the page each row was on when it was listed.
 //!
 //! The list holds `bgm_page` and the key columns as `bgm_k0..`, so `set` and `where` expressions naming the table's
-//! columns stay unambiguous in the walk's `UPDATE ... FROM`. A b-tree on `bgm_page` finds a window of pages.
+//! columns stay unambiguous in the walk's `UPDATE ... FROM`. A b-tree on `bgm_page` finds a window of pages; the
+//! sweep appends in page order, so it grows at its right edge.
 
 use super::BackfillSql;
 
@@ -24,20 +26,64 @@ impl BackfillSql {
         format!("CREATE INDEX ON {list} (bgm_page)")
     }
 
-    /// Lists the keys after the lower bound up to the upper one (a batch's last key, or the key range's end), each
-    /// with the page its row is on now; returns how many, and the highest page (-1 for none), as text. Params:
-    /// lower bound (if any), then upper bound (if any).
-    pub fn list_keys(&self, list: &str, has_lower: bool, has_upper: bool) -> String {
-        let (bounds, _) = self.keyset.key_bounds(has_lower, has_upper);
-        let select = format!(
-            "(ctid::text::point)[0]::int4, {}",
-            self.keyset.keys().join(", ")
-        );
+    /// The table's size in pages and its rows per page as last analysed (0 if never), as text. Param: the table's
+    /// quoted name.
+    pub fn table_shape() -> &'static str {
+        "SELECT (pg_relation_size(c.oid) / current_setting('block_size')::int8)::text, \
+         coalesce(floor(c.reltuples / nullif(c.relpages, 0)), 0)::int8::text \
+         FROM pg_class c WHERE c.oid = $1::text::regclass"
+    }
+
+    /// Lists the keys of the rows on the pages [`(a,0)`, `(b,0)`) (a TID range scan), within the key range if it
+    /// has bounds, each with its page. Params: lower bound (if any), the range's end (if any), then the two tids.
+    pub fn sweep_keys(&self, list: &str, has_lower: bool, has_end: bool) -> String {
+        let (mut conditions, next) = self.keyset.key_bounds(has_lower, has_end);
+        conditions.push(format!("ctid >= ${next}::tid"));
+        conditions.push(format!("ctid < ${}::tid", next + 1));
         format!(
-            "WITH listed AS (INSERT INTO {list} {} RETURNING bgm_page) \
-             SELECT count(*)::text, coalesce(max(bgm_page), -1)::text FROM listed",
-            self.keyset.select(&select, &bounds, "")
+            "INSERT INTO {list} {}",
+            self.keyset.select(&self.page_and_keys(), &conditions, "")
         )
+    }
+
+    /// Lists the keys of the range that are not listed: rows the application moved from a page the sweep had not
+    /// reached to one it had passed. One statement, so one snapshot: every row present then is listed afterwards.
+    /// Params: lower bound (if any), then the range's end (if any).
+    pub fn list_missed(&self, list: &str, has_lower: bool, has_end: bool) -> String {
+        let (mut conditions, _) = self.keyset.key_bounds(has_lower, has_end);
+        conditions.push(format!(
+            "NOT EXISTS (SELECT 1 FROM {list} AS {LIST_ALIAS} WHERE {})",
+            self.joined_on_key()
+        ));
+        format!(
+            "INSERT INTO {list} {}",
+            self.keyset.select(&self.page_and_keys(), &conditions, "")
+        )
+    }
+
+    /// Drops the second and later listings of a key: rows the application moved from a page the sweep had passed
+    /// to one it had not reached. Each key then has one entry, so its row is updated once.
+    pub fn drop_listed_twice(&self, list: &str) -> String {
+        let keys: Vec<String> = (0..self.arity()).map(|i| format!("bgm_k{i}")).collect();
+        let keys = keys.join(", ");
+        format!(
+            "DELETE FROM {list} AS {LIST_ALIAS} USING (SELECT {keys}, min(ctid) AS first FROM {list} \
+             GROUP BY {keys} HAVING count(*) > 1) AS bgm_twice \
+             WHERE ({}) = ({}) AND {LIST_ALIAS}.ctid <> bgm_twice.first",
+            (0..self.arity())
+                .map(|i| format!("{LIST_ALIAS}.bgm_k{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (0..self.arity())
+                .map(|i| format!("bgm_twice.bgm_k{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }
+
+    /// How many keys the list holds and one past the highest page among them, as text.
+    pub fn list_extent(list: &str) -> String {
+        format!("SELECT count(*)::text, (coalesce(max(bgm_page), -1) + 1)::text FROM {list}")
     }
 
     /// Counts the listed keys in the window of pages [$1, $2).
@@ -52,17 +98,10 @@ impl BackfillSql {
     /// join over a sequential scan of the table is what the planner picks for large windows, and it reads the whole
     /// table per batch.
     pub fn update_window(&self, list: &str) -> String {
-        let listed: Vec<String> = (0..self.arity())
-            .map(|i| format!("{LIST_ALIAS}.bgm_k{i}"))
-            .collect();
         let conditions = self.keyset.filtered(vec![
             format!("{LIST_ALIAS}.bgm_page >= $1::bigint"),
             format!("{LIST_ALIAS}.bgm_page < $2::bigint"),
-            format!(
-                "({}) = ({})",
-                self.keyset.keys().join(", "),
-                listed.join(", ")
-            ),
+            self.joined_on_key(),
         ]);
         format!(
             "UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}",
@@ -80,6 +119,26 @@ impl BackfillSql {
     /// Drops the list (the walk's last batch, in its transaction).
     pub fn drop_key_list(list: &str) -> String {
         format!("DROP TABLE IF EXISTS {list}")
+    }
+
+    /// `("key", ...) = (bgm_list.bgm_k0, ...)`: a table row and its list entry.
+    fn joined_on_key(&self) -> String {
+        let listed: Vec<String> = (0..self.arity())
+            .map(|i| format!("{LIST_ALIAS}.bgm_k{i}"))
+            .collect();
+        format!(
+            "({}) = ({})",
+            self.keyset.keys().join(", "),
+            listed.join(", ")
+        )
+    }
+
+    /// A row's page and key, as the list stores them.
+    fn page_and_keys(&self) -> String {
+        format!(
+            "(ctid::text::point)[0]::int4, {}",
+            self.keyset.keys().join(", ")
+        )
     }
 
     /// `"key" AS bgm_k0, ...`
@@ -120,20 +179,37 @@ mod tests {
     }
 
     #[test]
-    fn a_key_range_is_listed_with_each_rows_page_and_the_filter_aside() {
+    fn the_sweep_lists_a_window_of_pages_within_the_key_range_and_the_filter_aside() {
         assert_eq!(
-            composite().list_keys("l", true, true),
-            "WITH listed AS (INSERT INTO l SELECT (ctid::text::point)[0]::int4, \"created_at\", \"id\" \
-             FROM \"public\".\"events\" \
+            composite().sweep_keys("l", true, true),
+            "INSERT INTO l SELECT (ctid::text::point)[0]::int4, \"created_at\", \"id\" FROM \"public\".\"events\" \
              WHERE (\"created_at\", \"id\") > ($1::timestamp with time zone, $2::text) \
-             AND (\"created_at\", \"id\") <= ($3::timestamp with time zone, $4::text) RETURNING bgm_page) \
-             SELECT count(*)::text, coalesce(max(bgm_page), -1)::text FROM listed"
+             AND (\"created_at\", \"id\") <= ($3::timestamp with time zone, $4::text) \
+             AND ctid >= $5::tid AND ctid < $6::tid"
         );
         assert!(
             composite()
-                .list_keys("l", false, false)
-                .contains("FROM \"public\".\"events\" RETURNING"),
+                .sweep_keys("l", false, false)
+                .ends_with("FROM \"public\".\"events\" WHERE ctid >= $1::tid AND ctid < $2::tid"),
             "rows are filtered when updated, not when listed"
+        );
+    }
+
+    #[test]
+    fn closing_the_list_adds_the_keys_missed_and_drops_the_keys_listed_twice() {
+        assert_eq!(
+            composite().list_missed("l", false, true),
+            "INSERT INTO l SELECT (ctid::text::point)[0]::int4, \"created_at\", \"id\" FROM \"public\".\"events\" \
+             WHERE (\"created_at\", \"id\") <= ($1::timestamp with time zone, $2::text) \
+             AND NOT EXISTS (SELECT 1 FROM l AS bgm_list \
+             WHERE (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1))"
+        );
+        assert_eq!(
+            composite().drop_listed_twice("l"),
+            "DELETE FROM l AS bgm_list USING (SELECT bgm_k0, bgm_k1, min(ctid) AS first FROM l \
+             GROUP BY bgm_k0, bgm_k1 HAVING count(*) > 1) AS bgm_twice \
+             WHERE (bgm_list.bgm_k0, bgm_list.bgm_k1) = (bgm_twice.bgm_k0, bgm_twice.bgm_k1) \
+             AND bgm_list.ctid <> bgm_twice.first"
         );
     }
 
