@@ -333,3 +333,48 @@ async fn a_heap_order_backfill_on_sqlite_is_refused_naming_key_order() {
         .unwrap();
     assert_eq!(total, None);
 }
+
+/// Closing the list, made deterministic: a list left by a sweep that missed most keys (rows moved behind it) and
+/// listed one twice, on the first page and the last (a row moved ahead of it: two windows would update it). The
+/// close lists the missing keys and drops the second entry, so each row is updated exactly once.
+#[tokio::test]
+async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_listed_twice() {
+    let db = TestDb::create("heap_close").await;
+    let pool = db.pool().await;
+    create_items(&pool, 3_000).await;
+    define(&db, "batchSize = 200");
+    let connected = db.connect().await;
+    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    let list = "bgmigrate_keys_0000000c105e";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {list} AS SELECT 0::int4 AS bgm_page, id AS bgm_k0 FROM items WITH NO DATA;
+         CREATE INDEX ON {list} (bgm_page);
+         INSERT INTO {list} SELECT (ctid::text::point)[0]::int4, id FROM items ORDER BY ctid LIMIT 500;
+         INSERT INTO {list} SELECT 0, max(id) FROM items;
+         INSERT INTO {list} SELECT (pg_relation_size('items') / 8192 - 1)::int4, max(id) FROM items;"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let pages = scalar(&pool, "SELECT (pg_relation_size('items') / 8192)::int8").await;
+    sqlx::query(
+        "UPDATE background_migrations SET state = jsonb_build_object('cursor', NULL, 'list', $2::text, \
+         'pages', $3::int8, 'sweep', $3::int8) WHERE name = $1",
+    )
+    .bind(NAME)
+    .bind(list)
+    .bind(pages)
+    .execute(&pool)
+    .await
+    .unwrap();
+    common::run_registered(&connected, "w1").await;
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM items WHERE hits <> 1").await,
+        0,
+        "the keys missed are listed, the key listed twice once"
+    );
+    assert_eq!(state(&pool).await["listed"], 3_000);
+    assert_eq!(lists_left(&pool).await, 0);
+}

@@ -133,6 +133,7 @@ async fn list_keys(
         .await?;
     let swept = to >= sweep_end;
     let next = if swept {
+        tx.execute(BackfillSql::close_memory(), &[]).await?;
         tx.execute(
             &statements.list_missed(&quoted, has_lower, has_end),
             &bounds,
