@@ -341,6 +341,12 @@ async fn a_heap_order_backfill_on_sqlite_is_refused_naming_key_order() {
 async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_listed_twice() {
     let db = TestDb::create("heap_close").await;
     let pool = db.pool().await;
+    // The sweep "began" before the rows were written: all of them may have moved during it.
+    let horizon = scalar(
+        &pool,
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 % 4294967296",
+    )
+    .await;
     create_items(&pool, 3_000).await;
     define(&db, "batchSize = 200");
     let connected = db.connect().await;
@@ -359,11 +365,12 @@ async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_l
     let pages = scalar(&pool, "SELECT (pg_relation_size('items') / 8192)::int8").await;
     sqlx::query(
         "UPDATE background_migrations SET state = jsonb_build_object('cursor', NULL, 'list', $2::text, \
-         'pages', $3::int8, 'sweep', $3::int8) WHERE name = $1",
+         'pages', $3::int8, 'sweep', $3::int8, 'horizon', $4::int8) WHERE name = $1",
     )
     .bind(NAME)
     .bind(list)
     .bind(pages)
+    .bind(horizon)
     .execute(&pool)
     .await
     .unwrap();

@@ -79,9 +79,12 @@ impl MigrationRecord {
         }
         let rate = self.rows_per_sec.filter(|r| *r > 0.0)?;
         let left = (self.rows_total? - self.rows_done).max(0);
-        Some(left as f64 / rate)
+        Some(left as f64 / rate).filter(|secs| *secs <= MAX_ETA_SECS)
     }
 }
+
+/// An ETA beyond this (100 years) comes from a rate decayed toward zero by batches that walk no rows: unknown.
+const MAX_ETA_SECS: f64 = 100.0 * 365.0 * 86_400.0;
 
 /// The right to write a migration's row: owner plus an epoch that every claim increments (the fencing token).
 #[derive(Debug, Clone, PartialEq, Eq)]

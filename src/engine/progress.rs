@@ -25,12 +25,15 @@ pub struct ProgressUpdate {
 }
 
 impl ProgressUpdate {
-    /// Seconds left at the current rate, if known.
+    /// Seconds left at the current rate, if known. Batches that walk no rows (a heap-order backfill listing its
+    /// keys) decay the smoothed rate toward zero, so the quotient can exceed what a `Duration` holds: unknown then.
     pub fn eta(&self) -> Option<Duration> {
         let total = self.rows_total?;
-        (self.rows_per_sec > 0.0).then(|| {
-            Duration::from_secs_f64(total.saturating_sub(self.rows_done) as f64 / self.rows_per_sec)
-        })
+        if self.rows_per_sec <= 0.0 {
+            return None;
+        }
+        Duration::try_from_secs_f64(total.saturating_sub(self.rows_done) as f64 / self.rows_per_sec)
+            .ok()
     }
 
     /// The log line: `migration=... rows=.../... pct=... rate=.../s eta=... batch=...`.
@@ -155,6 +158,22 @@ mod tests {
             update.log_line(),
             "migration=m rows=250/1000 pct=25.0 rate=50/s eta=15s batch=100"
         );
+    }
+
+    /// A rate decayed toward zero by batches that walk no rows: the ETA is unknown, not a panic (the heap-order
+    /// backfill's listing batches crashed the runner this way).
+    #[test]
+    fn a_rate_near_zero_gives_no_eta() {
+        let update = ProgressUpdate {
+            name: "m".into(),
+            rows_done: 0,
+            rows_total: Some(3_000_000),
+            rows_per_sec: 1e-300,
+            batch_size: 100,
+            finished: false,
+        };
+        assert_eq!(update.eta(), None);
+        assert!(update.log_line().contains("eta=?"));
     }
 
     #[test]

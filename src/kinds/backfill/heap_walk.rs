@@ -3,8 +3,10 @@
 //! 1. **Listing**: batches sweep the heap in windows of pages (TID range scans) and list the keys of the rows there,
 //!    each with its page, in a table beside the target: reads in page order and appends, in small transactions
 //!    paced like any batch. A row the application moves during the sweep may be seen twice or not at all, so the
-//!    last listing batch closes the list in one statement each — under one snapshot — listing every key of the range
-//!    not yet listed and dropping every second entry of a key. Each key present then is listed exactly once.
+//!    last listing batch closes the list: it collects the range's rows written since the sweep began (`xmin` no
+//!    older than the oldest transaction running when it began; every other row stayed on its page throughout and
+//!    was seen once), lists those whose keys are missing and drops every second entry of theirs. Each key present
+//!    then is listed exactly once.
 //! 2. **Walking**: batches update the rows listed for a window of pages, through the key's index. Each page is then
 //!    changed by one batch: its full-page image goes into the WAL once, not once per row. A row that moved since
 //!    it was listed (our own updates and the application's move rows) is still updated once, through its key.
@@ -101,21 +103,30 @@ async fn list_keys(
             .await?,
         "the table's shape",
     )?;
-    let (from, sweep_end) = match checkpoint.list {
+    let (from, sweep_end, horizon) = match checkpoint.list {
         None => {
             tx.execute(&statements.create_key_list(&quoted), &[])
                 .await?;
             tx.execute(&BackfillSql::index_key_list(&quoted), &[])
                 .await?;
-            (0, table_pages)
+            let horizon = tx
+                .fetch_optional_text(BackfillSql::sweep_horizon(), &[])
+                .await?
+                .and_then(|row| row.first()?.parse::<u64>().ok());
+            (0, table_pages, horizon)
         }
         Some(_) => {
             ensure_list_exists(tx.as_mut(), &list, &checkpoint).await?;
             (
                 checkpoint.sweep.unwrap_or(0),
                 checkpoint.pages.unwrap_or(table_pages),
+                checkpoint.horizon,
             )
         }
+    };
+    let checkpoint = BackfillCheckpoint {
+        horizon,
+        ..checkpoint
     };
     let rows_per_page = if rows_per_page > 0 {
         rows_per_page
@@ -133,13 +144,21 @@ async fn list_keys(
         .await?;
     let swept = to >= sweep_end;
     let next = if swept {
-        tx.execute(BackfillSql::close_memory(), &[]).await?;
-        tx.execute(
-            &statements.list_missed(&quoted, has_lower, has_end),
-            &bounds,
-        )
-        .await?;
-        tx.execute(&statements.drop_listed_twice(&quoted), &[])
+        let horizon = checkpoint.horizon.ok_or_else(|| {
+            unreadable(
+                batch.state,
+                BackfillCheckpoint::SHAPE,
+                "it sweeps for keys but has no horizon",
+            )
+        })?;
+        let mut moved_params = bounds.clone();
+        moved_params.push(SqlParam::Text(horizon.to_string()));
+        tx.execute(&statements.collect_moved(has_lower, has_end), &moved_params)
+            .await?;
+        tx.execute(&statements.collect_seen(&quoted), &[]).await?;
+        tx.execute(&BackfillSql::list_missed(&quoted, arity), &[])
+            .await?;
+        tx.execute(&BackfillSql::drop_listed_twice(&quoted, arity), &[])
             .await?;
         let (listed, pages) = two_numbers(
             tx.fetch_optional_text(&BackfillSql::list_extent(&quoted), &[])
@@ -152,6 +171,7 @@ async fn list_keys(
             listed: Some(listed),
             pages: Some(pages),
             sweep: None,
+            horizon: None,
             page: Some(0),
             done: listed == 0,
             ..checkpoint

@@ -127,7 +127,8 @@ impl Backfill {
 }
 
 /// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch. A heap-order
-/// walk adds its key list: while listing `{"cursor": ..., "list": "bgmigrate_keys_...", "pages": 40, "sweep": 8}`,
+/// walk adds its key list: while listing `{"cursor": ..., "list": "bgmigrate_keys_...", "pages": 40, "sweep": 8,
+/// "horizon": 7301}`,
 /// then `{"cursor": ..., "list": ..., "listed": 1000, "pages": 40, "page": 8, "walked": 200}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackfillCheckpoint {
@@ -147,6 +148,10 @@ pub struct BackfillCheckpoint {
     /// The next page to sweep for keys; `None` before the list exists and once it is closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<u64>,
+    /// The oldest transaction running when the sweep began (32-bit xid): rows written by older ones did not move
+    /// during the sweep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<u64>,
     /// The next page to walk; `None` while keys are being listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<u64>,

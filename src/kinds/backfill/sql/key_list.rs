@@ -1,6 +1,7 @@
 //! The statements of a heap-order backfill (`order = "physical"`, Postgres): a key list beside the table, filled by
 //! a sweep of the heap in page windows, closed by listing the keys the sweep missed and dropping the keys it listed
-//! twice, then walked by the page each row was on when it was listed.
+//! twice (only rows written since the sweep began can be either), then walked by the page each row was on when it
+//! was listed.
 //!
 //! The list holds `bgm_page` and the key columns as `bgm_k0..`, so `set` and `where` expressions naming the table's
 //! columns stay unambiguous in the walk's `UPDATE ... FROM`. A b-tree on `bgm_page` finds a window of pages; the
@@ -46,46 +47,51 @@ impl BackfillSql {
         )
     }
 
-    /// Lists the keys of the range that are not listed: rows the application moved from a page the sweep had not
-    /// reached to one it had passed. One statement, so one snapshot: every row present then is listed afterwards.
-    /// Params: lower bound (if any), then the range's end (if any).
-    pub fn list_missed(&self, list: &str, has_lower: bool, has_end: bool) -> String {
-        let (mut conditions, _) = self.keyset.key_bounds(has_lower, has_end);
-        conditions.push(format!(
-            "NOT EXISTS (SELECT 1 FROM {list} AS {LIST_ALIAS} WHERE {})",
-            self.joined_on_key()
-        ));
+    /// The oldest transaction still running now, as a 32-bit xid in text: row versions written by older ones were
+    /// in place before the sweep began, so the sweep saw each of them once.
+    pub fn sweep_horizon() -> &'static str {
+        "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::int8 % 4294967296)::text"
+    }
+
+    /// Collects, into a temporary table dropped at commit, the range's rows written since the sweep began (their
+    /// `xmin` no older than the horizon): only these can have moved during the sweep, so only these can be listed
+    /// twice or not at all. A sequential read; no WAL. Params: lower bound (if any), the range's end (if any), then
+    /// the horizon.
+    pub fn collect_moved(&self, has_lower: bool, has_end: bool) -> String {
+        let (mut conditions, next) = self.keyset.key_bounds(has_lower, has_end);
+        conditions.push(format!("age(xmin) <= age(${next}::text::xid)"));
         format!(
-            "INSERT INTO {list} {}",
-            self.keyset.select(&self.page_and_keys(), &conditions, "")
+            "CREATE TEMPORARY TABLE bgm_moved ON COMMIT DROP AS {}",
+            self.keyset
+                .select(&self.page_and_keys_named(), &conditions, "")
         )
     }
 
-    /// Gives the two statements that close the list room to hash the whole list in memory, for the rest of the
-    /// transaction: with the server's default `work_mem` (4 MB) the anti-join sorts both sides on disk instead
-    /// (8.2 s for 3,000,000 keys on the benchmark machine). One statement runs at a time, so this is the most the
-    /// close asks for.
-    pub fn close_memory() -> &'static str {
-        "SELECT set_config('work_mem', '256MB', true)"
+    /// Collects the list's entries for those rows' keys (one read of the list against the few keys moved).
+    pub fn collect_seen(&self, list: &str) -> String {
+        let keys = self.list_keys();
+        format!(
+            "CREATE TEMPORARY TABLE bgm_seen ON COMMIT DROP AS SELECT ctid AS bgm_entry, {keys} FROM {list} \
+             WHERE ({keys}) IN (SELECT {keys} FROM bgm_moved)"
+        )
     }
 
-    /// Drops the second and later listings of a key: rows the application moved from a page the sweep had passed
-    /// to one it had not reached. Each key then has one entry, so its row is updated once.
-    pub fn drop_listed_twice(&self, list: &str) -> String {
-        let keys: Vec<String> = (0..self.arity()).map(|i| format!("bgm_k{i}")).collect();
-        let keys = keys.join(", ");
+    /// Lists the moved rows whose keys the sweep missed (moved from a page it had not reached to one it had passed).
+    pub fn list_missed(list: &str, arity: usize) -> String {
+        let keys = Self::list_keys_of(arity);
         format!(
-            "DELETE FROM {list} AS {LIST_ALIAS} USING (SELECT {keys}, min(ctid) AS first FROM {list} \
-             GROUP BY {keys} HAVING count(*) > 1) AS bgm_twice \
-             WHERE ({}) = ({}) AND {LIST_ALIAS}.ctid <> bgm_twice.first",
-            (0..self.arity())
-                .map(|i| format!("{LIST_ALIAS}.bgm_k{i}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            (0..self.arity())
-                .map(|i| format!("bgm_twice.bgm_k{i}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "INSERT INTO {list} SELECT bgm_page, {keys} FROM bgm_moved \
+             WHERE ({keys}) NOT IN (SELECT {keys} FROM bgm_seen)"
+        )
+    }
+
+    /// Drops the second and later entries of a key the sweep listed twice (moved from a page it had passed to one it
+    /// had not reached). Each key then has one entry, so its row is updated once.
+    pub fn drop_listed_twice(list: &str, arity: usize) -> String {
+        let keys = Self::list_keys_of(arity);
+        format!(
+            "DELETE FROM {list} WHERE ctid IN (SELECT bgm_entry FROM (SELECT bgm_entry, row_number() OVER \
+             (PARTITION BY {keys} ORDER BY bgm_entry) AS bgm_nth FROM bgm_seen) AS bgm_ranked WHERE bgm_nth > 1)"
         )
     }
 
@@ -138,6 +144,26 @@ impl BackfillSql {
             "({}) = ({})",
             self.keyset.keys().join(", "),
             listed.join(", ")
+        )
+    }
+
+    /// `bgm_k0, bgm_k1, ...`: the list's key columns.
+    fn list_keys(&self) -> String {
+        Self::list_keys_of(self.arity())
+    }
+
+    fn list_keys_of(arity: usize) -> String {
+        (0..arity)
+            .map(|i| format!("bgm_k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A row's page and key under the list's column names.
+    fn page_and_keys_named(&self) -> String {
+        format!(
+            "(ctid::text::point)[0]::int4 AS bgm_page, {}",
+            self.listed_keys()
         )
     }
 
@@ -204,21 +230,28 @@ mod tests {
     }
 
     #[test]
-    fn closing_the_list_adds_the_keys_missed_and_drops_the_keys_listed_twice() {
+    fn closing_the_list_looks_only_at_rows_written_since_the_sweep_began() {
         assert_eq!(
-            composite().list_missed("l", false, true),
-            "INSERT INTO l SELECT (ctid::text::point)[0]::int4, \"created_at\", \"id\" FROM \"public\".\"events\" \
+            composite().collect_moved(false, true),
+            "CREATE TEMPORARY TABLE bgm_moved ON COMMIT DROP AS SELECT (ctid::text::point)[0]::int4 AS bgm_page, \
+             \"created_at\" AS bgm_k0, \"id\" AS bgm_k1 FROM \"public\".\"events\" \
              WHERE (\"created_at\", \"id\") <= ($1::timestamp with time zone, $2::text) \
-             AND NOT EXISTS (SELECT 1 FROM l AS bgm_list \
-             WHERE (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1))"
+             AND age(xmin) <= age($3::text::xid)"
         );
         assert_eq!(
-            composite().drop_listed_twice("l"),
-            "DELETE FROM l AS bgm_list USING (SELECT bgm_k0, bgm_k1, min(ctid) AS first FROM l \
-             GROUP BY bgm_k0, bgm_k1 HAVING count(*) > 1) AS bgm_twice \
-             WHERE (bgm_list.bgm_k0, bgm_list.bgm_k1) = (bgm_twice.bgm_k0, bgm_twice.bgm_k1) \
-             AND bgm_list.ctid <> bgm_twice.first"
+            composite().collect_seen("l"),
+            "CREATE TEMPORARY TABLE bgm_seen ON COMMIT DROP AS SELECT ctid AS bgm_entry, bgm_k0, bgm_k1 FROM l \
+             WHERE (bgm_k0, bgm_k1) IN (SELECT bgm_k0, bgm_k1 FROM bgm_moved)"
         );
+        assert_eq!(
+            BackfillSql::list_missed("l", 2),
+            "INSERT INTO l SELECT bgm_page, bgm_k0, bgm_k1 FROM bgm_moved \
+             WHERE (bgm_k0, bgm_k1) NOT IN (SELECT bgm_k0, bgm_k1 FROM bgm_seen)"
+        );
+        assert!(BackfillSql::drop_listed_twice("l", 1).starts_with(
+            "DELETE FROM l WHERE ctid IN (SELECT bgm_entry FROM (SELECT bgm_entry, row_number() OVER \
+             (PARTITION BY bgm_k0 ORDER BY bgm_entry)"
+        ));
     }
 
     #[test]
