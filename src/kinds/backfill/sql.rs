@@ -98,7 +98,8 @@ impl BackfillSql {
 mod tests {
     use super::*;
 
-    fn composite() -> BackfillSql {
+    /// A composite key, a filter and a schema-qualified table: the fixture of this file's and [`key_list`]'s tests.
+    pub(super) fn composite() -> BackfillSql {
         BackfillSql::new(
             Dialect::Postgres,
             "public.events",

@@ -189,19 +189,8 @@ impl BackfillSql {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::composite;
     use super::*;
-    use crate::store::Dialect;
-
-    fn composite() -> BackfillSql {
-        BackfillSql::new(
-            Dialect::Postgres,
-            "public.events",
-            &["created_at".into(), "id".into()],
-            &["timestamp with time zone".into(), "text".into()],
-            &[("total".into(), "a + b".into())],
-            Some("kind = 'x'"),
-        )
-    }
 
     #[test]
     fn the_list_takes_the_key_columns_types_from_the_table() {
