@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::{Backfill, BackfillCheckpoint, BackfillSql, texts};
 use crate::kinds::checkpoint::{Checkpoint, range_end, unreadable};
 use crate::migration::{Batch, BatchOutcome, MigrationError};
-use crate::store::{SqlParam, SqlTx};
+use crate::store::{SqlParam, StoreError};
 
 /// The prefix of every key list's name: operators find stray ones (of a cancelled backfill, or one started over
 /// with `retry --from-start`) with `\dt *.bgmigrate_keys_*`.
@@ -115,14 +115,11 @@ async fn list_keys(
                 .and_then(|row| row.first()?.parse::<u64>().ok());
             (0, table_pages, horizon)
         }
-        Some(_) => {
-            ensure_list_exists(tx.as_mut(), &list, &checkpoint).await?;
-            (
-                checkpoint.sweep.unwrap_or(0),
-                checkpoint.pages.unwrap_or(table_pages),
-                checkpoint.horizon,
-            )
-        }
+        Some(_) => (
+            checkpoint.sweep.unwrap_or(0),
+            checkpoint.pages.unwrap_or(table_pages),
+            checkpoint.horizon,
+        ),
     };
     let checkpoint = BackfillCheckpoint {
         horizon,
@@ -140,8 +137,10 @@ async fn list_keys(
         SqlParam::Text(format!("({from},0)")),
         SqlParam::Text(format!("({to},0)")),
     ]);
-    tx.execute(&statements.sweep_keys(&quoted, has_lower, has_end), &params)
-        .await?;
+    let swept_rows = tx
+        .execute(&statements.sweep_keys(&quoted, has_lower, has_end), &params)
+        .await;
+    or_list_gone(backfill, &list, &checkpoint, swept_rows).await?;
     let swept = to >= sweep_end;
     let next = if swept {
         let horizon = checkpoint.horizon.ok_or_else(|| {
@@ -240,10 +239,10 @@ async fn walk(
     let window = [position(from), position(to)];
 
     let mut tx = backfill.store.begin().await?;
-    ensure_list_exists(tx.as_mut(), list, &checkpoint).await?;
-    let rows = tx
+    let counted = tx
         .fetch_count(&BackfillSql::count_window(&quoted), &window)
-        .await?;
+        .await;
+    let rows = or_list_gone(backfill, list, &checkpoint, counted).await?;
     tx.execute(BackfillSql::join_by_index(), &[]).await?;
     tx.execute(&statements.update_window(&quoted), &window)
         .await?;
@@ -269,28 +268,37 @@ async fn walk(
     Ok(outcome)
 }
 
-/// Fails the migration when its list is gone (dropped by hand): which rows are left cannot be known then.
-async fn ensure_list_exists(
-    tx: &mut dyn SqlTx,
+/// The result of the batch's first statement on its list, or — when that failed because the list is gone
+/// (dropped by hand) — the error that says so: which rows are left cannot be known then. Asked only after a
+/// failure, on a connection of its own (the batch's transaction is aborted), so a batch that works costs no
+/// extra query.
+async fn or_list_gone<T>(
+    backfill: &Backfill,
     list: &str,
     checkpoint: &BackfillCheckpoint,
-) -> Result<(), MigrationError> {
-    let quoted = crate::store::Dialect::Postgres.quote_ident(list);
-    let found = tx
+    result: Result<T, StoreError>,
+) -> Result<T, MigrationError> {
+    let err = match result {
+        Ok(value) => return Ok(value),
+        Err(err) => err,
+    };
+    let mut probe = backfill.store.begin_read().await?;
+    let quoted = backfill.store.dialect().quote_ident(list);
+    let found = probe
         .fetch_count(
             "SELECT count(to_regclass($1::text))",
             &[SqlParam::Text(quoted)],
         )
         .await?;
-    if found == 0 {
-        return Err(MigrationError::Permanent(format!(
-            "the key list {list} of this backfill is gone ({} keys listed, {} rows updated): which rows are left \
-             cannot be known; retry --from-start lists the keys again and updates every row again",
-            checkpoint.listed.unwrap_or(0),
-            checkpoint.walked
-        )));
+    if found > 0 {
+        return Err(err.into());
     }
-    Ok(())
+    Err(MigrationError::Permanent(format!(
+        "the key list {list} of this backfill is gone ({} keys listed, {} rows updated): which rows are left \
+         cannot be known; retry --from-start lists the keys again and updates every row again",
+        checkpoint.listed.unwrap_or(0),
+        checkpoint.walked
+    )))
 }
 
 #[cfg(test)]

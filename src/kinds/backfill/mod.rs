@@ -138,7 +138,7 @@ pub struct BackfillCheckpoint {
     /// The key list of a heap-order walk, once created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<String>,
-    /// How many keys the list holds so far.
+    /// How many keys the closed list holds (written when the sweep closes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed: Option<u64>,
     /// Where the sweep ends (the table's pages when it began); once listed, one past the highest page a listed row
@@ -169,7 +169,8 @@ fn is_zero(n: &u64) -> bool {
 
 impl Checkpoint for BackfillCheckpoint {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false} (heap order: also \
-                                 \"list\": \"bgmigrate_keys_...\", \"listed\": n, \"pages\": n, \"sweep\": n or \"page\": n, \"walked\": n)";
+                                 \"list\": \"bgmigrate_keys_...\", \"pages\": n, then \"sweep\": n and \"horizon\": xid, or \"listed\": n, \
+                                 \"page\": n and \"walked\": n)";
 }
 
 impl KeyPosition for BackfillCheckpoint {
