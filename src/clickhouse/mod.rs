@@ -32,6 +32,10 @@ pub use self::types::ChType;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle pooled connection is kept for reuse: below the server's `keep_alive_timeout` (3 s on 18.x, the
+/// shortest default), so a request never goes out on a connection the server is closing. With reqwest's 90 s
+/// default, a query after a few idle seconds failed with "error sending request" (seen once in a CI run).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A column of a ClickHouse table, from `system.columns`.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +70,7 @@ impl ClickHouse {
         let http = Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| ClickHouseError::BadUrl {
                 url: config.endpoint.to_string(),
