@@ -4,6 +4,8 @@
 mod clickhouse_common;
 mod common;
 
+use bgmigrate::config::Connected;
+use bgmigrate::control::MigrationRecord;
 use bgmigrate::{Status, builtin_registry};
 use clickhouse_common::TestClickHouse;
 use common::{TestDb, register_dir, run_registered, text};
@@ -46,13 +48,17 @@ async fn setup_partitioned(
     (db, ch)
 }
 
-/// Every partition of the source is rewritten, one batch each, with the select's transformation applied.
-#[tokio::test]
-async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
-    let (db, ch) = setup("ch_rewrite").await;
+/// Registers the rewrite and runs it with one library runner until it stops.
+async fn run_once(db: &TestDb, ch: &TestClickHouse) -> Connected {
     let connected = db.connect_with_clickhouse(&ch.url).await;
     register_dir(&connected, &db.migrations(), &builtin_registry()).await;
     run_registered(&connected, "w1").await;
+    connected
+}
+
+/// [`run_once`], asserting the rewrite finished.
+async fn rewrite_to_end(db: &TestDb, ch: &TestClickHouse) -> (Connected, MigrationRecord) {
+    let connected = run_once(db, ch).await;
     let record = connected.control.get(NAME).await.unwrap();
     assert_eq!(
         record.status,
@@ -60,6 +66,14 @@ async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
         "{:?}",
         record.failed_reason
     );
+    (connected, record)
+}
+
+/// Every partition of the source is rewritten, one batch each, with the select's transformation applied.
+#[tokio::test]
+async fn a_rewrite_inserts_every_partition_once_with_its_transformation() {
+    let (db, ch) = setup("ch_rewrite").await;
+    let (connected, record) = rewrite_to_end(&db, &ch).await;
     assert_eq!(record.rows_done, 2000);
     assert_eq!(ch.value("SELECT count() FROM events FINAL").await, "2000");
     assert_eq!(
@@ -158,8 +172,8 @@ async fn a_rewrite_resumes_after_its_checkpoint_and_repeats_collapse() {
 }
 
 /// 40,000 rows of ~900 bytes in one partition, and a rewrite whose `maxMemoryUsage` (40 MB) holds about 10,000 of
-/// them at a time (measured on 18.16: 20,000 need 45 MB).
-async fn setup_wide(test: &str, select: &str) -> (TestDb, TestClickHouse) {
+/// them at a time (measured on 18.16: 20,000 need 45 MB); `args`: more TOML lines under `[args]`.
+async fn setup_wide(test: &str, select: &str, args: &str) -> (TestDb, TestClickHouse) {
     let db = TestDb::create(test).await;
     let ch = TestClickHouse::create(test).await;
     ch.exec("CREATE TABLE wide_v1 (id String, payload String) ENGINE = MergeTree ORDER BY id")
@@ -175,7 +189,7 @@ async fn setup_wide(test: &str, select: &str) -> (TestDb, TestClickHouse) {
         &format!(
             "kind = \"clickhouse_rewrite\"\nstore = \"clickhouse\"\nfrom = \"wide_v1\"\nto = \"wide\"\n\
              columns = [\"id\", \"payload\", \"payload_length\"]\nselect = \"{select}\"\n\
-             [args]\nmaxMemoryUsage = 40000000\n"
+             [args]\nmaxMemoryUsage = 40000000\n{args}\n"
         ),
     );
     (db, ch)
@@ -185,17 +199,8 @@ async fn setup_wide(test: &str, select: &str) -> (TestDb, TestClickHouse) {
 /// of it goes in ranges of that size: every row is rewritten exactly once, in several batches of one partition.
 #[tokio::test]
 async fn a_partition_too_big_for_max_memory_usage_is_split_by_key_range_and_rewritten_exactly() {
-    let (db, ch) = setup_wide("ch_rewrite_split", "id, payload, length(payload)").await;
-    let connected = db.connect_with_clickhouse(&ch.url).await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_registered(&connected, "w1").await;
-    let record = connected.control.get(NAME).await.unwrap();
-    assert_eq!(
-        record.status,
-        Status::Finished,
-        "{:?}",
-        record.failed_reason
-    );
+    let (db, ch) = setup_wide("ch_rewrite_split", "id, payload, length(payload)", "").await;
+    let (connected, record) = rewrite_to_end(&db, &ch).await;
     assert_eq!(record.rows_done, 40000);
     assert_eq!(
         ch.value("SELECT count() FROM wide").await,
@@ -228,14 +233,63 @@ async fn a_range_that_fails_for_another_reason_fails_the_rewrite_with_that_error
     let (db, ch) = setup_wide(
         "ch_rewrite_split_error",
         "id, payload, length(payload) + throwIf(id = 'k39999')",
+        "",
     )
     .await;
-    let connected = db.connect_with_clickhouse(&ch.url).await;
-    register_dir(&connected, &db.migrations(), &builtin_registry()).await;
-    run_registered(&connected, "w1").await;
+    let connected = run_once(&db, &ch).await;
     let record = connected.control.get(NAME).await.unwrap();
     assert_eq!(record.status, Status::Failed);
     let reason = record.failed_reason.unwrap_or_default();
     assert!(reason.contains("throwIf"), "{reason}");
     assert!(!reason.contains("Memory limit"), "{reason}");
+}
+
+/// A table of one partition still splits for `parallelism`: the ranges are cut at keys inside the partition, each
+/// range stops at its end key (here also halving on memory, in chunks of at most 10,000 rows), two workers walk
+/// them, and every row arrives once.
+#[tokio::test]
+async fn two_workers_rewrite_one_partition_in_key_ranges_exactly() {
+    let (db, ch) = setup_wide(
+        "ch_rewrite_key_ranges",
+        "id, payload, length(payload)",
+        "parallelism = 2\nsleepMs = 100",
+    )
+    .await;
+    assert_eq!(
+        ch.value("SELECT uniqExact(_partition_id) FROM wide_v1")
+            .await,
+        "1"
+    );
+    let (connected, ranges) = db.two_workers_finish_in_ranges(&ch.url, NAME).await;
+    let inside: Vec<_> = ranges
+        .iter()
+        .filter_map(|r| r.upper.as_ref()?.get("split")?.get("after").cloned())
+        .collect();
+    assert!(!inside.is_empty(), "a range ends at a key: {ranges:?}");
+    let record = connected.control.get(NAME).await.unwrap();
+    assert!(record.rows_done >= 40_000, "{}", record.rows_done);
+    assert_eq!(ch.value("SELECT count() FROM wide FINAL").await, "40000");
+    assert_eq!(ch.value("SELECT uniqExact(id) FROM wide").await, "40000");
+    assert_eq!(
+        ch.value("SELECT sum(payload_length) FROM wide FINAL").await,
+        ch.value("SELECT sum(length(payload)) FROM wide_v1").await
+    );
+}
+
+/// Each range of a one-partition table stops at its end key: one worker walking three ranges in turn (no stealing,
+/// nothing redone) writes every row exactly once, before any merge.
+#[tokio::test]
+async fn ranges_inside_one_partition_stop_at_their_end_keys() {
+    let (db, ch) =
+        setup_partitioned("ch_rewrite_end_keys", "tuple()", 3_000, "parallelism = 3").await;
+    let (connected, record) = rewrite_to_end(&db, &ch).await;
+    let ranges = connected.control.ranges(NAME).await.unwrap();
+    assert_eq!(ranges.len(), 3, "{ranges:?}");
+    assert!(
+        ranges.iter().all(|r| r.done && r.rows_done == 1_000),
+        "{ranges:?}"
+    );
+    assert_eq!(record.rows_done, 3_000);
+    assert_eq!(ch.value("SELECT count() FROM events").await, "3000");
+    assert_eq!(ch.value("SELECT uniqExact(id) FROM events").await, "3000");
 }

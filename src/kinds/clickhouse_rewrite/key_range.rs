@@ -87,13 +87,14 @@ impl KeyOrder {
         out
     }
 
-    /// The key `rows` rows after `after` in `partition` of `table`: the range's upper bound, `None` when fewer
-    /// rows are left (the range runs to the partition's end).
+    /// The key `rows` rows after `after` (up to `upto`) in `partition` of `table`: the range's upper bound, `None`
+    /// when fewer rows are left (the range runs to the partition's end, or to `upto`).
     pub(super) fn bound_query(
         &self,
         table: &str,
         partition: &str,
         after: Option<&[String]>,
+        upto: Option<&[String]>,
         rows: u64,
     ) -> String {
         format!(
@@ -101,7 +102,7 @@ impl KeyOrder {
             self.expressions.join(", "),
             quote_ident(table),
             quote_literal(partition),
-            self.condition(after, None),
+            self.condition(after, upto),
             self.expressions.join(", "),
             rows.saturating_sub(1)
         )
@@ -136,8 +137,14 @@ mod tests {
              AND (project, id) <= (CAST('9', 'UInt64'), CAST('z', 'String'))"
         );
         assert_eq!(
-            order.bound_query("t", "202409", None, 1000),
+            order.bound_query("t", "202409", None, None, 1000),
             "SELECT project, id FROM `t` WHERE _partition_id = '202409' ORDER BY project, id LIMIT 1 OFFSET 999"
+        );
+        assert!(
+            order
+                .bound_query("t", "202409", Some(&after), Some(&upto), 10)
+                .contains(&order.condition(Some(&after), Some(&upto))),
+            "within a range that ends inside the partition"
         );
     }
 }

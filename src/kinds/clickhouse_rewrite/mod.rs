@@ -12,15 +12,17 @@
 //! in the checkpoint. Another error — or a range of one key that still does not fit — fails the batch with that
 //! first real error.
 //!
-//! With `parallelism` > 1 the partitions are dealt out as runs of consecutive partition ids of about equal rows
-//! ([`partition_cuts`]): a range's start is the checkpoint after the partition before it, and it ends with the
-//! partition its next range starts after. A table of one partition has no cut and runs as one range.
+//! With `parallelism` > 1 (and for work stealing) the rows are dealt into ranges of about equal rows
+//! ([`ranges`]): runs of consecutive partitions where a partition boundary lies near a share's end, key ranges inside
+//! a partition elsewhere — so a table of one partition splits too. A range ends where its next range starts: after
+//! a partition, or at a key inside one, where its last chunk stops.
 //!
 //! Layout: this file — the definition ([`RewriteSpec`]), the checkpoint ([`RewriteCheckpoint`]), the statement and
-//! the batch; [`key_range`] the ranges inside a partition. Partitions are not keys: the shared keyset does not
-//! apply, the shared checkpoint error does.
+//! the batch; [`key_range`] the key ranges inside a partition; [`ranges`] the cuts between ranges. Partitions are
+//! not keys: the shared keyset does not apply, the shared checkpoint error does.
 
 mod key_range;
+mod ranges;
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use self::key_range::KeyOrder;
+use self::ranges::{RangeEnd, plan_cuts};
 use super::ch_error;
 use super::checkpoint::Checkpoint;
 use crate::clickhouse::limits::QueryLimits;
@@ -104,10 +107,12 @@ pub struct ClickHouseRewrite {
     key_order: OnceCell<Option<KeyOrder>>,
 }
 
-/// What one chunk did: rows read, and the upper key of a range that did not reach the partition's end.
+/// What one chunk did: rows read, the upper key of a range that did not reach the partition's end, and whether
+/// that key is where the migration's range ends.
 struct Chunk {
     rows: u64,
     upto: Option<Vec<String>>,
+    ends_range: bool,
 }
 
 impl ClickHouseRewrite {
@@ -166,12 +171,14 @@ impl ClickHouseRewrite {
         Ok(order.as_ref())
     }
 
-    /// One chunk: the whole partition (`split` = None) or the next key range of `split.rows` rows.
+    /// One chunk: the whole partition (`split` = None) or the next key range of `split.rows` rows, up to `end`
+    /// (the key the migration's range ends at in this partition, if it does).
     async fn chunk(
         &self,
         partition: &str,
         whole_rows: u64,
         split: Option<&Split>,
+        end: Option<&[String]>,
         settings: &[(&str, String)],
     ) -> Result<Chunk, ClickHouseError> {
         let statement =
@@ -186,6 +193,7 @@ impl ClickHouseRewrite {
             return Ok(Chunk {
                 rows: whole_rows,
                 upto: None,
+                ends_range: false,
             });
         };
         let Some(order) = self.key_order().await? else {
@@ -195,13 +203,16 @@ impl ClickHouseRewrite {
             });
         };
         let after = split.after.as_deref();
-        let bound = order.bound_query(&self.spec.from, partition, after, split.rows);
-        let upto = self
+        let bound = order.bound_query(&self.spec.from, partition, after, end, split.rows);
+        let found = self
             .clickhouse
             .query_rows_with(&bound, settings)
             .await?
             .into_iter()
             .next();
+        // Fewer rows than a chunk left before the range's end: this chunk reaches it.
+        let ends_range = end.is_some() && (found.is_none() || found.as_deref() == end);
+        let upto = found.or_else(|| end.map(<[String]>::to_vec));
         let range = order.condition(after, upto.as_deref());
         let count = format!(
             "SELECT count() FROM {} WHERE _partition_id = {}{range}",
@@ -217,7 +228,11 @@ impl ClickHouseRewrite {
         self.clickhouse
             .execute_with(&format!("{statement}{range}"), settings)
             .await?;
-        Ok(Chunk { rows, upto })
+        Ok(Chunk {
+            rows,
+            upto,
+            ends_range,
+        })
     }
 
     /// Active partitions of the source with their row counts, in partition id order.
@@ -320,7 +335,8 @@ impl Migration for ClickHouseRewrite {
         ))]
     }
 
-    /// Cuts the partitions after `from` up to `upper`'s into runs of about equal rows (see [`partition_cuts`]).
+    /// Cuts the rows after `from` up to `upper` into ranges of about equal rows: at partition boundaries near a
+    /// share's end, else at keys inside a partition (see [`ranges`]).
     async fn split(
         &self,
         from: &Value,
@@ -329,27 +345,25 @@ impl Migration for ClickHouseRewrite {
         _rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let from = RewriteCheckpoint::read(from)?;
-        let last = range_last_partition(upper)?;
+        let end = RangeEnd::of(upper)?;
         let partitions = self.partitions().await?;
-        Ok(partition_cuts(&partitions, &from, last.as_deref(), parts)
-            .into_iter()
-            .map(|partition| {
-                RewriteCheckpoint {
-                    partition: Some(partition),
-                    done: false,
-                    split: None,
-                }
-                .to_state()
-            })
+        let segments = self.segments(&partitions, &from, end.as_ref()).await?;
+        let keyed = self.key_order().await.map_err(ch_error)?.is_some();
+        let cuts = plan_cuts(&segments, parts, keyed);
+        Ok(self
+            .cut_checkpoints(&segments, &cuts)
+            .await?
+            .iter()
+            .map(RewriteCheckpoint::to_state)
             .collect())
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let checkpoint = RewriteCheckpoint::read(batch.state)?;
-        let range_last = range_last_partition(batch.upper)?;
+        let end = RangeEnd::of(batch.upper)?;
         let mut partitions = self.partitions().await?;
-        if let Some(last) = &range_last {
-            partitions.retain(|(id, _)| id <= last);
+        if let Some(end) = &end {
+            partitions.retain(|(id, _)| end.admits(id));
         }
         let next = match &checkpoint.split {
             Some(split) => partitions.iter().find(|(id, _)| *id == split.partition),
@@ -371,11 +385,19 @@ impl Migration for ClickHouseRewrite {
             });
         };
         let settings = self.settings(&batch.args.clickhouse).await?;
-        let mut split = checkpoint.split.clone();
+        // A range that ends inside this partition goes through it by key, up to that key.
+        let end_key = end.as_ref().and_then(|end| end.key_in(&partition));
+        let mut split = checkpoint.split.clone().or_else(|| {
+            end_key.map(|_| Split {
+                partition: partition.clone(),
+                after: None,
+                rows: whole_rows,
+            })
+        });
         let mut first_memory_error = None;
         let chunk = loop {
             let err = match self
-                .chunk(&partition, whole_rows, split.as_ref(), &settings)
+                .chunk(&partition, whole_rows, split.as_ref(), end_key, &settings)
                 .await
             {
                 Ok(chunk) => break chunk,
@@ -404,7 +426,7 @@ impl Migration for ClickHouseRewrite {
         let next = match (split, chunk.upto) {
             (Some(split), Some(upto)) => RewriteCheckpoint {
                 partition: checkpoint.partition,
-                done: false,
+                done: chunk.ends_range,
                 split: Some(Split {
                     after: Some(upto),
                     ..split
@@ -422,109 +444,5 @@ impl Migration for ClickHouseRewrite {
             rows: chunk.rows,
             bytes: 0,
         })
-    }
-}
-
-/// The last partition of a range, from the checkpoint `upper` at which the next range starts (`None`: no end).
-fn range_last_partition(upper: Option<&Value>) -> Result<Option<String>, MigrationError> {
-    Ok(upper
-        .map(RewriteCheckpoint::read)
-        .transpose()?
-        .and_then(|next| next.partition))
-}
-
-/// The partitions after which the second and later of at most `parts` ranges start: `partitions` (id order, with
-/// rows) after the checkpoint `from` — from the partition it is splitting, if any — up to `last` (inclusive; `None`:
-/// all), dealt into runs of about equal rows. Each cut leaves at least one partition on either side, so no range is
-/// empty.
-fn partition_cuts(
-    partitions: &[(String, u64)],
-    from: &RewriteCheckpoint,
-    last: Option<&str>,
-    parts: u64,
-) -> Vec<String> {
-    let left: Vec<&(String, u64)> = partitions
-        .iter()
-        .filter(|(id, _)| match (&from.split, &from.partition) {
-            (Some(split), _) => *id >= split.partition,
-            (None, Some(done)) => id > done,
-            (None, None) => true,
-        })
-        .filter(|(id, _)| last.is_none_or(|last| id.as_str() <= last))
-        .collect();
-    let total: u64 = left.iter().map(|(_, rows)| rows).sum();
-    let parts = parts.max(1);
-    let mut cuts = Vec::new();
-    let mut before = 0u64;
-    // Never cut after the last partition: the range after that cut would be empty.
-    for (id, rows) in left.iter().take(left.len().saturating_sub(1)) {
-        before += rows;
-        let next_share = total * (cuts.len() as u64 + 1) / parts;
-        if cuts.len() as u64 + 1 < parts && before >= next_share.max(1) {
-            cuts.push(id.clone());
-        }
-    }
-    cuts
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn partitions(rows: &[u64]) -> Vec<(String, u64)> {
-        rows.iter()
-            .enumerate()
-            .map(|(i, rows)| (format!("2024{:02}", i + 1), *rows))
-            .collect()
-    }
-
-    fn after(partition: Option<&str>) -> RewriteCheckpoint {
-        RewriteCheckpoint {
-            partition: partition.map(str::to_owned),
-            ..RewriteCheckpoint::default()
-        }
-    }
-
-    #[test]
-    fn partitions_are_dealt_into_runs_of_about_equal_rows() {
-        let even = partitions(&[10, 10, 10, 10]);
-        assert_eq!(partition_cuts(&even, &after(None), None, 2), ["202402"]);
-        assert_eq!(
-            partition_cuts(&even, &after(None), None, 4),
-            ["202401", "202402", "202403"]
-        );
-        let skewed = partitions(&[100, 1, 1, 1, 1]);
-        assert_eq!(
-            partition_cuts(&skewed, &after(None), None, 2),
-            ["202401"],
-            "the big partition alone"
-        );
-        assert!(
-            partition_cuts(&partitions(&[50]), &after(None), None, 4).is_empty(),
-            "one partition: no cut"
-        );
-    }
-
-    #[test]
-    fn cuts_lie_after_the_checkpoint_and_within_the_range() {
-        let six = partitions(&[10; 6]);
-        assert_eq!(
-            partition_cuts(&six, &after(Some("202402")), Some("202405"), 3),
-            ["202403", "202404"]
-        );
-        let splitting = RewriteCheckpoint {
-            split: Some(Split {
-                partition: "202403".into(),
-                after: Some(vec!["k".into()]),
-                rows: 5,
-            }),
-            ..after(Some("202402"))
-        };
-        assert_eq!(
-            partition_cuts(&six, &splitting, None, 2),
-            ["202404"],
-            "the partition being split stays in the first range"
-        );
-        assert!(partition_cuts(&six, &after(Some("202405")), None, 2).is_empty());
     }
 }
