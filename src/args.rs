@@ -45,7 +45,44 @@ pub struct Args {
     pub parallelism: u64,
     /// Resource limits of heavy ClickHouse statements (a rewrite's chunks).
     pub clickhouse: crate::clickhouse::limits::QueryLimits,
+    /// The WAL compression of a Postgres backfill's batches (`walCompression`).
+    pub wal_compression: WalCompression,
     raw: Map<String, Value>,
+}
+
+/// `walCompression`: how a Postgres backfill's batches compress the full-page images they write (see
+/// `kinds::backfill::wal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalCompression {
+    /// `"auto"` (default): lz4 where the server has it and the role may set it, else the server's setting.
+    #[default]
+    Auto,
+    /// `"server"`: the server's setting, untouched.
+    Server,
+    /// `"pglz"`, `"lz4"` or `"zstd"`: that method, or a clear error where it cannot be set.
+    Method(&'static str),
+}
+
+impl WalCompression {
+    const ALLOWED: &'static str = "\"auto\", \"server\", \"pglz\", \"lz4\" or \"zstd\"";
+
+    fn parse(raw: &Map<String, Value>) -> Result<WalCompression, ArgsError> {
+        let Some(value) = raw.get("walCompression") else {
+            return Ok(WalCompression::Auto);
+        };
+        match value.as_str() {
+            Some("auto") => Ok(WalCompression::Auto),
+            Some("server") => Ok(WalCompression::Server),
+            Some("pglz") => Ok(WalCompression::Method("pglz")),
+            Some("lz4") => Ok(WalCompression::Method("lz4")),
+            Some("zstd") => Ok(WalCompression::Method("zstd")),
+            _ => Err(ArgsError::NotOneOf {
+                key: "walCompression",
+                allowed: Self::ALLOWED,
+                got: value.to_string(),
+            }),
+        }
+    }
 }
 
 /// Batch sizing toward a target duration, used when `args` set no `batchSize`.
@@ -75,6 +112,16 @@ pub enum ArgsError {
         min: u64,
         /// Largest allowed value.
         max: u64,
+        /// The JSON that was given.
+        got: String,
+    },
+    /// A known key holds something other than one of its named values.
+    #[error("args.{key} must be {allowed}, got {got}")]
+    NotOneOf {
+        /// The key, e.g. `walCompression`.
+        key: &'static str,
+        /// The values allowed, in words.
+        allowed: &'static str,
         /// The JSON that was given.
         got: String,
     },
@@ -130,6 +177,7 @@ impl Args {
             throttle: crate::throttle::Limits::parse(&raw)?,
             parallelism: read_u64(&raw, "parallelism", PARALLELISM_RANGE)?.unwrap_or(1),
             clickhouse: crate::clickhouse::limits::QueryLimits::parse(&raw)?,
+            wal_compression: WalCompression::parse(&raw)?,
             raw,
         })
     }
@@ -261,6 +309,29 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 format!("args.parallelism must be an integer from 1 to 64, got {bad}")
+            );
+        }
+    }
+
+    #[test]
+    fn wal_compression_takes_auto_by_default_and_refuses_other_values_naming_them() {
+        assert_eq!(
+            Args::parse(&json!({})).unwrap().wal_compression,
+            WalCompression::Auto
+        );
+        assert_eq!(
+            Args::parse(&json!({"walCompression": "zstd"}))
+                .unwrap()
+                .wal_compression,
+            WalCompression::Method("zstd")
+        );
+        for bad in [json!("gzip"), json!(true), json!(1)] {
+            let err = Args::parse(&json!({"walCompression": bad}))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("args.walCompression must be \"auto\", \"server\", \"pglz\", \"lz4\" or \"zstd\", got"),
+                "{err}"
             );
         }
     }

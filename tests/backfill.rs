@@ -296,3 +296,120 @@ async fn a_stored_checkpoint_resumes_and_an_unreadable_one_fails_saying_what_to_
         0
     );
 }
+
+/// `walCompression`: by default a superuser's batches compress their WAL with lz4 (`SET LOCAL`, so the server's
+/// setting stays `off` for every other session); `"server"` leaves it; a named method is used. The `set`
+/// expression reads the setting inside each batch.
+#[tokio::test]
+async fn a_backfill_sets_wal_compression_on_its_own_batches_only() {
+    let db = TestDb::create("wal_compression").await;
+    let pool = db.pool().await;
+    let cases = [("auto", "lz4"), ("server", "off"), ("zstd", "zstd")];
+    for (i, (choice, _)) in cases.iter().enumerate() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE t{i} (id int PRIMARY KEY, method text);
+             INSERT INTO t{i} (id) SELECT g FROM generate_series(1, 2500) g;"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        db.define(
+            &format!("000{i}_{choice}"),
+            &format!(
+                "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"t{i}\"\nkey = [\"id\"]\n\
+                 set = {{ method = \"current_setting('wal_compression')\" }}\n\
+                 [args]\nbatchSize = 1000\nwalCompression = \"{choice}\""
+            ),
+        );
+    }
+    run_to_end(&db).await;
+    for (i, (choice, method)) in cases.iter().enumerate() {
+        assert_eq!(
+            db.status_of(&format!("000{i}_{choice}")).await,
+            Status::Finished
+        );
+        let methods: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT method FROM t{i}"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(methods, [*method], "walCompression = {choice}");
+    }
+    let server: String = sqlx::query_scalar("SHOW wal_compression")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(server, "off", "the server's setting is untouched");
+}
+
+/// A role that may not set `wal_compression` runs with the server's under `"auto"`, and a named method fails the
+/// backfill before any row changes, saying how to grant it.
+#[tokio::test]
+async fn a_role_without_the_setting_keeps_the_servers_or_is_told_how_to_grant_it() {
+    // Declared before the database, so dropped after it (the role owns it), on a panic too.
+    let role = PlainRole::create(&format!("bgm_plain_{}", std::process::id()));
+    let db = TestDb::create("wal_compression_role").await;
+    common::psql(&format!("ALTER DATABASE {} OWNER TO {}", db.name, role.0));
+    let mut url = reqwest::Url::parse(&db.url).unwrap();
+    url.set_username(&role.0).unwrap();
+    let as_role = TestDb {
+        name: db.name.clone(),
+        url: url.to_string(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::create_dir_all(as_role.migrations().join("background")).unwrap();
+    let pool = sqlx::PgPool::connect(&as_role.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (id int PRIMARY KEY, method text); INSERT INTO t (id) SELECT g FROM generate_series(1, 100) g;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let define = |name: &str, choice: &str| {
+        as_role.define(
+            name,
+            &format!(
+                "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"t\"\nkey = [\"id\"]\n\
+                 set = {{ method = \"current_setting('wal_compression')\" }}\n[args]\nwalCompression = \"{choice}\""
+            ),
+        );
+    };
+    define("0001_auto", "auto");
+    define("0002_lz4", "lz4");
+    common::run_to_end(&as_role.connect().await, &as_role.migrations()).await;
+    assert_eq!(as_role.status_of("0001_auto").await, Status::Finished);
+    let connected = as_role.connect().await;
+    let refused = connected.control.get("0002_lz4").await.unwrap();
+    assert_eq!(refused.status, Status::Failed);
+    let reason = refused.failed_reason.unwrap_or_default();
+    assert!(
+        reason.contains("args.walCompression")
+            && reason.contains("GRANT SET ON PARAMETER wal_compression"),
+        "{reason}"
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM t WHERE method = 'off'").await,
+        100,
+        "auto left the server's setting; the refused run changed no row"
+    );
+    pool.close().await;
+}
+
+/// A login role without superuser rights, dropped with this value.
+struct PlainRole(String);
+
+impl PlainRole {
+    fn create(name: &str) -> PlainRole {
+        common::psql(&format!(
+            "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN"
+        ));
+        PlainRole(name.to_owned())
+    }
+}
+
+impl Drop for PlainRole {
+    fn drop(&mut self) {
+        common::psql(&format!("DROP ROLE IF EXISTS {}", self.0));
+    }
+}

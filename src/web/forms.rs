@@ -133,7 +133,7 @@ impl ArgsForm {
     pub fn with_error(mut self, err: &ArgsError) -> Self {
         let message = err.to_string();
         let key = match err {
-            ArgsError::OutOfRange { key, .. } => Some(*key),
+            ArgsError::OutOfRange { key, .. } | ArgsError::NotOneOf { key, .. } => Some(*key),
             _ => None,
         };
         for field in &mut self.fields {

@@ -212,7 +212,8 @@ impl Drop for TestDb {
     }
 }
 
-fn psql(sql: &str) {
+/// Runs `sql` as the admin on the server's `postgres` database, asserting it succeeds.
+pub fn psql(sql: &str) {
     let url = format!("{}/postgres", admin_url());
     let status = Command::new("psql")
         .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])

@@ -96,7 +96,7 @@ async fn list_keys(
     };
     let quoted = dialect.quote_ident(&list);
 
-    let mut tx = backfill.store.begin().await?;
+    let mut tx = backfill.begin_batch(batch.args).await?;
     let table = [SqlParam::Text(dialect.quote_ident(&backfill.spec.table))];
     let (table_pages, rows_per_page) = two_numbers(
         tx.fetch_optional_text(BackfillSql::table_shape(), &table)
@@ -238,7 +238,7 @@ async fn walk(
     let position = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let window = [position(from), position(to)];
 
-    let mut tx = backfill.store.begin().await?;
+    let mut tx = backfill.begin_batch(batch.args).await?;
     let counted = tx
         .fetch_count(&BackfillSql::count_window(&quoted), &window)
         .await;

@@ -14,6 +14,7 @@
 mod heap_walk;
 mod spec;
 mod sql;
+mod wal;
 
 use std::sync::Arc;
 
@@ -24,8 +25,9 @@ use tokio::sync::OnceCell;
 
 use super::checkpoint::{Checkpoint, KeyCursor, KeyPosition, range_end};
 use super::keyset;
+use crate::args::Args;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
-use crate::store::{Dialect, SqlParam, SqlStore, Stores};
+use crate::store::{Dialect, SqlParam, SqlStore, SqlTx, Stores};
 
 pub use self::spec::{BackfillOrder, BackfillSpec};
 pub use self::sql::BackfillSql;
@@ -38,6 +40,8 @@ pub struct Backfill {
     spec: BackfillSpec,
     store: Arc<dyn SqlStore>,
     statements: OnceCell<BackfillSql>,
+    /// What a Postgres server allows for `wal_compression`, read at the first batch.
+    server_wal: OnceCell<wal::ServerWal>,
 }
 
 impl Backfill {
@@ -55,7 +59,23 @@ impl Backfill {
             spec,
             store,
             statements: OnceCell::new(),
+            server_wal: OnceCell::new(),
         }))
+    }
+
+    /// Opens a batch's transaction; on Postgres with the WAL compression `args` ask for (see [`wal`]).
+    async fn begin_batch(&self, args: &Args) -> Result<Box<dyn SqlTx>, MigrationError> {
+        let mut tx = self.store.begin().await?;
+        if self.store.dialect() == Dialect::Postgres {
+            let server = self
+                .server_wal
+                .get_or_try_init(|| wal::ServerWal::probe(self.store.as_ref()))
+                .await?;
+            if let Some(value) = server.value_for(args.wal_compression)? {
+                wal::set_on(tx.as_mut(), value).await?;
+            }
+        }
+        Ok(tx)
     }
 
     /// Reads the table's columns, checks the key and `set`, and prepares the statements (once).
@@ -251,7 +271,7 @@ impl Migration for Backfill {
         tail_params.extend(texts(end.as_deref().unwrap_or_default()));
         let size = batch.args.batch_size;
 
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin_batch(batch.args).await?;
         let mut bound_params = tail_params.clone();
         bound_params.push(SqlParam::Int(i64::try_from(size - 1).unwrap_or(i64::MAX)));
         let upper = tx
