@@ -255,6 +255,15 @@ pub trait Migration: Send + Sync {
         ))
     }
 
+    /// Called once every range of a parallel migration is done, before the migration is marked finished, with each
+    /// range's last checkpoint: releases what ranges shared (a heap-order backfill's key list, walked by the ranges
+    /// a steal cut its walk into). Must be idempotent: a coordinator that stops before marking the migration
+    /// finished leaves it to the next. Default: nothing.
+    async fn ranges_done(&self, states: &[Value]) -> Result<(), MigrationError> {
+        let _ = states;
+        Ok(())
+    }
+
     /// Runs one batch from `batch.state`, within `batch.args` limits, and commits it through [`Batch::commit`]
     /// (or commits nothing, for migrations without a SQL store).
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError>;

@@ -1,6 +1,7 @@
 //! `order = "physical"` backfills against a real Postgres: keys listed once with their pages, each listed row
 //! updated exactly once while the application moves rows between pages and inserts new ones; in ranges across two
-//! workers; resumed after a SIGKILL; a lost list or a SQLite store refused with what to do.
+//! workers, and in one walk split mid-run; resumed after a SIGKILL; a lost list or a SQLite store refused with what
+//! to do.
 
 mod common;
 
@@ -252,6 +253,57 @@ async fn a_killed_worker_is_followed_in_the_same_list_without_repeats() {
     );
     let last = state(&pool).await;
     assert_eq!(last["list"], list.as_str(), "the same list: {last}");
+    assert_eq!(lists_left(&pool).await, 0);
+}
+
+/// `parallelism` raised while one worker walks the list: the walk's pages left are cut in two, a second worker
+/// walks the second run in the same list, each listed row is updated once, and the list — walked by both ranges —
+/// is dropped once the migration ends.
+#[tokio::test]
+async fn a_walk_split_mid_run_shares_its_list_and_the_end_drops_it() {
+    let db = TestDb::create("heap_split_walk").await;
+    let pool = db.pool().await;
+    create_items(&pool, 12_000).await;
+    define(&db, "parallelism = 1\nbatchSize = 200\nsleepMs = 40");
+    assert!(db.cli_with_env(&["migrate"], &FAST).status.success());
+    let mut first = spawn_worker(&db, "w1");
+    common::wait_until("the walk is under way", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move { state(&pool).await["walked"].as_u64().unwrap_or(0) >= 1_000 }
+    })
+    .await;
+    let list = state(&pool).await["list"].as_str().unwrap().to_owned();
+    assert!(
+        db.cli(&["set-args", NAME, r#"{"parallelism": 2}"#])
+            .status
+            .success()
+    );
+    let mut second = spawn_worker(&db, "w2");
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM items WHERE hits <> 1").await,
+        0,
+        "a row was skipped or updated twice"
+    );
+    let connected = db.connect().await;
+    let ranges = connected.control.ranges(NAME).await.unwrap();
+    assert!(ranges.len() >= 2, "{ranges:?}");
+    assert!(
+        ranges
+            .iter()
+            .all(|r| r.done && r.state["list"] == list.as_str()),
+        "every range walked the one list: {ranges:?}"
+    );
+    assert!(
+        ranges.iter().any(|r| r.state["shared"] == true),
+        "{ranges:?}"
+    );
+    let walkers: std::collections::BTreeSet<_> =
+        ranges.iter().filter_map(|r| r.worker_id.clone()).collect();
+    assert_eq!(walkers.len(), 2, "both workers walked: {ranges:?}");
     assert_eq!(lists_left(&pool).await, 0);
 }
 

@@ -13,6 +13,10 @@
 //!
 //! The list is an ordinary (logged) table, so it survives a server crash and a failover with the checkpoint that
 //! points into it. Its name is written in the checkpoint; the last batch drops it in its own transaction.
+//!
+//! With `parallelism`, a walk is split by pages ([`page_cuts`]): the range cut off walks the same list from the
+//! cut (`shared`), and the range cut ends there. Neither drops the list then; the migration's end does
+//! ([`drop_lists`]). A sweep is not split: its close reads the whole key range's moved rows.
 
 use serde_json::Value;
 
@@ -230,10 +234,12 @@ async fn walk(
     let listed = checkpoint.listed.ok_or_else(|| missing("listed"))?;
     let pages = checkpoint.pages.ok_or_else(|| missing("pages"))?;
     let from = checkpoint.page.unwrap_or(0);
+    let cut_at = walk_cut(&checkpoint, batch.upper)?;
+    let end = cut_at.unwrap_or(pages).min(pages);
     let rows_per_page = (listed / pages.max(1)).max(1);
     let to = from
         .saturating_add(batch.args.batch_size.div_ceil(rows_per_page).max(1))
-        .min(pages);
+        .min(end);
     let quoted = backfill.store.dialect().quote_ident(list);
     let position = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let window = [position(from), position(to)];
@@ -246,8 +252,9 @@ async fn walk(
     tx.execute(BackfillSql::join_by_index(), &[]).await?;
     tx.execute(&statements.update_window(&quoted), &window)
         .await?;
-    let done = to >= pages;
-    if done {
+    let done = to >= end;
+    // A list another range walks too is the migration's end's to drop.
+    if done && cut_at.is_none() && !checkpoint.shared {
         tx.execute(&BackfillSql::drop_key_list(&quoted), &[])
             .await?;
     }
@@ -266,6 +273,73 @@ async fn walk(
     };
     batch.commit(tx, &outcome).await?;
     Ok(outcome)
+}
+
+/// The page at which a range's walk stops because its next range walks the same list from there (a steal cut
+/// it), or `None`: the walk runs to the list's end.
+fn walk_cut(
+    checkpoint: &BackfillCheckpoint,
+    upper: Option<&Value>,
+) -> Result<Option<u64>, MigrationError> {
+    let Some(upper) = upper else {
+        return Ok(None);
+    };
+    let next = BackfillCheckpoint::read(upper)?;
+    Ok(match (next.list, next.page) {
+        (Some(list), Some(page)) if checkpoint.list.as_ref() == Some(&list) => Some(page),
+        _ => None,
+    })
+}
+
+/// Cuts the pages a walk has left (from its checkpoint `from` to its end, see [`walk_cut`]) into `parts` runs of
+/// equal pages: the checkpoints where the second and later start, walking the same list. None while keys are
+/// listed, nor for a finished walk.
+pub(super) fn page_cuts(
+    from: &BackfillCheckpoint,
+    upper: Option<&Value>,
+    parts: u64,
+) -> Result<Vec<BackfillCheckpoint>, MigrationError> {
+    let (Some(page), Some(pages)) = (from.page, from.pages) else {
+        return Ok(Vec::new());
+    };
+    if from.done {
+        return Ok(Vec::new());
+    }
+    let end = walk_cut(from, upper)?.unwrap_or(pages).min(pages);
+    let left = end.saturating_sub(page);
+    let parts = parts.min(left);
+    Ok((1..parts)
+        .map(|k| BackfillCheckpoint {
+            page: Some(page + left * k / parts),
+            walked: 0,
+            shared: true,
+            ..from.clone()
+        })
+        .collect())
+}
+
+/// Drops the key lists that finished ranges name: the shared ones no range dropped (the others are gone already).
+pub(super) async fn drop_lists(
+    backfill: &Backfill,
+    states: &[Value],
+) -> Result<(), MigrationError> {
+    let mut lists = std::collections::BTreeSet::new();
+    for state in states {
+        if let Some(list) = &BackfillCheckpoint::read(state)?.list {
+            lists.insert(checked_list_name(list, state)?.to_owned());
+        }
+    }
+    if lists.is_empty() {
+        return Ok(());
+    }
+    let mut tx = backfill.store.begin().await?;
+    for list in &lists {
+        let quoted = backfill.store.dialect().quote_ident(list);
+        tx.execute(&BackfillSql::drop_key_list(&quoted), &[])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The result of the batch's first statement on its list, or — when that failed because the list is gone
@@ -305,6 +379,64 @@ async fn or_list_gone<T>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn walking(page: u64, pages: u64) -> BackfillCheckpoint {
+        BackfillCheckpoint {
+            list: Some("bgmigrate_keys_0123456789ab".into()),
+            listed: Some(pages * 10),
+            pages: Some(pages),
+            page: Some(page),
+            walked: 70,
+            ..BackfillCheckpoint::default()
+        }
+    }
+
+    #[test]
+    fn a_walk_is_cut_into_runs_of_equal_pages_that_share_its_list() {
+        let cuts = page_cuts(&walking(10, 110), None, 4).unwrap();
+        let pages: Vec<_> = cuts.iter().map(|c| c.page).collect();
+        assert_eq!(pages, [Some(35), Some(60), Some(85)]);
+        assert!(
+            cuts.iter()
+                .all(|c| c.shared && c.walked == 0 && c.list == walking(0, 1).list)
+        );
+        // The first cut's range ends where the second starts, and the first range where the first cut starts.
+        let second = cuts[1].to_state();
+        assert_eq!(walk_cut(&cuts[0], Some(&second)).unwrap(), Some(60));
+        let halves = page_cuts(&walking(10, 110), Some(&second), 2).unwrap();
+        assert_eq!(
+            halves[0].page,
+            Some(35),
+            "cut within its own end, not the list's"
+        );
+    }
+
+    #[test]
+    fn a_sweep_a_finished_walk_and_another_ranges_list_are_not_cut_by_pages() {
+        let sweeping = BackfillCheckpoint {
+            page: None,
+            sweep: Some(3),
+            ..walking(0, 100)
+        };
+        assert!(page_cuts(&sweeping, None, 2).unwrap().is_empty());
+        let finished = BackfillCheckpoint {
+            done: true,
+            ..walking(100, 100)
+        };
+        assert!(page_cuts(&finished, None, 2).unwrap().is_empty());
+        assert!(
+            page_cuts(&walking(99, 100), None, 2).unwrap().is_empty(),
+            "one page left"
+        );
+        let other = BackfillCheckpoint {
+            list: Some("bgmigrate_keys_ffffffffffff".into()),
+            ..walking(50, 100)
+        };
+        assert_eq!(
+            walk_cut(&walking(0, 100), Some(&other.to_state())).unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn a_new_list_sits_in_the_tables_schema_under_a_name_the_walk_accepts() {

@@ -149,7 +149,8 @@ impl Backfill {
 /// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch. A heap-order
 /// walk adds its key list: while listing `{"cursor": ..., "list": "bgmigrate_keys_...", "pages": 40, "sweep": 8,
 /// "horizon": 7301}`,
-/// then `{"cursor": ..., "list": ..., "listed": 1000, "pages": 40, "page": 8, "walked": 200}`.
+/// then `{"cursor": ..., "list": ..., "listed": 1000, "pages": 40, "page": 8, "walked": 200}`
+/// (and `"shared": true` in a range cut from another's walk).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackfillCheckpoint {
     /// The last key updated; in a heap-order walk, where its key range starts.
@@ -178,6 +179,10 @@ pub struct BackfillCheckpoint {
     /// How many listed rows the walk has updated (the filter aside).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub walked: u64,
+    /// The list is walked by other ranges too (this range was cut from another's walk), so the migration's end
+    /// drops it, not this range's last batch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
     /// Written (as `true`) by the last batch only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub done: bool,
@@ -237,8 +242,12 @@ impl Migration for Backfill {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let statements = self.statements().await?;
-        if BackfillCheckpoint::read(from)?.list.is_some() {
-            return Ok(Vec::new());
+        let checkpoint = BackfillCheckpoint::read(from)?;
+        if checkpoint.list.is_some() {
+            return Ok(heap_walk::page_cuts(&checkpoint, upper, parts)?
+                .iter()
+                .map(BackfillCheckpoint::to_state)
+                .collect());
         }
         keyset::split_states::<BackfillCheckpoint>(
             self.store.as_ref(),
@@ -248,6 +257,10 @@ impl Migration for Backfill {
             rows,
         )
         .await
+    }
+
+    async fn ranges_done(&self, states: &[Value]) -> Result<(), MigrationError> {
+        heap_walk::drop_lists(self, states).await
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
