@@ -225,24 +225,32 @@ fn spawn_worker(db: &TestDb, id: &str) -> Child {
         .expect("spawn a worker")
 }
 
-/// A worker SIGKILLed in the middle of the walk: the next one goes on from the checkpoint in the same list, and
-/// no row is updated twice.
-#[tokio::test]
-async fn a_killed_worker_is_followed_in_the_same_list_without_repeats() {
-    let db = TestDb::create("heap_kill").await;
+/// `rows` items and a heap-order backfill with `args`, walked by worker `w1` until 1,000 rows are done; returns
+/// the database, a pool, the worker and the name of its key list.
+async fn walking(test: &str, rows: i64, args: &str) -> (TestDb, sqlx::PgPool, Child, String) {
+    let db = TestDb::create(test).await;
     let pool = db.pool().await;
-    create_items(&pool, 8_000).await;
-    define(&db, "batchSize = 100\nsleepMs = 30");
+    create_items(&pool, rows).await;
+    define(&db, args);
     assert!(db.cli_with_env(&["migrate"], &FAST).status.success());
-    let mut first = spawn_worker(&db, "w1");
+    let worker = spawn_worker(&db, "w1");
     common::wait_until("the walk is under way", Duration::from_secs(60), || {
         let pool = pool.clone();
         async move { state(&pool).await["walked"].as_u64().unwrap_or(0) >= 1_000 }
     })
     .await;
+    let list = state(&pool).await["list"].as_str().unwrap().to_owned();
+    (db, pool, worker, list)
+}
+
+/// A worker SIGKILLed in the middle of the walk: the next one goes on from the checkpoint in the same list, and
+/// no row is updated twice.
+#[tokio::test]
+async fn a_killed_worker_is_followed_in_the_same_list_without_repeats() {
+    let (db, pool, mut first, list) =
+        walking("heap_kill", 8_000, "batchSize = 100\nsleepMs = 30").await;
     first.kill().unwrap();
     first.wait().unwrap();
-    let list = state(&pool).await["list"].as_str().unwrap().to_owned();
 
     let mut second = spawn_worker(&db, "w2");
     assert!(second.wait().unwrap().success());
@@ -261,24 +269,19 @@ async fn a_killed_worker_is_followed_in_the_same_list_without_repeats() {
 /// is dropped once the migration ends.
 #[tokio::test]
 async fn a_walk_split_mid_run_shares_its_list_and_the_end_drops_it() {
-    let db = TestDb::create("heap_split_walk").await;
-    let pool = db.pool().await;
-    create_items(&pool, 12_000).await;
-    define(&db, "parallelism = 1\nbatchSize = 200\nsleepMs = 40");
-    assert!(db.cli_with_env(&["migrate"], &FAST).status.success());
-    let mut first = spawn_worker(&db, "w1");
-    common::wait_until("the walk is under way", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move { state(&pool).await["walked"].as_u64().unwrap_or(0) >= 1_000 }
-    })
+    let (db, pool, first, list) = walking(
+        "heap_split_walk",
+        12_000,
+        "parallelism = 1\nbatchSize = 200\nsleepMs = 40",
+    )
     .await;
-    let list = state(&pool).await["list"].as_str().unwrap().to_owned();
     assert!(
         db.cli(&["set-args", NAME, r#"{"parallelism": 2}"#])
             .status
             .success()
     );
     let mut second = spawn_worker(&db, "w2");
+    let mut first = first;
     assert!(first.wait().unwrap().success());
     assert!(second.wait().unwrap().success());
 
