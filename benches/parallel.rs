@@ -10,12 +10,14 @@
 //!   `UPDATE` of an identical table. Each worker count gets its own freshly built, vacuumed table.
 //! * **copy into ClickHouse** (random md5 keys, key order): against the raw pipe `psql COPY … TO STDOUT | curl
 //!   INSERT … FORMAT TabSeparated` into an identical ClickHouse table.
+//! * **clickhouse_rewrite** of a table of one partition (so N workers need key ranges inside it): against one
+//!   plain `INSERT INTO … SELECT … FROM` of the whole table into an identical target.
 //!
 //! N workers are N runners in this process (each its own worker id and connections), with `parallelism = N` in
 //! the migration's args; the first claims the migration and splits its key space, the others join. Environment:
 //! `BGMIGRATE_BENCH_PG` (server URL without a database), `BGMIGRATE_BENCH_CH` (ClickHouse HTTP URL),
 //! `BGMIGRATE_BENCH_ROWS` (default 1,000,000), `BGMIGRATE_BENCH_WORKERS` (default `1,2,4`),
-//! `BGMIGRATE_BENCH_ONLY=backfill|copy`.
+//! `BGMIGRATE_BENCH_ONLY=backfill|copy|rewrite`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -239,6 +241,65 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64]) {
     clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
 }
 
+async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64]) {
+    clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+    clickhouse(ch, &format!("CREATE DATABASE {DATABASE}"));
+    clickhouse(
+        ch,
+        &format!(
+            "CREATE TABLE {DATABASE}.src (id String, project_id String, payload String, latency Float64) \
+             ENGINE = MergeTree ORDER BY id"
+        ),
+    );
+    clickhouse(
+        ch,
+        &format!(
+            "INSERT INTO {DATABASE}.src SELECT hex(MD5(toString(number))), concat('project-', toString(number % 100)), \
+             concat('lorem ipsum lorem ipsum lorem ipsum lorem ipsum ', toString(number)), number * 0.001 \
+             FROM system.numbers LIMIT {rows}"
+        ),
+    );
+    clickhouse(ch, &format!("OPTIMIZE TABLE {DATABASE}.src FINAL"));
+    let partitions = clickhouse(
+        ch,
+        &format!("SELECT uniqExact(_partition_id) FROM {DATABASE}.src"),
+    );
+    assert_eq!(partitions, "1", "the source is one partition");
+    clickhouse(ch, &format!("CREATE TABLE {DATABASE}.plain {CH_TABLE}"));
+    let started = Instant::now();
+    clickhouse(
+        ch,
+        &format!("INSERT INTO {DATABASE}.plain SELECT * FROM {DATABASE}.src"),
+    );
+    let reference = started.elapsed();
+    println!(
+        "rewrite of {rows} rows in one partition: one plain INSERT ... SELECT {:.2} s ({:.0} rows/s)",
+        reference.as_secs_f64(),
+        rows as f64 / reference.as_secs_f64()
+    );
+    for &n in workers {
+        let target = format!("ours_{n}");
+        clickhouse(ch, &format!("CREATE TABLE {DATABASE}.{target} {CH_TABLE}"));
+        let params = json!({"store": "clickhouse", "from": "src", "to": target});
+        let took = run_with_workers(
+            &format!("{server}/{DATABASE}"),
+            Some(&format!("{ch}/{DATABASE}")),
+            &format!("rewrite_{n}"),
+            "clickhouse_rewrite",
+            params,
+            n,
+        )
+        .await;
+        let written = clickhouse(
+            ch,
+            &format!("SELECT count() FROM {DATABASE}.{target} FINAL"),
+        );
+        assert_eq!(written, rows.to_string(), "{target}: rows rewritten");
+        print_row(&format!("bgmigrate, {n} worker(s)"), rows, took, reference);
+    }
+    clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: there, do nothing.
@@ -276,6 +337,9 @@ async fn main() {
     }
     if only.is_empty() || only == "copy" {
         copy(&server, &ch, rows, &workers).await;
+    }
+    if only.is_empty() || only == "rewrite" {
+        rewrite(&server, &ch, rows, &workers).await;
     }
     psql(
         &server,
