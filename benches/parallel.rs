@@ -17,7 +17,8 @@
 //! the migration's args; the first claims the migration and splits its key space, the others join. Environment:
 //! `BGMIGRATE_BENCH_PG` (server URL without a database), `BGMIGRATE_BENCH_CH` (ClickHouse HTTP URL),
 //! `BGMIGRATE_BENCH_ROWS` (default 1,000,000), `BGMIGRATE_BENCH_WORKERS` (default `1,2,4`),
-//! `BGMIGRATE_BENCH_ONLY=backfill|copy|rewrite`.
+//! `BGMIGRATE_BENCH_ONLY=backfill|copy|rewrite`, `BGMIGRATE_BENCH_COPY_ORDER=key|physical` (the copy's `from.order`,
+//! default key).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -183,7 +184,7 @@ async fn backfill(server: &str, rows: u64, workers: &[u64]) {
     }
 }
 
-async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64]) {
+async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str) {
     psql(server, DATABASE, &format!(
         "CREATE TABLE traces (id text PRIMARY KEY, project_id text NOT NULL, payload text, latency double precision);
          INSERT INTO traces SELECT md5(g::text), 'project-' || (g % 100), repeat('lorem ipsum ', 12) || g, g * 0.001
@@ -211,7 +212,7 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64]) {
         "the reference pipe moved every row"
     );
     println!(
-        "copy of {rows} rows (random md5 keys, key order) into ClickHouse: raw psql COPY | curl pipe {:.2} s ({:.0} rows/s)",
+        "copy of {rows} rows (random md5 keys, {order} order) into ClickHouse: raw psql COPY | curl pipe {:.2} s ({:.0} rows/s)",
         reference.as_secs_f64(),
         rows as f64 / reference.as_secs_f64()
     );
@@ -219,7 +220,7 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64]) {
         let target = format!("ours_{n}");
         clickhouse(ch, &format!("CREATE TABLE {DATABASE}.{target} {CH_TABLE}"));
         let params = json!({
-            "from": {"store": "postgres", "table": "traces", "key": ["id"]},
+            "from": {"store": "postgres", "table": "traces", "key": ["id"], "order": order},
             "to": {"store": "clickhouse", "table": target},
         });
         let took = run_with_workers(
@@ -336,7 +337,8 @@ async fn main() {
         backfill(&server, rows, &workers).await;
     }
     if only.is_empty() || only == "copy" {
-        copy(&server, &ch, rows, &workers).await;
+        let order = env_or("BGMIGRATE_BENCH_COPY_ORDER", "key");
+        copy(&server, &ch, rows, &workers, &order).await;
     }
     if only.is_empty() || only == "rewrite" {
         rewrite(&server, &ch, rows, &workers).await;
