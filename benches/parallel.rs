@@ -17,8 +17,8 @@
 //! the migration's args; the first claims the migration and splits its key space, the others join. Environment:
 //! `BGMIGRATE_BENCH_PG` (server URL without a database), `BGMIGRATE_BENCH_CH` (ClickHouse HTTP URL),
 //! `BGMIGRATE_BENCH_ROWS` (default 1,000,000), `BGMIGRATE_BENCH_WORKERS` (default `1,2,4`),
-//! `BGMIGRATE_BENCH_ONLY=backfill|copy|rewrite`, `BGMIGRATE_BENCH_COPY_ORDER=key|physical` (the copy's `from.order`,
-//! default key).
+//! `BGMIGRATE_BENCH_ONLY=backfill|copy|rewrite`, `BGMIGRATE_BENCH_BACKFILL_ORDER=key|physical` (the backfill's
+//! `order`) and `BGMIGRATE_BENCH_COPY_ORDER=key|physical` (the copy's `from.order`), both default key.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -140,7 +140,7 @@ fn print_row(label: &str, rows: u64, took: Duration, reference: Duration) {
     );
 }
 
-async fn backfill(server: &str, rows: u64, workers: &[u64]) {
+async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str) {
     let table = |name: &str| {
         psql(server, DATABASE, &format!(
             "CREATE TABLE {name} (id text PRIMARY KEY, a int NOT NULL, b int NOT NULL, total int, pad text) \
@@ -155,7 +155,7 @@ async fn backfill(server: &str, rows: u64, workers: &[u64]) {
     psql(server, DATABASE, "UPDATE ref SET total = a + b");
     let reference = started.elapsed();
     println!(
-        "backfill of {rows} rows (random text key): one plain UPDATE {:.2} s ({:.0} rows/s)",
+        "backfill of {rows} rows (random text key, {order} order): one plain UPDATE {:.2} s ({:.0} rows/s)",
         reference.as_secs_f64(),
         rows as f64 / reference.as_secs_f64()
     );
@@ -163,8 +163,9 @@ async fn backfill(server: &str, rows: u64, workers: &[u64]) {
         let name = format!("ours_{n}");
         table(&name);
         psql(server, DATABASE, "CHECKPOINT");
-        let params =
-            json!({"store": "postgres", "table": name, "key": ["id"], "set": {"total": "a + b"}});
+        let params = json!({
+            "store": "postgres", "table": name, "key": ["id"], "order": order, "set": {"total": "a + b"},
+        });
         let took = run_with_workers(
             &format!("{server}/{DATABASE}"),
             None,
@@ -334,7 +335,8 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if only.is_empty() || only == "backfill" {
-        backfill(&server, rows, &workers).await;
+        let order = env_or("BGMIGRATE_BENCH_BACKFILL_ORDER", "key");
+        backfill(&server, rows, &workers, &order).await;
     }
     if only.is_empty() || only == "copy" {
         let order = env_or("BGMIGRATE_BENCH_COPY_ORDER", "key");
