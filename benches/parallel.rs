@@ -212,35 +212,20 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str) {
         rows.to_string(),
         "the reference pipe moved every row"
     );
-    println!(
-        "copy of {rows} rows (random md5 keys, {order} order) into ClickHouse: raw psql COPY | curl pipe {:.2} s ({:.0} rows/s)",
-        reference.as_secs_f64(),
-        rows as f64 / reference.as_secs_f64()
+    let into = ClickHouseRuns::after(
+        (server, ch, rows),
+        reference,
+        &format!(
+            "copy of {rows} rows (random md5 keys, {order} order) into ClickHouse: raw psql COPY | curl pipe"
+        ),
     );
-    for &n in workers {
-        let target = format!("ours_{n}");
-        clickhouse(ch, &format!("CREATE TABLE {DATABASE}.{target} {CH_TABLE}"));
-        let params = json!({
+    into.run(workers, "copy", |target| {
+        json!({
             "from": {"store": "postgres", "table": "traces", "key": ["id"], "order": order},
             "to": {"store": "clickhouse", "table": target},
-        });
-        let took = run_with_workers(
-            &format!("{server}/{DATABASE}"),
-            Some(&format!("{ch}/{DATABASE}")),
-            &format!("copy_{n}"),
-            "copy",
-            params,
-            n,
-        )
-        .await;
-        let copied = clickhouse(
-            ch,
-            &format!("SELECT count() FROM {DATABASE}.{target} FINAL"),
-        );
-        assert_eq!(copied, rows.to_string(), "{target}: rows copied");
-        print_row(&format!("bgmigrate, {n} worker(s)"), rows, took, reference);
-    }
-    clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+        })
+    })
+    .await;
 }
 
 async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64]) {
@@ -274,32 +259,73 @@ async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64]) {
         &format!("INSERT INTO {DATABASE}.plain SELECT * FROM {DATABASE}.src"),
     );
     let reference = started.elapsed();
-    println!(
-        "rewrite of {rows} rows in one partition: one plain INSERT ... SELECT {:.2} s ({:.0} rows/s)",
-        reference.as_secs_f64(),
-        rows as f64 / reference.as_secs_f64()
+    let into = ClickHouseRuns::after(
+        (server, ch, rows),
+        reference,
+        &format!("rewrite of {rows} rows in one partition: one plain INSERT ... SELECT"),
     );
-    for &n in workers {
-        let target = format!("ours_{n}");
-        clickhouse(ch, &format!("CREATE TABLE {DATABASE}.{target} {CH_TABLE}"));
-        let params = json!({"store": "clickhouse", "from": "src", "to": target});
-        let took = run_with_workers(
-            &format!("{server}/{DATABASE}"),
-            Some(&format!("{ch}/{DATABASE}")),
-            &format!("rewrite_{n}"),
-            "clickhouse_rewrite",
-            params,
-            n,
-        )
-        .await;
-        let written = clickhouse(
-            ch,
-            &format!("SELECT count() FROM {DATABASE}.{target} FINAL"),
+    into.run(
+        workers,
+        "clickhouse_rewrite",
+        |target| json!({"store": "clickhouse", "from": "src", "to": target}),
+    )
+    .await;
+}
+
+/// Runs of a migration that writes a fresh ClickHouse table per worker count, beside one reference.
+struct ClickHouseRuns<'a> {
+    server: &'a str,
+    ch: &'a str,
+    rows: u64,
+    reference: Duration,
+}
+
+impl<'a> ClickHouseRuns<'a> {
+    /// Prints the reference (`what`, its time and rate) and returns the runs to measure beside it.
+    fn after((server, ch, rows): (&'a str, &'a str, u64), reference: Duration, what: &str) -> Self {
+        println!(
+            "{what} {:.2} s ({:.0} rows/s)",
+            reference.as_secs_f64(),
+            rows as f64 / reference.as_secs_f64()
         );
-        assert_eq!(written, rows.to_string(), "{target}: rows rewritten");
-        print_row(&format!("bgmigrate, {n} worker(s)"), rows, took, reference);
+        ClickHouseRuns {
+            server,
+            ch,
+            rows,
+            reference,
+        }
     }
-    clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+
+    /// For each worker count: creates `ours_N`, runs `kind` with the params `params(target)` on N workers, checks
+    /// that every row arrived once (`FINAL`) and prints the row; then drops the benchmark's ClickHouse database.
+    async fn run(&self, workers: &[u64], kind: &str, params: impl Fn(&str) -> Value) {
+        let (ch, rows) = (self.ch, self.rows);
+        for &n in workers {
+            let target = format!("ours_{n}");
+            clickhouse(ch, &format!("CREATE TABLE {DATABASE}.{target} {CH_TABLE}"));
+            let took = run_with_workers(
+                &format!("{}/{DATABASE}", self.server),
+                Some(&format!("{ch}/{DATABASE}")),
+                &format!("{kind}_{n}"),
+                kind,
+                params(&target),
+                n,
+            )
+            .await;
+            let written = clickhouse(
+                ch,
+                &format!("SELECT count() FROM {DATABASE}.{target} FINAL"),
+            );
+            assert_eq!(written, rows.to_string(), "{target}: rows written");
+            print_row(
+                &format!("bgmigrate, {n} worker(s)"),
+                rows,
+                took,
+                self.reference,
+            );
+        }
+        clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+    }
 }
 
 #[tokio::main]
