@@ -214,17 +214,7 @@ impl ClickHouseRewrite {
         let ends_range = end.is_some() && (found.is_none() || found.as_deref() == end);
         let upto = found.or_else(|| end.map(<[String]>::to_vec));
         let range = order.condition(after, upto.as_deref());
-        let count = format!(
-            "SELECT count() FROM {} WHERE _partition_id = {}{range}",
-            quote_ident(&self.spec.from),
-            quote_literal(partition)
-        );
-        let rows = self.clickhouse.query_rows_with(&count, settings).await?;
-        let rows = rows
-            .first()
-            .and_then(|r| r.first())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let rows = self.count_in(partition, &range, settings).await?;
         self.clickhouse
             .execute_with(&format!("{statement}{range}"), settings)
             .await?;
@@ -233,6 +223,26 @@ impl ClickHouseRewrite {
             upto,
             ends_range,
         })
+    }
+
+    /// The source's rows in `partition` that satisfy `range` (` AND ...`, from [`KeyOrder::condition`]).
+    async fn count_in(
+        &self,
+        partition: &str,
+        range: &str,
+        settings: &[(&str, String)],
+    ) -> Result<u64, ClickHouseError> {
+        let count = format!(
+            "SELECT count() FROM {} WHERE _partition_id = {}{range}",
+            quote_ident(&self.spec.from),
+            quote_literal(partition)
+        );
+        let rows = self.clickhouse.query_rows_with(&count, settings).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// Active partitions of the source with their row counts, in partition id order.

@@ -9,7 +9,6 @@
 //! boundaries only.
 
 use super::{ClickHouseRewrite, RewriteCheckpoint, Split};
-use crate::clickhouse::{quote_ident, quote_literal};
 use crate::kinds::ch_error;
 use crate::kinds::checkpoint::Checkpoint;
 use crate::migration::MigrationError;
@@ -189,14 +188,9 @@ impl ClickHouseRewrite {
                 self.spec.from
             ))
         })?;
-        let sql = format!(
-            "SELECT count() FROM {} WHERE _partition_id = {}{}",
-            quote_ident(&self.spec.from),
-            quote_literal(partition),
-            order.condition(after, upto)
-        );
-        let count = self.clickhouse.query_value(&sql).await.map_err(ch_error)?;
-        Ok(count.parse().unwrap_or(0))
+        self.count_in(partition, &order.condition(after, upto), &[])
+            .await
+            .map_err(ch_error)
     }
 
     /// The checkpoint a range starts at for each cut: after a whole partition, or after the key `offset` rows into
