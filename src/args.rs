@@ -47,7 +47,40 @@ pub struct Args {
     pub clickhouse: crate::clickhouse::limits::QueryLimits,
     /// The WAL compression of a Postgres backfill's batches (`walCompression`).
     pub wal_compression: WalCompression,
+    /// How often a Postgres backfill's batches push the pages they write out to the disk (`flushAfterKb`).
+    pub flush_after: FlushAfter,
     raw: Map<String, Value>,
+}
+
+/// `flushAfterKb`: after how many kB of table pages written out of shared buffers a Postgres backfill's batches
+/// ask the kernel to start writing them to disk (the session's `backend_flush_after`; see
+/// `kinds::backfill::writeback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushAfter {
+    /// Absent (default): [`FlushAfter::DEFAULT_KB`] while the engine yields to the foreground and the server leaves
+    /// it off (its own default), else the server's setting.
+    #[default]
+    Auto,
+    /// `0`: the server's setting, untouched.
+    Server,
+    /// `1` to `2048`: that many kB.
+    Kb(u64),
+}
+
+impl FlushAfter {
+    /// What `Auto` sets: the kernel is asked to write every 256 kB a batch pushes out, as Postgres' own checkpointer
+    /// does (`checkpoint_flush_after` on Linux).
+    pub const DEFAULT_KB: u64 = 256;
+    /// Postgres' range for `backend_flush_after`: 0 to 2 MB.
+    const RANGE: (u64, u64) = (0, 2048);
+
+    fn parse(raw: &Map<String, Value>) -> Result<FlushAfter, ArgsError> {
+        Ok(match read_u64(raw, "flushAfterKb", Self::RANGE)? {
+            None => FlushAfter::Auto,
+            Some(0) => FlushAfter::Server,
+            Some(kb) => FlushAfter::Kb(kb),
+        })
+    }
 }
 
 /// `walCompression`: how a Postgres backfill's batches compress the full-page images they write (see
@@ -178,6 +211,7 @@ impl Args {
             parallelism: read_u64(&raw, "parallelism", PARALLELISM_RANGE)?.unwrap_or(1),
             clickhouse: crate::clickhouse::limits::QueryLimits::parse(&raw)?,
             wal_compression: WalCompression::parse(&raw)?,
+            flush_after: FlushAfter::parse(&raw)?,
             raw,
         })
     }
@@ -332,6 +366,22 @@ mod tests {
             assert!(
                 err.starts_with("args.walCompression must be \"auto\", \"server\", \"pglz\", \"lz4\" or \"zstd\", got"),
                 "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn flush_after_is_auto_by_default_zero_for_the_servers_and_refused_past_two_megabytes() {
+        let flush = |args: Value| Args::parse(&args).map(|a| a.flush_after);
+        assert_eq!(flush(json!({})), Ok(FlushAfter::Auto));
+        assert_eq!(flush(json!({"flushAfterKb": 0})), Ok(FlushAfter::Server));
+        assert_eq!(flush(json!({"flushAfterKb": 512})), Ok(FlushAfter::Kb(512)));
+        for bad in [json!(2049), json!(-1), json!("256kB"), json!(1.5)] {
+            assert_eq!(
+                flush(json!({ "flushAfterKb": bad }))
+                    .unwrap_err()
+                    .to_string(),
+                format!("args.flushAfterKb must be an integer from 0 to 2048, got {bad}")
             );
         }
     }

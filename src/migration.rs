@@ -151,6 +151,10 @@ pub struct Batch<'a> {
     /// the next range starts (rows up to and including its key belong to this range). `None`: the end of the key
     /// space. Only migrations that implement [`Migration::split`] get one.
     pub upper: Option<&'a Value>,
+    /// Whether the engine yields to the foreground for this batch (the store's health check found other sessions
+    /// busy, or blocked by our batches): a kind may then trade speed for the foreground's latency in ways only it
+    /// can (a Postgres backfill has the kernel write its dirty pages as it goes, see `flushAfterKb`).
+    pub yielding: bool,
     checkpointer: &'a Checkpointer<'a>,
     checkpoint: Option<Checkpoint>,
 }
@@ -167,6 +171,7 @@ impl<'a> Batch<'a> {
             state,
             args,
             upper,
+            yielding: false,
             checkpointer,
             checkpoint: None,
         }

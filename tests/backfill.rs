@@ -343,6 +343,110 @@ async fn a_backfill_sets_wal_compression_on_its_own_batches_only() {
     assert_eq!(server, "off", "the server's setting is untouched");
 }
 
+/// `flushAfterKb`: by default the batches ask the kernel to write their dirty pages every 256 kB only while the
+/// engine yields to the foreground (here: another session busy in a statement), and only where the server leaves
+/// `backend_flush_after` off (an operator's value stands); `0` leaves the server's; a number always sets it. All on
+/// the batch's transaction only. The `set` expression reads the setting inside each batch.
+#[tokio::test]
+async fn a_backfill_sets_backend_flush_after_on_its_batches_while_yielding_unless_the_server_has_one()
+ {
+    let db = TestDb::create("flush_after").await;
+    let pool = db.pool().await;
+    for i in 0..7 {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE t{i} (id int PRIMARY KEY, setting text);
+             INSERT INTO t{i} (id) SELECT g FROM generate_series(1, 2500) g;"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // Defines `t{i}`'s backfill with `arg`, runs it to the end, and returns the settings its batches saw.
+    let run = |i: usize, arg: &'static str| {
+        let (db, pool) = (&db, pool.clone());
+        async move {
+            db.define(
+                &format!("000{i}_flush"),
+                &format!(
+                    "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"t{i}\"\nkey = [\"id\"]\n\
+                     set = {{ setting = \"current_setting('backend_flush_after')\" }}\n[args]\nbatchSize = 1000\n{arg}"
+                ),
+            );
+            run_to_end(db).await;
+            let seen: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT DISTINCT setting FROM t{i}"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            seen
+        }
+    };
+
+    // Idle: only an explicit value is set.
+    assert_eq!(run(0, "").await, ["0"], "idle, default");
+    assert_eq!(run(1, "flushAfterKb = 0").await, ["0"]);
+    assert_eq!(run(2, "flushAfterKb = 1024").await, ["1MB"]);
+
+    // A foreground session busy in a statement: the engine yields, and the default sets 256 kB.
+    let busy = BusySession::start(&pool).await;
+    assert_eq!(run(3, "").await, ["256kB"], "yielding, default");
+    assert_eq!(run(4, "flushAfterKb = 0").await, ["0"]);
+    // An operator's value (here the database's, for new sessions) stands under the default.
+    common::psql(&format!(
+        "ALTER DATABASE {} SET backend_flush_after = '512kB'",
+        db.name
+    ));
+    assert_eq!(run(5, "").await, ["512kB"]);
+    assert_eq!(run(6, "flushAfterKb = 1024").await, ["1MB"]);
+    busy.stop(&pool).await;
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM t0 WHERE setting = '0'").await,
+        2500
+    );
+}
+
+/// Another session running one long statement (`pg_sleep`) until stopped: foreground activity, as the throttle's
+/// `foregroundActivePercent` counts it.
+struct BusySession {
+    pid: i32,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BusySession {
+    async fn start(pool: &sqlx::PgPool) -> BusySession {
+        let mut conn = pool.acquire().await.unwrap().detach();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = sqlx::query("SELECT pg_sleep(600)").execute(&mut conn).await;
+        });
+        while scalar(
+            pool,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'"
+            ),
+        )
+        .await
+            == 0
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        BusySession { pid, task }
+    }
+
+    async fn stop(self, pool: &sqlx::PgPool) {
+        sqlx::query("SELECT pg_cancel_backend($1)")
+            .bind(self.pid)
+            .execute(pool)
+            .await
+            .unwrap();
+        self.task.await.unwrap();
+    }
+}
+
 /// A role that may not set `wal_compression` runs with the server's under `"auto"`, and a named method fails the
 /// backfill before any row changes, saying how to grant it.
 #[tokio::test]

@@ -354,6 +354,7 @@ pub(super) async fn stream(
             state: &at.state,
             upper: at.upper.as_ref(),
             args: &args,
+            yielding: after.yielding,
         };
         let (outcome, checkpoint) = throttle
             .during(
@@ -418,6 +419,8 @@ struct Slice<'a> {
     state: &'a Value,
     upper: Option<&'a Value>,
     args: &'a Args,
+    /// Whether the engine yields to the foreground for this batch.
+    yielding: bool,
 }
 
 /// One batch with transient retries. Returns the outcome and its checkpoint, written or still to be written.
@@ -456,6 +459,7 @@ async fn run_one_batch(
             &rate_after,
         );
         let mut batch = Batch::new(slice.state, slice.upper, slice.args, &checkpointer);
+        batch.yielding = slice.yielding;
         let outcome = migration.run_batch(&mut batch).await?;
         let checkpoint = batch.into_checkpoint(&outcome)?;
         Ok((outcome, checkpoint))

@@ -38,6 +38,8 @@ pub(crate) struct AfterBatch {
     pub(crate) waited: bool,
     /// While yielding: the batch duration adaptive sizing aims for instead of `targetBatchMs` (`yieldBatchMs`).
     pub(crate) batch_ms: Option<u64>,
+    /// Whether the migration yields to the foreground for this batch (see [`crate::migration::Batch::yielding`]).
+    pub(crate) yielding: bool,
 }
 
 impl AfterBatch {
@@ -104,6 +106,7 @@ impl Throttle {
                         rest_ratio: 0.0,
                         waited,
                         batch_ms: None,
+                        yielding: false,
                     });
                 }
                 Health::Yield {
@@ -117,13 +120,14 @@ impl Throttle {
                         rest_ratio,
                         waited,
                         batch_ms: (batch_ms > 0).then_some(batch_ms),
+                        yielding: true,
                     });
                 }
                 Health::Hold { signal, reason } => {
                     self.set(leases, lease, Some((reason, signal))).await?;
                     let wait = Duration::from_millis(limits.check_ms);
                     tokio::select! {
-                        _ = stop.cancelled() => return Ok(AfterBatch { rest_ratio: 0.0, waited: true, batch_ms: None }),
+                        _ = stop.cancelled() => return Ok(AfterBatch { rest_ratio: 0.0, waited: true, batch_ms: None, yielding: false }),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     self.count(&lease.name, signal, wait);
@@ -313,6 +317,7 @@ mod tests {
             rest_ratio: 1.0,
             waited: false,
             batch_ms: Some(50),
+            yielding: true,
         };
         let mut adaptive = Args::parse(&json!({})).unwrap();
         yielding.shorten(&mut adaptive);

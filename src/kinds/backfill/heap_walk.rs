@@ -100,7 +100,7 @@ async fn list_keys(
     };
     let quoted = dialect.quote_ident(&list);
 
-    let mut tx = backfill.begin_batch(batch.args).await?;
+    let mut tx = backfill.begin_batch(batch).await?;
     let table = [SqlParam::Text(dialect.quote_ident(&backfill.spec.table))];
     let (table_pages, rows_per_page) = two_numbers(
         tx.fetch_optional_text(BackfillSql::table_shape(), &table)
@@ -244,7 +244,7 @@ async fn walk(
     let position = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let window = [position(from), position(to)];
 
-    let mut tx = backfill.begin_batch(batch.args).await?;
+    let mut tx = backfill.begin_batch(batch).await?;
     let counted = tx
         .fetch_count(&BackfillSql::count_window(&quoted), &window)
         .await;

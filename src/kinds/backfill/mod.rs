@@ -15,6 +15,7 @@ mod heap_walk;
 mod spec;
 mod sql;
 mod wal;
+mod writeback;
 
 use std::sync::Arc;
 
@@ -25,7 +26,6 @@ use tokio::sync::OnceCell;
 
 use super::checkpoint::{Checkpoint, KeyCursor, KeyPosition, range_end};
 use super::keyset;
-use crate::args::Args;
 use crate::migration::{Batch, BatchOutcome, Migration, MigrationError};
 use crate::store::{Dialect, SqlParam, SqlStore, SqlTx, Stores};
 
@@ -63,8 +63,10 @@ impl Backfill {
         }))
     }
 
-    /// Opens a batch's transaction; on Postgres with the WAL compression `args` ask for (see [`wal`]).
-    async fn begin_batch(&self, args: &Args) -> Result<Box<dyn SqlTx>, MigrationError> {
+    /// Opens a batch's transaction; on Postgres with the WAL compression (see [`wal`]) and the writeback of dirty
+    /// pages (see [`writeback`]) that `args` ask for.
+    async fn begin_batch(&self, batch: &Batch<'_>) -> Result<Box<dyn SqlTx>, MigrationError> {
+        let args = batch.args;
         let mut tx = self.store.begin().await?;
         if self.store.dialect() == Dialect::Postgres {
             let server = self
@@ -74,6 +76,7 @@ impl Backfill {
             if let Some(value) = server.value_for(args.wal_compression)? {
                 wal::set_on(tx.as_mut(), value).await?;
             }
+            writeback::set_on(tx.as_mut(), args.flush_after, batch.yielding).await?;
         }
         Ok(tx)
     }
@@ -284,7 +287,7 @@ impl Migration for Backfill {
         tail_params.extend(texts(end.as_deref().unwrap_or_default()));
         let size = batch.args.batch_size;
 
-        let mut tx = self.begin_batch(batch.args).await?;
+        let mut tx = self.begin_batch(batch).await?;
         let mut bound_params = tail_params.clone();
         bound_params.push(SqlParam::Int(i64::try_from(size - 1).unwrap_or(i64::MAX)));
         let upper = tx
