@@ -297,6 +297,19 @@ async fn a_stored_checkpoint_resumes_and_an_unreadable_one_fails_saying_what_to_
     );
 }
 
+/// Tables `t0`..`t{count - 1}` of 2,500 rows each, with a text `column` for a backfill to record a setting in.
+async fn tables_for_a_setting(pool: &sqlx::PgPool, count: usize, column: &str) {
+    for i in 0..count {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE t{i} (id int PRIMARY KEY, {column} text);
+             INSERT INTO t{i} (id) SELECT g FROM generate_series(1, 2500) g;"
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
 /// `walCompression`: by default a superuser's batches compress their WAL with lz4 (`SET LOCAL`, so the server's
 /// setting stays `off` for every other session); `"server"` leaves it; a named method is used. The `set`
 /// expression reads the setting inside each batch.
@@ -305,14 +318,8 @@ async fn a_backfill_sets_wal_compression_on_its_own_batches_only() {
     let db = TestDb::create("wal_compression").await;
     let pool = db.pool().await;
     let cases = [("auto", "lz4"), ("server", "off"), ("zstd", "zstd")];
+    tables_for_a_setting(&pool, cases.len(), "method").await;
     for (i, (choice, _)) in cases.iter().enumerate() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE t{i} (id int PRIMARY KEY, method text);
-             INSERT INTO t{i} (id) SELECT g FROM generate_series(1, 2500) g;"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
         db.define(
             &format!("000{i}_{choice}"),
             &format!(
@@ -352,15 +359,7 @@ async fn a_backfill_sets_backend_flush_after_on_its_batches_while_yielding_unles
  {
     let db = TestDb::create("flush_after").await;
     let pool = db.pool().await;
-    for i in 0..7 {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE t{i} (id int PRIMARY KEY, setting text);
-             INSERT INTO t{i} (id) SELECT g FROM generate_series(1, 2500) g;"
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
+    tables_for_a_setting(&pool, 7, "setting").await;
     // Defines `t{i}`'s backfill with `arg`, runs it to the end, and returns the settings its batches saw.
     let run = |i: usize, arg: &'static str| {
         let (db, pool) = (&db, pool.clone());
