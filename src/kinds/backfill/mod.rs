@@ -32,6 +32,46 @@ use crate::store::{Dialect, SqlParam, SqlStore, SqlTx, Stores};
 pub use self::spec::{BackfillOrder, BackfillSpec};
 pub use self::sql::BackfillSql;
 
+/// A setting a batch's transaction takes for itself (`set_config(name, value, true)`: undone at its commit, other
+/// sessions unaffected).
+pub(super) struct LocalSetting {
+    name: &'static str,
+    value: String,
+    /// Keep the session's value where it is not `'0'` (the off value of a numeric setting): an operator's choice
+    /// for the server, database or role stands.
+    keep_server_value: bool,
+}
+
+impl LocalSetting {
+    /// Sets every one of `settings` on `tx` in one statement (none: no statement).
+    async fn apply(tx: &mut dyn SqlTx, settings: &[LocalSetting]) -> Result<(), MigrationError> {
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let calls: Vec<String> = (1..=settings.len())
+            .zip(settings)
+            .map(|(n, setting)| {
+                let name = format!("'{}'", setting.name);
+                if setting.keep_server_value {
+                    format!(
+                        "set_config({name}, CASE current_setting({name}) WHEN '0' THEN ${n} \
+                         ELSE current_setting({name}) END, true)"
+                    )
+                } else {
+                    format!("set_config({name}, ${n}, true)")
+                }
+            })
+            .collect();
+        let params: Vec<SqlParam> = settings
+            .iter()
+            .map(|setting| SqlParam::Text(setting.value.clone()))
+            .collect();
+        tx.execute(&format!("SELECT {}", calls.join(", ")), &params)
+            .await?;
+        Ok(())
+    }
+}
+
 /// The name definitions use: `kind = "backfill"`.
 pub const KIND: &str = "backfill";
 
@@ -64,7 +104,7 @@ impl Backfill {
     }
 
     /// Opens a batch's transaction; on Postgres with the WAL compression (see [`wal`]) and the writeback of dirty
-    /// pages (see [`writeback`]) that `args` ask for.
+    /// pages (see [`writeback`]) that `args` ask for, set in one statement.
     async fn begin_batch(&self, batch: &Batch<'_>) -> Result<Box<dyn SqlTx>, MigrationError> {
         let args = batch.args;
         let mut tx = self.store.begin().await?;
@@ -73,10 +113,20 @@ impl Backfill {
                 .server_wal
                 .get_or_try_init(|| wal::ServerWal::probe(self.store.as_ref()))
                 .await?;
-            if let Some(value) = server.value_for(args.wal_compression)? {
-                wal::set_on(tx.as_mut(), value).await?;
-            }
-            writeback::set_on(tx.as_mut(), args.flush_after, batch.yielding).await?;
+            let settings: Vec<LocalSetting> = [
+                server
+                    .value_for(args.wal_compression)?
+                    .map(|method| LocalSetting {
+                        name: "wal_compression",
+                        value: method.to_owned(),
+                        keep_server_value: false,
+                    }),
+                writeback::setting(args.flush_after, batch.yielding),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            LocalSetting::apply(tx.as_mut(), &settings).await?;
         }
         Ok(tx)
     }

@@ -10,7 +10,7 @@
 
 use crate::args::WalCompression;
 use crate::migration::MigrationError;
-use crate::store::{SqlParam, SqlStore, SqlTx};
+use crate::store::SqlStore;
 
 /// What the server allows for `wal_compression`, read once per run.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,16 +99,6 @@ impl ServerWal {
             }
         }
     }
-}
-
-/// Sets `value` as the batch transaction's `wal_compression` (until its commit).
-pub(super) async fn set_on(tx: &mut dyn SqlTx, value: &str) -> Result<(), MigrationError> {
-    tx.execute(
-        "SELECT set_config('wal_compression', $1, true)",
-        &[SqlParam::Text(value.to_owned())],
-    )
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

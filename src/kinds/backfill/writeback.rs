@@ -7,9 +7,10 @@
 //! stalls: each foreground commit's WAL flush, and the checkpoint's. That stall, not the WAL volume, was most of
 //! the foreground's p99 during a backfill: with the kernel asked to write every 256 kB as pages are pushed out,
 //! dirty data stayed under 190 MB and the load's p99 fell from 105 to 8.5 ms at 400 tx/s and from 207 to
-//! 11.5 ms at 800 tx/s, at the same backfill speed (see the README's foreground benchmark).
+//! 11.5 ms at 800 tx/s (see the README's foreground benchmark).
 //!
-//! It has a price: the backfill's own process then waits on the disk queue, and the idle backfill took 18 % longer
+//! It has a price: the backfill's own process then waits on the disk queue — under load it kept 15–33 % of its idle
+//! speed with this default against 38–45 % before — and the idle backfill took 18 % longer
 //! (49.5–50.1 s against 41.0–44.2 s over two alternating runs). So by default it is asked for only while the
 //! engine yields to the foreground ([`crate::migration::Batch::yielding`]): on an idle database nobody's commit
 //! waits behind the kernel's writeback, and the kernel's own writeback (within `vm.dirty_expire_centisecs`) drains
@@ -19,35 +20,21 @@
 //! transaction only (`SET LOCAL`, undone at commit), and by default only where the server leaves it off: an
 //! operator's own value stands.
 
+use super::LocalSetting;
 use crate::args::FlushAfter;
-use crate::migration::MigrationError;
-use crate::store::{SqlParam, SqlTx};
 
-/// Sets the batch transaction's `backend_flush_after` as `choice` asks (until its commit); `yielding`: whether the
-/// engine yields to the foreground for this batch.
-pub(super) async fn set_on(
-    tx: &mut dyn SqlTx,
-    choice: FlushAfter,
-    yielding: bool,
-) -> Result<(), MigrationError> {
-    match choice {
-        FlushAfter::Server => return Ok(()),
-        FlushAfter::Auto if !yielding => return Ok(()),
-        FlushAfter::Auto => {
-            tx.execute(
-                "SELECT set_config('backend_flush_after', $1, true) \
-                 WHERE current_setting('backend_flush_after') = '0'",
-                &[SqlParam::Text(format!("{}kB", FlushAfter::DEFAULT_KB))],
-            )
-            .await?
-        }
-        FlushAfter::Kb(kb) => {
-            tx.execute(
-                "SELECT set_config('backend_flush_after', $1, true)",
-                &[SqlParam::Text(format!("{kb}kB"))],
-            )
-            .await?
-        }
+/// The batch transaction's `backend_flush_after` as `choice` asks, or `None` to leave the session's; `yielding`:
+/// whether the engine yields to the foreground for this batch.
+pub(super) fn setting(choice: FlushAfter, yielding: bool) -> Option<LocalSetting> {
+    let (kb, keep_server_value) = match choice {
+        FlushAfter::Server => return None,
+        FlushAfter::Auto if !yielding => return None,
+        FlushAfter::Auto => (FlushAfter::DEFAULT_KB, true),
+        FlushAfter::Kb(kb) => (kb, false),
     };
-    Ok(())
+    Some(LocalSetting {
+        name: "backend_flush_after",
+        value: format!("{kb}kB"),
+        keep_server_value,
+    })
 }
