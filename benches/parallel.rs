@@ -13,12 +13,17 @@
 //! * **clickhouse_rewrite** of a table of one partition (so N workers need key ranges inside it): against one
 //!   plain `INSERT INTO … SELECT … FROM` of the whole table into an identical target.
 //!
+//! Each comparison runs `BGMIGRATE_BENCH_ROUNDS` rounds (default 3), each round the reference and then every worker
+//! count on fresh tables (the targets dropped after each run, so no run shares the server with an earlier run's
+//! merges), and compares medians: on this machine one run of the reference alone varied by 1.6×.
+//!
 //! N workers are N runners in this process (each its own worker id and connections), with `parallelism = N` in
 //! the migration's args; the first claims the migration and splits its key space, the others join. Environment:
 //! `BGMIGRATE_BENCH_PG` (server URL without a database), `BGMIGRATE_BENCH_CH` (ClickHouse HTTP URL),
 //! `BGMIGRATE_BENCH_ROWS` (default 1,000,000), `BGMIGRATE_BENCH_WORKERS` (default `1,2,4`),
 //! `BGMIGRATE_BENCH_ONLY=backfill|copy|rewrite`, `BGMIGRATE_BENCH_BACKFILL_ORDER=key|physical` (the backfill's
-//! `order`) and `BGMIGRATE_BENCH_COPY_ORDER=key|physical` (the copy's `from.order`), both default key.
+//! `order`), `BGMIGRATE_BENCH_COPY_ORDER=key|physical` (the copy's `from.order`), both default key, and
+//! `BGMIGRATE_BENCH_ARGS` (a JSON object of args every migration gets besides `parallelism`; default `{}`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -73,6 +78,15 @@ fn clickhouse(ch: &str, sql: &str) -> String {
 
 /// Registers `params` as migration `name` of `script` with `parallelism = workers`, runs `workers` runners until
 /// it finishes, and returns how long that took.
+/// The args of a run on `workers` workers: `BGMIGRATE_BENCH_ARGS` (checked like any migration's) and `parallelism`.
+fn bench_args(workers: u64) -> Value {
+    let text = env_or("BGMIGRATE_BENCH_ARGS", "{}");
+    let mut args: Value = serde_json::from_str(&text).expect("BGMIGRATE_BENCH_ARGS: a JSON object");
+    args["parallelism"] = json!(workers);
+    bgmigrate::Args::parse(&args).expect("BGMIGRATE_BENCH_ARGS: valid args");
+    args
+}
+
 async fn run_with_workers(
     url: &str,
     ch: Option<&str>,
@@ -90,7 +104,7 @@ async fn run_with_workers(
         name: name.to_owned(),
         script: script.to_owned(),
         params,
-        args: json!({ "parallelism": workers }),
+        args: bench_args(workers),
         depends_on: None,
     };
     connected
@@ -129,47 +143,104 @@ async fn run_with_workers(
     took
 }
 
-fn print_row(label: &str, rows: u64, took: Duration, reference: Duration) {
-    let rate = rows as f64 / took.as_secs_f64();
-    let ref_rate = rows as f64 / reference.as_secs_f64();
-    println!(
-        "  {label:<28} {:>8.2} s {:>10.0} rows/s   {:.2}x the reference",
-        took.as_secs_f64(),
-        rate,
-        rate / ref_rate
-    );
+/// The times of one comparison: the reference's and each worker count's, one per round.
+struct Timings {
+    reference: Vec<Duration>,
+    ours: Vec<(u64, Vec<Duration>)>,
 }
 
-async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str) {
-    let table = |name: &str| {
-        psql(server, DATABASE, &format!(
-            "CREATE TABLE {name} (id text PRIMARY KEY, a int NOT NULL, b int NOT NULL, total int, pad text) \
-             WITH (autovacuum_enabled = false);
-             INSERT INTO {name} SELECT md5(g::text), g % 1000, g % 7, NULL, repeat('x', 250) FROM generate_series(1, {rows}) g"
-        ));
-        psql(server, DATABASE, &format!("VACUUM ANALYZE {name}"));
+/// The median of `times` (the upper one of an even count).
+fn median(times: &[Duration]) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+/// `times` as "a–b s" (fastest–slowest), or one time.
+fn spread(times: &[Duration]) -> String {
+    let (min, max) = (times.iter().min(), times.iter().max());
+    match (min, max) {
+        (Some(min), Some(max)) if times.len() > 1 => {
+            format!("{:.2}–{:.2} s", min.as_secs_f64(), max.as_secs_f64())
+        }
+        _ => format!("{:.2} s", median(times).as_secs_f64()),
+    }
+}
+
+/// Measures `rounds` rounds, each the reference and then every worker count, so a slow moment of the machine
+/// touches both sides of the comparison; the medians are compared. `reference(round)` and `ours(round, n)` each
+/// run once on fresh tables and return the time of the work itself.
+async fn measure(
+    rounds: usize,
+    workers: &[u64],
+    mut reference: impl FnMut(usize) -> Duration,
+    mut ours: impl AsyncFnMut(usize, u64) -> Duration,
+) -> Timings {
+    let mut timings = Timings {
+        reference: Vec::new(),
+        ours: workers.iter().map(|&n| (n, Vec::new())).collect(),
     };
-    table("ref");
-    psql(server, DATABASE, "CHECKPOINT");
-    let started = Instant::now();
-    psql(server, DATABASE, "UPDATE ref SET total = a + b");
-    let reference = started.elapsed();
+    for round in 0..rounds {
+        timings.reference.push(reference(round));
+        for (n, times) in &mut timings.ours {
+            times.push(ours(round, *n).await);
+        }
+    }
+    timings
+}
+
+/// Prints the reference (`what`) and each worker count: median time and rate, the ratio of rates against the
+/// reference's median, and the spread of the rounds.
+fn print_timings(what: &str, rows: u64, timings: &Timings) {
+    let rate = |times: &[Duration]| rows as f64 / median(times).as_secs_f64();
+    let reference = rate(&timings.reference);
     println!(
-        "backfill of {rows} rows (random text key, {order} order): one plain UPDATE {:.2} s ({:.0} rows/s)",
-        reference.as_secs_f64(),
-        rows as f64 / reference.as_secs_f64()
+        "{what}: {:.2} s ({reference:.0} rows/s; {} rounds: {})",
+        median(&timings.reference).as_secs_f64(),
+        timings.reference.len(),
+        spread(&timings.reference)
     );
-    for &n in workers {
+    for (n, times) in &timings.ours {
+        println!(
+            "  bgmigrate, {n} worker(s) {:>8.2} s {:>10.0} rows/s   {:.2}x the reference   (rounds: {})",
+            median(times).as_secs_f64(),
+            rate(times),
+            rate(times) / reference,
+            spread(times)
+        );
+    }
+}
+
+/// Builds the backfill's table `name`: a random text key and ~300-byte rows, vacuumed and analysed.
+fn backfill_table(server: &str, name: &str, rows: u64) {
+    psql(server, DATABASE, &format!(
+        "CREATE TABLE {name} (id text PRIMARY KEY, a int NOT NULL, b int NOT NULL, total int, pad text) \
+         WITH (autovacuum_enabled = false);
+         INSERT INTO {name} SELECT md5(g::text), g % 1000, g % 7, NULL, repeat('x', 250) FROM generate_series(1, {rows}) g"
+    ));
+    psql(server, DATABASE, &format!("VACUUM ANALYZE {name}"));
+    psql(server, DATABASE, "CHECKPOINT");
+}
+
+async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds: usize) {
+    let reference = |_round| {
+        backfill_table(server, "ref", rows);
+        let started = Instant::now();
+        psql(server, DATABASE, "UPDATE ref SET total = a + b");
+        let took = started.elapsed();
+        psql(server, DATABASE, "DROP TABLE ref");
+        took
+    };
+    let ours = async |round: usize, n: u64| {
         let name = format!("ours_{n}");
-        table(&name);
-        psql(server, DATABASE, "CHECKPOINT");
+        backfill_table(server, &name, rows);
         let params = json!({
             "store": "postgres", "table": name, "key": ["id"], "order": order, "set": {"total": "a + b"},
         });
         let took = run_with_workers(
             &format!("{server}/{DATABASE}"),
             None,
-            &format!("backfill_{n}"),
+            &format!("backfill_{n}_{round}"),
             "backfill",
             params,
             n,
@@ -181,11 +252,18 @@ async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str) {
             &format!("SELECT count(*) FROM {name} WHERE total IS DISTINCT FROM a + b"),
         );
         assert_eq!(wrong, "0", "{name}: rows left wrong");
-        print_row(&format!("bgmigrate, {n} worker(s)"), rows, took, reference);
-    }
+        psql(server, DATABASE, &format!("DROP TABLE {name}"));
+        took
+    };
+    let timings = measure(rounds, workers, reference, ours).await;
+    print_timings(
+        &format!("backfill of {rows} rows (random text key, {order} order): one plain UPDATE"),
+        rows,
+        &timings,
+    );
 }
 
-async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str) {
+async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str, rounds: usize) {
     psql(server, DATABASE, &format!(
         "CREATE TABLE traces (id text PRIMARY KEY, project_id text NOT NULL, payload text, latency double precision);
          INSERT INTO traces SELECT md5(g::text), 'project-' || (g % 100), repeat('lorem ipsum ', 12) || g, g * 0.001
@@ -194,41 +272,46 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str) {
     psql(server, DATABASE, "VACUUM ANALYZE traces");
     clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
     clickhouse(ch, &format!("CREATE DATABASE {DATABASE}"));
-    clickhouse(ch, &format!("CREATE TABLE {DATABASE}.pipe {CH_TABLE}"));
-    let insert = format!("{ch}/?query=INSERT%20INTO%20{DATABASE}.pipe%20FORMAT%20TabSeparated");
-    let started = Instant::now();
-    let status = Command::new("bash")
-        .args(["-o", "pipefail", "-c", &format!(
-            // `-T -` streams: `--data-binary @-` would read all of psql's output into memory before sending it
-            // (out of memory at 10,000,000 rows) and keep psql and ClickHouse from working at the same time.
-            "psql '{server}/{DATABASE}' -c 'COPY traces TO STDOUT' | curl -sS --fail-with-body -X POST -T - '{insert}'"
-        )])
-        .status()
-        .expect("pipe");
-    let reference = started.elapsed();
-    assert!(status.success(), "the reference pipe failed");
-    assert_eq!(
-        clickhouse(ch, &format!("SELECT count() FROM {DATABASE}.pipe")),
-        rows.to_string(),
-        "the reference pipe moved every row"
-    );
-    let into = ClickHouseRuns::after(
-        (server, ch, rows),
-        reference,
+    let targets = Targets { server, ch, rows };
+    let reference = |_round| {
+        targets.fresh("pipe");
+        let insert = format!("{ch}/?query=INSERT%20INTO%20{DATABASE}.pipe%20FORMAT%20TabSeparated");
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .args(["-o", "pipefail", "-c", &format!(
+                // `-T -` streams: `--data-binary @-` would read all of psql's output into memory before sending it
+                // (out of memory at 10,000,000 rows) and keep psql and ClickHouse from working at the same time.
+                "psql '{server}/{DATABASE}' -c 'COPY traces TO STDOUT' | curl -sS --fail-with-body -X POST -T - '{insert}'"
+            )])
+            .status()
+            .expect("pipe");
+        let took = started.elapsed();
+        assert!(status.success(), "the reference pipe failed");
+        targets.check_and_drop("pipe", "");
+        took
+    };
+    let ours = async |round: usize, n: u64| {
+        targets
+            .run("copy", round, n, |target| {
+                json!({
+                    "from": {"store": "postgres", "table": "traces", "key": ["id"], "order": order},
+                    "to": {"store": "clickhouse", "table": target},
+                })
+            })
+            .await
+    };
+    let timings = measure(rounds, workers, reference, ours).await;
+    clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+    print_timings(
         &format!(
             "copy of {rows} rows (random md5 keys, {order} order) into ClickHouse: raw psql COPY | curl pipe"
         ),
+        rows,
+        &timings,
     );
-    into.run(workers, "copy", |target| {
-        json!({
-            "from": {"store": "postgres", "table": "traces", "key": ["id"], "order": order},
-            "to": {"store": "clickhouse", "table": target},
-        })
-    })
-    .await;
 }
 
-async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64]) {
+async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64], rounds: usize) {
     clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
     clickhouse(ch, &format!("CREATE DATABASE {DATABASE}"));
     clickhouse(
@@ -252,79 +335,90 @@ async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64]) {
         &format!("SELECT uniqExact(_partition_id) FROM {DATABASE}.src"),
     );
     assert_eq!(partitions, "1", "the source is one partition");
-    clickhouse(ch, &format!("CREATE TABLE {DATABASE}.plain {CH_TABLE}"));
-    let started = Instant::now();
-    clickhouse(
-        ch,
-        &format!("INSERT INTO {DATABASE}.plain SELECT * FROM {DATABASE}.src"),
-    );
-    let reference = started.elapsed();
-    let into = ClickHouseRuns::after(
-        (server, ch, rows),
-        reference,
+    let targets = Targets { server, ch, rows };
+    let reference = |_round| {
+        targets.fresh("plain");
+        let started = Instant::now();
+        clickhouse(
+            ch,
+            &format!("INSERT INTO {DATABASE}.plain SELECT * FROM {DATABASE}.src"),
+        );
+        let took = started.elapsed();
+        targets.check_and_drop("plain", "");
+        took
+    };
+    let ours = async |round: usize, n: u64| {
+        targets
+            .run(
+                "clickhouse_rewrite",
+                round,
+                n,
+                |target| json!({"store": "clickhouse", "from": "src", "to": target}),
+            )
+            .await
+    };
+    let timings = measure(rounds, workers, reference, ours).await;
+    clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+    print_timings(
         &format!("rewrite of {rows} rows in one partition: one plain INSERT ... SELECT"),
+        rows,
+        &timings,
     );
-    into.run(
-        workers,
-        "clickhouse_rewrite",
-        |target| json!({"store": "clickhouse", "from": "src", "to": target}),
-    )
-    .await;
 }
 
-/// Runs of a migration that writes a fresh ClickHouse table per worker count, beside one reference.
-struct ClickHouseRuns<'a> {
+/// The ClickHouse tables a comparison writes, one per run: each is created empty before its run and dropped
+/// after it (once its rows are counted), so no run shares the server with an earlier run's background merges.
+struct Targets<'a> {
     server: &'a str,
     ch: &'a str,
     rows: u64,
-    reference: Duration,
 }
 
-impl<'a> ClickHouseRuns<'a> {
-    /// Prints the reference (`what`, its time and rate) and returns the runs to measure beside it.
-    fn after((server, ch, rows): (&'a str, &'a str, u64), reference: Duration, what: &str) -> Self {
-        println!(
-            "{what} {:.2} s ({:.0} rows/s)",
-            reference.as_secs_f64(),
-            rows as f64 / reference.as_secs_f64()
+impl Targets<'_> {
+    /// Creates the empty target `name` after a Postgres `CHECKPOINT`, so no run inherits the dirty pages of the
+    /// one before.
+    fn fresh(&self, name: &str) {
+        psql(self.server, DATABASE, "CHECKPOINT");
+        clickhouse(
+            self.ch,
+            &format!("CREATE TABLE {DATABASE}.{name} {CH_TABLE}"),
         );
-        ClickHouseRuns {
-            server,
-            ch,
-            rows,
-            reference,
-        }
     }
 
-    /// For each worker count: creates `ours_N`, runs `kind` with the params `params(target)` on N workers, checks
-    /// that every row arrived once (`FINAL`) and prints the row; then drops the benchmark's ClickHouse database.
-    async fn run(&self, workers: &[u64], kind: &str, params: impl Fn(&str) -> Value) {
-        let (ch, rows) = (self.ch, self.rows);
-        for &n in workers {
-            let target = format!("ours_{n}");
-            clickhouse(ch, &format!("CREATE TABLE {DATABASE}.{target} {CH_TABLE}"));
-            let took = run_with_workers(
-                &format!("{}/{DATABASE}", self.server),
-                Some(&format!("{ch}/{DATABASE}")),
-                &format!("{kind}_{n}"),
-                kind,
-                params(&target),
-                n,
-            )
-            .await;
-            let written = clickhouse(
-                ch,
-                &format!("SELECT count() FROM {DATABASE}.{target} FINAL"),
-            );
-            assert_eq!(written, rows.to_string(), "{target}: rows written");
-            print_row(
-                &format!("bgmigrate, {n} worker(s)"),
-                rows,
-                took,
-                self.reference,
-            );
-        }
-        clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
+    /// Checks that `name` holds every row once (read with `modifier`, e.g. `FINAL`), then drops it.
+    fn check_and_drop(&self, name: &str, modifier: &str) {
+        assert_eq!(
+            clickhouse(
+                self.ch,
+                &format!("SELECT count() FROM {DATABASE}.{name} {modifier}")
+            ),
+            self.rows.to_string(),
+            "{name}: every row written once"
+        );
+        clickhouse(self.ch, &format!("DROP TABLE {DATABASE}.{name}"));
+    }
+
+    /// Runs `kind` with the params `params(target)` on `n` workers into a fresh target; its time.
+    async fn run(
+        &self,
+        kind: &str,
+        round: usize,
+        n: u64,
+        params: impl Fn(&str) -> Value,
+    ) -> Duration {
+        let target = format!("ours_{n}");
+        self.fresh(&target);
+        let took = run_with_workers(
+            &format!("{}/{DATABASE}", self.server),
+            Some(&format!("{}/{DATABASE}", self.ch)),
+            &format!("{kind}_{n}_{round}"),
+            kind,
+            params(&target),
+            n,
+        )
+        .await;
+        self.check_and_drop(&target, "FINAL");
+        took
     }
 }
 
@@ -350,6 +444,11 @@ async fn main() {
         })
         .collect();
     let only = env_or("BGMIGRATE_BENCH_ONLY", "");
+    let rounds: usize = env_or("BGMIGRATE_BENCH_ROUNDS", "3")
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+        .expect("BGMIGRATE_BENCH_ROUNDS: a positive count");
     psql(
         &server,
         "postgres",
@@ -362,14 +461,14 @@ async fn main() {
     );
     if only.is_empty() || only == "backfill" {
         let order = env_or("BGMIGRATE_BENCH_BACKFILL_ORDER", "key");
-        backfill(&server, rows, &workers, &order).await;
+        backfill(&server, rows, &workers, &order, rounds).await;
     }
     if only.is_empty() || only == "copy" {
         let order = env_or("BGMIGRATE_BENCH_COPY_ORDER", "key");
-        copy(&server, &ch, rows, &workers, &order).await;
+        copy(&server, &ch, rows, &workers, &order, rounds).await;
     }
     if only.is_empty() || only == "rewrite" {
-        rewrite(&server, &ch, rows, &workers).await;
+        rewrite(&server, &ch, rows, &workers, rounds).await;
     }
     psql(
         &server,

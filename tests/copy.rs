@@ -200,6 +200,48 @@ async fn a_copy_moves_every_row_exactly_including_nulls_unicode_arrays_and_20_mb
     assert!(batches.iter().all(|b| b.rows <= 700));
 }
 
+/// A key range cannot close at the byte budget (its rows come in heap order), so when `batchSize` rows outgrow
+/// `maxBatchBytes` the first range is read again in key order up to the budget, and every later range is cut to
+/// the rows that fit three quarters of it at the size just measured — instead of the whole copy turning to key
+/// order, as adaptive batch sizes past the budget once made it do. The copy is exact.
+#[tokio::test]
+async fn key_ranges_are_cut_to_the_rows_that_fit_max_batch_bytes_and_the_copy_is_exact() {
+    let traces = Traces::create("copy_range_budget", 3_000, CH_TRACES).await;
+    traces
+        .pg("UPDATE traces SET input = jsonb_build_object('pad', repeat('x', 2000) || id)")
+        .await;
+    traces.pg("VACUUM ANALYZE traces").await;
+    let name = "20241024_1730_copy_traces";
+    let budget: i64 = 1024 * 1024;
+    let (connected, record) = traces
+        .run(
+            name,
+            &copy_definition(
+                "[\"id\"]",
+                &format!("batchSize = 1000\nmaxBatchBytes = {budget}"),
+            ),
+        )
+        .await;
+
+    assert_finished(&record);
+    traces.assert_exact(3_000).await;
+    let mut batches = connected.control.batches(name, 100).await.unwrap();
+    batches.sort_by_key(|b| b.started_at);
+    let sizes: Vec<(i64, i64)> = batches.iter().map(|b| (b.rows, b.bytes)).collect();
+    assert!(sizes.len() >= 5, "several batches: {sizes:?}");
+    let (first, ranges) = (sizes[0], &sizes[1..sizes.len() - 1]);
+    assert!(
+        first.1 > budget * 9 / 10 && first.1 <= budget && first.0 < 1000,
+        "the first range outgrew the budget and was read again in key order, up to it: {sizes:?}"
+    );
+    assert!(
+        ranges
+            .iter()
+            .all(|&(_, bytes)| bytes > budget * 6 / 10 && bytes < budget * 85 / 100),
+        "later batches are whole ranges of the rows that fit three quarters of the budget: {sizes:?}"
+    );
+}
+
 /// A composite key whose first column repeats 1,000 times per value (the original system's endless loop) walks
 /// to the end with batches smaller than a group of equal timestamps.
 #[tokio::test]

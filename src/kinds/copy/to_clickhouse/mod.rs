@@ -25,7 +25,7 @@ mod sqlite_rows;
 mod sqlite_values;
 mod verify;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -125,8 +125,11 @@ pub struct CopyPlan {
     /// Set for a walk in physical order.
     physical: Option<PhysicalWalk>,
     /// Whether key-order batches are read as key ranges: a Postgres table source (its key has an index to find a
-    /// range's end on), until a range could not be read whole (see [`key_range`]).
+    /// range's end on), until rows were added to a range while it was read (see [`key_range`]).
     ranged: AtomicBool,
+    /// The average `RowBinary` size of a row in the last key-order batch (0 before the first): key ranges are cut
+    /// to the rows that fit `maxBatchBytes` at that size (see [`key_range`]).
+    row_bytes: AtomicU64,
 }
 
 impl CopyPlan {
@@ -237,6 +240,7 @@ impl ClickHouseCopy {
                 matches!(self.source, Reader::Postgres(_))
                     && matches!(from.relation, Relation::Table(_)),
             ),
+            row_bytes: AtomicU64::new(0),
         };
         if self.spec.verify
             && let Some(column) = plan
