@@ -180,6 +180,14 @@ impl<'a> Batch<'a> {
     /// Commits the batch's transaction `tx`. When `tx`'s database also holds the control table, the checkpoint is
     /// written in the same transaction (exactly-once); otherwise the engine writes it right after the commit
     /// (at-least-once: the kind's writes must be idempotent). The one place that asks where a checkpoint goes.
+    ///
+    /// A transaction that carries its checkpoint commits without waiting for the disk ([`SqlTx::commit_unflushed`]):
+    /// a server crash can only lose it whole, batch and checkpoint together, and the engine reads the checkpoint
+    /// again before every batch, so the lost batch is simply done again (any later commit that waits for the disk,
+    /// such as the next lease renewal, flushes it too). Waiting for each batch's WAL flush cost an idle
+    /// 3,000,000-row backfill 4–7 % of its time. Two commits still wait: the last batch's, because the migration
+    /// is marked finished on it, and one whose checkpoint is written elsewhere after it, which needs the batch on
+    /// disk first.
     pub async fn commit(
         &mut self,
         mut tx: Box<dyn SqlTx>,
@@ -191,11 +199,16 @@ impl<'a> Batch<'a> {
             cp.control
                 .write_checkpoint_in(tx.as_mut(), cp.lease, &commit)
                 .await?;
+            if outcome.done {
+                tx.commit().await?;
+            } else {
+                tx.commit_unflushed().await?;
+            }
             Checkpoint::Written(commit)
         } else {
+            tx.commit().await?;
             Checkpoint::Pending(commit)
         };
-        tx.commit().await?;
         self.checkpoint = Some(checkpoint);
         Ok(())
     }

@@ -297,6 +297,65 @@ async fn a_stored_checkpoint_resumes_and_an_unreadable_one_fails_saying_what_to_
     );
 }
 
+/// A batch whose checkpoint is written in its own transaction commits without waiting for the disk
+/// (`synchronous_commit = off` for that transaction only: a crash can lose batch and checkpoint only together),
+/// except the last batch, on which the migration is marked finished. A deferred trigger reads the setting at each
+/// batch's commit, after everything the batch itself ran.
+#[tokio::test]
+async fn a_backfill_commits_its_batches_without_waiting_for_the_disk_except_the_last() {
+    let db = TestDb::create("unflushed_commit").await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 4500) g;
+         CREATE TABLE commits (xid bigint PRIMARY KEY, synchronous_commit text NOT NULL, rows int NOT NULL);
+         CREATE FUNCTION note_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO commits VALUES (txid_current(), current_setting('synchronous_commit'), 1)
+             ON CONFLICT (xid) DO UPDATE SET rows = commits.rows + 1;
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER note_commit AFTER UPDATE ON t DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION note_commit();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    db.define(
+        "0001_v",
+        "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"t\"\nkey = [\"id\"]\n\
+         set = { v = \"id * 2\" }\n[args]\nbatchSize = 1000",
+    );
+    run_to_end(&db).await;
+
+    assert_eq!(db.status_of("0001_v").await, Status::Finished);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM t WHERE v IS DISTINCT FROM id * 2"
+        )
+        .await,
+        0
+    );
+    let commits: Vec<(String, i32)> =
+        sqlx::query_as("SELECT synchronous_commit, rows FROM commits ORDER BY xid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let off = ("off".to_owned(), 1000);
+    assert_eq!(
+        commits,
+        [
+            off.clone(),
+            off.clone(),
+            off.clone(),
+            off,
+            ("on".to_owned(), 500)
+        ],
+        "four batches commit without waiting for the disk, the last one waits"
+    );
+}
+
 /// Tables `t0`..`t{count - 1}` of 2,500 rows each, with a text `column` for a backfill to record a setting in.
 async fn tables_for_a_setting(pool: &sqlx::PgPool, count: usize, column: &str) {
     for i in 0..count {

@@ -273,6 +273,12 @@ pub trait SqlTx: Send {
     async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError>;
     /// Commits.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// Commits without waiting for the commit to reach the disk: Postgres with `synchronous_commit = off` for this
+    /// transaction (its WAL writer flushes it within a fraction of a second); SQLite as [`SqlTx::commit`], which
+    /// in WAL mode with `synchronous = NORMAL` does not wait for the disk either. A server crash may then lose the
+    /// transaction, whole and with everything committed after it, never in part: only for a transaction that
+    /// carries its own checkpoint (see [`crate::migration::Batch::commit`]).
+    async fn commit_unflushed(self: Box<Self>) -> Result<(), StoreError>;
     /// The database this transaction works in: where it can also carry the control table's checkpoint.
     fn database(&self) -> &DatabaseId;
 }

@@ -149,7 +149,13 @@ impl PgTx {
     }
 }
 
-super::sqlx_tx::sql_tx_over_sqlx!(PgTx, Postgres, sqlx::postgres::PgArguments, bind_text_array);
+super::sqlx_tx::sql_tx_over_sqlx!(
+    PgTx,
+    Postgres,
+    sqlx::postgres::PgArguments,
+    bind_text_array,
+    Some("SET LOCAL synchronous_commit = off")
+);
 
 /// Binds a list of texts as one `text[]` parameter.
 fn bind_text_array<'q>(

@@ -245,7 +245,8 @@ super::sqlx_tx::sql_tx_over_sqlx!(
     SqliteTx,
     Sqlite,
     sqlx::sqlite::SqliteArguments,
-    bind_text_array
+    bind_text_array,
+    None
 );
 
 /// Binds a list of texts as its JSON text (SQLite has no arrays; `json_each(?n)` reads it in C, one parameter

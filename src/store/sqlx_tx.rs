@@ -4,9 +4,10 @@
 
 /// Implements [`SqlTx`](super::SqlTx) for `$tx`, a struct whose `tx` field is a `sqlx::Transaction<'static, $db>`
 /// and whose `database` field is its store's [`DatabaseId`](super::DatabaseId) (`$args`: the driver's argument
-/// buffer; `$bind_array`: how the driver binds a [`SqlParam::TextArray`](super::SqlParam::TextArray)).
+/// buffer; `$bind_array`: how the driver binds a [`SqlParam::TextArray`](super::SqlParam::TextArray);
+/// `$unflushed`: the statement, if any, that makes the transaction's commit not wait for the disk).
 macro_rules! sql_tx_over_sqlx {
-    ($tx:ty, $db:ty, $args:ty, $bind_array:path) => {
+    ($tx:ty, $db:ty, $args:ty, $bind_array:path, $unflushed:expr) => {
         fn bind_all<'q>(
             mut query: ::sqlx::query::Query<'q, $db, $args>,
             params: &'q [$crate::store::SqlParam],
@@ -110,6 +111,19 @@ macro_rules! sql_tx_over_sqlx {
                     .commit()
                     .await
                     .map_err($crate::store::StoreError::sql("commit the batch"))
+            }
+
+            async fn commit_unflushed(
+                mut self: Box<Self>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let unflushed: Option<&str> = $unflushed;
+                if let Some(statement) = unflushed {
+                    ::sqlx::query(statement)
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err($crate::store::StoreError::running(statement))?;
+                }
+                self.commit().await
             }
 
             fn database(&self) -> &$crate::store::DatabaseId {
