@@ -6,7 +6,7 @@
 //!    last listing batch closes the list: it collects the range's rows written since the sweep began (`xmin` no
 //!    older than the oldest transaction running when it began; every other row stayed on its page throughout and
 //!    was seen once), lists those whose keys are missing and drops every second entry of theirs. Each key present
-//!    then is listed exactly once.
+//!    then is listed exactly once, and the close indexes the list by page for the walk.
 //! 2. **Walking**: batches update the rows listed for a window of pages, through the key's index. Each page is then
 //!    changed by one batch: its full-page image goes into the WAL once, not once per row. A row that moved since
 //!    it was listed (our own updates and the application's move rows) is still updated once, through its key.
@@ -111,8 +111,6 @@ async fn list_keys(
         None => {
             tx.execute(&statements.create_key_list(&quoted), &[])
                 .await?;
-            tx.execute(&BackfillSql::index_key_list(&quoted), &[])
-                .await?;
             let horizon = tx
                 .fetch_optional_text(BackfillSql::sweep_horizon(), &[])
                 .await?
@@ -162,6 +160,8 @@ async fn list_keys(
         tx.execute(&BackfillSql::list_missed(&quoted, arity), &[])
             .await?;
         tx.execute(&BackfillSql::drop_listed_twice(&quoted, arity), &[])
+            .await?;
+        tx.execute(&BackfillSql::index_key_list(dialect, &list, &quoted), &[])
             .await?;
         let (listed, pages) = two_numbers(
             tx.fetch_optional_text(&BackfillSql::list_extent(&quoted), &[])

@@ -5,9 +5,11 @@
 //!
 //! The list holds `bgm_page` and the key columns as `bgm_k0..`, so `set` and `where` expressions naming the table's
 //! columns stay unambiguous in the walk's `UPDATE ... FROM`. A b-tree on `bgm_page` finds a window of pages; the
-//! sweep appends in page order, so it grows at its right edge.
+//! close builds it in one pass over the finished list, because keeping it up to date through the sweep cost more:
+//! listing 3,000,000 keys took 3.6–4.1 s with the index in place, 2.1–2.3 s without it plus 0.44 s to build it.
 
 use super::BackfillSql;
+use crate::store::Dialect;
 
 /// The alias of the key list in the walk's `UPDATE ... FROM`.
 const LIST_ALIAS: &str = "bgm_list";
@@ -22,9 +24,12 @@ impl BackfillSql {
         )
     }
 
-    /// Indexes the list by page, for the walk's windows.
-    pub fn index_key_list(list: &str) -> String {
-        format!("CREATE INDEX ON {list} (bgm_page)")
+    /// Indexes the list `list` (its name, unquoted; `quoted`: quoted) by page, for the walk's windows, unless it
+    /// is already (a list created by an earlier version, which indexed it at once, under the name Postgres gave).
+    pub fn index_key_list(dialect: Dialect, list: &str, quoted: &str) -> String {
+        let table = list.rsplit_once('.').map_or(list, |(_, table)| table);
+        let index = dialect.quote_ident(&format!("{table}_bgm_page_idx"));
+        format!("CREATE INDEX IF NOT EXISTS {index} ON {quoted} (bgm_page)")
     }
 
     /// The table's size in pages and its rows per page as last analysed (0 if never), as text. Param: the table's
@@ -191,6 +196,18 @@ impl BackfillSql {
 mod tests {
     use super::super::tests::composite;
     use super::*;
+
+    #[test]
+    fn the_list_is_indexed_by_page_under_the_name_earlier_versions_gave_it() {
+        assert_eq!(
+            BackfillSql::index_key_list(
+                Dialect::Postgres,
+                "app.bgmigrate_keys_0a",
+                "\"app\".\"bgmigrate_keys_0a\""
+            ),
+            "CREATE INDEX IF NOT EXISTS \"bgmigrate_keys_0a_bgm_page_idx\" ON \"app\".\"bgmigrate_keys_0a\" (bgm_page)"
+        );
+    }
 
     #[test]
     fn the_list_takes_the_key_columns_types_from_the_table() {
