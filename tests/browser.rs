@@ -438,7 +438,15 @@ async fn invalid_args_are_refused_with_the_error_next_to_the_field() {
     field.clear().await.unwrap();
     field.send_keys("abc").await.unwrap();
     click(&client, Locator::Css("form.args button[type=submit]")).await;
-    let error = text(&client, "[data-error-for=batchSize]").await;
+    // The field's error span is on the page before the post too, empty: wait for the answer's.
+    let error = wait_for_text(
+        &client,
+        "[data-error-for=batchSize]",
+        "the post's answer names the error",
+        Duration::from_secs(10),
+        |text| !text.is_empty(),
+    )
+    .await;
     assert_eq!(
         error,
         "args.batchSize must be an integer from 1 to 10000000, got \"abc\""
