@@ -9,9 +9,9 @@
 //!   over batches). By Little's law that is its arrival rate times its latency — the share of the server it wants
 //!   right when we compete with it. While yielding, the rest after a batch is `yieldPercent` of the batch's time
 //!   *per busy foreground session* (at least one), and batches aim for `yieldBatchMs` divided by the same
-//!   pressure: under a light load the backfill takes turns with the foreground 1:1 (as measured good at 100 and
-//!   400 tx/s), under a heavy one it runs shorter batches less often, so fewer transactions queue behind one batch
-//!   and the queue drains between batches. A batch that blocked the foreground halves the next yield batch's
+//!   pressure: under a light load the backfill rests half as long as each batch (the default `yieldPercent` 50;
+//!   1:1, with 100, was measured first and kept the same p99 at less speed), under a heavy one it runs shorter
+//!   batches less often, so fewer transactions queue behind one batch and the queue drains between batches. A batch that blocked the foreground halves the next yield batch's
 //!   duration again (down to 1/16), and each batch that blocked no one lets it grow back by 20 % (GitLab's
 //!   optimizer step).
 
@@ -28,7 +28,7 @@ const SMOOTHING: f64 = 0.3;
 /// migration flipped back to full-length batches and their lock waits (the foreground benchmark at 100 tx/s: p99
 /// 4.2x with flipping).
 pub(crate) const LINGER: Duration = Duration::from_secs(10);
-/// The most pressure counted: at 8 busy sessions the backfill already rests 8x its batch time (`yieldPercent` 100);
+/// The most pressure counted: at 8 busy sessions the backfill already rests 4x its batch time (`yieldPercent` 50);
 /// beyond that the foreground is past what any pacing of ours can help, and the migration still moves.
 const MAX_PRESSURE: f64 = 8.0;
 /// The smallest factor the yield batch's duration shrinks to after batches that blocked the foreground.
@@ -198,10 +198,10 @@ mod tests {
         }
     }
 
-    /// Under a light load (less than one busy session while we run) the yield is the 1:1 duty cycle measured good
-    /// at 100 and 400 tx/s: rest as long as the batch, batches of `yieldBatchMs`.
+    /// Under a light load (less than one busy session while we run) the yield rests `yieldPercent` (50) % of each
+    /// batch's time, with batches of `yieldBatchMs`.
     #[tokio::test(start_paused = true)]
-    async fn a_light_load_takes_turns_one_to_one() {
+    async fn a_light_load_rests_half_of_each_batch() {
         let limits = Limits::default();
         let mut pressure = Pressure::default();
         let mut verdict = None;
@@ -213,7 +213,7 @@ mod tests {
             });
             verdict = pressure.before_batch(1, &limits, Instant::now());
         }
-        assert_eq!(yield_of(verdict), ("foreground_load", 1.0, 50));
+        assert_eq!(yield_of(verdict), ("foreground_load", 0.5, 50));
     }
 
     /// The rest grows and the batch shrinks in proportion to the sessions busy while our batches run, up to 8.
@@ -225,14 +225,18 @@ mod tests {
         let (_, rest, ms) = yield_of(pressure.before_batch(1, &limits, Instant::now()));
         assert_eq!(
             (rest, ms),
-            (3.0, 17),
-            "3 busy sessions: rest 3x, 50/3 ms batches"
+            (1.5, 17),
+            "3 busy sessions: rest 3 x 50 %, 50/3 ms batches"
         );
         for _ in 0..30 {
             batch(&mut pressure, 40, 0);
         }
         let (_, rest, ms) = yield_of(pressure.before_batch(1, &limits, Instant::now()));
-        assert_eq!((rest, ms), (8.0, 10), "capped at 8, never under 10 ms");
+        assert_eq!(
+            (rest, ms),
+            (4.0, 10),
+            "capped at 8 x 50 %, never under 10 ms"
+        );
         let doubled = Limits {
             yield_percent: 200,
             ..Limits::default()
@@ -250,7 +254,7 @@ mod tests {
         let mut pressure = Pressure::default();
         batch(&mut pressure, 1, 1);
         let (signal, rest, ms) = yield_of(pressure.before_batch(0, &limits, Instant::now()));
-        assert_eq!((signal, rest, ms), ("blocked_by_batch", 1.0, 25));
+        assert_eq!((signal, rest, ms), ("blocked_by_batch", 0.5, 25));
         batch(&mut pressure, 1, 1);
         assert_eq!(
             yield_of(pressure.before_batch(0, &limits, Instant::now())).2,
