@@ -273,22 +273,20 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str, r
     clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
     clickhouse(ch, &format!("CREATE DATABASE {DATABASE}"));
     let targets = Targets { server, ch, rows };
+    let insert = format!("{ch}/?query=INSERT%20INTO%20{DATABASE}.pipe%20FORMAT%20TabSeparated");
     let reference = |_round| {
-        targets.fresh("pipe");
-        let insert = format!("{ch}/?query=INSERT%20INTO%20{DATABASE}.pipe%20FORMAT%20TabSeparated");
-        let started = Instant::now();
-        let status = Command::new("bash")
-            .args(["-o", "pipefail", "-c", &format!(
-                // `-T -` streams: `--data-binary @-` would read all of psql's output into memory before sending it
-                // (out of memory at 10,000,000 rows) and keep psql and ClickHouse from working at the same time.
-                "psql '{server}/{DATABASE}' -c 'COPY traces TO STDOUT' | curl -sS --fail-with-body -X POST -T - '{insert}'"
-            )])
-            .status()
-            .expect("pipe");
-        let took = started.elapsed();
-        assert!(status.success(), "the reference pipe failed");
-        targets.check_and_drop("pipe", "");
-        took
+        targets.reference("pipe", || {
+            let status = Command::new("bash")
+                .args(["-o", "pipefail", "-c", &format!(
+                    // `-T -` streams: `--data-binary @-` would read all of psql's output into memory before
+                    // sending it (out of memory at 10,000,000 rows) and keep psql and ClickHouse from working at
+                    // the same time.
+                    "psql '{server}/{DATABASE}' -c 'COPY traces TO STDOUT' | curl -sS --fail-with-body -X POST -T - '{insert}'"
+                )])
+                .status()
+                .expect("pipe");
+            assert!(status.success(), "the reference pipe failed");
+        })
     };
     let ours = async |round: usize, n: u64| {
         targets
@@ -337,15 +335,12 @@ async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64], rounds: usi
     assert_eq!(partitions, "1", "the source is one partition");
     let targets = Targets { server, ch, rows };
     let reference = |_round| {
-        targets.fresh("plain");
-        let started = Instant::now();
-        clickhouse(
-            ch,
-            &format!("INSERT INTO {DATABASE}.plain SELECT * FROM {DATABASE}.src"),
-        );
-        let took = started.elapsed();
-        targets.check_and_drop("plain", "");
-        took
+        targets.reference("plain", || {
+            clickhouse(
+                ch,
+                &format!("INSERT INTO {DATABASE}.plain SELECT * FROM {DATABASE}.src"),
+            );
+        })
     };
     let ours = async |round: usize, n: u64| {
         targets
@@ -396,6 +391,16 @@ impl Targets<'_> {
             "{name}: every row written once"
         );
         clickhouse(self.ch, &format!("DROP TABLE {DATABASE}.{name}"));
+    }
+
+    /// Times `fill` writing the reference's rows into a fresh target `name`, which is then checked and dropped.
+    fn reference(&self, name: &str, fill: impl FnOnce()) -> Duration {
+        self.fresh(name);
+        let started = Instant::now();
+        fill();
+        let took = started.elapsed();
+        self.check_and_drop(name, "");
+        took
     }
 
     /// Runs `kind` with the params `params(target)` on `n` workers into a fresh target; its time.

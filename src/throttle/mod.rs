@@ -90,8 +90,8 @@ pub struct Limits {
     /// `yieldPercent` (default 50): rest after each batch while yielding, in percent of the batch's duration per
     /// foreground session busy while our batches run (at least one; the maths is in `throttle/pressure.rs`). Half
     /// the batch's time since `flushAfterKb` took the writeback stall out of the foreground's commits: in three
-    /// runs of the foreground benchmark 50 gave the same p99 during the backfill as 100, at 36–43 % of the idle
-    /// speed against 20–33 %.
+    /// runs of the foreground benchmark 50 gave the same p99 during the backfill as 100, at 33–43 % of the idle
+    /// speed against 15–33 %.
     pub yield_percent: u64,
     /// `yieldBatchMs` (default 50; 0 keeps `targetBatchMs`): while yielding, adaptive batches aim for this duration
     /// divided by the same pressure — a foreground statement that needs a row of the batch in flight waits at most

@@ -11,9 +11,9 @@
 //!   *per busy foreground session* (at least one), and batches aim for `yieldBatchMs` divided by the same
 //!   pressure: under a light load the backfill rests half as long as each batch (the default `yieldPercent` 50;
 //!   1:1, with 100, was measured first and kept the same p99 at less speed), under a heavy one it runs shorter
-//!   batches less often, so fewer transactions queue behind one batch and the queue drains between batches. A batch that blocked the foreground halves the next yield batch's
-//!   duration again (down to 1/16), and each batch that blocked no one lets it grow back by 20 % (GitLab's
-//!   optimizer step).
+//!   batches less often, so fewer transactions queue behind one batch and the queue drains between batches. A
+//!   batch that blocked the foreground halves the next yield batch's duration again (down to 1/16), and each batch
+//!   that blocked no one lets it grow back by 20 % (GitLab's optimizer step).
 
 use std::time::Duration;
 

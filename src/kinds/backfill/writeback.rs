@@ -10,7 +10,8 @@
 //! 11.5 ms at 800 tx/s (see the README's foreground benchmark).
 //!
 //! It has a price: the backfill's own process then waits on the disk queue — under load it kept 15–33 % of its idle
-//! speed with this default against 38–45 % before — and the idle backfill took 18 % longer
+//! speed with this default against 38–45 % before (both with `yieldPercent` 100, the default then; 50 since brought
+//! it to 33–43 %) — and the idle backfill took 18 % longer
 //! (49.5–50.1 s against 41.0–44.2 s over two alternating runs). So by default it is asked for only while the
 //! engine yields to the foreground ([`crate::migration::Batch::yielding`]): on an idle database nobody's commit
 //! waits behind the kernel's writeback, and the kernel's own writeback (within `vm.dirty_expire_centisecs`) drains

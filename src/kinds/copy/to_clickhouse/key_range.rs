@@ -32,8 +32,8 @@ use crate::migration::MigrationError;
 use crate::store::StoreError;
 
 /// Copies the batch after the checkpoint's key cursor `lower`, up to `end` (a key range's last key, parallelism):
-/// as a key range while the plan allows, else in key order. Stops reading ranges for good when one could not be
-/// read whole.
+/// as a key range while the plan allows, else in key order. Stops reading ranges for good when rows were added to
+/// one while it was read.
 pub async fn copy_key_batch(
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
@@ -42,15 +42,13 @@ pub async fn copy_key_batch(
     args: &Args,
 ) -> Result<Walked<KeyCursor>, MigrationError> {
     // The batch's last key, or, in a key range with less than a batch left, the range's own end.
-    let ranged = plan.ranged.load(Ordering::Relaxed);
-    let mut range = None;
-    if let Some(rows) = range_rows(plan, args).filter(|_| ranged) {
-        range = key_after(plan, lower, end, rows)
+    let range = match range_rows(plan, args) {
+        Some(rows) if plan.ranged.load(Ordering::Relaxed) => key_after(plan, lower, end, rows)
             .await?
-            .map(|last| (last, false))
-            .or_else(|| end.map(|end| (end.to_vec(), true)))
-            .map(|(last, ends_range)| (rows, last, ends_range));
-    }
+            .map(|last| (rows, last, false))
+            .or_else(|| end.map(|end| (rows, end.to_vec(), true))),
+        _ => None,
+    };
     if let Some((rows, last, ends_range)) = range {
         // One more than the range can hold: reading it to its end then reports it complete. More rows than that
         // (inserted meanwhile) stop it at the limit, incomplete.
