@@ -155,6 +155,9 @@ pub struct Batch<'a> {
     /// busy, or blocked by our batches): a kind may then trade speed for the foreground's latency in ways only it
     /// can (a Postgres backfill has the kernel write its dirty pages as it goes, see `flushAfterKb`).
     pub yielding: bool,
+    /// Whether this batch walks one range of a migration run in ranges (`parallelism` > 1): the end of its walk is
+    /// then the range's, and what must follow the whole walk waits for [`Migration::ranges_done`].
+    pub in_range: bool,
     checkpointer: &'a Checkpointer<'a>,
     checkpoint: Option<Checkpoint>,
 }
@@ -172,6 +175,7 @@ impl<'a> Batch<'a> {
             args,
             upper,
             yielding: false,
+            in_range: false,
             checkpointer,
             checkpoint: None,
         }
@@ -275,10 +279,10 @@ pub trait Migration: Send + Sync {
 
     /// Called once every range of a parallel migration is done, before the migration is marked finished, with each
     /// range's last checkpoint: releases what ranges shared (a heap-order backfill's key list, walked by the ranges
-    /// a steal cut its walk into). Must be idempotent: a coordinator that stops before marking the migration
-    /// finished leaves it to the next. Default: nothing.
-    async fn ranges_done(&self, states: &[Value]) -> Result<(), MigrationError> {
-        let _ = states;
+    /// a steal cut its walk into), or does what must follow the whole walk (a heap-order copy's catch-up pass). Must be idempotent: a coordinator that stops before marking the migration
+    /// finished leaves it to the next. `args` are the migration's, read again. Default: nothing.
+    async fn ranges_done(&self, states: &[Value], args: &Args) -> Result<(), MigrationError> {
+        let _ = (states, args);
         Ok(())
     }
 

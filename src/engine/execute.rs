@@ -460,6 +460,7 @@ async fn run_one_batch(
         );
         let mut batch = Batch::new(slice.state, slice.upper, slice.args, &checkpointer);
         batch.yielding = slice.yielding;
+        batch.in_range = lease.range.is_some();
         let outcome = migration.run_batch(&mut batch).await?;
         let checkpoint = batch.into_checkpoint(&outcome)?;
         Ok((outcome, checkpoint))

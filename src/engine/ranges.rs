@@ -70,7 +70,9 @@ pub(super) async fn coordinate(
         let ranges = ctx.leases.ranges_of(&lease.migration_id).await?;
         if ranges.iter().all(|r| r.done) {
             let states: Vec<serde_json::Value> = ranges.into_iter().map(|r| r.state).collect();
-            migration.ranges_done(&states).await?;
+            let record = ctx.leases.current(lease).await?;
+            let args = super::execute::parse_args(migration, &record)?;
+            migration.ranges_done(&states, &args).await?;
             return Ok(Ending::Finished);
         }
         // Other workers walk the rest; their leases may expire, so look again soon.

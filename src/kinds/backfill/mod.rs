@@ -312,7 +312,11 @@ impl Migration for Backfill {
         .await
     }
 
-    async fn ranges_done(&self, states: &[Value]) -> Result<(), MigrationError> {
+    async fn ranges_done(
+        &self,
+        states: &[Value],
+        _args: &crate::args::Args,
+    ) -> Result<(), MigrationError> {
         heap_walk::drop_lists(self, states).await
     }
 

@@ -10,6 +10,7 @@
 //! measures the row against the byte budget, writes it as `RowBinary`, counts it, and ends the body (or aborts it,
 //! so that ClickHouse writes nothing of a batch that failed).
 
+use super::catch_up::Changed;
 use super::encode::{self, Cell};
 use super::mapping::ColumnPlan;
 use super::pages::{PageWindow, Tid};
@@ -67,6 +68,8 @@ pub(super) enum Window<'a> {
     },
     /// The rows of a page window, in physical order (the plan's statement carries `ctid`).
     Pages(PageWindow),
+    /// The rows of a page window written since a horizon, in one exported snapshot: the catch-up pass.
+    Changed(Changed<'a>),
 }
 
 /// Why the reading side stopped.

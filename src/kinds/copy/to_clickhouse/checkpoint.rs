@@ -1,10 +1,12 @@
 //! The checkpoint of a copy into ClickHouse: the position of its walk — `{"cursor": ["key", ...]}` in key order,
-//! `{"ctid": "(page,offset)"}` in physical order — and, once the last batch was sent and the definition asks for
+//! `{"ctid": "(page,offset)", "since": {...}}` in physical order, with `"walked": true` once only the catch-up pass
+//! is left — and, once the last batch was sent and the definition asks for
 //! it, the verify phase's progress beside it (`"verify": {...}`).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::catch_up::WriteHorizon;
 use super::pages::Tid;
 use super::verify::VerifyState;
 use crate::kinds::checkpoint::{Checkpoint, KeyCursor, KeyPosition};
@@ -56,18 +58,30 @@ impl KeyPosition for CopyCheckpoint<KeyCursor> {
     }
 }
 
-/// The position of a walk in physical order: the `ctid` of the last row sent (absent or `null` before the first).
+/// The position of a walk in physical order: the `ctid` of the last row sent (absent or `null` before the first),
+/// the horizon the walk started at, and whether only its catch-up pass is left (see [`super::catch_up`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageCursor {
     /// The last row sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctid: Option<Tid>,
+    /// Where the walk's writes start: read before its first batch (absent in checkpoints of earlier versions,
+    /// whose catch-up then copies every row again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<WriteHorizon>,
+    /// True once a walk run as one stream has read the table to its end: the catch-up pass comes next.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub walked: bool,
 }
 
 impl PageCursor {
-    /// A cursor after `tid`.
-    pub fn after_tid(tid: Tid) -> Self {
-        Self { ctid: Some(tid) }
+    /// A cursor after `tid`, of a walk that started at `since`.
+    pub fn after_tid(tid: Tid, since: Option<WriteHorizon>) -> Self {
+        Self {
+            ctid: Some(tid),
+            since,
+            walked: false,
+        }
     }
 
     /// The `ctid` after which rows remain: `(0,0)` before the first batch.
@@ -100,6 +114,8 @@ mod tests {
         for state in [
             json!({"ctid": "(12,3)"}),
             json!({"ctid": "(12,3)", "verify": verify}),
+            json!({"ctid": "(12,3)", "since": {"xid": 4_000_000_000u32, "filenode": 16384}}),
+            json!({"ctid": "(40,0)", "since": {"xid": 7, "filenode": 1}, "walked": true, "verify": verify}),
         ] {
             let read = CopyCheckpoint::<PageCursor>::read(&state).unwrap();
             assert_eq!(read.to_state(), state);

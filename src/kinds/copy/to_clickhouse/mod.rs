@@ -10,9 +10,10 @@
 //! source store: [`pg_rows`] ([`mapping`] maps and checks Postgres types, [`sql`] builds the reads with the
 //! large-value reads) and [`sqlite_rows`] ([`sqlite_values`] turns SQLite's dynamically typed values into the
 //! column's type). The walks: [`key_range`] (key order, as key ranges while it can), [`pages`] (physical order,
-//! Postgres). [`verify`] compares both sides after the last batch.
+//! Postgres, closed by the [`catch_up`] pass). [`verify`] compares both sides after the last batch.
 
 mod batch;
+mod catch_up;
 mod checkpoint;
 mod encode;
 mod from_text;
@@ -46,7 +47,8 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use self::mapping::{ColumnPlan, plan_column};
 
-use self::batch::Walked;
+use self::batch::{Moved, Walked};
+use self::catch_up::WriteHorizon;
 use self::checkpoint::{CopyCheckpoint, PageCursor};
 use self::pages::{PhysicalWalk, Tid};
 use self::sql::CopySql;
@@ -70,6 +72,15 @@ fn page_range_end(upper: Option<&Value>) -> Result<Option<u64>, MigrationError> 
     upper
         .map(|upper| Ok(CopyCheckpoint::<PageCursor>::read(upper)?.walk.after().page))
         .transpose()
+}
+
+/// The end of a walk in physical order after its catch-up pass moved `moved`.
+fn caught_up(at: PageCursor, moved: Moved) -> Walked<PageCursor> {
+    Walked {
+        at,
+        moved,
+        exhausted: true,
+    }
 }
 
 /// The store a copy into ClickHouse reads: each has its reader feeding the one encoder ([`batch`]).
@@ -443,12 +454,15 @@ impl Migration for ClickHouseCopy {
             )
             .await;
         };
-        let after = CopyCheckpoint::<PageCursor>::read(from)?.walk.after();
-        let cuts = walk.split(after, page_range_end(upper)?, parts).await?;
+        let cursor = CopyCheckpoint::<PageCursor>::read(from)?.walk;
+        let since = walk.horizon(&cursor).await?;
+        let cuts = walk
+            .split(cursor.after(), page_range_end(upper)?, parts)
+            .await?;
         Ok(cuts
             .into_iter()
             .map(|page| {
-                let walk = PageCursor::after_tid(Tid::page_start(page));
+                let walk = PageCursor::after_tid(Tid::page_start(page), since);
                 CopyCheckpoint {
                     walk,
                     verify: None,
@@ -457,6 +471,28 @@ impl Migration for ClickHouseCopy {
                 .to_state()
             })
             .collect())
+    }
+
+    /// A copy in physical order ends with its catch-up pass once every page range is walked, from the oldest of
+    /// the ranges' horizons.
+    async fn ranges_done(&self, states: &[Value], args: &Args) -> Result<(), MigrationError> {
+        let plan = self.plan().await?;
+        let Some(walk) = &plan.physical else {
+            return Ok(());
+        };
+        let horizons = states
+            .iter()
+            .map(|state| Ok(CopyCheckpoint::<PageCursor>::read(state)?.walk.since))
+            .collect::<Result<Vec<_>, MigrationError>>()?;
+        let since = WriteHorizon::oldest(horizons);
+        let moved = catch_up::catch_up(&self.target, plan, walk.source(), since, args).await?;
+        tracing::info!(
+            table = %self.spec.to.table,
+            rows = moved.rows,
+            every_row = since.is_none(),
+            "catch-up pass after the page ranges copied the rows written meanwhile"
+        );
+        Ok(())
     }
 
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
@@ -484,8 +520,20 @@ impl Migration for ClickHouseCopy {
                         .verify_batch(plan, (args, None), checkpoint, verified)
                         .await;
                 }
-                let range = (checkpoint.walk.after(), page_range_end(batch.upper)?);
-                let walked = pages::copy_page_batch(target, plan, walk, range, args).await?;
+                if checkpoint.walk.walked {
+                    let since = checkpoint.walk.since;
+                    let moved =
+                        catch_up::catch_up(target, plan, walk.source(), since, args).await?;
+                    let at = checkpoint.walk;
+                    return Ok(self.walked(&checkpoint, caught_up(at, moved)));
+                }
+                let range = (checkpoint.walk, page_range_end(batch.upper)?);
+                let mut walked = pages::copy_page_batch(target, plan, walk, range, args).await?;
+                if walked.exhausted && !batch.in_range {
+                    // One stream: the catch-up pass is its next batch. In ranges it follows them all.
+                    walked.at.walked = true;
+                    walked.exhausted = false;
+                }
                 Ok(self.walked(&checkpoint, walked))
             }
         }

@@ -5,8 +5,8 @@
 //! `ctid` of the last row sent: `(page,offset)`. A batch reads the window of pages after it, sized from the table's
 //! average rows per page, and closes early at `batchSize` rows (`LIMIT`) or `maxBatchBytes`.
 //!
-//! Only for tables that are no longer written: an `UPDATE` moves a row to another page, where a physical walk can
-//! miss it. The definition says so by choosing this order; `verify = true` checks the result by key afterwards.
+//! An `UPDATE` moves a row to another page, where the walk can miss it; the [`super::catch_up`] pass after the walk
+//! copies every row written since the walk began, so the copy is exact on a table that is still being written.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use super::CopyPlan;
 use super::batch::{Walked, Window, copy_batch};
+use super::catch_up::WriteHorizon;
 use super::checkpoint::PageCursor;
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
@@ -156,6 +157,25 @@ impl PhysicalWalk {
         Ok(page_cuts(after, end_page, parts))
     }
 
+    /// The pool and the table, for the catch-up pass.
+    pub fn source(&self) -> (&PgPool, &str) {
+        (&self.pool, &self.table)
+    }
+
+    /// The horizon of the walk at `cursor`: its own, or, before its first row, the horizon now (read before
+    /// anything of the walk is). A walk that began without one (under an earlier version) has none: its catch-up
+    /// copies every row.
+    pub async fn horizon(
+        &self,
+        cursor: &PageCursor,
+    ) -> Result<Option<WriteHorizon>, MigrationError> {
+        match (cursor.ctid, cursor.since) {
+            (_, Some(since)) => Ok(Some(since)),
+            (None, None) => Ok(Some(WriteHorizon::read(&self.pool, &self.table).await?)),
+            (Some(_), None) => Ok(None),
+        }
+    }
+
     /// Whether the table has pages at or after `page`.
     async fn has_pages_from(&self, page: u64) -> Result<bool, MigrationError> {
         if page < self.known_pages.load(Ordering::Relaxed) {
@@ -169,17 +189,20 @@ impl PhysicalWalk {
 
 /// Copies the page window after the checkpoint's `ctid` cursor `after`, within the page range that ends before
 /// `range_end` (`None`: the walk's only or last range). A range is exhausted when a window that reached its end was
-/// read whole; the last range when that window reached the table's last page.
+/// read whole; the last range when that window reached the table's last page. The cursor keeps the walk's
+/// horizon ([`PhysicalWalk::horizon`]).
 pub async fn copy_page_batch(
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     walk: &PhysicalWalk,
-    (after, range_end): (Tid, Option<u64>),
+    (cursor, range_end): (PageCursor, Option<u64>),
     args: &Args,
 ) -> Result<Walked<PageCursor>, MigrationError> {
+    let since = walk.horizon(&cursor).await?;
+    let after = cursor.after();
     let window = PageWindow::after(after, args.batch_size, walk.rows_per_page).within(range_end);
     let moved = copy_batch(clickhouse, plan, Window::Pages(window), args).await?;
-    let cursor = if moved.complete {
+    let next = if moved.complete {
         Tid::page_start(window.end_page)
     } else {
         moved.last_tid.unwrap_or(after)
@@ -190,7 +213,7 @@ pub async fn copy_page_batch(
             None => !walk.has_pages_from(window.end_page).await?,
         };
     Ok(Walked {
-        at: PageCursor::after_tid(cursor),
+        at: PageCursor::after_tid(next, since),
         moved,
         exhausted,
     })

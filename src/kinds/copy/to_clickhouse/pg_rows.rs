@@ -53,7 +53,28 @@ pub(super) async fn encode(
             ],
             sql.layout().ctid(),
         ),
+        Window::Changed(changed) => {
+            if let Err(err) = in_snapshot(&mut connection, changed.snapshot).await {
+                let err = ReadError::sql("read in the catch-up pass's snapshot")(err);
+                let _ = connection.detach().close_hard().await;
+                return encoder.finish(Err(err), "Postgres").await;
+            }
+            let pages = changed.pages;
+            let bounds = [
+                pages.after.to_string(),
+                Tid::page_start(pages.end_page).to_string(),
+            ]
+            .into_iter()
+            .chain(changed.since.map(|xid| xid.to_string()))
+            .collect();
+            (
+                sql.read_changed_pages(changed.since.is_some()),
+                bounds,
+                sql.layout().ctid(),
+            )
+        }
     };
+    let snapshot = matches!(window, Window::Changed(_));
     let mut query = sqlx::query::<Postgres>(AssertSqlSafe(statement));
     for bound in bounds {
         query = query.bind(bound);
@@ -69,11 +90,34 @@ pub(super) async fn encode(
     let streamed = stream_rows(rows, sql, plan, &mut large, &mut encoder, tid_column).await;
     let drained = matches!(streamed, Ok(true));
     let ended = encoder.finish(streamed.map(|_| ()), "Postgres").await;
-    if !(drained && ended.is_ok()) {
-        // Rows after the batch may still be in flight on this connection: close it rather than drain them.
+    let reusable = drained
+        && ended.is_ok()
+        && (!snapshot
+            || sqlx::raw_sql("COMMIT")
+                .execute(&mut *connection)
+                .await
+                .is_ok());
+    if !reusable {
+        // Rows after the batch may still be in flight on this connection (or its snapshot's transaction is still
+        // open): close it rather than drain them.
         let _ = connection.detach().close_hard().await;
     }
     ended
+}
+
+/// Starts a read-only transaction on `connection` in the snapshot `snapshot` exported by another transaction.
+async fn in_snapshot(
+    connection: &mut PoolConnection<Postgres>,
+    snapshot: &str,
+) -> Result<(), sqlx::Error> {
+    let literal = snapshot.replace('\'', "''");
+    let start = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{literal}'"
+    );
+    sqlx::raw_sql(AssertSqlSafe(start))
+        .execute(&mut **connection)
+        .await
+        .map(|_| ())
 }
 
 /// Feeds the rows to the encoder until the read ends or a limit is reached; true when the result was read to its

@@ -193,12 +193,23 @@ impl CopySql {
     /// `ctid` cursor, the window's end `(page,0)`, then the row limit. Without `ORDER BY`: a TID range scan
     /// returns the tuples in `ctid` order.
     pub fn read_pages(&self) -> String {
-        let window = vec![
+        self.read_changed_pages(false)
+    }
+
+    /// Reads the next rows of the catch-up pass ([`super::catch_up`]): as [`CopySql::read_pages`], and when
+    /// `changed_only`, only rows written at or after a transaction id, given as text after the window's end (the
+    /// row limit comes last).
+    pub fn read_changed_pages(&self, changed_only: bool) -> String {
+        let mut window = vec![
             "bgm_src.ctid > $1::tid".to_owned(),
             "bgm_src.ctid < $2::tid".to_owned(),
         ];
+        if changed_only {
+            window.push("age(bgm_src.xmin) <= age($3::text::xid)".to_owned());
+        }
+        let limit = format!(" LIMIT ${}::bigint", window.len() + 1);
         let keyset = &self.keyset;
-        keyset.select(&self.select, &keyset.filtered(window), " LIMIT $3::bigint")
+        keyset.select(&self.select, &keyset.filtered(window), &limit)
     }
 
     /// The key walk: the source, its key columns, the check of each row's key.
@@ -276,6 +287,20 @@ mod tests {
             ),
             "{read}"
         );
+    }
+
+    #[test]
+    fn the_catch_up_read_adds_the_horizon_before_the_limit_unless_every_row_is_read() {
+        let sql = sql().with_ctid();
+        let changed = sql.read_changed_pages(true);
+        assert!(
+            changed.ends_with(
+                "WHERE bgm_src.ctid > $1::tid AND bgm_src.ctid < $2::tid AND age(bgm_src.xmin) <= \
+                 age($3::text::xid) AND (project_id = 'p') LIMIT $4::bigint"
+            ),
+            "{changed}"
+        );
+        assert_eq!(sql.read_changed_pages(false), sql.read_pages());
     }
 
     #[test]

@@ -122,7 +122,7 @@ async fn stream_rows(
     let (after, upto) = match window {
         Window::Keys { after, upto } => (after, upto),
         Window::KeyRange { after, upto } => (after, Some(upto)),
-        Window::Pages(_) => {
+        Window::Pages(_) | Window::Changed(_) => {
             return Err(ReadError::Failed(MigrationError::Permanent(
                 "a SQLite source is walked in key order, not in pages".into(),
             )));
