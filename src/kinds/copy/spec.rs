@@ -36,7 +36,7 @@ pub struct Source {
     pub columns: Option<Vec<String>>,
     /// Optional filter on the table's (or the query's output) columns: only matching rows are copied.
     pub filter: Option<String>,
-    /// The walk's order: by key (default) or physical (heap order, for tables no longer written).
+    /// The walk's order: by key (default) or physical (heap order, closed by a catch-up pass).
     pub order: Order,
 }
 
