@@ -27,7 +27,7 @@ use sqlx::PgPool;
 
 use super::CopyPlan;
 use super::batch::{Moved, Window, copy_batch};
-use super::pages::{PageWindow, Tid};
+use super::pages::{PageWindow, Tid, page_cuts};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::migration::MigrationError;
@@ -91,14 +91,19 @@ pub struct Changed<'a> {
     pub snapshot: &'a str,
 }
 
+/// At most this many reads of the catch-up pass run at once: each holds a connection of the source's pool (and a
+/// second one while it streams a large value), beside the holder's.
+const MAX_STREAMS: u64 = 4;
+
 /// Copies again, in one snapshot, every row of `table` written at or after `since` (see the module's doc), in
-/// inserts of at most `batchSize` rows and `maxBatchBytes` bytes. Idempotent: run again after a failure, it copies
-/// the same rows or newer versions of them.
+/// inserts of at most `batchSize` rows and `maxBatchBytes` bytes, with up to `streams` reads at once (each a run of
+/// the table's pages, all in the same snapshot; at most [`MAX_STREAMS`]). Idempotent: run again after a failure, it
+/// copies the same rows or newer versions of them.
 pub async fn catch_up(
     clickhouse: &ClickHouse,
     plan: &CopyPlan,
     (pool, table): (&PgPool, &str),
-    since: Option<WriteHorizon>,
+    (since, streams): (Option<WriteHorizon>, u64),
     args: &Args,
 ) -> Result<Moved, MigrationError> {
     let read =
@@ -118,34 +123,54 @@ pub async fn catch_up(
     let since = since
         .filter(|horizon| i64::from(horizon.filenode) == filenode)
         .map(|horizon| horizon.xid);
+    // The snapshot sees no row beyond the pages the table has now.
+    let end_page = pages.max(0) as u64 + 1;
+    let start = Tid::page_start(0);
+    let cuts = page_cuts(start, end_page, streams.clamp(1, MAX_STREAMS));
+    let starts = std::iter::once(start).chain(cuts.iter().map(|&page| Tid::page_start(page)));
+    let ends = cuts.iter().copied().chain(std::iter::once(end_page));
+    let runs = starts.zip(ends).map(|(after, end_page)| {
+        let changed = Changed {
+            pages: PageWindow { after, end_page },
+            since,
+            snapshot: &snapshot,
+        };
+        copy_run(clickhouse, plan, changed, args)
+    });
+    let moved = futures_util::future::try_join_all(runs).await?;
+    holder.rollback().await.map_err(read("end the snapshot"))?;
+    Ok(Moved {
+        rows: moved.iter().map(|m| m.rows).sum(),
+        bytes: moved.iter().map(|m| m.bytes).sum(),
+        last_key: None,
+        last_tid: None,
+        complete: true,
+    })
+}
+
+/// Copies the rows `changed` selects in its run of pages, insert after insert, until the run is read to its end.
+async fn copy_run(
+    clickhouse: &ClickHouse,
+    plan: &CopyPlan,
+    mut changed: Changed<'_>,
+    args: &Args,
+) -> Result<Moved, MigrationError> {
     let mut total = Moved {
         rows: 0,
         bytes: 0,
         last_key: None,
         last_tid: None,
-        complete: false,
+        complete: true,
     };
-    let mut after = Tid::page_start(0);
     loop {
-        let changed = Changed {
-            pages: PageWindow {
-                after,
-                end_page: pages.max(0) as u64 + 1,
-            },
-            since,
-            snapshot: &snapshot,
-        };
         let moved = copy_batch(clickhouse, plan, Window::Changed(changed), args).await?;
         total.rows += moved.rows;
         total.bytes += moved.bytes;
         match moved.last_tid {
-            Some(last) if !moved.complete => after = last,
-            _ => break,
+            Some(last) if !moved.complete => changed.pages.after = last,
+            _ => return Ok(total),
         }
     }
-    holder.rollback().await.map_err(read("end the snapshot"))?;
-    total.complete = true;
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -474,7 +474,7 @@ impl Migration for ClickHouseCopy {
     }
 
     /// A copy in physical order ends with its catch-up pass once every page range is walked, from the oldest of
-    /// the ranges' horizons.
+    /// the ranges' horizons, in as many concurrent reads as `parallelism` asks.
     async fn ranges_done(&self, states: &[Value], args: &Args) -> Result<(), MigrationError> {
         let plan = self.plan().await?;
         let Some(walk) = &plan.physical else {
@@ -485,7 +485,8 @@ impl Migration for ClickHouseCopy {
             .map(|state| Ok(CopyCheckpoint::<PageCursor>::read(state)?.walk.since))
             .collect::<Result<Vec<_>, MigrationError>>()?;
         let since = WriteHorizon::oldest(horizons);
-        let moved = catch_up::catch_up(&self.target, plan, walk.source(), since, args).await?;
+        let streams = (since, args.parallelism);
+        let moved = catch_up::catch_up(&self.target, plan, walk.source(), streams, args).await?;
         tracing::info!(
             table = %self.spec.to.table,
             rows = moved.rows,
@@ -521,7 +522,7 @@ impl Migration for ClickHouseCopy {
                         .await;
                 }
                 if checkpoint.walk.walked {
-                    let since = checkpoint.walk.since;
+                    let since = (checkpoint.walk.since, 1);
                     let moved =
                         catch_up::catch_up(target, plan, walk.source(), since, args).await?;
                     let at = checkpoint.walk;
