@@ -733,6 +733,14 @@ async fn a_physical_order_copy_in_page_ranges_catches_up_after_every_range_is_do
                 .all(|r| r.done && r.state["since"]["xid"].is_u64()),
         "page ranges, each with the walk's horizon: {ranges:?}"
     );
+    let events = traces.db.events(name).await;
+    let kinds: Vec<&str> = events.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    let closing = kinds.iter().position(|k| *k == "ranges_done");
+    let finished = kinds.iter().position(|k| *k == "finished");
+    assert!(
+        closing.is_some() && closing < finished,
+        "the closing step is announced before the migration finishes: {kinds:?}"
+    );
 }
 
 /// Rows the live-copy tests update (200) and insert (100) while the walk runs.

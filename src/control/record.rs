@@ -298,6 +298,8 @@ pub enum EventKind {
     RangeClaimed,
     /// A worker out of work split another worker's range and took its second half.
     RangeSplit,
+    /// Every range is done: the migration's closing step runs (a heap-order copy's catch-up pass), then it finishes.
+    RangesDone,
 }
 
 impl EventKind {
@@ -319,6 +321,7 @@ impl EventKind {
             EventKind::RangesPlanned => "ranges_planned",
             EventKind::RangeClaimed => "range_claimed",
             EventKind::RangeSplit => "range_split",
+            EventKind::RangesDone => "ranges_done",
         }
     }
 }

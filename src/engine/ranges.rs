@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::EngineContext;
 use super::execute::{Ending, build_validated, hold, stream};
 use super::progress::ProgressTracker;
-use crate::control::{Claim, Lease, MigrationRecord, RangePlan, RangeRecord};
+use crate::control::{Claim, EventKind, Lease, MigrationRecord, RangePlan, RangeRecord};
 use crate::migration::{Migration, MigrationError};
 
 /// A range holds at least this many batches' worth of rows before another worker may split it: smaller ranges
@@ -70,6 +70,10 @@ pub(super) async fn coordinate(
         let ranges = ctx.leases.ranges_of(&lease.migration_id).await?;
         if ranges.iter().all(|r| r.done) {
             let states: Vec<serde_json::Value> = ranges.into_iter().map(|r| r.state).collect();
+            let detail = serde_json::json!({"ranges": states.len()});
+            ctx.leases
+                .record_event(&lease.name, EventKind::RangesDone, &lease.worker_id, detail)
+                .await?;
             let record = ctx.leases.current(lease).await?;
             let args = super::execute::parse_args(migration, &record)?;
             migration.ranges_done(&states, &args).await?;
