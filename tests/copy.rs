@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use bgmigrate::config::Connected;
 use bgmigrate::control::EventKind;
 use bgmigrate::control::MigrationRecord;
@@ -741,6 +743,70 @@ async fn a_physical_order_copy_in_page_ranges_catches_up_after_every_range_is_do
         closing.is_some() && closing < finished,
         "the closing step is announced before the migration finishes: {kinds:?}"
     );
+}
+
+/// The catch-up pass copies only the rows written since the walk's horizon, unless it cannot trust it: the table
+/// was rewritten (another relfilenode), the walk began without one (an earlier version), or the horizon is over a
+/// billion transactions old (ids compare modulo 2^32). Each case starts from a walk already at the table's end.
+#[tokio::test]
+async fn the_catch_up_pass_copies_every_row_when_it_cannot_trust_the_walks_horizon() {
+    let traces = Traces::create("copy_catch_up_horizon", 2_000, CH_TRACES).await;
+    let (xid, filenode): (i64, i64) = sqlx::query_as(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 % 4294967296, \
+         pg_relation_filenode('traces')::int8",
+    )
+    .fetch_one(&traces.pool)
+    .await
+    .unwrap();
+    // A horizon more than 2^31 transactions old compares as the future: `age()` is negative.
+    let wrapped = (xid + 1_000) % 4_294_967_296;
+    let cases = [
+        (
+            "20241024_1730_fresh",
+            json!({"xid": xid, "filenode": filenode}),
+            0,
+        ),
+        (
+            "20241024_1731_rewritten",
+            json!({"xid": xid, "filenode": filenode + 1}),
+            2_000,
+        ),
+        (
+            "20241024_1732_wrapped",
+            json!({"xid": wrapped, "filenode": filenode}),
+            2_000,
+        ),
+        ("20241024_1733_no_horizon", serde_json::Value::Null, 2_000),
+    ];
+    let definition = "kind = \"copy\"\n\
+         from = { store = \"postgres\", table = \"traces\", key = [\"id\"], order = \"physical\" }\n\
+         to = { store = \"clickhouse\", table = \"traces\" }\n";
+    for (name, _, _) in &cases {
+        traces.db.define(name, definition);
+    }
+    let connected = traces.db.connect_with_clickhouse(&traces.ch.url).await;
+    register_dir(&connected, &traces.db.migrations(), &builtin_registry()).await;
+    for (name, since, _) in &cases {
+        let mut state = json!({"ctid": "(100000,0)", "walked": true});
+        if !since.is_null() {
+            state["since"] = since.clone();
+        }
+        sqlx::query("UPDATE background_migrations SET state = $1 WHERE name = $2")
+            .bind(&state)
+            .bind(name)
+            .execute(&traces.pool)
+            .await
+            .unwrap();
+    }
+    run_registered(&connected, "w1").await;
+    for (name, _, rows) in cases {
+        let record = connected.control.get(name).await.unwrap();
+        assert_finished(&record);
+        let batches = connected.control.batches(name, 10).await.unwrap();
+        assert_eq!(batches.len(), 1, "{name}: the catch-up batch alone");
+        assert_eq!(batches[0].rows, rows, "{name}: rows copied again");
+    }
+    traces.assert_exact(2_000).await;
 }
 
 /// Rows the live-copy tests update (200) and insert (100) while the walk runs.

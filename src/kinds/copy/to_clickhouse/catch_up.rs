@@ -18,7 +18,7 @@
 //!
 //! A table rewritten meanwhile (`VACUUM FULL`, `CLUSTER`, pg_repack: a new relfilenode) keeps its rows' `xmin` but
 //! not their places, so the pass then copies every row; so does the catch-up of a walk begun by an earlier version
-//! (no horizon in its checkpoint).
+//! (no horizon in its checkpoint), and one whose horizon is more than a billion transactions old.
 //!
 //! Cost: one more read of the table's pages (the filter is evaluated on each row), plus the rows written meanwhile.
 
@@ -91,6 +91,12 @@ pub struct Changed<'a> {
     pub snapshot: &'a str,
 }
 
+/// A horizon older than this many transactions is not trusted: ids compare modulo 2^32, so one more than 2^31
+/// transactions old looks like the future (`age()` turns negative) and no row would look newer. Postgres freezes
+/// rows long before (`autovacuum_freeze_max_age`, 200 million by default), so only a copy paused for ages meets it;
+/// its pass then copies every row.
+const MAX_HORIZON_AGE: i64 = 1_000_000_000;
+
 /// At most this many reads of the catch-up pass run at once: each holds a connection of the source's pool (and a
 /// second one while it streams a large value), beside the holder's.
 const MAX_STREAMS: u64 = 4;
@@ -120,9 +126,17 @@ pub async fn catch_up(
         .fetch_one(&mut *holder)
         .await
         .map_err(read("export a snapshot"))?;
-    let since = since
-        .filter(|horizon| i64::from(horizon.filenode) == filenode)
-        .map(|horizon| horizon.xid);
+    let since = match since.filter(|horizon| i64::from(horizon.filenode) == filenode) {
+        Some(horizon) => {
+            let age: i64 = sqlx::query_scalar("SELECT age($1::text::xid)::int8")
+                .bind(horizon.xid.to_string())
+                .fetch_one(&mut *holder)
+                .await
+                .map_err(read("measure the horizon's age"))?;
+            (0..=MAX_HORIZON_AGE).contains(&age).then_some(horizon.xid)
+        }
+        None => None,
+    };
     // The snapshot sees no row beyond the pages the table has now.
     let end_page = pages.max(0) as u64 + 1;
     let start = Tid::page_start(0);
