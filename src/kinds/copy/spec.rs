@@ -36,7 +36,7 @@ pub struct Source {
     pub columns: Option<Vec<String>>,
     /// Optional filter on the table's (or the query's output) columns: only matching rows are copied.
     pub filter: Option<String>,
-    /// The walk's order: by key (default) or physical (heap order, closed by a catch-up pass).
+    /// The walk's order: chosen per table (default), by key, or physical (heap order, closed by a catch-up pass).
     pub order: Order,
 }
 
@@ -44,11 +44,14 @@ pub struct Source {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
-    /// In key order, with the key as the cursor: safe while the table is written.
+    /// Physical order for a Postgres table into ClickHouse whose key is scattered over its heap, key order
+    /// otherwise; decided when the copy starts and kept by its checkpoint (see `to_clickhouse::order`).
     #[default]
+    Auto,
+    /// In key order, with the key as the cursor.
     Key,
-    /// In heap order, a window of pages per batch, with `ctid` as the cursor: reads each page once, but may miss
-    /// rows updated during the copy. Postgres sources into ClickHouse only.
+    /// In heap order, a window of pages per batch, with `ctid` as the cursor: reads each page once; a catch-up pass
+    /// after the walk copies the rows written meanwhile. Postgres sources into ClickHouse only.
     Physical,
 }
 
@@ -157,7 +160,7 @@ impl CopySpec {
         let spec: CopySpec = serde_json::from_value(params.clone()).map_err(|e| {
             format!(
                 "copy definition: {e} (allowed: from = {{ store, table | query, key = [columns], columns = [...], \
-                 where, order = \"key\"|\"physical\" }}, to = {{ store, table }}, verify = true|false)"
+                 where, order = \"auto\"|\"key\"|\"physical\" }}, to = {{ store, table }}, verify = true|false)"
             )
         })?;
         if spec.from.key.is_empty() {

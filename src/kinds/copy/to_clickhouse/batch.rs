@@ -125,7 +125,13 @@ pub(super) async fn encode_batch(
 ) -> Result<Moved, ReadError> {
     let encoder = Encoder::new(plan, args, writer, keys);
     match &plan.sql {
-        ReadSql::Postgres(pool, sql) => pg_rows::encode(pool, sql, plan, window, encoder).await,
+        ReadSql::Postgres(pool, sql) => {
+            let sql = match (window, &plan.physical) {
+                (Window::Pages(_) | Window::Changed(_), Some(walk)) => walk.sql(),
+                _ => sql,
+            };
+            pg_rows::encode(pool, sql, plan, window, encoder).await
+        }
         ReadSql::Sqlite(pool, sql) => sqlite_rows::encode(pool, sql, plan, window, encoder).await,
     }
 }

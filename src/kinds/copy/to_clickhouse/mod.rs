@@ -10,7 +10,8 @@
 //! source store: [`pg_rows`] ([`mapping`] maps and checks Postgres types, [`sql`] builds the reads with the
 //! large-value reads) and [`sqlite_rows`] ([`sqlite_values`] turns SQLite's dynamically typed values into the
 //! column's type). The walks: [`key_range`] (key order, as key ranges while it can), [`pages`] (physical order,
-//! Postgres, closed by the [`catch_up`] pass). [`verify`] compares both sides after the last batch.
+//! Postgres, closed by the [`catch_up`] pass); [`order`] chooses between them. [`verify`] compares both sides after
+//! the last batch.
 
 mod batch;
 mod catch_up;
@@ -19,6 +20,7 @@ mod encode;
 mod from_text;
 mod key_range;
 mod mapping;
+mod order;
 mod pages;
 mod pg_rows;
 mod sql;
@@ -50,6 +52,7 @@ pub use self::mapping::{ColumnPlan, plan_column};
 use self::batch::{Moved, Walked};
 use self::catch_up::WriteHorizon;
 use self::checkpoint::{CopyCheckpoint, PageCursor};
+use self::order::Walk;
 use self::pages::{PhysicalWalk, Tid};
 use self::sql::CopySql;
 use self::sqlite_rows::SqliteSql;
@@ -133,8 +136,10 @@ pub struct CopyPlan {
     sql: ReadSql,
     key: Vec<String>,
     target_table: String,
-    /// Set for a walk in physical order.
+    /// Set when the copy may walk in physical order: asked for, or `order = "auto"` on a Postgres table.
     physical: Option<PhysicalWalk>,
+    /// The walk `order = "auto"` chose for a copy that starts, from the table's statistics (read once).
+    chosen: OnceCell<Walk>,
     /// Whether key-order batches are read as key ranges: a Postgres table source (its key has an index to find a
     /// range's end on), until rows were added to a range while it was read (see [`key_range`]).
     ranged: AtomicBool,
@@ -247,6 +252,7 @@ impl ClickHouseCopy {
             key: from.key.clone(),
             target_table: to.table.clone(),
             physical,
+            chosen: OnceCell::new(),
             ranged: AtomicBool::new(
                 matches!(self.source, Reader::Postgres(_))
                     && matches!(from.relation, Relation::Table(_)),
@@ -296,8 +302,19 @@ impl ClickHouseCopy {
                     from.relation
                 ))
             })?;
+        let pool = store.pool().clone();
         Ok(match (from.order, &from.relation) {
-            (Order::Key, _) => (ReadSql::Postgres(store.pool().clone(), sql), None),
+            (Order::Key, _) | (Order::Auto, Relation::Query(_)) => {
+                (ReadSql::Postgres(pool, sql), None)
+            }
+            // Verify compares key ranges: a copy that verifies walks by key unless told otherwise.
+            (Order::Auto, Relation::Table(table)) => {
+                let walk = match !self.spec.verify && pages::server_supports(&pool).await? {
+                    true => Some(PhysicalWalk::prepare(&pool, table, &sql).await?),
+                    false => None,
+                };
+                (ReadSql::Postgres(pool, sql), walk)
+            }
             (Order::Physical, Relation::Query(_)) => {
                 return Err(invalid(
                     "order = \"physical\" walks a table's heap; a query source is walked in key order, so remove \
@@ -306,9 +323,8 @@ impl ClickHouseCopy {
                 ));
             }
             (Order::Physical, Relation::Table(table)) => {
-                let walk = PhysicalWalk::prepare(store.pool(), table).await?;
-                let pool = store.pool().clone();
-                (ReadSql::Postgres(pool, sql.with_ctid()), Some(walk))
+                let walk = PhysicalWalk::prepare(&pool, table, &sql).await?;
+                (ReadSql::Postgres(pool, sql), Some(walk))
             }
         })
     }
@@ -363,6 +379,28 @@ impl ClickHouseCopy {
             rows: walked.moved.rows,
             bytes: walked.moved.bytes,
         }
+    }
+
+    /// The heap walk of the copy at checkpoint `state`, or `None` when it walks by key: as the definition says, else
+    /// as its checkpoint began, else as [`order`] chooses for the table.
+    async fn heap_walk<'p>(
+        &self,
+        plan: &'p CopyPlan,
+        state: &Value,
+    ) -> Result<Option<&'p PhysicalWalk>, MigrationError> {
+        let Some(walk) = &plan.physical else {
+            return Ok(None);
+        };
+        let pages = match (self.spec.from.order, Walk::of(state)) {
+            (Order::Physical, _) => true,
+            (_, Some(began)) => began == Walk::Pages,
+            (_, None) => {
+                let (pool, table) = walk.source();
+                let choose = || order::choose(pool, table, &plan.key[0]);
+                *plan.chosen.get_or_try_init(choose).await? == Walk::Pages
+            }
+        };
+        Ok(pages.then_some(walk))
     }
 
     /// One verify batch: compares the next key range on both sides. Once every range was compared, the next call
@@ -437,14 +475,15 @@ impl Migration for ClickHouseCopy {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let plan = self.plan().await?;
-        if self.spec.verify && plan.physical.is_some() {
+        let heap_walk = self.heap_walk(plan, from).await?;
+        if self.spec.verify && heap_walk.is_some() {
             return Err(MigrationError::Permanent(
                 "args.parallelism above 1 with verify = true needs a copy in key order (verify compares key \
                  ranges, and order = \"physical\" ranges are runs of pages); set parallelism to 1 or remove order"
                     .into(),
             ));
         }
-        let Some(walk) = &plan.physical else {
+        let Some(walk) = heap_walk else {
             return keyset::split_states::<CopyCheckpoint<KeyCursor>>(
                 self.source.store(),
                 plan.keyset(),
@@ -477,7 +516,8 @@ impl Migration for ClickHouseCopy {
     /// the ranges' horizons, in as many concurrent reads as `parallelism` asks.
     async fn ranges_done(&self, states: &[Value], args: &Args) -> Result<(), MigrationError> {
         let plan = self.plan().await?;
-        let Some(walk) = &plan.physical else {
+        let walked_pages = states.iter().any(|s| Walk::of(s) == Some(Walk::Pages));
+        let (Some(walk), true) = (&plan.physical, walked_pages) else {
             return Ok(());
         };
         let horizons = states
@@ -499,7 +539,7 @@ impl Migration for ClickHouseCopy {
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let plan = self.plan().await?;
         let (target, state, args) = (&self.target, batch.state, batch.args);
-        match &plan.physical {
+        match self.heap_walk(plan, state).await? {
             None => {
                 let mut checkpoint = CopyCheckpoint::<KeyCursor>::read(state)?;
                 let end = range_end::<CopyCheckpoint<KeyCursor>>(batch.upper, plan.key.len())?;

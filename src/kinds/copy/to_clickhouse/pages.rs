@@ -17,6 +17,7 @@ use super::CopyPlan;
 use super::batch::{Walked, Window, copy_batch};
 use super::catch_up::WriteHorizon;
 use super::checkpoint::PageCursor;
+use super::sql::CopySql;
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::migration::MigrationError;
@@ -119,6 +120,8 @@ pub fn page_cuts(after: Tid, end_page: u64, parts: u64) -> Vec<u64> {
 pub struct PhysicalWalk {
     pool: PgPool,
     table: String,
+    /// The copy's read with each row's `ctid`.
+    sql: CopySql,
     rows_per_page: f64,
     /// The table's pages when last read: re-read only when a window reaches them, so that a batch in the middle of
     /// the table costs no extra query (a table only grows while it is walked; a VACUUM that truncates its end is
@@ -128,11 +131,16 @@ pub struct PhysicalWalk {
 
 impl PhysicalWalk {
     /// Checks that the server runs `ctid` ranges as TID range scans and reads the table's shape.
-    pub async fn prepare(pool: &PgPool, table: &str) -> Result<PhysicalWalk, MigrationError> {
+    pub async fn prepare(
+        pool: &PgPool,
+        table: &str,
+        sql: &CopySql,
+    ) -> Result<PhysicalWalk, MigrationError> {
         check_server(pool).await?;
         Ok(PhysicalWalk {
             pool: pool.clone(),
             table: table.to_owned(),
+            sql: sql.clone().with_ctid(),
             rows_per_page: rows_per_page(pool, table).await?,
             known_pages: AtomicU64::new(heap_pages(pool, table).await?),
         })
@@ -160,6 +168,11 @@ impl PhysicalWalk {
     /// The pool and the table, for the catch-up pass.
     pub fn source(&self) -> (&PgPool, &str) {
         (&self.pool, &self.table)
+    }
+
+    /// The copy's read with each row's `ctid` ([`CopySql::with_ctid`]), for page windows.
+    pub fn sql(&self) -> &CopySql {
+        &self.sql
     }
 
     /// The horizon of the walk at `cursor`: its own, or, before its first row, the horizon now (read before
@@ -249,16 +262,26 @@ async fn heap_pages(pool: &PgPool, table: &str) -> Result<u64, MigrationError> {
     Ok(pages.max(0) as u64)
 }
 
-/// Postgres runs a `ctid` range as a TID range scan from version 14; before, every batch would scan the table.
-async fn check_server(pool: &PgPool) -> Result<(), MigrationError> {
+/// Whether the server runs a `ctid` range as a TID range scan (from version 14; before, every batch would scan the
+/// table).
+pub async fn server_supports(pool: &PgPool) -> Result<bool, MigrationError> {
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
         .fetch_one(pool)
         .await
         .map_err(StoreError::sql("read the server version"))?;
-    if version < 140000 {
+    Ok(version >= 140000)
+}
+
+/// Refuses a server that does not run `ctid` ranges as TID range scans ([`server_supports`]).
+async fn check_server(pool: &PgPool) -> Result<(), MigrationError> {
+    if !server_supports(pool).await? {
+        let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::sql("read the server version"))?;
         return Err(MigrationError::Invalid(format!(
             "order = \"physical\" needs Postgres 14 or later (TID range scans); this server is version {version}; \
-             use the default key order"
+             use order = \"key\""
         )));
     }
     Ok(())
