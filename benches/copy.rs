@@ -1,8 +1,8 @@
 //! Copy throughput and memory, each beside its reference measured in the same run:
 //!
-//! 1. 1,000,000 rows of ~300 bytes, Postgres → ClickHouse, through the `copy` kind (default args; in key order,
-//!    the default, and with `order = "physical"`) versus the raw pipe, once with random (md5) text keys and once
-//!    with sequential ones
+//! 1. 1,000,000 rows of ~300 bytes, Postgres → ClickHouse, through the `copy` kind (default args; with the
+//!    default `order` — auto, which says which walk it chose — with `order = "key"` and with `order = "physical"`)
+//!    versus the raw pipe, once with random (md5) text keys and once with sequential ones
 //!    `psql -c "COPY (SELECT ...) TO STDOUT" | curl -X POST -T - '...INSERT ... FORMAT TabSeparated'` (streamed).
 //! 2. Peak resident memory (VmHWM) of a `bgmigrate worker` process copying rows of up to 50 MB each at default
 //!    args, against the 128 MiB budget.
@@ -207,7 +207,8 @@ async fn throughput(rows: u64, keys: Keys) {
     // bgmigrate: the copy kind with default args, run by the library's runner, in key order (the default) and
     // in physical order.
     let physical_order = ", order = \"physical\"";
-    let key_order = copy_with_bgmigrate(&dbs, "traces", "", "").await;
+    let key_order = copy_with_bgmigrate(&dbs, "traces", ", order = \"key\"", "").await;
+    let default_order = copy_with_bgmigrate(&dbs, "traces_default", "", "").await;
     let physical = copy_with_bgmigrate(&dbs, "traces_physical", physical_order, "").await;
     let verified =
         copy_with_bgmigrate(&dbs, "traces_verified", physical_order, "verify = true").await;
@@ -220,8 +221,13 @@ async fn throughput(rows: u64, keys: Keys) {
         pipe.as_secs_f64(),
         rate(pipe),
     );
+    let chosen = match default_order.2 {
+        Some(_) => "the default order (auto: it chose physical)",
+        None => "the default order (auto: it chose key)",
+    };
     for (label, (took, cpu, catch_up)) in [
-        ("key order (default)", key_order),
+        ("order = \"key\"", key_order),
+        (chosen, default_order),
         ("order = \"physical\"", physical),
     ] {
         let catch_up = catch_up
