@@ -381,17 +381,19 @@ impl ClickHouseCopy {
         }
     }
 
-    /// The heap walk of the copy at checkpoint `state`, or `None` when it walks by key: as the definition says, else
-    /// as its checkpoint began, else as [`order`] chooses for the table.
+    /// The heap walk of the copy at checkpoint `state` (in a range ending at `upper`), or `None` when it walks by
+    /// key: as the definition says, else as its checkpoint — or the next range's, for a range that has not run a
+    /// batch yet — began, else as [`order`] chooses for the table.
     async fn heap_walk<'p>(
         &self,
         plan: &'p CopyPlan,
-        state: &Value,
+        (state, upper): (&Value, Option<&Value>),
     ) -> Result<Option<&'p PhysicalWalk>, MigrationError> {
         let Some(walk) = &plan.physical else {
             return Ok(None);
         };
-        let pages = match (self.spec.from.order, Walk::of(state)) {
+        let began = Walk::of(state).or_else(|| upper.and_then(Walk::of));
+        let pages = match (self.spec.from.order, began) {
             (Order::Physical, _) => true,
             (_, Some(began)) => began == Walk::Pages,
             (_, None) => {
@@ -475,7 +477,7 @@ impl Migration for ClickHouseCopy {
         rows: Option<u64>,
     ) -> Result<Vec<Value>, MigrationError> {
         let plan = self.plan().await?;
-        let heap_walk = self.heap_walk(plan, from).await?;
+        let heap_walk = self.heap_walk(plan, (from, upper)).await?;
         if self.spec.verify && heap_walk.is_some() {
             return Err(MigrationError::Permanent(
                 "args.parallelism above 1 with verify = true needs a copy in key order (verify compares key \
@@ -539,7 +541,7 @@ impl Migration for ClickHouseCopy {
     async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
         let plan = self.plan().await?;
         let (target, state, args) = (&self.target, batch.state, batch.args);
-        match self.heap_walk(plan, state).await? {
+        match self.heap_walk(plan, (state, batch.upper)).await? {
             None => {
                 let mut checkpoint = CopyCheckpoint::<KeyCursor>::read(state)?;
                 let end = range_end::<CopyCheckpoint<KeyCursor>>(batch.upper, plan.key.len())?;
