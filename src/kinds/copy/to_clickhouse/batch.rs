@@ -23,7 +23,7 @@ use crate::migration::MigrationError;
 use crate::store::StoreError;
 
 /// What a batch moved.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Moved {
     /// Rows inserted.
     pub rows: u64,
@@ -169,13 +169,7 @@ impl<'p, 'k> Encoder<'p, 'k> {
             args,
             writer,
             keys,
-            moved: Moved {
-                rows: 0,
-                bytes: 0,
-                last_key: None,
-                last_tid: None,
-                complete: false,
-            },
+            moved: Moved::default(),
         }
     }
 

@@ -27,7 +27,7 @@ use sqlx::PgPool;
 
 use super::CopyPlan;
 use super::batch::{Moved, Window, copy_batch};
-use super::pages::{PageWindow, Tid, page_cuts};
+use super::pages::{PageWindow, Tid, heap_pages, page_cuts};
 use crate::args::Args;
 use crate::clickhouse::ClickHouse;
 use crate::migration::MigrationError;
@@ -120,25 +120,20 @@ pub async fn catch_up(
         .await
         .map_err(read("start a snapshot"))?;
     let sql = "SELECT pg_export_snapshot(), pg_relation_filenode($1::text::regclass)::int8, \
-               (pg_relation_size($1::text::regclass) / current_setting('block_size')::int)::int8";
-    let (snapshot, filenode, pages): (String, i64, i64) = sqlx::query_as(sql)
+               age($2::text::xid)::int8";
+    let (snapshot, filenode, age): (String, i64, Option<i64>) = sqlx::query_as(sql)
         .bind(Dialect::Postgres.quote_ident(table))
+        .bind(since.map(|horizon| horizon.xid.to_string()))
         .fetch_one(&mut *holder)
         .await
         .map_err(read("export a snapshot"))?;
-    let since = match since.filter(|horizon| i64::from(horizon.filenode) == filenode) {
-        Some(horizon) => {
-            let age: i64 = sqlx::query_scalar("SELECT age($1::text::xid)::int8")
-                .bind(horizon.xid.to_string())
-                .fetch_one(&mut *holder)
-                .await
-                .map_err(read("measure the horizon's age"))?;
-            (0..=MAX_HORIZON_AGE).contains(&age).then_some(horizon.xid)
-        }
-        None => None,
+    let trusted = |horizon: &WriteHorizon| {
+        i64::from(horizon.filenode) == filenode
+            && age.is_some_and(|age| (0..=MAX_HORIZON_AGE).contains(&age))
     };
+    let since = since.filter(trusted).map(|horizon| horizon.xid);
     // The snapshot sees no row beyond the pages the table has now.
-    let end_page = pages.max(0) as u64 + 1;
+    let end_page = heap_pages(pool, table).await? + 1;
     let start = Tid::page_start(0);
     let cuts = page_cuts(start, end_page, streams.clamp(1, MAX_STREAMS));
     let starts = std::iter::once(start).chain(cuts.iter().map(|&page| Tid::page_start(page)));
@@ -156,9 +151,8 @@ pub async fn catch_up(
     Ok(Moved {
         rows: moved.iter().map(|m| m.rows).sum(),
         bytes: moved.iter().map(|m| m.bytes).sum(),
-        last_key: None,
-        last_tid: None,
         complete: true,
+        ..Moved::default()
     })
 }
 
@@ -170,11 +164,8 @@ async fn copy_run(
     args: &Args,
 ) -> Result<Moved, MigrationError> {
     let mut total = Moved {
-        rows: 0,
-        bytes: 0,
-        last_key: None,
-        last_tid: None,
         complete: true,
+        ..Moved::default()
     };
     loop {
         let moved = copy_batch(clickhouse, plan, Window::Changed(changed), args).await?;

@@ -49,7 +49,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use self::mapping::{ColumnPlan, plan_column};
 
-use self::batch::{Moved, Walked};
+use self::batch::Walked;
 use self::catch_up::WriteHorizon;
 use self::checkpoint::{CopyCheckpoint, PageCursor};
 use self::order::Walk;
@@ -75,15 +75,6 @@ fn page_range_end(upper: Option<&Value>) -> Result<Option<u64>, MigrationError> 
     upper
         .map(|upper| Ok(CopyCheckpoint::<PageCursor>::read(upper)?.walk.after().page))
         .transpose()
-}
-
-/// The end of a walk in physical order after its catch-up pass moved `moved`.
-fn caught_up(at: PageCursor, moved: Moved) -> Walked<PageCursor> {
-    Walked {
-        at,
-        moved,
-        exhausted: true,
-    }
 }
 
 /// The store a copy into ClickHouse reads: each has its reader feeding the one encoder ([`batch`]).
@@ -323,6 +314,7 @@ impl ClickHouseCopy {
                 ));
             }
             (Order::Physical, Relation::Table(table)) => {
+                pages::check_server(&pool).await?;
                 let walk = PhysicalWalk::prepare(&pool, table, &sql).await?;
                 (ReadSql::Postgres(pool, sql), Some(walk))
             }
@@ -568,7 +560,12 @@ impl Migration for ClickHouseCopy {
                     let moved =
                         catch_up::catch_up(target, plan, walk.source(), since, args).await?;
                     let at = checkpoint.walk;
-                    return Ok(self.walked(&checkpoint, caught_up(at, moved)));
+                    let walked = Walked {
+                        at,
+                        moved,
+                        exhausted: true,
+                    };
+                    return Ok(self.walked(&checkpoint, walked));
                 }
                 let range = (checkpoint.walk, page_range_end(batch.upper)?);
                 let mut walked = pages::copy_page_batch(target, plan, walk, range, args).await?;

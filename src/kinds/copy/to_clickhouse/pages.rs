@@ -130,13 +130,12 @@ pub struct PhysicalWalk {
 }
 
 impl PhysicalWalk {
-    /// Checks that the server runs `ctid` ranges as TID range scans and reads the table's shape.
+    /// Reads the table's shape for the walk; the caller has checked the server ([`check_server`]).
     pub async fn prepare(
         pool: &PgPool,
         table: &str,
         sql: &CopySql,
     ) -> Result<PhysicalWalk, MigrationError> {
-        check_server(pool).await?;
         Ok(PhysicalWalk {
             pool: pool.clone(),
             table: table.to_owned(),
@@ -251,7 +250,7 @@ async fn rows_per_page(pool: &PgPool, table: &str) -> Result<f64, MigrationError
 }
 
 /// The table's current number of heap pages (rows appended during the copy land at the end and are read).
-async fn heap_pages(pool: &PgPool, table: &str) -> Result<u64, MigrationError> {
+pub(super) async fn heap_pages(pool: &PgPool, table: &str) -> Result<u64, MigrationError> {
     let sql =
         "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::int)::int8";
     let pages: i64 = sqlx::query_scalar(sql)
@@ -273,7 +272,7 @@ pub async fn server_supports(pool: &PgPool) -> Result<bool, MigrationError> {
 }
 
 /// Refuses a server that does not run `ctid` ranges as TID range scans ([`server_supports`]).
-async fn check_server(pool: &PgPool) -> Result<(), MigrationError> {
+pub async fn check_server(pool: &PgPool) -> Result<(), MigrationError> {
     if !server_supports(pool).await? {
         let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
             .fetch_one(pool)
