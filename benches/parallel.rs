@@ -9,7 +9,8 @@
 //! * **backfill**: `SET total = a + b` on a table with a random text key (~300-byte rows), against one plain
 //!   `UPDATE` of an identical table. Each worker count gets its own freshly built, vacuumed table.
 //! * **copy into ClickHouse** (random md5 keys, key order): against the raw pipe `psql COPY … TO STDOUT | curl
-//!   INSERT … FORMAT TabSeparated` into an identical ClickHouse table.
+//!   INSERT … FORMAT TabSeparated` into an identical ClickHouse table, and for N > 1 also against that pipe cut
+//!   into N stretches of the heap run at once (what the raw tools gain from the same cores).
 //! * **clickhouse_rewrite** of a table of one partition (so N workers need key ranges inside it): against one
 //!   plain `INSERT INTO … SELECT … FROM` of the whole table into an identical target.
 //!
@@ -146,6 +147,8 @@ async fn run_with_workers(
 /// The times of one comparison: the reference's and each worker count's, one per round.
 struct Timings {
     reference: Vec<Duration>,
+    /// The reference split into N parts run at once, where the comparison has such a split (N > 1 only).
+    split: Vec<(u64, Vec<Duration>)>,
     ours: Vec<(u64, Vec<Duration>)>,
 }
 
@@ -169,20 +172,31 @@ fn spread(times: &[Duration]) -> String {
 
 /// Measures `rounds` rounds, each the reference and then every worker count, so a slow moment of the machine
 /// touches both sides of the comparison; the medians are compared. `reference(round)` and `ours(round, n)` each
-/// run once on fresh tables and return the time of the work itself.
+/// run once on fresh tables and return the time of the work itself; `split(n)`, where it returns a time, is the
+/// reference cut into `n` parts run at once, timed before `ours(round, n)`.
 async fn measure(
     rounds: usize,
     workers: &[u64],
     mut reference: impl FnMut(usize) -> Duration,
+    split: &mut dyn FnMut(u64) -> Option<Duration>,
     mut ours: impl AsyncFnMut(usize, u64) -> Duration,
 ) -> Timings {
     let mut timings = Timings {
         reference: Vec::new(),
+        split: Vec::new(),
         ours: workers.iter().map(|&n| (n, Vec::new())).collect(),
     };
     for round in 0..rounds {
         timings.reference.push(reference(round));
         for (n, times) in &mut timings.ours {
+            if *n > 1
+                && let Some(took) = split(*n)
+            {
+                match timings.split.iter_mut().find(|(parts, _)| parts == n) {
+                    Some((_, split_times)) => split_times.push(took),
+                    None => timings.split.push((*n, vec![took])),
+                }
+            }
             times.push(ours(round, *n).await);
         }
     }
@@ -200,9 +214,19 @@ fn print_timings(what: &str, rows: u64, timings: &Timings) {
         timings.reference.len(),
         spread(&timings.reference)
     );
-    for (n, times) in &timings.ours {
+    let labelled = timings
+        .split
+        .iter()
+        .map(|(n, times)| (format!("the reference in {n} parts at once"), times))
+        .chain(
+            timings
+                .ours
+                .iter()
+                .map(|(n, times)| (format!("bgmigrate, {n} worker(s)"), times)),
+        );
+    for (label, times) in labelled {
         println!(
-            "  bgmigrate, {n} worker(s) {:>8.2} s {:>10.0} rows/s   {:.2}x the reference   (rounds: {})",
+            "  {label:<33} {:>5.2} s {:>10.0} rows/s   {:.2}x the reference   (rounds: {})",
             median(times).as_secs_f64(),
             rate(times),
             rate(times) / reference,
@@ -255,7 +279,7 @@ async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds:
         psql(server, DATABASE, &format!("DROP TABLE {name}"));
         took
     };
-    let timings = measure(rounds, workers, reference, ours).await;
+    let timings = measure(rounds, workers, reference, &mut |_| None, ours).await;
     print_timings(
         &format!("backfill of {rows} rows (random text key, {order} order): one plain UPDATE"),
         rows,
@@ -274,19 +298,55 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str, r
     clickhouse(ch, &format!("CREATE DATABASE {DATABASE}"));
     let targets = Targets { server, ch, rows };
     let insert = format!("{ch}/?query=INSERT%20INTO%20{DATABASE}.pipe%20FORMAT%20TabSeparated");
+    // `-T -` streams: `--data-binary @-` would read all of psql's output into memory before sending it (out of
+    // memory at 10,000,000 rows) and keep psql and ClickHouse from working at the same time.
+    // `source`: what `COPY` reads, a table or a parenthesised query.
+    let pipe = |source: &str| {
+        let source = source.replace('\'', "'\\''");
+        Command::new("bash")
+            .args(["-o", "pipefail", "-c", &format!(
+                "psql '{server}/{DATABASE}' -c 'COPY {source} TO STDOUT' | curl -sS --fail-with-body -X POST -T - '{insert}'"
+            )])
+            .spawn()
+            .expect("pipe")
+    };
     let reference = |_round| {
         targets.reference("pipe", || {
-            let status = Command::new("bash")
-                .args(["-o", "pipefail", "-c", &format!(
-                    // `-T -` streams: `--data-binary @-` would read all of psql's output into memory before
-                    // sending it (out of memory at 10,000,000 rows) and keep psql and ClickHouse from working at
-                    // the same time.
-                    "psql '{server}/{DATABASE}' -c 'COPY traces TO STDOUT' | curl -sS --fail-with-body -X POST -T - '{insert}'"
-                )])
-                .status()
-                .expect("pipe");
+            let status = pipe("traces").wait().expect("pipe");
             assert!(status.success(), "the reference pipe failed");
         })
+    };
+    // The pipe in `n` parts at once, each a stretch of the heap (a TID range scan, as the physical order reads):
+    // what the raw tools gain from the same cores.
+    let pages: u64 = psql(
+        server,
+        DATABASE,
+        "SELECT relpages FROM pg_class WHERE relname = 'traces'",
+    )
+    .parse()
+    .expect("relpages");
+    let mut split = |n: u64| {
+        Some(targets.reference("pipe", || {
+            let parts: Vec<_> = (0..n)
+                .map(|i| {
+                    let (from, to) = (pages * i / n, pages * (i + 1) / n);
+                    let upper = if i + 1 == n {
+                        String::new()
+                    } else {
+                        format!(" AND ctid < '({to},0)'")
+                    };
+                    pipe(&format!(
+                        "(SELECT * FROM traces WHERE ctid >= '({from},0)'{upper})"
+                    ))
+                })
+                .collect();
+            for mut part in parts {
+                assert!(
+                    part.wait().expect("pipe").success(),
+                    "a part of the pipe failed"
+                );
+            }
+        }))
     };
     let ours = async |round: usize, n: u64| {
         targets
@@ -298,7 +358,7 @@ async fn copy(server: &str, ch: &str, rows: u64, workers: &[u64], order: &str, r
             })
             .await
     };
-    let timings = measure(rounds, workers, reference, ours).await;
+    let timings = measure(rounds, workers, reference, &mut split, ours).await;
     clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
     print_timings(
         &format!(
@@ -352,7 +412,7 @@ async fn rewrite(server: &str, ch: &str, rows: u64, workers: &[u64], rounds: usi
             )
             .await
     };
-    let timings = measure(rounds, workers, reference, ours).await;
+    let timings = measure(rounds, workers, reference, &mut |_| None, ours).await;
     clickhouse(ch, &format!("DROP DATABASE IF EXISTS {DATABASE}"));
     print_timings(
         &format!("rewrite of {rows} rows in one partition: one plain INSERT ... SELECT"),
