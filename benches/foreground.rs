@@ -34,13 +34,15 @@
 //! writer doing the backfill's work without bgmigrate — small `UPDATE`s by `ctid`, walking the heap, paced evenly
 //! by `pgbench`, in sessions with the settings the backfill's batches take while yielding — once at the
 //! backfill's own speed under that load and once at the target share of its idle speed. What that writer costs
-//! the load is what any writer that fast costs it on this server and disk.
+//! the load is what any writer that fast costs it on this server and disk. The load's p99 during the backfill is
+//! also split by the backfill's phase (`list`, `walk`), read from its checkpoint every 100 ms.
 
 #[path = "support/cpu.rs"]
 mod cpu;
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
@@ -65,17 +67,62 @@ const SEGMENT_SECS: u64 = 5;
 /// Per-transaction latencies of one load run, in microseconds.
 struct Load {
     latencies_us: Vec<u64>,
+    /// When each transaction of `latencies_us` completed (µs since the epoch), in the same order.
+    done_us: Vec<u128>,
     seconds: f64,
     /// Cores the server and this process (worker, pgbench) kept busy meanwhile, on average.
     cores: f64,
 }
 
+/// The `p` quantile of `latencies_us`, in ms.
+fn percentile_ms(latencies_us: &[u64], p: f64) -> f64 {
+    let mut sorted = latencies_us.to_vec();
+    sorted.sort_unstable();
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
+}
+
 impl Load {
     fn percentile_ms(&self, p: f64) -> f64 {
-        let mut sorted = self.latencies_us.clone();
-        sorted.sort_unstable();
-        let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
-        sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
+        percentile_ms(&self.latencies_us, p)
+    }
+
+    /// The load's transactions split by the backfill's phase when each completed (`phases`: when each phase
+    /// began, in order): per phase its seconds, transactions and p99 in ms.
+    fn by_phase(
+        &self,
+        phases: &[(u128, &'static str)],
+        ended: u128,
+    ) -> Vec<(&'static str, f64, usize, f64)> {
+        let mut split: Vec<(&'static str, f64, Vec<u64>)> = Vec::new();
+        for (i, &(began, phase)) in phases.iter().enumerate() {
+            let until = phases.get(i + 1).map_or(ended, |next| next.0);
+            let seconds = until.saturating_sub(began) as f64 / 1e6;
+            let latencies = self
+                .done_us
+                .iter()
+                .zip(&self.latencies_us)
+                .filter(|(done, _)| (began..until).contains(*done))
+                .map(|(_, latency)| *latency);
+            match split.iter_mut().find(|(name, ..)| *name == phase) {
+                Some((_, secs, all)) => {
+                    *secs += seconds;
+                    all.extend(latencies);
+                }
+                None => split.push((phase, seconds, latencies.collect())),
+            }
+        }
+        split
+            .into_iter()
+            .map(|(phase, seconds, latencies)| {
+                (
+                    phase,
+                    seconds,
+                    latencies.len(),
+                    percentile_ms(&latencies, 0.99),
+                )
+            })
+            .collect()
     }
 
     fn rate(&self) -> f64 {
@@ -95,6 +142,11 @@ struct Backfill {
     /// Share of the time batches ran, over the span the batches table keeps (its last 1,000 batches).
     busy: f64,
     throttled: Option<String>,
+    /// When each phase of the walk began (µs since the epoch), in order: `list` (a heap-order walk's key sweep
+    /// and its close, and the first batch of any walk), then `walk`.
+    phases: Vec<(u128, &'static str)>,
+    /// When the backfill ended (µs since the epoch).
+    ended: u128,
 }
 
 /// Builds `items` and freezes its layout.
@@ -175,8 +227,12 @@ impl Pgbench<'_> {
 }
 
 /// Latencies of the transactions logged in `dir` under `prefix`, completed before `until` (µs since the epoch).
-fn read_latencies(dir: &Path, prefix: &str, until: Option<u128>) -> anyhow::Result<Vec<u64>> {
-    let mut latencies = Vec::new();
+fn read_latencies(
+    dir: &Path,
+    prefix: &str,
+    until: Option<u128>,
+) -> anyhow::Result<(Vec<u64>, Vec<u128>)> {
+    let (mut latencies, mut done_at) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if !entry.file_name().to_string_lossy().starts_with(prefix) {
@@ -195,10 +251,11 @@ fn read_latencies(dir: &Path, prefix: &str, until: Option<u128>) -> anyhow::Resu
                     time.parse()
                         .with_context(|| format!("pgbench log line {line:?}"))?,
                 );
+                done_at.push(done);
             }
         }
     }
-    Ok(latencies)
+    Ok((latencies, done_at))
 }
 
 fn now_us() -> u128 {
@@ -225,8 +282,10 @@ async fn load_alone(
         .run(url)
         .await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let (latencies_us, done_us) = read_latencies(logs, &prefix, None)?;
     Ok(Load {
-        latencies_us: read_latencies(logs, &prefix, None)?,
+        latencies_us,
+        done_us,
         seconds: elapsed,
         cores: (cpu::seconds(postmaster) - cpu_before) / elapsed,
     })
@@ -321,9 +380,11 @@ async fn plain_writer(
     .fetch_one(db)
     .await?;
     exec(db, "VACUUM items").await?;
+    let (latencies_us, done_us) = read_latencies(logs, &prefix, None)?;
     Ok(PlainWriter {
         load: Load {
-            latencies_us: read_latencies(logs, &prefix, None)?,
+            latencies_us,
+            done_us,
             seconds: elapsed,
             cores,
         },
@@ -377,6 +438,8 @@ async fn backfill(
     );
     let (started, cpu_before) = (Instant::now(), cpu::seconds(postmaster));
     let run = tokio::spawn(async move { runner.spawn().join().await });
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    let watcher = tokio::spawn(watch_phases(db.clone(), column.to_owned(), phases.clone()));
     let mut segments = 0;
     if let Some((rate, script, logs)) = load {
         while !run.is_finished() {
@@ -390,6 +453,12 @@ async fn backfill(
     let summary = run.await??;
     let seconds = started.elapsed().as_secs_f64();
     let ended = now_us();
+    if watcher.is_finished() {
+        watcher.await??;
+        bail!("the phase watcher stopped before the backfill ended");
+    }
+    watcher.abort();
+    let phases = std::mem::take(&mut *phases.lock().expect("poisoned"));
     let cores = (cpu::seconds(postmaster) - cpu_before) / seconds;
     let wal_mib_per_sec = (wal_position(db).await? - wal_before) / seconds / 1024.0 / 1024.0;
     if !summary.failed.is_empty() {
@@ -427,11 +496,16 @@ async fn backfill(
     .await?;
     exec(db, "VACUUM items").await?;
     let load = match load {
-        Some((rate, _, logs)) => Some(Load {
-            latencies_us: read_latencies(logs, &format!("during_{rate}_"), Some(ended))?,
-            seconds,
-            cores,
-        }),
+        Some((rate, _, logs)) => {
+            let (latencies_us, done_us) =
+                read_latencies(logs, &format!("during_{rate}_"), Some(ended))?;
+            Some(Load {
+                latencies_us,
+                done_us,
+                seconds,
+                cores,
+            })
+        }
         None => None,
     };
     Ok((
@@ -443,9 +517,40 @@ async fn backfill(
             median_batch_ms: stats.try_get("median")?,
             busy: stats.try_get("busy")?,
             throttled,
+            phases,
+            ended,
         },
         load,
     ))
+}
+
+/// Polls the checkpoint of backfill `name` every 100 ms and appends to `phases` when its phase changes: `list`
+/// until a heap-order walk has listed its keys (its checkpoint then names a `page`), `walk` after; a key-order
+/// walk is `walk` from its first checkpoint.
+async fn watch_phases(
+    db: PgPool,
+    name: String,
+    phases: Arc<Mutex<Vec<(u128, &'static str)>>>,
+) -> anyhow::Result<()> {
+    loop {
+        let state: Option<Value> =
+            sqlx::query_scalar("SELECT state FROM background_migrations WHERE name = $1")
+                .bind(&name)
+                .fetch_optional(&db)
+                .await?;
+        let listing = state.as_ref().is_none_or(|state| {
+            state.get("page").is_none()
+                && (state.get("list").is_some() || state.as_object().is_none_or(|o| o.is_empty()))
+        });
+        let phase = if listing { "list" } else { "walk" };
+        {
+            let mut phases = phases.lock().expect("poisoned");
+            if phases.last().is_none_or(|(_, last)| *last != phase) {
+                phases.push((now_us(), phase));
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// The server's WAL position in bytes.
@@ -627,6 +732,18 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             during.rate(),
             backfill.batches,
             backfill.wal_mib_per_sec
+        );
+        let phases: Vec<String> = during
+            .by_phase(&backfill.phases, backfill.ended)
+            .into_iter()
+            .map(|(phase, seconds, count, p99)| {
+                format!("{phase} {seconds:.1} s, {count} tx, p99 {p99:.1} ms")
+            })
+            .collect();
+        println!(
+            "  {:>6}   by the backfill's phase: {}",
+            "",
+            phases.join("; ")
         );
     }
     println!(
