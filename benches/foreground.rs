@@ -291,10 +291,11 @@ async fn load_alone(
     })
 }
 
-/// Pages one statement of the plain writer updates. Small statements paced evenly were the gentlest plain writer
-/// found at 400 tx/s on 3,000,000 rows, all at ~22,000 rows/s with the settings below: 5 pages a statement left
-/// the load's p99 at 4.4 ms, 20 pages 6.2 ms, 100 pages 7.2 ms (without those settings: 50.6 ms).
-const WRITER_PAGES: u64 = 5;
+/// Rows one statement of the plain writer updates (about 5 heap pages of this table). Small statements paced
+/// evenly were the gentlest plain writer found at 400 tx/s on 3,000,000 rows, all at ~22,000 rows/s with the
+/// settings below: 5 pages a statement left the load's p99 at 4.4 ms, 20 pages 6.2 ms, 100 pages 7.2 ms (without
+/// those settings: 50.6 ms).
+const WRITER_ROWS: u64 = 120;
 
 /// What the reference writer did: the load's latencies meanwhile, and the rows it updated per second.
 struct PlainWriter {
@@ -304,7 +305,7 @@ struct PlainWriter {
 
 /// The reference beside each load level: the same load, for `seconds`, while a plain writer does the backfill's
 /// work at the backfill's own speed (`rows_per_sec`) — `UPDATE items SET <fresh column> = a + b` over
-/// [`WRITER_PAGES`] heap pages a statement, walking the heap in order, paced evenly by `pgbench`, in sessions with
+/// runs of heap pages holding [`WRITER_ROWS`] rows a statement, walking the heap in order, paced evenly by `pgbench`, in sessions with
 /// the settings the backfill's batches take while yielding (`wal_compression` lz4 where the server has it,
 /// `backend_flush_after` 256 kB, `synchronous_commit` off). What it costs the load is what any writer this fast
 /// costs it here; the backfill's p99 is read against it.
@@ -316,42 +317,38 @@ async fn plain_writer(
     postmaster: u32,
 ) -> anyhow::Result<PlainWriter> {
     let column = format!("total_{name}_{rate}");
-    // Earlier runs moved every row at least once and VACUUM freed the pages they left: live rows lie in stretches
-    // with nearly empty pages between. The writer walks the pages that hold live rows, numbered in heap order, so
-    // that each statement finds as many rows as the pace assumes.
+    // Earlier runs moved rows around and VACUUM freed the pages they left, so rows per page vary along the heap:
+    // the writer's statements are cut by rows, each a run of whole pages holding about WRITER_ROWS rows.
     exec(
         db,
         &format!(
-            "ALTER TABLE items ADD COLUMN {column} int; \
-             DROP TABLE IF EXISTS writer_pages; DROP SEQUENCE IF EXISTS writer_chunks; \
-             CREATE TABLE writer_pages AS SELECT row_number() OVER (ORDER BY page) AS n, page \
-             FROM (SELECT DISTINCT (ctid::text::point)[0]::int8 AS page FROM items) AS live; \
-             ALTER TABLE writer_pages ADD PRIMARY KEY (n); CREATE SEQUENCE writer_chunks MINVALUE 0 START 0; \
+            "ALTER TABLE items ADD COLUMN {column} int; DROP TABLE IF EXISTS writer_chunks; \
+             DROP SEQUENCE IF EXISTS writer_next; \
+             CREATE TABLE writer_chunks AS SELECT chunk AS n, min(page) AS lo, max(page) + 1 AS hi \
+             FROM (SELECT page, floor((sum(rows) OVER (ORDER BY page) - rows) / {WRITER_ROWS})::int8 AS chunk \
+                   FROM (SELECT (ctid::text::point)[0]::int8 AS page, count(*) AS rows FROM items GROUP BY 1) AS pages) \
+                  AS chunks \
+             GROUP BY chunk; \
+             ALTER TABLE writer_chunks ADD PRIMARY KEY (n); CREATE SEQUENCE writer_next MINVALUE 0 START 0; \
              CHECKPOINT"
         ),
     )
     .await?;
-    let (rows_per_page, compression): (f64, String) = sqlx::query_as(
-        "SELECT ((SELECT reltuples FROM pg_class WHERE relname = 'items') \
-                 / greatest((SELECT count(*) FROM writer_pages), 1))::float8, \
-                (SELECT CASE WHEN 'lz4' = ANY (enumvals) THEN 'lz4' ELSE 'on' END FROM pg_settings \
-                 WHERE name = 'wal_compression')",
+    let compression: String = sqlx::query_scalar(
+        "SELECT CASE WHEN 'lz4' = ANY (enumvals) THEN 'lz4' ELSE 'on' END FROM pg_settings \
+         WHERE name = 'wal_compression'",
     )
     .fetch_one(db)
     .await?;
-    let statements = (rows_per_sec / (rows_per_page.max(1.0) * WRITER_PAGES as f64))
-        .ceil()
-        .max(1.0) as u64;
+    let statements = (rows_per_sec / WRITER_ROWS as f64).ceil().max(1.0) as u64;
     let writer_script = logs.join(format!("{column}.sql"));
     std::fs::write(
         &writer_script,
         format!(
-            "SELECT nextval('writer_chunks') AS chunk \\gset\n\
-             SELECT coalesce(min(page), 0) AS lo, coalesce(max(page) + 1, 0) AS hi FROM writer_pages \
-             WHERE n > :chunk * {pages} AND n <= (:chunk + 1) * {pages} \\gset\n\
+            "SELECT nextval('writer_next') AS chunk \\gset\n\
+             SELECT coalesce(min(lo), 0) AS lo, coalesce(max(hi), 0) AS hi FROM writer_chunks WHERE n = :chunk \\gset\n\
              UPDATE items SET {column} = a + b WHERE ctid >= ('(' || :lo || ',0)')::tid \
-             AND ctid < ('(' || :hi || ',0)')::tid;\n",
-            pages = WRITER_PAGES
+             AND ctid < ('(' || :hi || ',0)')::tid;\n"
         ),
     )?;
     let options = format!(
@@ -747,7 +744,7 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         );
     }
     println!(
-        "  the reference at each level: a plain writer under the same load ({WRITER_PAGES}-page UPDATEs by ctid in \
+        "  the reference at each level: a plain writer under the same load (UPDATEs of {WRITER_ROWS} rows by ctid in \
          heap order, paced, with the backfill's session settings), at the backfill's speed and at {:.0}% of its idle \
          speed",
         TARGET_SPEED_SHARE * 100.0
