@@ -264,30 +264,31 @@ fn now_us() -> u128 {
         .map_or(0, |d| d.as_micros())
 }
 
-/// The fixed load alone at `rate` for `seconds`.
-async fn load_alone(
-    url: &str,
-    script: &Path,
-    logs: &Path,
+/// The fixed load at `rate` for `seconds`, logged under `prefix`, while `beside` runs (the plain writer, or
+/// nothing for the load alone).
+async fn fixed_load(
+    db: &PgPool,
+    (url, script, logs): (&str, &Path, &Path),
     (rate, seconds): (u64, u64),
-    postmaster: u32,
+    (prefix, postmaster): (&str, u32),
+    beside: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<Load> {
-    let prefix = format!("alone_{rate}");
-    let db = pool(url).await?;
     // As before each backfill: no checkpoint of earlier writes lands in this run.
-    exec(&db, "CHECKPOINT").await?;
-    db.close().await;
+    exec(db, "CHECKPOINT").await?;
     let (started, cpu_before) = (Instant::now(), cpu::seconds(postmaster));
-    Pgbench::load(script, rate, seconds, &logs.join(&prefix))
-        .run(url)
-        .await?;
+    let log = logs.join(prefix);
+    let load = Pgbench::load(script, rate, seconds, &log);
+    let (loaded, besides) = tokio::join!(load.run(url), beside);
     let elapsed = started.elapsed().as_secs_f64();
-    let (latencies_us, done_us) = read_latencies(logs, &prefix, None)?;
+    let cores = (cpu::seconds(postmaster) - cpu_before) / elapsed;
+    loaded?;
+    besides?;
+    let (latencies_us, done_us) = read_latencies(logs, prefix, None)?;
     Ok(Load {
         latencies_us,
         done_us,
         seconds: elapsed,
-        cores: (cpu::seconds(postmaster) - cpu_before) / elapsed,
+        cores,
     })
 }
 
@@ -304,11 +305,11 @@ struct PlainWriter {
 }
 
 /// The reference beside each load level: the same load, for `seconds`, while a plain writer does the backfill's
-/// work at the backfill's own speed (`rows_per_sec`) — `UPDATE items SET <fresh column> = a + b` over
-/// runs of heap pages holding [`WRITER_ROWS`] rows a statement, walking the heap in order, paced evenly by `pgbench`, in sessions with
-/// the settings the backfill's batches take while yielding (`wal_compression` lz4 where the server has it,
-/// `backend_flush_after` 256 kB, `synchronous_commit` off). What it costs the load is what any writer this fast
-/// costs it here; the backfill's p99 is read against it.
+/// work at the backfill's own speed (`rows_per_sec`) — `UPDATE items SET <fresh column> = a + b` over runs of heap
+/// pages holding [`WRITER_ROWS`] rows a statement, walking the heap in order, paced evenly by `pgbench`, in
+/// sessions with the settings the backfill's batches take while yielding (`wal_compression` lz4 where the server
+/// has it, `backend_flush_after` 256 kB, `synchronous_commit` off). What it costs the load is what any writer this
+/// fast costs it here; the backfill's p99 is read against it.
 async fn plain_writer(
     db: &PgPool,
     (url, script, logs): (&str, &Path, &Path),
@@ -329,8 +330,7 @@ async fn plain_writer(
                    FROM (SELECT (ctid::text::point)[0]::int8 AS page, count(*) AS rows FROM items GROUP BY 1) AS pages) \
                   AS chunks \
              GROUP BY chunk; \
-             ALTER TABLE writer_chunks ADD PRIMARY KEY (n); CREATE SEQUENCE writer_next MINVALUE 0 START 0; \
-             CHECKPOINT"
+             ALTER TABLE writer_chunks ADD PRIMARY KEY (n); CREATE SEQUENCE writer_next MINVALUE 0 START 0"
         ),
     )
     .await?;
@@ -362,30 +362,23 @@ async fn plain_writer(
         log: None,
         options: &options,
     };
-    let prefix = format!("load_{column}");
-    let load_prefix = logs.join(&prefix);
-    let load = Pgbench::load(script, rate, seconds, &load_prefix);
-    let (started, cpu_before) = (Instant::now(), cpu::seconds(postmaster));
-    let (written, loaded) = tokio::join!(writer.run(url), load.run(url));
-    let elapsed = started.elapsed().as_secs_f64();
-    let cores = (cpu::seconds(postmaster) - cpu_before) / elapsed;
-    written?;
-    loaded?;
+    let load = fixed_load(
+        db,
+        (url, script, logs),
+        (rate, seconds),
+        (&format!("load_{column}"), postmaster),
+        writer.run(url),
+    )
+    .await?;
     let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT count(*) FROM items WHERE {column} IS NOT NULL"
     )))
     .fetch_one(db)
     .await?;
     exec(db, "VACUUM items").await?;
-    let (latencies_us, done_us) = read_latencies(logs, &prefix, None)?;
     Ok(PlainWriter {
-        load: Load {
-            latencies_us,
-            done_us,
-            seconds: elapsed,
-            cores,
-        },
-        rows_per_sec: rows as f64 / elapsed,
+        rows_per_sec: rows as f64 / load.seconds,
+        load,
     })
 }
 
@@ -620,7 +613,14 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
 
     let mut lines = Vec::new();
     for &rate in &rates {
-        let alone = load_alone(url, &script, logs, (rate, alone_secs), postmaster).await?;
+        let alone = fixed_load(
+            &db,
+            (url, &script, logs),
+            (rate, alone_secs),
+            (&format!("alone_{rate}"), postmaster),
+            std::future::ready(Ok(())),
+        )
+        .await?;
         let column = format!("total_r{rate}");
         let (during_backfill, during) = backfill(
             &connected,

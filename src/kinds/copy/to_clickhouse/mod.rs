@@ -300,9 +300,10 @@ impl ClickHouseCopy {
             }
             // Verify compares key ranges: a copy that verifies walks by key unless told otherwise.
             (Order::Auto, Relation::Table(table)) => {
-                let walk = match !self.spec.verify && pages::server_supports(&pool).await? {
-                    true => Some(PhysicalWalk::prepare(&pool, table, &sql).await?),
-                    false => None,
+                let walk = if !self.spec.verify && pages::server_supports(&pool).await? {
+                    Some(PhysicalWalk::prepare(&pool, table, &sql).await?)
+                } else {
+                    None
                 };
                 (ReadSql::Postgres(pool, sql), walk)
             }

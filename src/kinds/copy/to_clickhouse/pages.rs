@@ -261,23 +261,28 @@ pub(super) async fn heap_pages(pool: &PgPool, table: &str) -> Result<u64, Migrat
     Ok(pages.max(0) as u64)
 }
 
-/// Whether the server runs a `ctid` range as a TID range scan (from version 14; before, every batch would scan the
-/// table).
-pub async fn server_supports(pool: &PgPool) -> Result<bool, MigrationError> {
-    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+/// Postgres runs a `ctid` range as a TID range scan from this version; before, every batch would scan the table.
+const TID_RANGE_SCANS_FROM: i32 = 140000;
+
+/// The server's version: as a number (`server_version_num`) and as it names itself.
+async fn server_version(pool: &PgPool) -> Result<(i32, String), MigrationError> {
+    let sql =
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')";
+    Ok(sqlx::query_as(sql)
         .fetch_one(pool)
         .await
-        .map_err(StoreError::sql("read the server version"))?;
-    Ok(version >= 140000)
+        .map_err(StoreError::sql("read the server version"))?)
 }
 
-/// Refuses a server that does not run `ctid` ranges as TID range scans ([`server_supports`]).
+/// Whether the server runs a `ctid` range as a TID range scan.
+pub async fn server_supports(pool: &PgPool) -> Result<bool, MigrationError> {
+    Ok(server_version(pool).await?.0 >= TID_RANGE_SCANS_FROM)
+}
+
+/// Refuses a server that does not run `ctid` ranges as TID range scans.
 pub async fn check_server(pool: &PgPool) -> Result<(), MigrationError> {
-    if !server_supports(pool).await? {
-        let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
-            .fetch_one(pool)
-            .await
-            .map_err(StoreError::sql("read the server version"))?;
+    let (number, version) = server_version(pool).await?;
+    if number < TID_RANGE_SCANS_FROM {
         return Err(MigrationError::Invalid(format!(
             "order = \"physical\" needs Postgres 14 or later (TID range scans); this server is version {version}; \
              use order = \"key\""
