@@ -119,6 +119,7 @@ impl<'a> Checkpointer<'a> {
             )));
         }
         Ok(BatchCommit {
+            previous: self.previous_state.clone(),
             state: outcome.state.clone(),
             rows: outcome.rows,
             bytes: outcome.bytes,

@@ -137,8 +137,10 @@ fn noop(name: &str) -> Registration {
     }
 }
 
-fn commit_of(state: Value, rows: u64) -> BatchCommit {
+/// A batch's commit from checkpoint `previous` (a registered row starts at `{}`) to `state`.
+fn commit_of(previous: Value, state: Value, rows: u64) -> BatchCommit {
     BatchCommit {
+        previous,
         state,
         rows,
         bytes: 0,
@@ -147,6 +149,14 @@ fn commit_of(state: Value, rows: u64) -> BatchCommit {
         duration_ms: 3,
         rows_per_sec: 100.0,
         done: false,
+    }
+}
+
+/// The checkpoint after `n` batches of the counting tests: `{}` before the first.
+fn after(n: i64) -> Value {
+    match n {
+        0 => json!({}),
+        n => json!({"n": n}),
     }
 }
 
@@ -277,7 +287,7 @@ async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced_out(env: &
     let lost = |result: Result<(), ControlError>| matches!(result, Err(ControlError::LeaseLost(_)));
     assert!(lost(
         env.control()
-            .write_checkpoint(stale, &commit_of(json!({"n": 99}), 99))
+            .write_checkpoint(stale, &commit_of(json!({}), json!({"n": 99}), 99))
             .await
     ));
     assert!(lost(env.control().set_rows_total(stale, Some(5)).await));
@@ -290,7 +300,7 @@ async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced_out(env: &
     ));
 
     env.control()
-        .write_checkpoint(&second.lease, &commit_of(json!({"n": 1}), 1))
+        .write_checkpoint(&second.lease, &commit_of(json!({}), json!({"n": 1}), 1))
         .await
         .expect("the new owner writes");
     let record = env.control().get("0001_a").await.unwrap();
@@ -373,14 +383,17 @@ async fn operator_actions_follow_the_legal_transitions_only(env: &Env) {
         .unwrap()
         .unwrap();
     env.control()
-        .write_checkpoint(&claim.lease, &commit_of(json!({"n": 7}), 7))
+        .write_checkpoint(&claim.lease, &commit_of(json!({}), json!({"n": 7}), 7))
         .await
         .unwrap();
     assert_eq!(act(Action::Cancel).await.unwrap().status, Status::Cancelled);
     assert!(
         matches!(
             env.control()
-                .write_checkpoint(&claim.lease, &commit_of(json!({"n": 8}), 1))
+                .write_checkpoint(
+                    &claim.lease,
+                    &commit_of(json!({"n": 7}), json!({"n": 8}), 1)
+                )
                 .await,
             Err(ControlError::LeaseLost(_))
         ),
@@ -473,7 +486,7 @@ async fn checkpoints_finishes_and_failures_are_recorded_as_batches_and_events(en
         .unwrap();
     for n in 1..=2 {
         env.control()
-            .write_checkpoint(&a.lease, &commit_of(json!({"n": n}), 10))
+            .write_checkpoint(&a.lease, &commit_of(after(n - 1), json!({"n": n}), 10))
             .await
             .unwrap();
     }
@@ -534,7 +547,7 @@ async fn the_batches_table_keeps_only_the_latest_batches_of_each_migration(env: 
     let written = bgmigrate::control::BATCHES_KEPT + 5;
     for n in 1..=written {
         env.control()
-            .write_checkpoint(&claim.lease, &commit_of(json!({"n": n}), 1))
+            .write_checkpoint(&claim.lease, &commit_of(after(n - 1), json!({"n": n}), 1))
             .await
             .unwrap();
     }
@@ -754,6 +767,44 @@ contract! {
     backfill_is_exact_on_integer_keys,
     /// A batch whose lease went stale rolls back its UPDATE; with a live lease the rows and checkpoint land together.
     a_backfill_batch_and_its_checkpoint_commit_together_or_not_at_all,
+}
+
+/// On Postgres a checkpoint is written only over the one its batch started from (or over itself, when a write that
+/// landed is retried): a batch run from a checkpoint that a server crash lost (committed with `synchronous_commit`
+/// off, read before the crash) is refused as a lost lease, its transaction rolls back, and the row keeps the
+/// durable checkpoint for the next holder to resume from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_checkpoint_that_does_not_follow_the_rows() {
+    let env = Env::postgres("checkpoint_follows").await;
+    env.register(&[noop("0001_a")], &noop_registry()).await;
+    let claim = env
+        .control()
+        .claim_next("w1", Duration::from_secs(60), &scripts())
+        .await
+        .unwrap()
+        .unwrap();
+    let write = |commit: BatchCommit| {
+        let control = env.control();
+        let lease = claim.lease.clone();
+        async move { control.write_checkpoint(&lease, &commit).await }
+    };
+    write(commit_of(after(0), after(1), 10)).await.unwrap();
+    assert!(
+        matches!(
+            write(commit_of(after(2), after(3), 10)).await,
+            Err(ControlError::LeaseLost(_))
+        ),
+        "a batch run from checkpoint 2, which the row never durably held, is refused"
+    );
+    let record = env.control().get("0001_a").await.unwrap();
+    assert_eq!((record.state, record.rows_done), (after(1), 10));
+    write(commit_of(after(0), after(1), 0))
+        .await
+        .expect("a retried write that had landed goes through");
+    write(commit_of(after(1), after(2), 10))
+        .await
+        .expect("the next batch follows");
+    assert_eq!(env.control().get("0001_a").await.unwrap().state, after(2));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

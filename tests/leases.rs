@@ -467,6 +467,7 @@ async fn a_worker_that_lost_its_lease_stops_writing() {
 async fn try_every_write(connected: &Connected, lease: &Lease) {
     let control = &connected.control;
     let commit = BatchCommit {
+        previous: json!({}),
         state: json!({"n": 999}),
         rows: 1000,
         bytes: 1000,

@@ -105,6 +105,22 @@ impl ControlSql {
         }
     }
 
+    /// Whether the `state` column still holds the checkpoint a batch started from, parameter `$previous`, or
+    /// already holds its new one, `$new` (a retried write that landed). Postgres only: a batch committed there with
+    /// `synchronous_commit` off can be lost by a server crash while the worker that read it lives on (see
+    /// [`crate::control::BatchCommit::previous`]). SQLite lives in the worker's process, so a crash that loses its
+    /// commits loses the worker's memory too; and its JSON comparison would depend on key order, so a checkpoint
+    /// an operator rewrote by hand would never match again. There it is always true (`$n IS $n`: the parameter is
+    /// still used, since SQLite binds by position).
+    pub(super) fn checkpoint_follows(self, previous: usize, new: usize) -> String {
+        match self.dialect {
+            Dialect::Postgres => {
+                format!("(state = CAST(${previous} AS jsonb) OR state = CAST(${new} AS jsonb))")
+            }
+            Dialect::Sqlite => format!("${previous} IS ${previous}"),
+        }
+    }
+
     /// Whether JSON `column` holds the same document as parameter `$n` (JSON text), whatever its spacing.
     pub(super) fn json_equals(self, column: &str, n: usize) -> String {
         match self.dialect {

@@ -64,6 +64,7 @@ impl SqlControlStore {
             SqlParam::Int(to_i64(commit.batch_size)),
             SqlParam::Int(to_i64(commit.duration_ms)),
             SqlParam::Float(commit.rows_per_sec),
+            SqlParam::Text(commit.previous.to_string()),
         ]);
         let updated = tx
             .execute(&self.statements.write_checkpoint, &params)

@@ -134,8 +134,10 @@ impl RangeStatements {
             ),
             checkpoint: format!(
                 "UPDATE background_migration_ranges SET state = {}, done = $6, rows_done = rows_done + $7, \
-                 rows_per_sec = $8, batch_size = $9, updated_at = {now} WHERE {RANGE_FENCE} AND splits = $10",
-                sql.json_param(5)
+                 rows_per_sec = $8, batch_size = $9, updated_at = {now} WHERE {RANGE_FENCE} AND splits = $10 \
+                 AND {}",
+                sql.json_param(5),
+                sql.checkpoint_follows(11, 5)
             ),
             release: format!(
                 "UPDATE background_migration_ranges SET worker_id = NULL, lease_expires_at = NULL, \
@@ -508,6 +510,7 @@ impl SqlControlStore {
             SqlParam::Float(commit.rows_per_sec),
             SqlParam::Int(to_i64(commit.batch_size)),
             SqlParam::Int(range.splits),
+            SqlParam::Text(commit.previous.to_string()),
         ]);
         if tx
             .execute(&self.statements.ranges.checkpoint, &params)

@@ -215,6 +215,11 @@ pub struct Claim {
 /// The checkpoint and progress of one committed batch.
 #[derive(Debug, Clone)]
 pub struct BatchCommit {
+    /// The checkpoint the batch started from: on Postgres the write is refused unless the row still holds it (or
+    /// already holds `state`, when a write that landed is retried). A batch committed with `synchronous_commit` off
+    /// can be lost by a server crash after the worker read its checkpoint; the next batch, run from that lost
+    /// checkpoint, must not commit, or the lost batch's rows would be skipped.
+    pub previous: Value,
     /// New checkpoint.
     pub state: Value,
     /// Rows walked.

@@ -108,6 +108,7 @@ impl Statements {
                     ("state", &sql.json_param(4)),
                     ("now", now),
                     ("fence", FENCE),
+                    ("follows", &sql.checkpoint_follows(10, 4)),
                 ],
             ),
             record_batch: fill(

@@ -117,7 +117,7 @@ async fn record_ending(ctx: &EngineContext, lease: &Lease, ending: Ending) -> En
             ending
         }
         (Ok(()), Ending::LeaseLost) => {
-            tracing::warn!(migration = %lease.name, what, "stopped: the lease was taken over, the range split, or the migration paused or cancelled");
+            tracing::warn!(migration = %lease.name, what, "stopped: the lease was taken over, the range split, the migration paused or cancelled, or its checkpoint is not the one the batch started from (a database crash lost the batches before it: it resumes from the checkpoint once the lease expires)");
             ending
         }
     }

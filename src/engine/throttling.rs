@@ -18,9 +18,17 @@ use crate::control::{Lease, LeaseStore};
 use crate::migration::MigrationError;
 use crate::throttle::{Health, HealthCheck, Limits, SAMPLE_EVERY};
 
+/// How long a reading of the checks that let the migration run stands. Short batches (a yield's run a few
+/// milliseconds) share one reading instead of paying three queries of the server's statistics views each — a cost
+/// the foreground pays too on a small server — while a hold is still seen within this time, and a held migration
+/// reads again before every batch it lets through.
+const READING_STANDS_FOR: Duration = Duration::from_millis(50);
+
 /// The throttle state of one running migration.
 pub(crate) struct Throttle {
     checks: Vec<Arc<dyn HealthCheck>>,
+    /// The last reading that let the migration run, and when it was taken.
+    last_reading: Option<(Instant, Health)>,
     /// The reason in force (as written to the row), its signal, and since when.
     current: Option<(String, &'static str, Instant)>,
     /// Unreadable-signal messages already logged (each once).
@@ -55,6 +63,7 @@ impl Throttle {
     pub(crate) fn new(checks: Vec<Arc<dyn HealthCheck>>) -> Self {
         Self {
             checks,
+            last_reading: None,
             current: None,
             logged: BTreeSet::new(),
             uncounted: Duration::ZERO,
@@ -62,8 +71,23 @@ impl Throttle {
     }
 
     /// The first hold among the checks, else the first yield, else fine. An unreadable signal lets go (each check
-    /// documents why); its message is logged once.
+    /// documents why); its message is logged once. A reading that let the migration run stands for
+    /// [`READING_STANDS_FOR`].
     async fn read(&mut self, limits: &Limits, migration: &str) -> Health {
+        if let Some((at, health)) = &self.last_reading
+            && at.elapsed() < READING_STANDS_FOR
+        {
+            return health.clone();
+        }
+        let verdict = self.read_now(limits, migration).await;
+        self.last_reading = match verdict {
+            Health::Hold { .. } => None,
+            _ => Some((Instant::now(), verdict.clone())),
+        };
+        verdict
+    }
+
+    async fn read_now(&mut self, limits: &Limits, migration: &str) -> Health {
         let mut verdict = Health::Fine;
         for check in &self.checks {
             match check.check(limits).await {
@@ -307,6 +331,76 @@ mod tests {
             check.0.load(Ordering::SeqCst),
             5,
             "nothing samples between batches"
+        );
+    }
+
+    /// Counts its readings; says hold while `hold` is set.
+    #[derive(Default)]
+    struct Counted {
+        reads: AtomicU64,
+        hold: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl HealthCheck for Counted {
+        async fn check(&self, _limits: &Limits) -> Result<Health, String> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(match self.hold.load(Ordering::SeqCst) {
+                true => Health::Hold {
+                    signal: "test",
+                    reason: "held".into(),
+                },
+                false => Health::Fine,
+            })
+        }
+    }
+
+    /// Batches that follow each other within 50 ms share one reading of the checks; a hold is read again before
+    /// every batch, and seen within those 50 ms.
+    #[tokio::test(start_paused = true)]
+    async fn short_batches_share_one_reading_and_a_hold_is_read_again() {
+        use crate::engine::fake_leases::{FakeLeases, Renewal};
+        let check = Arc::new(Counted::default());
+        let mut throttle = Throttle::new(vec![check.clone()]);
+        let store = FakeLeases::new(Renewal::Holds);
+        let lease = FakeLeases::claim().lease;
+        let args = Args::parse(&json!({"throttleCheckMs": 100})).unwrap();
+        let stop = CancellationToken::new();
+        let reread = || async { Ok(Args::parse(&json!({"throttleCheckMs": 100})).unwrap()) };
+        for _ in 0..10 {
+            throttle
+                .before_batch(&*store, &lease, &args, &stop, reread)
+                .await
+                .unwrap();
+            tokio::time::advance(Duration::from_millis(4)).await;
+        }
+        assert_eq!(
+            check.reads.load(Ordering::SeqCst),
+            1,
+            "ten 4 ms batches, one reading"
+        );
+        tokio::time::advance(Duration::from_millis(20)).await;
+        check.hold.store(true, Ordering::SeqCst);
+        let released = {
+            let check = check.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                check.hold.store(false, Ordering::SeqCst);
+            })
+        };
+        let after = throttle
+            .before_batch(&*store, &lease, &args, &stop, reread)
+            .await
+            .unwrap();
+        released.await.unwrap();
+        assert!(
+            after.waited,
+            "the hold was seen 60 ms after the first reading"
+        );
+        assert_eq!(
+            check.reads.load(Ordering::SeqCst),
+            5,
+            "read again every 100 ms while held (at 0, 100, 200 ms) and once it let go (300 ms)"
         );
     }
 

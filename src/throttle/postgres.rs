@@ -5,7 +5,10 @@
 //! [`super::pressure`].
 //!
 //! A regular autovacuum of the table does not hold: it is what cleans up the dead rows our batches leave, its own
-//! cost-based delay already paces it, and holding for it would make a backfill wait for the cleanup of itself.
+//! cost-based delay already paces it, and holding for it would make a backfill wait for the cleanup of itself. Nor
+//! does it count as foreground activity, and neither does a session idle in a transaction: only client sessions
+//! running a statement are the foreground's load (an autovacuum of the table our backfill dirties, counted as busy,
+//! would make the backfill yield on an idle database).
 //!
 //! What an unreadable signal does: replication and slot figures need `pg_monitor` on managed services; without it
 //! Postgres shows NULLs, which read as "no lag" — letting go, because a role without that grant would otherwise
@@ -140,7 +143,8 @@ impl PgHealth {
     async fn sessions(&self, limits: &Limits) -> Result<Option<Health>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting, \
-                    count(*) FILTER (WHERE state <> 'idle' AND application_name NOT LIKE $1 || '%') AS active, \
+                    count(*) FILTER (WHERE state = 'active' AND backend_type = 'client backend' \
+                                     AND application_name NOT LIKE $1 || '%') AS active, \
                     count(*) FILTER (WHERE backend_type = 'autovacuum worker' AND query LIKE '%to prevent wraparound%' \
                                      AND $2::text IS NOT NULL AND query LIKE '%' || $2 || '%') AS wraparound \
              FROM pg_stat_activity \
@@ -238,7 +242,10 @@ impl HealthCheck for PgHealth {
             .foreground()
             .await
             .map_err(|err| format!("foreground sessions unreadable during a batch: {err}"))?;
-        self.pressure.lock().expect("poisoned").during_batch(sample);
+        self.pressure
+            .lock()
+            .expect("poisoned")
+            .during_batch(sample, tokio::time::Instant::now());
         Ok(())
     }
 }

@@ -100,7 +100,7 @@ async fn list_keys(
     };
     let quoted = dialect.quote_ident(&list);
 
-    let mut tx = backfill.begin_batch(batch).await?;
+    let mut tx = backfill.begin_batch(batch, &[]).await?;
     let table = [SqlParam::Text(dialect.quote_ident(&backfill.spec.table))];
     let (table_pages, rows_per_page) = two_numbers(
         tx.fetch_optional_text(BackfillSql::table_shape(), &table)
@@ -244,12 +244,13 @@ async fn walk(
     let position = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let window = [position(from), position(to)];
 
-    let mut tx = backfill.begin_batch(batch).await?;
+    let mut tx = backfill
+        .begin_batch(batch, BackfillSql::JOIN_BY_INDEX)
+        .await?;
     let counted = tx
         .fetch_count(&BackfillSql::count_window(&quoted), &window)
         .await;
     let rows = or_list_gone(backfill, list, &checkpoint, counted).await?;
-    tx.execute(BackfillSql::join_by_index(), &[]).await?;
     tx.execute(&statements.update_window(&quoted), &window)
         .await?;
     let done = to >= end;

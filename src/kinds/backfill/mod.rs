@@ -105,7 +105,12 @@ impl Backfill {
 
     /// Opens a batch's transaction; on Postgres with the WAL compression (see [`wal`]) and the writeback of dirty
     /// pages (see [`writeback`]) that `args` ask for, set in one statement.
-    async fn begin_batch(&self, batch: &Batch<'_>) -> Result<Box<dyn SqlTx>, MigrationError> {
+    /// Opens a batch's transaction with its session settings and, on Postgres, `extra` ones, all in one statement.
+    async fn begin_batch(
+        &self,
+        batch: &Batch<'_>,
+        extra: &[(&'static str, &'static str)],
+    ) -> Result<Box<dyn SqlTx>, MigrationError> {
         let args = batch.args;
         let mut tx = self.store.begin().await?;
         if self.store.dialect() == Dialect::Postgres {
@@ -125,6 +130,11 @@ impl Backfill {
             ]
             .into_iter()
             .flatten()
+            .chain(extra.iter().map(|&(name, value)| LocalSetting {
+                name,
+                value: value.to_owned(),
+                keep_server_value: false,
+            }))
             .collect();
             LocalSetting::apply(tx.as_mut(), &settings).await?;
         }
@@ -341,7 +351,7 @@ impl Migration for Backfill {
         tail_params.extend(texts(end.as_deref().unwrap_or_default()));
         let size = batch.args.batch_size;
 
-        let mut tx = self.begin_batch(batch).await?;
+        let mut tx = self.begin_batch(batch, &[]).await?;
         let mut bound_params = tail_params.clone();
         bound_params.push(SqlParam::Int(i64::try_from(size - 1).unwrap_or(i64::MAX)));
         let upper = tx

@@ -130,10 +130,10 @@ impl BackfillSql {
         )
     }
 
-    /// Turns hash and merge joins off for the rest of the transaction (see [`BackfillSql::update_window`]).
-    pub fn join_by_index() -> &'static str {
-        "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
-    }
+    /// The settings that turn hash and merge joins off for a walk batch's transaction (see
+    /// [`BackfillSql::update_window`]); set with the batch's others, in one statement.
+    pub const JOIN_BY_INDEX: &'static [(&'static str, &'static str)] =
+        &[("enable_hashjoin", "off"), ("enable_mergejoin", "off")];
 
     /// Drops the list (the walk's last batch, in its transaction).
     pub fn drop_key_list(list: &str) -> String {
