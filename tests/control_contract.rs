@@ -152,6 +152,16 @@ fn commit_of(previous: Value, state: Value, rows: u64) -> BatchCommit {
     }
 }
 
+/// Registers the no-op migration `0001_a` and claims it as `w1` for a minute.
+async fn claimed_noop(env: &Env) -> bgmigrate::control::Claim {
+    env.register(&[noop("0001_a")], &noop_registry()).await;
+    env.control()
+        .claim_next("w1", Duration::from_secs(60), &scripts())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// The checkpoint after `n` batches of the counting tests: `{}` before the first.
 fn after(n: i64) -> Value {
     match n {
@@ -537,13 +547,7 @@ async fn checkpoints_finishes_and_failures_are_recorded_as_batches_and_events(en
 }
 
 async fn the_batches_table_keeps_only_the_latest_batches_of_each_migration(env: &Env) {
-    env.register(&[noop("0001_a")], &noop_registry()).await;
-    let claim = env
-        .control()
-        .claim_next("w1", Duration::from_secs(60), &scripts())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claimed_noop(env).await;
     let written = bgmigrate::control::BATCHES_KEPT + 5;
     for n in 1..=written {
         env.control()
@@ -776,13 +780,7 @@ contract! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_a_checkpoint_that_does_not_follow_the_rows() {
     let env = Env::postgres("checkpoint_follows").await;
-    env.register(&[noop("0001_a")], &noop_registry()).await;
-    let claim = env
-        .control()
-        .claim_next("w1", Duration::from_secs(60), &scripts())
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claimed_noop(&env).await;
     let write = |commit: BatchCommit| {
         let control = env.control();
         let lease = claim.lease.clone();
