@@ -419,16 +419,16 @@ async fn a_backfill_sets_backend_flush_after_on_its_batches_while_yielding_unles
     let db = TestDb::create("flush_after").await;
     let pool = db.pool().await;
     tables_for_a_setting(&pool, 7, "setting").await;
-    // Defines `t{i}`'s backfill with `args`, runs it to the end, and returns the distinct settings its batches saw
-    // and the one its last batch saw.
-    let run = |i: usize, args: &'static str| {
+    // Defines `t{i}`'s backfill with the args `pace` and `arg`, runs it to the end, and returns the distinct settings
+    // its batches saw and the one its last batch saw.
+    let run = |i: usize, pace: &'static str, arg: &'static str| {
         let (db, pool) = (&db, pool.clone());
         async move {
             db.define(
                 &format!("000{i}_flush"),
                 &format!(
                     "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"t{i}\"\nkey = [\"id\"]\n\
-                     set = {{ setting = \"current_setting('backend_flush_after')\" }}\n[args]\n{args}"
+                     set = {{ setting = \"current_setting('backend_flush_after')\" }}\n[args]\n{pace}\n{arg}"
                 ),
             );
             run_to_end(db).await;
@@ -449,36 +449,23 @@ async fn a_backfill_sets_backend_flush_after_on_its_batches_while_yielding_unles
     const PACED: &str = "batchSize = 100\nsleepMs = 50";
 
     // Idle: only an explicit value is set.
-    assert_eq!(run(0, FAST).await.0, ["0"], "idle, default");
-    assert_eq!(run(1, "batchSize = 1000\nflushAfterKb = 0").await.0, ["0"]);
-    assert_eq!(
-        run(2, "batchSize = 1000\nflushAfterKb = 1024").await.0,
-        ["1MB"]
-    );
+    assert_eq!(run(0, FAST, "").await.0, ["0"], "idle, default");
+    assert_eq!(run(1, FAST, "flushAfterKb = 0").await.0, ["0"]);
+    assert_eq!(run(2, FAST, "flushAfterKb = 1024").await.0, ["1MB"]);
 
     // A foreground session busy in a statement: the engine yields, and the default sets 256 kB.
     let busy = BusySession::start(&pool).await;
-    let (seen, last) = run(3, PACED).await;
+    let (seen, last) = run(3, PACED, "").await;
     assert_eq!(last, "256kB", "yielding, default: {seen:?}");
     assert!(seen.iter().all(|s| s == "0" || s == "256kB"), "{seen:?}");
-    assert_eq!(
-        run(4, "batchSize = 100\nsleepMs = 50\nflushAfterKb = 0")
-            .await
-            .0,
-        ["0"]
-    );
+    assert_eq!(run(4, PACED, "flushAfterKb = 0").await.0, ["0"]);
     // An operator's value (here the database's, for new sessions) stands under the default.
     common::psql(&format!(
         "ALTER DATABASE {} SET backend_flush_after = '512kB'",
         db.name
     ));
-    assert_eq!(run(5, PACED).await.0, ["512kB"]);
-    assert_eq!(
-        run(6, "batchSize = 100\nsleepMs = 50\nflushAfterKb = 1024")
-            .await
-            .0,
-        ["1MB"]
-    );
+    assert_eq!(run(5, PACED, "").await.0, ["512kB"]);
+    assert_eq!(run(6, PACED, "flushAfterKb = 1024").await.0, ["1MB"]);
     busy.stop(&pool).await;
     assert_eq!(
         scalar(&pool, "SELECT count(*) FROM t0 WHERE setting = '0'").await,

@@ -98,7 +98,7 @@ pub struct Limits {
     /// waits at most about that long. The foreground benchmark measured the load's tail shrinking with our batches
     /// (50 ms: 3.8–12x its p99 alone at 400 tx/s; 100-row batches of ~4 ms: 1.46x), so a yield batch is a few
     /// milliseconds, like the statements of a plain paced writer; what keeps it fast is that short batches share one
-    /// reading of the checks and of the control row (README, foreground benchmark).
+    /// reading of the health checks (README, foreground benchmark).
     pub yield_batch_ms: u64,
     /// `maxPartsPercent` (default 60): active parts of one ClickHouse partition, in percent of the table's
     /// `parts_to_delay_insert`.

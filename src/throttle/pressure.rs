@@ -29,7 +29,7 @@ const SMOOTHING: f64 = 0.3;
 /// reading did not: with 100-row batches the checks came 200 times a second, one monitoring query caught busy at
 /// one of them passed the threshold alone, and the idle database yielded (the foreground benchmark's idle run with
 /// `batchSize` 100: throttled by `foreground_load`, its 100 ms progress poll the only other session).
-pub(crate) const LOAD_WINDOW: Duration = Duration::from_secs(1);
+const LOAD_WINDOW: Duration = Duration::from_secs(1);
 /// How long a yield lasts after the last reading that called for it. One sample counts the sessions busy at one
 /// instant, so under a steady light load the average dips below the threshold every few batches; without this the
 /// migration flipped back to full-length batches and their lock waits (the foreground benchmark at 100 tx/s: p99
@@ -65,7 +65,7 @@ struct BatchSamples {
 
 /// Busy other sessions averaged over time: an exponential moving average whose weights follow the time between
 /// readings ([`LOAD_WINDOW`]).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct LoadAverage {
     busy: f64,
     /// When the last reading was folded in (`None` before the first, which only starts the clock).

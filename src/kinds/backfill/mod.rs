@@ -104,8 +104,7 @@ impl Backfill {
     }
 
     /// Opens a batch's transaction; on Postgres with the WAL compression (see [`wal`]) and the writeback of dirty
-    /// pages (see [`writeback`]) that `args` ask for, set in one statement.
-    /// Opens a batch's transaction with its session settings and, on Postgres, `extra` ones, all in one statement.
+    /// pages (see [`writeback`]) that `args` ask for and the caller's `extra` settings, all set in one statement.
     async fn begin_batch(
         &self,
         batch: &Batch<'_>,
