@@ -185,7 +185,9 @@ fn assert_finished(record: &MigrationRecord) {
 #[tokio::test]
 async fn a_copy_moves_every_row_exactly_including_nulls_unicode_arrays_and_20_mb_rows() {
     let traces = Traces::create("copy_exact", 5_000, CH_TRACES).await;
-    traces.make_20_mb("'tr-0002500', 'tr-0002501'").await;
+    // tr-0002492's name is NULL: its row comes flagged as holding a large value, with NULL for the large `input`
+    // and for `name`, and only `input` may be read in slices.
+    traces.make_20_mb("'tr-0002492', 'tr-0002501'").await;
     let name = "20241024_1730_copy_traces";
     let (connected, record) = traces
         .run(

@@ -1,5 +1,5 @@
-//! The cells both readers produce ([`Cell`]: [`read`] makes them from a Postgres row, [`super::sqlite_values`] from
-//! SQLite values) and writing them as ClickHouse `RowBinary`.
+//! The cells both readers produce ([`Cell`]: [`super::binary_values`] makes them from a Postgres row,
+//! [`super::sqlite_values`] from SQLite values) and writing them as ClickHouse `RowBinary`.
 //!
 //! Text read for a type without a Postgres counterpart (`Decimal`, `UUID`, `Map`, ...) is first turned into its
 //! bytes by [`prepare`] (see [`super::from_text`]). Sizes are computed before anything is written
@@ -8,12 +8,9 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
+use chrono::{DateTime, NaiveDate};
 
 use super::from_text;
-use super::mapping::{ColumnPlan, PgRead};
 use crate::clickhouse::ChType;
 use crate::clickhouse::rowbinary::{BodyClosed, BodyWriter, len_of_len};
 
@@ -115,97 +112,6 @@ pub enum EncodeError {
         /// The column type.
         ty: ChType,
     },
-}
-
-fn days(date: NaiveDate) -> i64 {
-    date.signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch"))
-        .num_days()
-}
-
-fn time_naive(t: NaiveDateTime) -> Cell<'static> {
-    let utc = t.and_utc();
-    Cell::Time(utc.timestamp(), utc.timestamp_subsec_nanos())
-}
-
-fn time_utc(t: DateTime<Utc>) -> Cell<'static> {
-    Cell::Time(t.timestamp(), t.timestamp_subsec_nanos())
-}
-
-fn or_null<T>(value: Option<T>, f: impl FnOnce(T) -> Cell<'static>) -> Cell<'static> {
-    value.map_or(Cell::Null, f)
-}
-
-fn array<T>(values: Option<Vec<Option<T>>>, f: impl Fn(T) -> Cell<'static>) -> Cell<'static> {
-    values.map_or(Cell::Null, |items| {
-        Cell::Array(items.into_iter().map(|item| or_null(item, &f)).collect())
-    })
-}
-
-/// Reads column `index` of `row` as `plan` says.
-pub fn read<'r>(row: &'r PgRow, index: usize, plan: &ColumnPlan) -> Result<Cell<'r>, sqlx::Error> {
-    if plan.array {
-        return Ok(match plan.read {
-            PgRead::Text => array(row.try_get::<Option<Vec<Option<String>>>, _>(index)?, |s| {
-                Cell::Text(Cow::Owned(s))
-            }),
-            PgRead::Int2 => array(row.try_get::<Option<Vec<Option<i16>>>, _>(index)?, |v| {
-                Cell::Int(v.into())
-            }),
-            PgRead::Int4 => array(row.try_get::<Option<Vec<Option<i32>>>, _>(index)?, |v| {
-                Cell::Int(v.into())
-            }),
-            PgRead::Int8 => array(
-                row.try_get::<Option<Vec<Option<i64>>>, _>(index)?,
-                Cell::Int,
-            ),
-            PgRead::Float4 => array(row.try_get::<Option<Vec<Option<f32>>>, _>(index)?, |v| {
-                Cell::Float(v.into())
-            }),
-            PgRead::Float8 => array(
-                row.try_get::<Option<Vec<Option<f64>>>, _>(index)?,
-                Cell::Float,
-            ),
-            PgRead::Bool => array(
-                row.try_get::<Option<Vec<Option<bool>>>, _>(index)?,
-                Cell::Bool,
-            ),
-            PgRead::Timestamp => array(
-                row.try_get::<Option<Vec<Option<NaiveDateTime>>>, _>(index)?,
-                time_naive,
-            ),
-            PgRead::TimestampTz => array(
-                row.try_get::<Option<Vec<Option<DateTime<Utc>>>>, _>(index)?,
-                time_utc,
-            ),
-            PgRead::Date => array(
-                row.try_get::<Option<Vec<Option<NaiveDate>>>, _>(index)?,
-                |d| Cell::Date(days(d)),
-            ),
-        });
-    }
-    Ok(match plan.read {
-        PgRead::Text => match row.try_get::<Option<&str>, _>(index)? {
-            Some(text) => Cell::Text(Cow::Borrowed(text)),
-            None => Cell::Null,
-        },
-        PgRead::Int2 => or_null(row.try_get::<Option<i16>, _>(index)?, |v| {
-            Cell::Int(v.into())
-        }),
-        PgRead::Int4 => or_null(row.try_get::<Option<i32>, _>(index)?, |v| {
-            Cell::Int(v.into())
-        }),
-        PgRead::Int8 => or_null(row.try_get::<Option<i64>, _>(index)?, Cell::Int),
-        PgRead::Float4 => or_null(row.try_get::<Option<f32>, _>(index)?, |v| {
-            Cell::Float(v.into())
-        }),
-        PgRead::Float8 => or_null(row.try_get::<Option<f64>, _>(index)?, Cell::Float),
-        PgRead::Bool => or_null(row.try_get::<Option<bool>, _>(index)?, Cell::Bool),
-        PgRead::Timestamp => or_null(row.try_get::<Option<NaiveDateTime>, _>(index)?, time_naive),
-        PgRead::TimestampTz => or_null(row.try_get::<Option<DateTime<Utc>>, _>(index)?, time_utc),
-        PgRead::Date => or_null(row.try_get::<Option<NaiveDate>, _>(index)?, |d| {
-            Cell::Date(days(d))
-        }),
-    })
 }
 
 /// Turns text read for a ClickHouse type without a Postgres counterpart into its `RowBinary` bytes

@@ -14,8 +14,11 @@
 //! the last batch.
 
 mod batch;
+mod binary_rows;
+mod binary_values;
 mod catch_up;
 mod checkpoint;
+mod copy_statement;
 mod encode;
 mod from_text;
 mod key_range;

@@ -1,16 +1,16 @@
-//! The Postgres reader of a copy batch: runs the plan's read for the batch's window, turns each typed row into its
-//! key and [`Cell`]s ([`encode::read`], [`encode::prepare`]) and feeds them to the batch's [`Encoder`]. Text values
-//! too large to read with their row arrive as [`Cell::Large`] and are streamed in slices, by key, on a second
-//! connection.
+//! The Postgres reader of a copy batch: runs the plan's read for the batch's window as a binary `COPY`
+//! ([`copy_statement`], [`BinaryRows`]), turns each row into its key and [`Cell`]s ([`binary_values`],
+//! [`encode::prepare`]) and feeds them to the batch's [`Encoder`]. Text values too large to read with their row
+//! arrive as [`Cell::Large`] and are streamed in slices, by key, on a second connection.
 
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row};
+use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres};
 
 use super::CopyPlan;
 use super::batch::{Encoder, Moved, Next, ReadError, Window, bad_value};
+use super::binary_rows::{BinaryRow, BinaryRows, CopyOutError};
+use super::binary_values;
+use super::copy_statement::{Literal, copy_out_binary};
 use super::encode::{self, Cell};
 use super::mapping::ColumnPlan;
 use super::pages::Tid;
@@ -75,19 +75,32 @@ pub(super) async fn encode(
         }
     };
     let snapshot = matches!(window, Window::Changed(_));
-    let mut query = sqlx::query::<Postgres>(AssertSqlSafe(statement));
-    for bound in bounds {
-        query = query.bind(bound);
-    }
-    let query: sqlx::query::Query<'_, Postgres, PgArguments> =
-        query.bind(i64::try_from(encoder.batch_size()).unwrap_or(i64::MAX));
-    let rows = query.fetch(&mut *connection);
-    let mut large = LargeValues {
-        pool,
-        sql,
-        connection: None,
+    let literals: Vec<Literal> = bounds
+        .into_iter()
+        .map(Literal::Text)
+        .chain([Literal::Int(
+            i64::try_from(encoder.batch_size()).unwrap_or(i64::MAX),
+        )])
+        .collect();
+    let copy = match copy_out_binary(&statement, &literals) {
+        Ok(copy) => copy,
+        Err(err) => {
+            let err = ReadError::Failed(MigrationError::Permanent(err.to_string()));
+            return encoder.finish(Err(err), "Postgres").await;
+        }
     };
-    let streamed = stream_rows(rows, sql, plan, &mut large, &mut encoder, tid_column).await;
+    let streamed = match connection.copy_out_raw(&copy).await {
+        Ok(chunks) => {
+            let mut rows = BinaryRows::new(chunks);
+            let mut large = LargeValues {
+                pool,
+                sql,
+                connection: None,
+            };
+            stream_rows(&mut rows, sql, plan, &mut large, &mut encoder, tid_column).await
+        }
+        Err(err) => Err(ReadError::sql("read a copy batch")(err)),
+    };
     let drained = matches!(streamed, Ok(true));
     let ended = encoder.finish(streamed.map(|_| ()), "Postgres").await;
     let reusable = drained
@@ -120,10 +133,17 @@ async fn in_snapshot(
         .map(|_| ())
 }
 
+fn copy_error(err: CopyOutError) -> ReadError {
+    match err {
+        CopyOutError::Sql(err) => ReadError::sql("read a copy batch")(err),
+        malformed => ReadError::Failed(MigrationError::Permanent(malformed.to_string())),
+    }
+}
+
 /// Feeds the rows to the encoder until the read ends or a limit is reached; true when the result was read to its
 /// end (the connection is then reusable).
 async fn stream_rows(
-    mut rows: BoxStream<'_, Result<PgRow, sqlx::Error>>,
+    rows: &mut BinaryRows<'_>,
     sql: &CopySql,
     plan: &CopyPlan,
     large: &mut LargeValues<'_>,
@@ -132,39 +152,52 @@ async fn stream_rows(
 ) -> Result<bool, ReadError> {
     let layout = sql.layout();
     loop {
-        let Some(row) = rows.next().await else {
+        let Some(row) = rows.next().await.map_err(copy_error)? else {
             encoder.source_ended();
             return Ok(true);
         };
-        let row = row.map_err(ReadError::sql("read a copy batch"))?;
         let tid = match tid_column {
-            Some(index) => Some(next_tid(&row, index, encoder.moved().last_tid)?),
+            Some(index) => Some(next_tid(row, index, encoder.moved().last_tid)?),
             None => None,
         };
         let key = layout
             .key()
-            .map(|i| row.try_get::<Option<String>, _>(i))
+            .map(|i| {
+                row.field(i)
+                    .map(|bytes| binary_values::text(bytes).map(str::to_owned))
+                    .transpose()
+            })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(ReadError::sql("read the key of a row"))?;
+            .map_err(|e| {
+                ReadError::Failed(MigrationError::Permanent(format!(
+                    "the key of a row cannot be read: {e}"
+                )))
+            })?;
         let key = encoder.key(key)?;
+        let left_out = match layout.large_flag().and_then(|flag| row.field(flag)) {
+            Some(flag) => binary_values::boolean(flag).map_err(|e| {
+                ReadError::Failed(MigrationError::Permanent(format!(
+                    "the large-value flag of the row with key ({}) cannot be read: {e}",
+                    key.join(", ")
+                )))
+            })?,
+            None => false,
+        };
         let mut cells: Vec<Cell<'_>> = Vec::with_capacity(plan.columns.len());
         for (index, column) in plan.columns.iter().enumerate() {
-            let is_large = match layout.large_flag(index) {
-                Some(flag) => row
-                    .try_get::<Option<bool>, _>(flag)
-                    .map_err(ReadError::sql("read a row"))?
-                    .unwrap_or(false),
-                None => false,
-            };
-            let cell = if is_large {
-                Cell::Large(
-                    large
-                        .length(column, &key)
-                        .await
-                        .map_err(ReadError::Failed)?,
-                )
+            let field = row.field(layout.value(index));
+            let cell = if left_out && field.is_none() && column.sliced() {
+                // NULL in a flagged row: either left out as large or NULL in the table; its length tells.
+                match large
+                    .length(column, &key)
+                    .await
+                    .map_err(ReadError::Failed)?
+                {
+                    Some(len) => Cell::Large(len),
+                    None => Cell::Null,
+                }
             } else {
-                let cell = encode::read(&row, layout.value(index), column).map_err(|e| {
+                let cell = binary_values::cell(field, column.read, column.array).map_err(|e| {
                     ReadError::Failed(bad_value(column, &key, &format!("cannot be read: {e}")))
                 })?;
                 encode::prepare(cell, &column.target)
@@ -185,22 +218,29 @@ async fn stream_rows(
         match encoder.end_row(key, size, tid).await? {
             Next::More => {}
             // The LIMIT is reached: reading the end of the result keeps the connection reusable.
-            Next::RowsReached => return Ok(rows.next().await.is_none()),
+            Next::RowsReached => {
+                return Ok(rows.next().await.map_err(copy_error)?.is_none());
+            }
             Next::BytesReached => return Ok(false),
         }
     }
 }
 
 /// The row's `ctid`, which must come after the previous row's: the cursor of a physical walk relies on it.
-fn next_tid(row: &PgRow, index: usize, previous: Option<Tid>) -> Result<Tid, ReadError> {
-    let text: &str = row
-        .try_get(index)
-        .map_err(ReadError::sql("read the ctid of a row"))?;
-    let tid = Tid::parse(text).ok_or_else(|| {
-        ReadError::Failed(MigrationError::Permanent(format!(
-            "a row's ctid {text:?} is not (page,offset)"
-        )))
-    })?;
+fn next_tid(row: BinaryRow<'_>, index: usize, previous: Option<Tid>) -> Result<Tid, ReadError> {
+    let tid = row
+        .field(index)
+        .ok_or(binary_values::ValueError::Width {
+            ty: "tid",
+            len: 0,
+            want: 6,
+        })
+        .and_then(binary_values::tid)
+        .map_err(|e| {
+            ReadError::Failed(MigrationError::Permanent(format!(
+                "a row's ctid cannot be read: {e}"
+            )))
+        })?;
     if let Some(previous) = previous
         && previous >= tid
     {
@@ -232,12 +272,12 @@ impl LargeValues<'_> {
         Ok(self.connection.as_mut().expect("just set"))
     }
 
-    /// The value's length in bytes.
+    /// The value's length in bytes, `None` when it is NULL.
     async fn length(
         &mut self,
         column: &ColumnPlan,
         key: &[String],
-    ) -> Result<usize, MigrationError> {
+    ) -> Result<Option<usize>, MigrationError> {
         let sql = self.sql.value_length(column);
         let connection = self.connection().await?;
         let mut query = sqlx::query_scalar::<Postgres, Option<i32>>(AssertSqlSafe(sql));
@@ -248,10 +288,8 @@ impl LargeValues<'_> {
             .fetch_optional(&mut **connection)
             .await
             .map_err(StoreError::sql("measure a large value"))?
-            .flatten();
-        length
-            .and_then(|l| usize::try_from(l).ok())
-            .ok_or_else(|| changed(column, key))
+            .ok_or_else(|| changed(column, key))?;
+        Ok(length.and_then(|l| usize::try_from(l).ok()))
     }
 
     /// Writes the value's `len` bytes, slice by slice.
