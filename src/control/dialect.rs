@@ -121,6 +121,23 @@ impl ControlSql {
         }
     }
 
+    /// How the batches table's insert (`record_batch.sql`) trims the migration's older batches: on Postgres, the
+    /// `WITH` that opens it and the `DELETE` that closes it, so that one statement appends and trims (a batch of a
+    /// few milliseconds pays for each round trip); on SQLite `None`, and the caller trims with a statement of its
+    /// own (SQLite has no `DELETE` in a `WITH`, and its calls are local).
+    pub(super) fn insert_trimming(self, kept: i64) -> Option<(&'static str, String)> {
+        match self.dialect {
+            Dialect::Postgres => Some((
+                "WITH bgm_batch AS (\n",
+                format!(
+                    "\n), bgm_trimmed AS (DELETE FROM background_migration_batches WHERE migration_name = $1 \
+                     AND id <= (SELECT id FROM bgm_batch) - {kept})\nSELECT id FROM bgm_batch"
+                ),
+            )),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// Whether JSON `column` holds the same document as parameter `$n` (JSON text), whatever its spacing.
     pub(super) fn json_equals(self, column: &str, n: usize) -> String {
         match self.dialect {

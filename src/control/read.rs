@@ -300,16 +300,13 @@ pub(super) fn decode_range(row: &[Option<String>]) -> Result<RangeRecord, Contro
 }
 
 impl SqlControlStore {
-    /// Runs a read-only query in a transaction of its own.
+    /// Runs one read-only query on its own ([`crate::store::SqlStore::read_once`]).
     pub(super) async fn read_rows(
         &self,
         sql: &str,
         params: &[SqlParam],
     ) -> Result<Vec<Vec<Option<String>>>, ControlError> {
-        let mut tx = self.store.begin_read().await?;
-        let rows = tx.fetch_all_text(sql, params).await?;
-        tx.commit().await?;
-        Ok(rows)
+        Ok(self.store.read_once(sql, params).await?)
     }
 
     /// One row by name, read in `tx` (e.g. inside the transaction that just changed it).

@@ -39,6 +39,8 @@ pub(super) struct Statements {
     pub(super) set_rows_total: String,
     pub(super) write_checkpoint: String,
     pub(super) record_batch: String,
+    /// Whether `record_batch` also trims the batches table (else the caller does).
+    pub(super) record_batch_trims: bool,
     pub(super) held_record: String,
     pub(super) record_by_name: String,
     pub(super) list_records: String,
@@ -62,6 +64,7 @@ impl Statements {
     fn render(sql: ControlSql) -> Self {
         let now = sql.now();
         let records = select_list(sql, RECORD_COLUMNS);
+        let trimming = sql.insert_trimming(super::BATCHES_KEPT);
         let candidate = |lock: &str| {
             fill(
                 include_str!("sql/claim_candidate.sql"),
@@ -116,8 +119,11 @@ impl Statements {
                 &[
                     ("started_at", &sql.timestamp_param(2)),
                     ("state", &sql.json_param(7)),
+                    ("open", trimming.as_ref().map_or("", |(open, _)| open)),
+                    ("trim", trimming.as_ref().map_or("", |(_, trim)| trim)),
                 ],
             ),
+            record_batch_trims: trimming.is_some(),
             held_record: format!("SELECT {records} FROM background_migrations WHERE {FENCE}"),
             record_by_name: format!("SELECT {records} FROM background_migrations WHERE name = $1"),
             list_records: format!("SELECT {records} FROM background_migrations ORDER BY name"),

@@ -296,6 +296,29 @@ pub trait SqlStore: Send + Sync {
     /// Opens a transaction that only reads (on SQLite it takes no write lock, so readers never queue behind a
     /// batch).
     async fn begin_read(&self) -> Result<Box<dyn SqlTx>, StoreError>;
+    /// Opens a write transaction whose first statements are `setup` (parameterless, `;`-separated, e.g. a batch's
+    /// `SELECT set_config(...)`). Postgres sends them with its `BEGIN` in one round trip: a short batch pays its
+    /// round trips as much as its rows.
+    async fn begin_with_setup(&self, setup: &str) -> Result<Box<dyn SqlTx>, StoreError> {
+        let mut tx = self.begin().await?;
+        if !setup.is_empty() {
+            tx.execute_script(setup).await?;
+        }
+        Ok(tx)
+    }
+    /// Runs one read-only query and returns its rows as text. A single statement reads one snapshot, so Postgres
+    /// runs it without a transaction around it: one round trip where `begin_read`, the query and the commit take
+    /// three (the engine reads its migration's row before every batch).
+    async fn read_once(
+        &self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let rows = tx.fetch_all_text(sql, params).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
     /// The table's columns, or an empty list if the table does not exist.
     async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError>;
     /// Whether a unique index or primary key covers exactly `columns`.

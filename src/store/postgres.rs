@@ -10,7 +10,7 @@ use sqlx::{
     AssertSqlSafe, Column, Executor, PgPool, Postgres, Row, SqlSafeStr, Statement, Transaction,
 };
 
-use super::{ColumnInfo, DatabaseId, Dialect, Reach, SqlStore, SqlTx, StoreError};
+use super::{ColumnInfo, DatabaseId, Dialect, Reach, SqlParam, SqlStore, SqlTx, StoreError};
 
 /// SQLSTATE classes and codes that a retry may cure.
 const TRANSIENT_SQLSTATES: &[&str] = &[
@@ -109,12 +109,12 @@ impl PgStore {
         Ok(Box::new(self.begin_pg(statement).await?))
     }
 
-    /// Opens a transaction with `statement` (`BEGIN`, `BEGIN READ ONLY`) as the concrete type, for what only
-    /// Postgres has (`COPY`, see [`super::pg_copy`]).
-    pub async fn begin_pg(&self, statement: &'static str) -> Result<PgTx, StoreError> {
+    /// Opens a transaction with `statement` (`BEGIN`, `BEGIN READ ONLY`, or `BEGIN` followed by more statements) as
+    /// the concrete type, for what only Postgres has (`COPY`, see [`super::pg_copy`]).
+    pub async fn begin_pg(&self, statement: impl Into<String>) -> Result<PgTx, StoreError> {
         let tx = self
             .pool
-            .begin_with(statement)
+            .begin_with(AssertSqlSafe(statement.into()))
             .await
             .map_err(StoreError::sql("begin a transaction"))?;
         Ok(PgTx {
@@ -181,6 +181,31 @@ impl SqlStore for PgStore {
 
     async fn begin_read(&self) -> Result<Box<dyn SqlTx>, StoreError> {
         self.begin_with("BEGIN READ ONLY").await
+    }
+
+    async fn begin_with_setup(&self, setup: &str) -> Result<Box<dyn SqlTx>, StoreError> {
+        if setup.is_empty() {
+            return self.begin().await;
+        }
+        Ok(Box::new(self.begin_pg(format!("BEGIN; {setup}")).await?))
+    }
+
+    async fn read_once(
+        &self,
+        sql: &str,
+        params: &[SqlParam],
+    ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+        let started = std::time::Instant::now();
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::running(sql))?;
+        super::log_if_slow(sql, started, rows.len() as u64);
+        rows.iter()
+            .map(super::texts_of)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::sql("read rows as text"))
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {

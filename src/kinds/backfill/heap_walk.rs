@@ -247,12 +247,10 @@ async fn walk(
     let mut tx = backfill
         .begin_batch(batch, BackfillSql::JOIN_BY_INDEX)
         .await?;
-    let counted = tx
-        .fetch_count(&BackfillSql::count_window(&quoted), &window)
+    let walked = tx
+        .fetch_count(&statements.update_window(&quoted), &window)
         .await;
-    let rows = or_list_gone(backfill, list, &checkpoint, counted).await?;
-    tx.execute(&statements.update_window(&quoted), &window)
-        .await?;
+    let rows = or_list_gone(backfill, list, &checkpoint, walked).await?;
     let done = to >= end;
     // A list another range walks too is the migration's end's to drop.
     if done && cut_at.is_none() && !checkpoint.shared {

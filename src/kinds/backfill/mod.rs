@@ -43,32 +43,28 @@ pub(super) struct LocalSetting {
 }
 
 impl LocalSetting {
-    /// Sets every one of `settings` on `tx` in one statement (none: no statement).
-    async fn apply(tx: &mut dyn SqlTx, settings: &[LocalSetting]) -> Result<(), MigrationError> {
+    /// One statement that sets every one of `settings` (none: no statement), with the values written as literals:
+    /// it is sent with the batch's `BEGIN` ([`SqlStore::begin_with_setup`]), which takes no parameters.
+    fn setup(settings: &[LocalSetting]) -> String {
         if settings.is_empty() {
-            return Ok(());
+            return String::new();
         }
-        let calls: Vec<String> = (1..=settings.len())
-            .zip(settings)
-            .map(|(n, setting)| {
+        let calls: Vec<String> = settings
+            .iter()
+            .map(|setting| {
                 let name = format!("'{}'", setting.name);
+                let value = format!("'{}'", setting.value.replace('\'', "''"));
                 if setting.keep_server_value {
                     format!(
-                        "set_config({name}, CASE current_setting({name}) WHEN '0' THEN ${n} \
+                        "set_config({name}, CASE current_setting({name}) WHEN '0' THEN {value} \
                          ELSE current_setting({name}) END, true)"
                     )
                 } else {
-                    format!("set_config({name}, ${n}, true)")
+                    format!("set_config({name}, {value}, true)")
                 }
             })
             .collect();
-        let params: Vec<SqlParam> = settings
-            .iter()
-            .map(|setting| SqlParam::Text(setting.value.clone()))
-            .collect();
-        tx.execute(&format!("SELECT {}", calls.join(", ")), &params)
-            .await?;
-        Ok(())
+        format!("SELECT {}", calls.join(", "))
     }
 }
 
@@ -104,40 +100,43 @@ impl Backfill {
     }
 
     /// Opens a batch's transaction; on Postgres with the WAL compression (see [`wal`]) and the writeback of dirty
-    /// pages (see [`writeback`]) that `args` ask for and the caller's `extra` settings, all set in one statement.
+    /// pages (see [`writeback`]) that `args` ask for and the caller's `extra` settings, all set in the statement that
+    /// begins it.
     async fn begin_batch(
         &self,
         batch: &Batch<'_>,
         extra: &[(&'static str, &'static str)],
     ) -> Result<Box<dyn SqlTx>, MigrationError> {
         let args = batch.args;
-        let mut tx = self.store.begin().await?;
-        if self.store.dialect() == Dialect::Postgres {
-            let server = self
-                .server_wal
-                .get_or_try_init(|| wal::ServerWal::probe(self.store.as_ref()))
-                .await?;
-            let settings: Vec<LocalSetting> = [
-                server
-                    .value_for(args.wal_compression)?
-                    .map(|method| LocalSetting {
-                        name: "wal_compression",
-                        value: method.to_owned(),
-                        keep_server_value: false,
-                    }),
-                writeback::setting(args.flush_after, batch.yielding),
-            ]
-            .into_iter()
-            .flatten()
-            .chain(extra.iter().map(|&(name, value)| LocalSetting {
-                name,
-                value: value.to_owned(),
-                keep_server_value: false,
-            }))
-            .collect();
-            LocalSetting::apply(tx.as_mut(), &settings).await?;
+        if self.store.dialect() != Dialect::Postgres {
+            return Ok(self.store.begin().await?);
         }
-        Ok(tx)
+        let server = self
+            .server_wal
+            .get_or_try_init(|| wal::ServerWal::probe(self.store.as_ref()))
+            .await?;
+        let settings: Vec<LocalSetting> = [
+            server
+                .value_for(args.wal_compression)?
+                .map(|method| LocalSetting {
+                    name: "wal_compression",
+                    value: method.to_owned(),
+                    keep_server_value: false,
+                }),
+            writeback::setting(args.flush_after, batch.yielding),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(extra.iter().map(|&(name, value)| LocalSetting {
+            name,
+            value: value.to_owned(),
+            keep_server_value: false,
+        }))
+        .collect();
+        Ok(self
+            .store
+            .begin_with_setup(&LocalSetting::setup(&settings))
+            .await?)
     }
 
     /// Reads the table's columns, checks the key and `set`, and prepares the statements (once).
@@ -393,5 +392,34 @@ impl Migration for Backfill {
         };
         batch.commit(tx, &outcome).await?;
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LocalSetting;
+
+    #[test]
+    fn a_batchs_settings_are_one_select_with_literal_values_and_the_server_value_kept_where_asked()
+    {
+        assert_eq!(LocalSetting::setup(&[]), "");
+        let settings = [
+            LocalSetting {
+                name: "wal_compression",
+                value: "lz4".into(),
+                keep_server_value: false,
+            },
+            LocalSetting {
+                name: "backend_flush_after",
+                value: "32'".into(),
+                keep_server_value: true,
+            },
+        ];
+        assert_eq!(
+            LocalSetting::setup(&settings),
+            "SELECT set_config('wal_compression', 'lz4', true), set_config('backend_flush_after', CASE \
+             current_setting('backend_flush_after') WHEN '0' THEN '32''' ELSE current_setting('backend_flush_after') \
+             END, true)"
+        );
     }
 }
