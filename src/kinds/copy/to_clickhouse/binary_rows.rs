@@ -164,7 +164,7 @@ fn be_i32(bytes: &[u8]) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use bytes::Bytes;
 
@@ -176,8 +176,9 @@ mod tests {
         out
     }
 
-    fn row(fields: &[Option<&[u8]>]) -> Vec<u8> {
-        let mut out = (fields.len() as i16).to_be_bytes().to_vec();
+    /// Appends `fields` as binary `COPY` writes them (rows and array elements alike): a length, -1 for NULL, then
+    /// the bytes.
+    pub(in super::super) fn put_fields(out: &mut Vec<u8>, fields: &[Option<&[u8]>]) {
         for field in fields {
             match field {
                 Some(bytes) => {
@@ -187,6 +188,11 @@ mod tests {
                 None => out.extend((-1i32).to_be_bytes()),
             }
         }
+    }
+
+    fn row(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut out = (fields.len() as i16).to_be_bytes().to_vec();
+        put_fields(&mut out, fields);
         out
     }
 

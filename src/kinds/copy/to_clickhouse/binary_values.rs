@@ -211,15 +211,7 @@ mod tests {
         for word in [dimensions, 1, 25, items.len() as i32, 1] {
             out.extend(word.to_be_bytes());
         }
-        for item in items {
-            match item {
-                Some(bytes) => {
-                    out.extend((bytes.len() as i32).to_be_bytes());
-                    out.extend(*bytes);
-                }
-                None => out.extend((-1i32).to_be_bytes()),
-            }
-        }
+        super::super::binary_rows::tests::put_fields(&mut out, items);
         out
     }
 
