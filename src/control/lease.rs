@@ -97,18 +97,17 @@ impl SqlControlStore {
         let id = tx
             .fetch_count(&self.statements.record_batch, &batch)
             .await?;
-        if self.statements.record_batch_trims {
-            return Ok(());
+        // Bounded history: where the insert did not trim, one indexed range delete right after it.
+        if let Some(trim) = &self.statements.trim_batches {
+            tx.execute(
+                trim,
+                &[
+                    SqlParam::Text(lease.name.clone()),
+                    SqlParam::Int(id - BATCHES_KEPT),
+                ],
+            )
+            .await?;
         }
-        // Bounded history: one indexed range delete right after the insert.
-        tx.execute(
-            "DELETE FROM background_migration_batches WHERE migration_name = $1 AND id <= $2",
-            &[
-                SqlParam::Text(lease.name.clone()),
-                SqlParam::Int(id - BATCHES_KEPT),
-            ],
-        )
-        .await?;
         Ok(())
     }
 

@@ -39,8 +39,9 @@ pub(super) struct Statements {
     pub(super) set_rows_total: String,
     pub(super) write_checkpoint: String,
     pub(super) record_batch: String,
-    /// Whether `record_batch` also trims the batches table (else the caller does).
-    pub(super) record_batch_trims: bool,
+    /// The batches table's trim, run after `record_batch` where that statement does not trim it itself (SQLite):
+    /// `$1` name, `$2` the highest id to drop.
+    pub(super) trim_batches: Option<String>,
     pub(super) held_record: String,
     pub(super) record_by_name: String,
     pub(super) list_records: String,
@@ -123,7 +124,9 @@ impl Statements {
                     ("trim", trimming.as_ref().map_or("", |(_, trim)| trim)),
                 ],
             ),
-            record_batch_trims: trimming.is_some(),
+            trim_batches: trimming.is_none().then(|| {
+                "DELETE FROM background_migration_batches WHERE migration_name = $1 AND id <= $2".to_owned()
+            }),
             held_record: format!("SELECT {records} FROM background_migrations WHERE {FENCE}"),
             record_by_name: format!("SELECT {records} FROM background_migrations WHERE name = $1"),
             list_records: format!("SELECT {records} FROM background_migrations ORDER BY name"),

@@ -195,17 +195,7 @@ impl SqlStore for PgStore {
         sql: &str,
         params: &[SqlParam],
     ) -> Result<Vec<Vec<Option<String>>>, StoreError> {
-        let query = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
-        let started = std::time::Instant::now();
-        let rows = query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::running(sql))?;
-        super::log_if_slow(sql, started, rows.len() as u64);
-        rows.iter()
-            .map(super::texts_of)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::sql("read rows as text"))
+        fetch_all_text_on(&self.pool, sql, params).await
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, StoreError> {

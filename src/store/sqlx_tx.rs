@@ -24,6 +24,29 @@ macro_rules! sql_tx_over_sqlx {
             query
         }
 
+        /// Runs `sql` on `executor` (a transaction, or the pool for a statement on its own) and returns its rows as
+        /// text.
+        async fn fetch_all_text_on<'c, E>(
+            executor: E,
+            sql: &str,
+            params: &[$crate::store::SqlParam],
+        ) -> Result<Vec<Vec<Option<String>>>, $crate::store::StoreError>
+        where
+            E: ::sqlx::Executor<'c, Database = $db>,
+        {
+            let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
+            let started = ::std::time::Instant::now();
+            let rows = query
+                .fetch_all(executor)
+                .await
+                .map_err($crate::store::StoreError::running(sql))?;
+            $crate::store::log_if_slow(sql, started, rows.len() as u64);
+            rows.iter()
+                .map($crate::store::texts_of)
+                .collect::<Result<_, _>>()
+                .map_err($crate::store::StoreError::sql("read rows as text"))
+        }
+
         #[::async_trait::async_trait]
         impl $crate::store::SqlTx for $tx {
             async fn execute(
@@ -67,17 +90,7 @@ macro_rules! sql_tx_over_sqlx {
                 sql: &str,
                 params: &[$crate::store::SqlParam],
             ) -> Result<Vec<Vec<Option<String>>>, $crate::store::StoreError> {
-                let query = bind_all(::sqlx::query(::sqlx::AssertSqlSafe(sql.to_owned())), params);
-                let started = ::std::time::Instant::now();
-                let rows = query
-                    .fetch_all(&mut *self.tx)
-                    .await
-                    .map_err($crate::store::StoreError::running(sql))?;
-                $crate::store::log_if_slow(sql, started, rows.len() as u64);
-                rows.iter()
-                    .map($crate::store::texts_of)
-                    .collect::<Result<_, _>>()
-                    .map_err($crate::store::StoreError::sql("read rows as text"))
+                fetch_all_text_on(&mut *self.tx, sql, params).await
             }
 
             async fn fetch_count(

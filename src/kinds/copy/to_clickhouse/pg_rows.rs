@@ -133,6 +133,13 @@ async fn in_snapshot(
         .map(|_| ())
 }
 
+/// A part of a row that is not what its type sends: the read is broken, not the value (values say which column).
+fn unreadable(what: impl std::fmt::Display, err: binary_values::ValueError) -> ReadError {
+    ReadError::Failed(MigrationError::Permanent(format!(
+        "{what} cannot be read: {err}"
+    )))
+}
+
 fn copy_error(err: CopyOutError) -> ReadError {
     match err {
         CopyOutError::Sql(err) => ReadError::sql("read a copy batch")(err),
@@ -168,18 +175,17 @@ async fn stream_rows(
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                ReadError::Failed(MigrationError::Permanent(format!(
-                    "the key of a row cannot be read: {e}"
-                )))
-            })?;
+            .map_err(|e| unreadable("the key of a row", e))?;
         let key = encoder.key(key)?;
         let left_out = match layout.large_flag().and_then(|flag| row.field(flag)) {
             Some(flag) => binary_values::boolean(flag).map_err(|e| {
-                ReadError::Failed(MigrationError::Permanent(format!(
-                    "the large-value flag of the row with key ({}) cannot be read: {e}",
-                    key.join(", ")
-                )))
+                unreadable(
+                    format_args!(
+                        "the large-value flag of the row with key ({})",
+                        key.join(", ")
+                    ),
+                    e,
+                )
             })?,
             None => false,
         };
@@ -228,19 +234,14 @@ async fn stream_rows(
 
 /// The row's `ctid`, which must come after the previous row's: the cursor of a physical walk relies on it.
 fn next_tid(row: BinaryRow<'_>, index: usize, previous: Option<Tid>) -> Result<Tid, ReadError> {
-    let tid = row
-        .field(index)
-        .ok_or(binary_values::ValueError::Width {
-            ty: "tid",
-            len: 0,
-            want: 6,
-        })
-        .and_then(binary_values::tid)
-        .map_err(|e| {
-            ReadError::Failed(MigrationError::Permanent(format!(
-                "a row's ctid cannot be read: {e}"
-            )))
-        })?;
+    let tid = match row.field(index) {
+        Some(bytes) => binary_values::tid(bytes).map_err(|e| unreadable("a row's ctid", e))?,
+        None => {
+            return Err(ReadError::Failed(MigrationError::Permanent(
+                "a row's ctid is NULL".into(),
+            )));
+        }
+    };
     if let Some(previous) = previous
         && previous >= tid
     {
