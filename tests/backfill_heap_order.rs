@@ -440,3 +440,36 @@ async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_l
     assert_eq!(state(&pool).await["listed"], 3_000);
     assert_eq!(lists_left(&pool).await, 0);
 }
+
+/// A walk batch is planned for the few rows of its window: the list has statistics by then (its close analyses
+/// it) and JIT compilation is off in the batch. Without either, a window of a large list was planned for a default
+/// share of the list, priced past `jit_above_cost`, and each small batch spent longer compiling than updating.
+/// Each row records what its batch's `UPDATE` saw: the `jit` setting and whether the list's page column has
+/// statistics.
+#[tokio::test]
+async fn walk_batches_are_planned_on_the_lists_statistics_without_jit() {
+    let db = TestDb::create("heap_plan").await;
+    let pool = db.pool().await;
+    create_items(&pool, 2_000).await;
+    sqlx::query("ALTER TABLE items ADD COLUMN planned text")
+        .execute(&pool)
+        .await
+        .unwrap();
+    db.define(
+        NAME,
+        "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\norder = \"physical\"\n\
+         set = { planned = \"current_setting('jit') || ' ' || (SELECT count(*) FROM pg_stats \
+         WHERE tablename LIKE 'bgmigrate_keys_%' AND attname = 'bgm_page')\" }\n[args]\nbatchSize = 300",
+    );
+    let connected = db.connect().await;
+    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    common::run_registered(&connected, "w1").await;
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    let seen: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT planned, count(*) FROM items GROUP BY planned")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(seen, [(Some("off 1".to_owned()), 2_000)]);
+}

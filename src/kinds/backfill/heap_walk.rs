@@ -6,7 +6,7 @@
 //!    last listing batch closes the list: it collects the range's rows written since the sweep began (`xmin` no
 //!    older than the oldest transaction running when it began; every other row stayed on its page throughout and
 //!    was seen once), lists those whose keys are missing and drops every second entry of theirs. Each key present
-//!    then is listed exactly once, and the close indexes the list by page for the walk.
+//!    then is listed exactly once, and the close indexes the list by page and analyses it for the walk.
 //! 2. **Walking**: batches update the rows listed for a window of pages, through the key's index. Each page is then
 //!    changed by one batch: its full-page image goes into the WAL once, not once per row. A row that moved since
 //!    it was listed (our own updates and the application's move rows) is still updated once, through its key.
@@ -163,6 +163,8 @@ async fn list_keys(
             .await?;
         tx.execute(&BackfillSql::index_key_list(dialect, &list, &quoted), &[])
             .await?;
+        tx.execute(&BackfillSql::analyze_key_list(&quoted), &[])
+            .await?;
         let (listed, pages) = two_numbers(
             tx.fetch_optional_text(&BackfillSql::list_extent(&quoted), &[])
                 .await?,
@@ -245,7 +247,7 @@ async fn walk(
     let window = [position(from), position(to)];
 
     let mut tx = backfill
-        .begin_batch(batch, BackfillSql::JOIN_BY_INDEX)
+        .begin_batch(batch, BackfillSql::WALK_SETTINGS)
         .await?;
     let walked = tx
         .fetch_count(&statements.update_window(&quoted), &window)
