@@ -234,14 +234,10 @@ async fn stream_rows(
 
 /// The row's `ctid`, which must come after the previous row's: the cursor of a physical walk relies on it.
 fn next_tid(row: BinaryRow<'_>, index: usize, previous: Option<Tid>) -> Result<Tid, ReadError> {
-    let tid = match row.field(index) {
-        Some(bytes) => binary_values::tid(bytes).map_err(|e| unreadable("a row's ctid", e))?,
-        None => {
-            return Err(ReadError::Failed(MigrationError::Permanent(
-                "a row's ctid is NULL".into(),
-            )));
-        }
-    };
+    let bytes = row.field(index).ok_or_else(|| {
+        ReadError::Failed(MigrationError::Permanent("a row's ctid is NULL".into()))
+    })?;
+    let tid = binary_values::tid(bytes).map_err(|e| unreadable("a row's ctid", e))?;
     if let Some(previous) = previous
         && previous >= tid
     {
