@@ -473,3 +473,51 @@ async fn walk_batches_are_planned_on_the_lists_statistics_without_jit() {
             .unwrap();
     assert_eq!(seen, [(Some("off 1".to_owned()), 2_000)]);
 }
+
+/// Each walk batch takes whole pages while they list at most `batchSize` keys, wherever the rows are: here the
+/// table's live rows are bunched at the end of its heap (its first rows deleted and vacuumed away). Windows sized
+/// by the list's average keys per page walked the empty pages in batches of their own and the full ones several
+/// batches' rows at a time.
+#[tokio::test]
+async fn walk_windows_take_whole_pages_up_to_the_batch_size_where_the_rows_are() {
+    let db = TestDb::create("heap_windows").await;
+    let pool = db.pool().await;
+    create_items(&pool, 6_000).await;
+    for sql in ["DELETE FROM items WHERE a <= 5000", "VACUUM items"] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let fullest_page = scalar(
+        &pool,
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM items GROUP BY (ctid::text::point)[0]) AS pages",
+    )
+    .await;
+    define(&db, "batchSize = 250");
+    let connected = db.connect().await;
+    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    common::run_registered(&connected, "w1").await;
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM items WHERE hits = 1").await,
+        1_000
+    );
+    let walked: Vec<i64> = sqlx::query_scalar(
+        "SELECT rows FROM background_migration_batches \
+         WHERE migration_name = $1 AND (state->>'page')::bigint > 0 ORDER BY id",
+    )
+    .bind(NAME)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(walked.iter().sum::<i64>(), 1_000, "{walked:?}");
+    assert!(
+        walked.iter().all(|&rows| (1..=250).contains(&rows)),
+        "{walked:?}"
+    );
+    let (last, full) = walked.split_last().unwrap();
+    assert!(
+        full.iter().all(|&rows| rows > 250 - fullest_page),
+        "each window but the last is full up to a page ({fullest_page} rows at most): {walked:?}"
+    );
+    assert!(*last > 0);
+}

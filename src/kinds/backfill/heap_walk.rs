@@ -217,7 +217,8 @@ fn two_numbers(row: Option<Vec<String>>, what: &str) -> Result<(u64, u64), Migra
         })
 }
 
-/// Updates the rows listed for the next window of pages, about `batchSize` of them; the last window drops the list.
+/// Updates the rows listed for the next window of pages, whole pages listing at most `batchSize` keys (at least
+/// one page); the last window drops the list.
 async fn walk(
     backfill: &Backfill,
     statements: &BackfillSql,
@@ -233,33 +234,28 @@ async fn walk(
     };
     let list = checkpoint.list.as_deref().ok_or_else(|| missing("list"))?;
     let list = checked_list_name(list, batch.state)?;
-    let listed = checkpoint.listed.ok_or_else(|| missing("listed"))?;
     let pages = checkpoint.pages.ok_or_else(|| missing("pages"))?;
     let from = checkpoint.page.unwrap_or(0);
     let cut_at = walk_cut(&checkpoint, batch.upper)?;
     let end = cut_at.unwrap_or(pages).min(pages);
-    let rows_per_page = (listed / pages.max(1)).max(1);
-    let to = from
-        .saturating_add(batch.args.batch_size.div_ceil(rows_per_page).max(1))
-        .min(end);
     let quoted = backfill.store.dialect().quote_ident(list);
-    let position = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
-    let window = [position(from), position(to)];
+    let number = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let params = [number(from), number(end), number(batch.args.batch_size)];
 
     let mut tx = backfill
         .begin_batch(batch, BackfillSql::WALK_SETTINGS)
         .await?;
     let walked = tx
-        .fetch_count(&statements.update_window(&quoted), &window)
+        .fetch_optional_text(&statements.update_window(&quoted), &params)
         .await;
-    let rows = or_list_gone(backfill, list, &checkpoint, walked).await?;
+    let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
+    let (rows, to) = two_numbers(walked, "a walk window's rows and end")?;
     let done = to >= end;
     // A list another range walks too is the migration's end's to drop.
     if done && cut_at.is_none() && !checkpoint.shared {
         tx.execute(&BackfillSql::drop_key_list(&quoted), &[])
             .await?;
     }
-    let rows = u64::try_from(rows).unwrap_or(0);
     let next = BackfillCheckpoint {
         page: Some(to),
         walked: checkpoint.walked + rows,

@@ -105,21 +105,32 @@ impl BackfillSql {
         format!("SELECT count(*)::text, (coalesce(max(bgm_page), -1) + 1)::text FROM {list}")
     }
 
-    /// Updates the rows listed in the window of pages [$1, $2), found through the key's unique index wherever they
-    /// are now, and returns how many keys the window lists (the rows walked, counted whatever the filter says); the
-    /// `where` filter is checked now, as in the key walk. One statement (the `UPDATE` in a `WITH`, which runs to
-    /// completion whether or not it is read): a batch of a few milliseconds pays for each round trip. Run with hash
-    /// and merge joins off: a hash join over a sequential scan of the table is what the planner picks for large
-    /// windows, and it reads the whole table per batch.
+    /// Updates the rows listed in the next window of pages and returns, as text, how many keys it lists (the rows
+    /// walked, counted whatever the filter says) and the page after it. The window starts at page $1, takes whole
+    /// pages while it lists at most $3 keys (at least the first page that lists any: a page is not split, and pages
+    /// that list none are skipped, not walked by a batch of their own), and ends by page $2. It is sized by the
+    /// list, not by the list's average keys per page: on a table whose live rows are bunched into part of the heap
+    /// (after a full-table `UPDATE` and a `VACUUM`, say) windows sized by the average were empty or held several
+    /// batches' rows, and the long ones held their rows' locks and flushed their WAL well past the batch's target.
+    /// Each row is found through the key's unique index wherever it is now, and the `where` filter is checked now,
+    /// as in the key walk. One statement (the `UPDATE` in a `WITH`, which runs to completion whether or not it is
+    /// read): a batch of a few milliseconds pays for each round trip. Run with hash and merge joins off: a hash join
+    /// over a sequential scan of the table is what the planner picks for large windows, and it reads the whole
+    /// table per batch.
     pub fn update_window(&self, list: &str) -> String {
+        let to = "(SELECT bgm_to FROM bgm_window)";
         let window =
-            format!("{LIST_ALIAS}.bgm_page >= $1::bigint AND {LIST_ALIAS}.bgm_page < $2::bigint");
+            format!("{LIST_ALIAS}.bgm_page >= $1::bigint AND {LIST_ALIAS}.bgm_page < {to}");
         let conditions = self
             .keyset
             .filtered(vec![window.clone(), self.joined_on_key()]);
         format!(
-            "WITH bgm_updated AS (UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}) \
-             SELECT count(*) FROM {list} AS {LIST_ALIAS} WHERE {window}",
+            "WITH bgm_window AS (SELECT least(CASE WHEN count(*) > $3::bigint \
+             THEN greatest(max(bgm_page), min(bgm_page) + 1) ELSE $2::bigint END, $2::bigint) AS bgm_to \
+             FROM (SELECT bgm_page FROM {list} WHERE bgm_page >= $1::bigint ORDER BY bgm_page \
+             LIMIT $3::bigint + 1) AS bgm_next), \
+             bgm_updated AS (UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}) \
+             SELECT count(*)::text, {to}::text FROM {list} AS {LIST_ALIAS} WHERE {window}",
             self.table,
             self.set,
             crate::kinds::keyset::Keyset::where_clause(&conditions)
@@ -270,14 +281,19 @@ mod tests {
     }
 
     #[test]
-    fn a_window_of_the_list_is_joined_on_the_key_keeps_the_filter_and_counts_the_keys_walked() {
+    fn a_window_of_the_list_is_sized_by_the_list_joined_on_the_key_keeps_the_filter_and_counts_the_keys()
+     {
         assert_eq!(
             composite().update_window("\"bgmigrate_keys_0a\""),
-            "WITH bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM \"bgmigrate_keys_0a\" \
-             AS bgm_list WHERE bgm_list.bgm_page >= $1::bigint AND bgm_list.bgm_page < $2::bigint \
+            "WITH bgm_window AS (SELECT least(CASE WHEN count(*) > $3::bigint \
+             THEN greatest(max(bgm_page), min(bgm_page) + 1) ELSE $2::bigint END, $2::bigint) AS bgm_to \
+             FROM (SELECT bgm_page FROM \"bgmigrate_keys_0a\" WHERE bgm_page >= $1::bigint ORDER BY bgm_page \
+             LIMIT $3::bigint + 1) AS bgm_next), \
+             bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM \"bgmigrate_keys_0a\" \
+             AS bgm_list WHERE bgm_list.bgm_page >= $1::bigint AND bgm_list.bgm_page < (SELECT bgm_to FROM bgm_window) \
              AND (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1) AND (kind = 'x')) \
-             SELECT count(*) FROM \"bgmigrate_keys_0a\" AS bgm_list WHERE bgm_list.bgm_page >= $1::bigint \
-             AND bgm_list.bgm_page < $2::bigint"
+             SELECT count(*)::text, (SELECT bgm_to FROM bgm_window)::text FROM \"bgmigrate_keys_0a\" AS bgm_list \
+             WHERE bgm_list.bgm_page >= $1::bigint AND bgm_list.bgm_page < (SELECT bgm_to FROM bgm_window)"
         );
     }
 }
