@@ -217,8 +217,8 @@ fn two_numbers(row: Option<Vec<String>>, what: &str) -> Result<(u64, u64), Migra
         })
 }
 
-/// Updates the rows listed for the next window of pages, whole pages listing at most `batchSize` keys (at least
-/// one page); the last window drops the list.
+/// Updates the rows listed for the next window of pages: whole pages, `batchSize` keys and the rest of the last
+/// page's (see [`BackfillSql::update_window`]); the last window drops the list.
 async fn walk(
     backfill: &Backfill,
     statements: &BackfillSql,
@@ -240,7 +240,8 @@ async fn walk(
     let end = cut_at.unwrap_or(pages).min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
     let number = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
-    let params = [number(from), number(end), number(batch.args.batch_size)];
+    let last_key = batch.args.batch_size.saturating_sub(1);
+    let params = [number(from), number(end), number(last_key)];
 
     let mut tx = backfill
         .begin_batch(batch, BackfillSql::WALK_SETTINGS)

@@ -106,17 +106,18 @@ impl BackfillSql {
     }
 
     /// Updates the rows listed in the next window of pages and returns, as text, how many keys it lists (the rows
-    /// walked, counted whatever the filter says) and the page after it. The window starts at page $1, takes whole
-    /// pages while it lists at most $3 keys (at least the first page that lists any: a page is not split, and pages
-    /// that list none are skipped, not walked by a batch of their own), and ends by page $2. It is sized by the
-    /// list, not by the list's average keys per page: on a table whose live rows are bunched into part of the heap
-    /// (after a full-table `UPDATE` and a `VACUUM`, say) windows sized by the average were empty or held several
-    /// batches' rows, and the long ones held their rows' locks and flushed their WAL well past the batch's target.
-    /// Each row is found through the key's unique index wherever it is now, and the `where` filter is checked now,
-    /// as in the key walk. One statement (the `UPDATE` in a `WITH`, which runs to completion whether or not it is
-    /// read): a batch of a few milliseconds pays for each round trip. Run with hash and merge joins off: a hash join
-    /// over a sequential scan of the table is what the planner picks for large windows, and it reads the whole
-    /// table per batch.
+    /// walked, counted whatever the filter says) and the page after it. The window starts at page $1 and takes
+    /// whole pages up to the one that holds the next batch's last key (offset $3, `batchSize - 1`, into the list
+    /// from $1), ending by page $2: `batchSize` keys and the rest of the last page's, so the batch sizer, which
+    /// learns only from full batches, learns from each, and pages that list no key are skipped rather than walked
+    /// by batches of their own. It is sized by the list, not by the list's average keys per page: on a table
+    /// whose live rows are bunched into part of the heap (after a full-table `UPDATE` and a `VACUUM`, say) windows
+    /// sized by the average were empty or held several batches' rows, and the long ones held their rows' locks and
+    /// flushed their WAL well past the batch's target. Each row is found through the key's unique index wherever it
+    /// is now, and the `where` filter is checked now, as in the key walk. One statement (the `UPDATE` in a `WITH`,
+    /// which runs to completion whether or not it is read): a batch of a few milliseconds pays for each round trip.
+    /// Run with hash and merge joins off: a hash join over a sequential scan of the table is what the planner picks
+    /// for large windows, and it reads the whole table per batch.
     pub fn update_window(&self, list: &str) -> String {
         let to = "(SELECT bgm_to FROM bgm_window)";
         let window =
@@ -125,10 +126,9 @@ impl BackfillSql {
             .keyset
             .filtered(vec![window.clone(), self.joined_on_key()]);
         format!(
-            "WITH bgm_window AS (SELECT least(CASE WHEN count(*) > $3::bigint \
-             THEN greatest(max(bgm_page), min(bgm_page) + 1) ELSE $2::bigint END, $2::bigint) AS bgm_to \
-             FROM (SELECT bgm_page FROM {list} WHERE bgm_page >= $1::bigint ORDER BY bgm_page \
-             LIMIT $3::bigint + 1) AS bgm_next), \
+            "WITH bgm_window AS (SELECT least(coalesce((SELECT bgm_page FROM {list} \
+             WHERE bgm_page >= $1::bigint ORDER BY bgm_page OFFSET $3::bigint LIMIT 1) + 1, $2::bigint), \
+             $2::bigint) AS bgm_to), \
              bgm_updated AS (UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}) \
              SELECT count(*)::text, {to}::text FROM {list} AS {LIST_ALIAS} WHERE {window}",
             self.table,
@@ -285,10 +285,9 @@ mod tests {
      {
         assert_eq!(
             composite().update_window("\"bgmigrate_keys_0a\""),
-            "WITH bgm_window AS (SELECT least(CASE WHEN count(*) > $3::bigint \
-             THEN greatest(max(bgm_page), min(bgm_page) + 1) ELSE $2::bigint END, $2::bigint) AS bgm_to \
-             FROM (SELECT bgm_page FROM \"bgmigrate_keys_0a\" WHERE bgm_page >= $1::bigint ORDER BY bgm_page \
-             LIMIT $3::bigint + 1) AS bgm_next), \
+            "WITH bgm_window AS (SELECT least(coalesce((SELECT bgm_page FROM \"bgmigrate_keys_0a\" \
+             WHERE bgm_page >= $1::bigint ORDER BY bgm_page OFFSET $3::bigint LIMIT 1) + 1, $2::bigint), \
+             $2::bigint) AS bgm_to), \
              bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM \"bgmigrate_keys_0a\" \
              AS bgm_list WHERE bgm_list.bgm_page >= $1::bigint AND bgm_list.bgm_page < (SELECT bgm_to FROM bgm_window) \
              AND (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1) AND (kind = 'x')) \
