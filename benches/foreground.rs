@@ -614,16 +614,22 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         idle.seconds
     );
 
+    let load_alone = |rate: u64, prefix: String| {
+        let (db, script) = (&db, &script);
+        async move {
+            fixed_load(
+                db,
+                (url, script, logs),
+                (rate, alone_secs),
+                (&prefix, postmaster),
+                std::future::ready(Ok(())),
+            )
+            .await
+        }
+    };
     let mut lines = Vec::new();
     for &rate in &rates {
-        let alone = fixed_load(
-            &db,
-            (url, &script, logs),
-            (rate, alone_secs),
-            (&format!("alone_{rate}"), postmaster),
-            std::future::ready(Ok(())),
-        )
-        .await?;
+        let alone = load_alone(rate, format!("alone_{rate}")).await?;
         let column = format!("total_r{rate}");
         let (during_backfill, during) = backfill(
             &connected,
@@ -661,20 +667,12 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             );
             writers.push(writer);
         }
-        let alone_after = fixed_load(
-            &db,
-            (url, &script, logs),
-            (rate, alone_secs),
-            (&format!("alone_after_{rate}"), postmaster),
-            std::future::ready(Ok(())),
-        )
-        .await?;
+        let alone_after = load_alone(rate, format!("alone_after_{rate}")).await?;
+        let (before_p99, after_p99) = (alone.percentile_ms(0.99), alone_after.percentile_ms(0.99));
         eprintln!(
-            "    ({rate} tx/s, the load alone again: p99 {:.1} ms, against {:.1} ms before; the lower is the baseline)",
-            alone_after.percentile_ms(0.99),
-            alone.percentile_ms(0.99)
+            "    ({rate} tx/s, the load alone again: p99 {after_p99:.1} ms, against {before_p99:.1} ms before; the lower is the baseline)"
         );
-        let alone = if alone_after.percentile_ms(0.99) < alone.percentile_ms(0.99) {
+        let alone = if after_p99 < before_p99 {
             alone_after
         } else {
             alone

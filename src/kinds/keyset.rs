@@ -280,7 +280,7 @@ async fn split_keys(
     while step > 0 && (cuts.len() as u64) + 1 < parts {
         let mut params = texts(lower.as_deref());
         params.extend(texts(upper));
-        params.push(SqlParam::Int(i64::try_from(step - 1).unwrap_or(i64::MAX)));
+        params.push(SqlParam::count(step - 1));
         let sql = keyset.key_after_within(lower.is_some(), upper.is_some());
         let Some(key) = tx.fetch_optional_text(&sql, &params).await? else {
             break;

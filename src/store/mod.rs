@@ -38,6 +38,14 @@ pub enum SqlParam {
     TextArray(Vec<Option<String>>),
 }
 
+impl SqlParam {
+    /// A count, offset or page number as an integer parameter: both stores bind signed 64-bit integers, and a
+    /// `u64` past `i64::MAX` (more rows than any table holds) is sent as `i64::MAX`.
+    pub fn count(n: u64) -> SqlParam {
+        SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+
 /// A column as the store describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnInfo {

@@ -24,21 +24,23 @@ pub(super) async fn sample_data(store: &dyn SqlStore, observations: u64) -> anyh
     let started = Instant::now();
     let traces = (observations / 4).max(1);
     let scores = (observations / 2).max(1);
-    let count = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let mut tx = store.begin().await?;
     for statement in schema_statements() {
         tx.execute(statement, &[]).await?;
     }
-    tx.execute(include_str!("../sql/demo_traces.sql"), &[count(traces)])
-        .await?;
+    tx.execute(
+        include_str!("../sql/demo_traces.sql"),
+        &[SqlParam::count(traces)],
+    )
+    .await?;
     tx.execute(
         include_str!("../sql/demo_observations.sql"),
-        &[count(observations), count(traces)],
+        &[SqlParam::count(observations), SqlParam::count(traces)],
     )
     .await?;
     tx.execute(
         include_str!("../sql/demo_scores.sql"),
-        &[count(scores), count(traces)],
+        &[SqlParam::count(scores), SqlParam::count(traces)],
     )
     .await?;
     // A few large rows (256 KiB of input each): batches must carry them without trouble.

@@ -239,9 +239,12 @@ async fn walk(
     let cut_at = walk_cut(&checkpoint, batch.upper)?;
     let end = cut_at.unwrap_or(pages).min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
-    let number = |n: u64| SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX));
     let last_key = batch.args.batch_size.saturating_sub(1);
-    let params = [number(from), number(end), number(last_key)];
+    let params = [
+        SqlParam::count(from),
+        SqlParam::count(end),
+        SqlParam::count(last_key),
+    ];
 
     let mut tx = backfill
         .begin_batch(batch, BackfillSql::WALK_SETTINGS)

@@ -351,7 +351,7 @@ impl Migration for Backfill {
 
         let mut tx = self.begin_batch(batch, &[]).await?;
         let mut bound_params = tail_params.clone();
-        bound_params.push(SqlParam::Int(i64::try_from(size - 1).unwrap_or(i64::MAX)));
+        bound_params.push(SqlParam::count(size - 1));
         let upper = tx
             .fetch_optional_text(&statements.upper_bound(has_lower, has_end), &bound_params)
             .await?;
