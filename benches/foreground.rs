@@ -16,7 +16,7 @@
 //! * `BGMIGRATE_BENCH_ARGS`       the backfill's `args` as JSON (default `{}`: the engine's defaults).
 //! * `BGMIGRATE_BENCH_ORDER`      the backfill definition's `order`: `physical` (default: what a table with random
 //!   keys calls for) or `key`.
-//! * `BGMIGRATE_BENCH_KEEP=1`     keeps the database afterwards.
+//! * `BGMIGRATE_BENCH_KEEP=1`     keeps the database and pgbench's logs afterwards.
 //! * `RUST_LOG`                   log filter (default `warn,sqlx=error,sqlx_core=error`).
 //!
 //! One table `items` (`md5` text key, so key order is not heap order; ~340-byte rows; autovacuum off so that no
@@ -38,7 +38,10 @@
 //! by `pgbench`, in sessions with the settings the backfill's batches take while yielding — once at the
 //! backfill's own speed under that load and once at the target share of its idle speed. What that writer costs
 //! the load is what any writer that fast costs it on this server and disk. The load's p99 during the backfill is
-//! also split by the backfill's phase (`list`, `walk`), read from its checkpoint every 100 ms.
+//! also split by the backfill's phase (`list`, `walk`), read from its checkpoint every 100 ms. And for the backfill
+//! and each writer it prints how the load met their writes: the share of the time they ran (`busy`), the share of
+//! the load's transactions that ran at the same time as a batch or statement, and the p99 of those and of the rest
+//! — so that a gap to the writer reads as meeting writes more often, or paying more for each one met.
 
 #[path = "support/cpu.rs"]
 mod cpu;
@@ -131,6 +134,34 @@ impl Load {
     fn rate(&self) -> f64 {
         self.latencies_us.len() as f64 / self.seconds.max(0.001)
     }
+
+    /// The load's transactions within the span `writes` cover, split by whether each ran at the same time as a
+    /// write: the share that did, and the p99 in ms of those that did and of those that did not. What sets the
+    /// foreground's tail apart from one writer to another at the same speed is read here: how often the load
+    /// meets a write, and how much a write it meets costs it.
+    fn overlap(&self, writes: &[Span]) -> (f64, f64, f64) {
+        let (Some(first), Some(last)) = (writes.first(), writes.last()) else {
+            return (0.0, 0.0, 0.0);
+        };
+        let (mut met, mut clear) = (Vec::new(), Vec::new());
+        for (&done, &latency) in self.done_us.iter().zip(&self.latencies_us) {
+            let start = done.saturating_sub(latency as u128);
+            if done < first.0 || start > last.1 {
+                continue;
+            }
+            // Writes do not overlap each other (one stream each), so the transaction met one if and only if the
+            // last write that started before it ended was still running when it started.
+            let started = writes.partition_point(|w| w.0 <= done);
+            let meets = started > 0 && writes[started - 1].1 >= start;
+            if meets { &mut met } else { &mut clear }.push(latency);
+        }
+        let share = met.len() as f64 / (met.len() + clear.len()).max(1) as f64;
+        (
+            share,
+            percentile_ms(&met, 0.99),
+            percentile_ms(&clear, 0.99),
+        )
+    }
 }
 
 /// One backfill's figures.
@@ -142,8 +173,8 @@ struct Backfill {
     wal_mib_per_sec: f64,
     batches: i64,
     median_batch_ms: f64,
-    /// Share of the time batches ran, over the span the batches table keeps (its last 1,000 batches).
-    busy: f64,
+    /// When its batches ran, as far as the batches table keeps them (the last 1,000).
+    writes: Vec<Span>,
     throttled: Option<String>,
     /// When each phase of the walk began (µs since the epoch), in order: `list` (a heap-order walk's key sweep
     /// and its close, and the first batch of any walk), then `walk`.
@@ -236,29 +267,80 @@ fn read_latencies(
     until: Option<u128>,
 ) -> anyhow::Result<(Vec<u64>, Vec<u128>)> {
     let (mut latencies, mut done_at) = (Vec::new(), Vec::new());
+    for_each_logged(dir, prefix, |line, fields| {
+        let (Some(time), Some(epoch), Some(us)) = (fields.get(2), fields.get(4), fields.get(5))
+        else {
+            return Ok(());
+        };
+        let done = epoch.parse::<u128>()? * 1_000_000 + us.parse::<u128>()?;
+        if until.is_none_or(|until| done <= until) {
+            latencies.push(
+                time.parse()
+                    .with_context(|| format!("pgbench log line {line:?}"))?,
+            );
+            done_at.push(done);
+        }
+        Ok(())
+    })?;
+    Ok((latencies, done_at))
+}
+
+/// Calls `each` with every transaction line pgbench logged in `dir` under `prefix`, split into its fields:
+/// client_id transaction_no time script_no time_epoch time_us [schedule_lag].
+fn for_each_logged(
+    dir: &Path,
+    prefix: &str,
+    mut each: impl FnMut(&str, &[&str]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if !entry.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
         for line in std::fs::read_to_string(entry.path())?.lines() {
-            // client_id transaction_no time script_no time_epoch time_us [schedule_lag]
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(time), Some(epoch), Some(us)) = (fields.get(2), fields.get(4), fields.get(5))
-            else {
-                continue;
-            };
-            let done = epoch.parse::<u128>()? * 1_000_000 + us.parse::<u128>()?;
-            if until.is_none_or(|until| done <= until) {
-                latencies.push(
-                    time.parse()
-                        .with_context(|| format!("pgbench log line {line:?}"))?,
-                );
-                done_at.push(done);
-            }
+            each(line, &fields)?;
         }
     }
-    Ok((latencies, done_at))
+    Ok(())
+}
+
+/// When the transactions logged in `dir` under `prefix` ran (µs since the epoch, in order of their start): each
+/// one's latency less its schedule lag (the wait for its turn, which pgbench counts in the latency at a fixed rate).
+fn logged_spans(dir: &Path, prefix: &str) -> anyhow::Result<Vec<Span>> {
+    let mut spans = Vec::new();
+    for_each_logged(dir, prefix, |line, fields| {
+        if let (Some(time), Some(epoch), Some(us), Some(lag)) =
+            (fields.get(2), fields.get(4), fields.get(5), fields.get(6))
+        {
+            let parse = |field: &str| {
+                field
+                    .parse::<u128>()
+                    .with_context(|| format!("pgbench log line {line:?}"))
+            };
+            let done = parse(epoch)? * 1_000_000 + parse(us)?;
+            spans.push((
+                done - parse(time)?.saturating_sub(parse(lag)?).min(done),
+                done,
+            ));
+        }
+        Ok(())
+    })?;
+    spans.sort_unstable();
+    Ok(spans)
+}
+
+/// When a write ran (a batch, or a statement of the plain writer): start and end, µs since the epoch.
+type Span = (u128, u128);
+
+/// The share of the time `writes` (in order of their start) ran, over the span from the first's start to the
+/// last's end.
+fn busy_share(writes: &[Span]) -> f64 {
+    let (Some(first), Some(last)) = (writes.first(), writes.last()) else {
+        return 0.0;
+    };
+    let running: u128 = writes.iter().map(|(start, end)| end - start).sum();
+    running as f64 / (last.1 - first.0).max(1) as f64
 }
 
 fn now_us() -> u128 {
@@ -301,10 +383,13 @@ async fn fixed_load(
 /// those settings: 50.6 ms).
 const WRITER_ROWS: u64 = 120;
 
-/// What the reference writer did: the load's latencies meanwhile, and the rows it updated per second.
+/// What the reference writer did: the load's latencies meanwhile, the rows it updated per second, and when its
+/// statements ran (their share of the run reads beside the backfill's `busy`: at the same speed, a writer busy half
+/// as long writes its rows twice as fast while it runs).
 struct PlainWriter {
     load: Load,
     rows_per_sec: f64,
+    writes: Vec<Span>,
 }
 
 /// The reference beside each load level: the same load, for `seconds`, while a plain writer does the backfill's
@@ -345,6 +430,8 @@ async fn plain_writer(
     .await?;
     let statements = (rows_per_sec / WRITER_ROWS as f64).ceil().max(1.0) as u64;
     let writer_script = logs.join(format!("{column}.sql"));
+    let writer_prefix = format!("writer_{column}");
+    let writer_log = logs.join(&writer_prefix);
     std::fs::write(
         &writer_script,
         format!(
@@ -362,7 +449,7 @@ async fn plain_writer(
         clients: 1,
         rate: statements,
         seconds,
-        log: None,
+        log: Some(&writer_log),
         options: &options,
     };
     let load = fixed_load(
@@ -381,6 +468,7 @@ async fn plain_writer(
     exec(db, "VACUUM items").await?;
     Ok(PlainWriter {
         rows_per_sec: rows as f64 / load.seconds,
+        writes: logged_spans(logs, &writer_prefix)?,
         load,
     })
 }
@@ -472,13 +560,19 @@ async fn backfill(
     );
     let stats = sqlx::query(
         "SELECT count(*) AS batches, \
-             coalesce(sum(duration_ms) / nullif(1000 * extract(epoch FROM max(started_at + duration_ms * interval '1 ms') \
-                      - min(started_at)), 0), 0)::float8 AS busy, \
              coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) AS median \
          FROM background_migration_batches WHERE migration_name = $1",
     )
     .bind(column)
     .fetch_one(db)
+    .await?;
+    let writes: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT (extract(epoch FROM started_at) * 1e6)::int8 AS start, \
+                (extract(epoch FROM started_at) * 1e6 + duration_ms * 1000)::int8 AS end \
+         FROM background_migration_batches WHERE migration_name = $1 ORDER BY started_at",
+    )
+    .bind(column)
+    .fetch_all(db)
     .await?;
     let throttled: Option<String> = sqlx::query_scalar(
         "SELECT string_agg(DISTINCT detail->>'signal', ', ') FROM background_migration_events \
@@ -508,7 +602,10 @@ async fn backfill(
             wal_mib_per_sec,
             batches: stats.try_get("batches")?,
             median_batch_ms: stats.try_get("median")?,
-            busy: stats.try_get("busy")?,
+            writes: writes
+                .into_iter()
+                .map(|(start, end)| (start.max(0) as u128, end.max(0) as u128))
+                .collect(),
             throttled,
             phases,
             ended,
@@ -660,8 +757,9 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             )
             .await?;
             eprintln!(
-                "    ({rate} tx/s, plain writer at {:.0} rows/s: p99 {:.1} ms; {:.2} cores)",
+                "    ({rate} tx/s, plain writer at {:.0} rows/s, busy {:.0}%: p99 {:.1} ms; {:.2} cores)",
                 writer.rows_per_sec,
+                busy_share(&writer.writes) * 100.0,
                 writer.load.percentile_ms(0.99),
                 writer.load.cores
             );
@@ -724,7 +822,7 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         "cores a/d"
     );
     let mut met = idle_ratio >= TARGET_IDLE_RATIO;
-    for (rate, alone, during, backfill, _) in &lines {
+    for (rate, alone, during, backfill, writers) in &lines {
         let ratio = during.percentile_ms(0.99) / alone.percentile_ms(0.99).max(0.001);
         let speed = rows as f64 / backfill.seconds;
         let share = speed / idle_rate;
@@ -737,7 +835,7 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             during.percentile_ms(0.99),
             share * 100.0,
             backfill.median_batch_ms,
-            backfill.busy * 100.0,
+            busy_share(&backfill.writes) * 100.0,
             alone.cores,
             during.cores,
             backfill.throttled.as_deref().unwrap_or("-")
@@ -761,6 +859,26 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             "",
             phases.join("; ")
         );
+        let met_writes: Vec<String> = std::iter::once(("backfill", &backfill.writes, during))
+            .chain(
+                writers
+                    .iter()
+                    .zip(["writer at the same speed", "writer at the target speed"])
+                    .map(|(writer, name)| (name, &writer.writes, &writer.load)),
+            )
+            .map(|(name, writes, load)| {
+                let (share, met, clear) = load.overlap(writes);
+                format!(
+                    "{name} {:.0}% of them, p99 {met:.1} / {clear:.1} ms",
+                    share * 100.0
+                )
+            })
+            .collect();
+        println!(
+            "  {:>6}   load transactions meeting a write / not: {}",
+            "",
+            met_writes.join("; ")
+        );
     }
     println!(
         "  the reference at each level: a plain writer under the same load (UPDATEs of {WRITER_ROWS} rows by ctid in \
@@ -769,13 +887,15 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         TARGET_SPEED_SHARE * 100.0
     );
     println!(
-        "  {:>6} | {:>9} | {:>13} | {:>9} | {:>6} | {:>13} | {:>9} | {:>6}",
+        "  {:>6} | {:>9} | {:>13} | {:>4} | {:>9} | {:>6} | {:>13} | {:>4} | {:>9} | {:>6}",
         "tx/s",
         "p99 durng",
         "writer rows/s",
+        "busy",
         "p99 writr",
         "ratio",
         "writer rows/s",
+        "busy",
         "p99 writr",
         "ratio"
     );
@@ -785,8 +905,9 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         for writer in writers {
             let p99 = writer.load.percentile_ms(0.99);
             line.push_str(&format!(
-                " | {:>13.0} | {p99:>6.1} ms | {:>5.2}x",
+                " | {:>13.0} | {:>3.0}% | {p99:>6.1} ms | {:>5.2}x",
                 writer.rows_per_sec,
+                busy_share(&writer.writes) * 100.0,
                 p99 / base
             ));
         }
@@ -832,6 +953,13 @@ async fn main() -> anyhow::Result<()> {
         async move { run(&url, rows, walk, logs).await }
     })
     .await;
-    let _ = std::fs::remove_dir_all(&logs);
+    if support::keep() {
+        eprintln!(
+            "kept pgbench's logs in {} (BGMIGRATE_BENCH_KEEP)",
+            logs.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
     result
 }

@@ -71,6 +71,11 @@ pub fn start(name: &str) -> bool {
     real
 }
 
+/// Whether `BGMIGRATE_BENCH_KEEP=1` (or `true`) asks to keep what a run made, to look at by hand.
+pub fn keep() -> bool {
+    std::env::var("BGMIGRATE_BENCH_KEEP").is_ok_and(|v| v == "1" || v == "true")
+}
+
 /// Creates `database` afresh on the benchmark server, hands its URL to `run`, and drops it afterwards unless
 /// `BGMIGRATE_BENCH_KEEP=1` (to look at the tables by hand).
 pub async fn in_fresh_database<F, Fut>(database: &str, run: F) -> anyhow::Result<()>
@@ -79,7 +84,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let server = server_url();
-    let keep = std::env::var("BGMIGRATE_BENCH_KEEP").is_ok_and(|v| v == "1" || v == "true");
+    let keep = keep();
     let admin = pool(&format!("{server}/postgres")).await?;
     drop_database(&admin, database).await?;
     exec(&admin, &format!("CREATE DATABASE {database}")).await?;

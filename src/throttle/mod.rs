@@ -93,11 +93,12 @@ pub struct Limits {
     /// runs of the foreground benchmark 50 gave the same p99 during the backfill as 100, at 33–43 % of the idle
     /// speed against 15–33 %.
     pub yield_percent: u64,
-    /// `yieldBatchMs` (default 10; 0 keeps `targetBatchMs`): while yielding, adaptive batches aim for this duration
+    /// `yieldBatchMs` (default 4; 0 keeps `targetBatchMs`): while yielding, adaptive batches aim for this duration
     /// divided by the same pressure (at least 2 ms) — a foreground statement that needs a row of the batch in flight
     /// waits at most about that long. The foreground benchmark measured the load's tail shrinking with our batches
-    /// (50 ms: 3.8–12x its p99 alone at 400 tx/s; 100-row batches of ~4 ms: 1.46x), so a yield batch is a few
-    /// milliseconds, like the statements of a plain paced writer; what keeps it fast is that short batches share one
+    /// (50 ms: 3.8–12x its p99 alone at 400 tx/s; 10 ms: 7.8–10.4 ms at 1,000,000 rows and 400 tx/s; 3–4 ms:
+    /// 5.2–6.7 ms at about the same speed), so a yield batch is a few milliseconds, like the statements of a plain
+    /// paced writer (2–4 ms); 2 ms cost a fifth of the speed. What keeps short batches fast is that they share one
     /// reading of the health checks (README, foreground benchmark).
     pub yield_batch_ms: u64,
     /// `maxPartsPercent` (default 60): active parts of one ClickHouse partition, in percent of the table's
@@ -127,7 +128,7 @@ impl Default for Limits {
             yield_on_blocked_sessions: 1,
             foreground_active_percent: 20,
             yield_percent: 50,
-            yield_batch_ms: 10,
+            yield_batch_ms: 4,
             max_parts_percent: 60,
             max_merge_pool_percent: 75,
             max_server_memory_percent: 80,
