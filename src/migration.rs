@@ -125,7 +125,7 @@ impl<'a> Checkpointer<'a> {
             bytes: outcome.bytes,
             batch_size: self.batch_size,
             started_at: self.started_at,
-            duration_ms: self.started.elapsed().as_millis() as u64,
+            duration: self.started.elapsed(),
             rows_per_sec: (self.rate_after)(outcome.rows),
             done: outcome.done,
         })
@@ -161,6 +161,7 @@ pub struct Batch<'a> {
     pub in_range: bool,
     checkpointer: &'a Checkpointer<'a>,
     checkpoint: Option<Checkpoint>,
+    sizing_rows: Option<u64>,
 }
 
 impl<'a> Batch<'a> {
@@ -179,7 +180,22 @@ impl<'a> Batch<'a> {
             in_range: false,
             checkpointer,
             checkpoint: None,
+            sizing_rows: None,
         }
+    }
+
+    /// Says that this batch did `rows` batch rows' worth of work, for a batch whose work grows with `batchSize`
+    /// but which walks no rows (a heap-order backfill's sweep lists about twelve keys per batch row and
+    /// updates none): adaptive sizing then learns from it as from a batch of `rows` rows, where by default it learns only
+    /// from [`BatchOutcome::rows`] — and a batch of 0 rows teaches it nothing, so such batches would keep whatever
+    /// size they started with, however long they take.
+    pub fn count_for_sizing(&mut self, rows: u64) {
+        self.sizing_rows = Some(rows);
+    }
+
+    /// The rows adaptive sizing learns from once the batch returned `outcome`.
+    pub(crate) fn sizing_rows(&self, outcome: &BatchOutcome) -> u64 {
+        self.sizing_rows.unwrap_or(outcome.rows)
     }
 
     /// Commits the batch's transaction `tx`. When `tx`'s database also holds the control table, the checkpoint is

@@ -146,7 +146,7 @@ fn commit_of(previous: Value, state: Value, rows: u64) -> BatchCommit {
         bytes: 0,
         batch_size: rows,
         started_at: Utc::now(),
-        duration_ms: 3,
+        duration: std::time::Duration::from_millis(3),
         rows_per_sec: 100.0,
         done: false,
     }

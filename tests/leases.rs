@@ -473,7 +473,7 @@ async fn try_every_write(connected: &Connected, lease: &Lease) {
         bytes: 1000,
         batch_size: 7,
         started_at: chrono::Utc::now(),
-        duration_ms: 1,
+        duration: std::time::Duration::from_millis(1),
         rows_per_sec: 1.0,
         done: false,
     };

@@ -128,12 +128,13 @@ async fn serve_metrics(
     let bound = listener.local_addr().unwrap_or(address);
     let state = web::WebState::new(connected.control.clone())
         .read_token(super::web::token("BGMIGRATE_READ_TOKEN")?);
+    // Built here, not inside the spawned task: building it installs the recorder, which must happen before the
+    // runner starts (a task spawned now may first run after the first batches, whose counts would be lost).
+    let router = web::metrics_router(state);
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     tokio::spawn(async move {
-        let served = web::serve(listener, web::metrics_router(state), async move {
-            stopped.cancelled().await
-        });
+        let served = web::serve(listener, router, async move { stopped.cancelled().await });
         if let Err(err) = served.await {
             tracing::warn!(error = %err, "the /metrics server stopped");
         }

@@ -62,7 +62,7 @@ impl SqlControlStore {
             SqlParam::Int(to_i64(commit.rows)),
             SqlParam::Int(to_i64(commit.bytes)),
             SqlParam::Int(to_i64(commit.batch_size)),
-            SqlParam::Int(to_i64(commit.duration_ms)),
+            SqlParam::Int(to_i64(commit.duration_ms())),
             SqlParam::Float(commit.rows_per_sec),
             SqlParam::Text(commit.previous.to_string()),
         ]);
@@ -87,7 +87,7 @@ impl SqlControlStore {
                     .started_at
                     .to_rfc3339_opts(SecondsFormat::Millis, true),
             ),
-            SqlParam::Int(to_i64(commit.duration_ms)),
+            SqlParam::Int(to_i64(commit.duration_ms())),
             SqlParam::Int(to_i64(commit.rows)),
             SqlParam::Int(to_i64(commit.bytes)),
             SqlParam::Int(to_i64(commit.batch_size)),

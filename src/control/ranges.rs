@@ -492,7 +492,7 @@ impl SqlControlStore {
             SqlParam::Int(to_i64(commit.rows)),
             SqlParam::Int(to_i64(commit.bytes)),
             SqlParam::Int(to_i64(commit.batch_size)),
-            SqlParam::Int(to_i64(commit.duration_ms)),
+            SqlParam::Int(to_i64(commit.duration_ms())),
             SqlParam::Float(commit.rows_per_sec),
         ];
         if tx

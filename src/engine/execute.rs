@@ -356,7 +356,7 @@ pub(super) async fn stream(
             args: &args,
             yielding: after.yielding,
         };
-        let (outcome, checkpoint) = throttle
+        let (outcome, checkpoint, sizing_rows) = throttle
             .during(
                 &args.throttle,
                 run_one_batch(ctx, migration, &lease, slice, &tracker, stop),
@@ -379,10 +379,10 @@ pub(super) async fn stream(
         metrics::counter!("bgmigrate_rows_processed_total", "migration" => name.clone())
             .increment(outcome.rows);
         metrics::histogram!("bgmigrate_batch_duration_seconds", "migration" => name.clone())
-            .record(commit.duration_ms as f64 / 1000.0);
+            .record(commit.duration.as_secs_f64());
         metrics::gauge!("bgmigrate_batch_size", "migration" => name).set(args.batch_size as f64);
         tracker.record(outcome.rows, args.batch_size, commit.rows_per_sec);
-        sizer.observe(args.adaptive, outcome.rows, commit.duration_ms);
+        sizer.observe(args.adaptive, sizing_rows, commit.duration);
         if outcome.done {
             tracker.finish();
         }
@@ -396,14 +396,7 @@ pub(super) async fn stream(
         if outcome.done {
             return Ok(Ending::Finished);
         }
-        throttle
-            .rest(
-                &lease,
-                after,
-                std::time::Duration::from_millis(commit.duration_ms),
-                stop,
-            )
-            .await;
+        throttle.rest(&lease, after, commit.duration, stop).await;
         if args.sleep_ms > 0 {
             tokio::select! {
                 _ = stop.cancelled() => {}
@@ -423,7 +416,8 @@ struct Slice<'a> {
     yielding: bool,
 }
 
-/// One batch with transient retries. Returns the outcome and its checkpoint, written or still to be written.
+/// One batch with transient retries. Returns the outcome, its checkpoint (written or still to be written) and the
+/// rows adaptive sizing learns from.
 async fn run_one_batch(
     ctx: &EngineContext,
     migration: &dyn Migration,
@@ -431,7 +425,7 @@ async fn run_one_batch(
     slice: Slice<'_>,
     tracker: &ProgressTracker,
     stop: &CancellationToken,
-) -> Result<(BatchOutcome, Checkpoint), MigrationError> {
+) -> Result<(BatchOutcome, Checkpoint, u64), MigrationError> {
     let name = lease.name.clone();
     let leases = ctx.leases.clone();
     let on_retry = move |attempt: u32, err: &MigrationError, wait: std::time::Duration| {
@@ -462,8 +456,9 @@ async fn run_one_batch(
         batch.yielding = slice.yielding;
         batch.in_range = lease.range.is_some();
         let outcome = migration.run_batch(&mut batch).await?;
+        let sizing_rows = batch.sizing_rows(&outcome);
         let checkpoint = batch.into_checkpoint(&outcome)?;
-        Ok((outcome, checkpoint))
+        Ok((outcome, checkpoint, sizing_rows))
     })
     .await
 }
@@ -583,5 +578,61 @@ mod tests {
         };
         assert!(reason.contains("the cursor did not advance"), "{reason}");
         assert_eq!(store.seen.lock().unwrap().endings.len(), 1);
+    }
+
+    /// A batch that walks no rows but says what its work was worth (a heap-order backfill's sweep) teaches
+    /// adaptive sizing like a batch of that many rows; one that does not teaches it nothing.
+    #[tokio::test]
+    async fn a_batch_counted_for_sizing_teaches_the_batch_size_though_it_walks_no_rows() {
+        struct Listing {
+            counts: bool,
+            sizes: std::sync::Mutex<Vec<u64>>,
+        }
+        #[async_trait::async_trait]
+        impl Migration for Listing {
+            async fn validate(&self) -> Result<(), MigrationError> {
+                Ok(())
+            }
+            async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
+                Ok(None)
+            }
+            async fn run_batch(
+                &self,
+                batch: &mut Batch<'_>,
+            ) -> Result<BatchOutcome, MigrationError> {
+                let size = batch.args.batch_size;
+                self.sizes.lock().unwrap().push(size);
+                // Far below the 500 ms target: a batch that teaches the sizer makes the next one twice as big.
+                tokio::time::sleep(Duration::from_micros(size / 2)).await;
+                if self.counts {
+                    batch.count_for_sizing(size);
+                }
+                let n = batch.state["n"].as_u64().unwrap_or(0) + 1;
+                Ok(BatchOutcome {
+                    state: json!({ "n": n }),
+                    done: n >= 4,
+                    rows: 0,
+                    bytes: 0,
+                })
+            }
+        }
+        for counts in [true, false] {
+            let listing = Arc::new(Listing {
+                counts,
+                sizes: Default::default(),
+            });
+            let mut ctx = context(FakeLeases::with_args(Renewal::Holds, json!({})), 1);
+            let registered = listing.clone();
+            ctx.registry
+                .register("count", move |_, _| Ok(registered.clone()));
+            let ending = run_claimed(&ctx, FakeLeases::claim(), &CancellationToken::new()).await;
+            assert_eq!(ending, Ending::Finished);
+            let expected: &[u64] = if counts {
+                &[10_000, 20_000, 40_000, 80_000]
+            } else {
+                &[10_000; 4]
+            };
+            assert_eq!(*listing.sizes.lock().unwrap(), expected, "counts: {counts}");
+        }
     }
 }

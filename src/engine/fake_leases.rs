@@ -40,14 +40,22 @@ pub(crate) struct FakeLeases {
     pub(crate) seen: Mutex<Seen>,
     renewal: Renewal,
     database: DatabaseId,
+    /// The migration's args as every re-read returns them.
+    args: Value,
 }
 
 impl FakeLeases {
     pub(crate) fn new(renewal: Renewal) -> Arc<Self> {
+        Self::with_args(renewal, json!({"batchSize": 10}))
+    }
+
+    /// The same store, its migration's args being `args` (`{}`: adaptive sizing from the default size).
+    pub(crate) fn with_args(renewal: Renewal, args: Value) -> Arc<Self> {
         Arc::new(Self {
             seen: Mutex::new(Seen::default()),
             renewal,
             database: DatabaseId::new("fake://control"),
+            args,
         })
     }
 
@@ -64,7 +72,7 @@ impl FakeLeases {
     /// A claim of the counting migration, as the claim loop would hand it over.
     pub(crate) fn claim() -> Claim {
         Claim {
-            record: record(json!({}), Status::Running),
+            record: record(json!({}), json!({"batchSize": 10}), Status::Running),
             lease: Self::lease(),
             took_over_from: None,
         }
@@ -75,12 +83,12 @@ impl FakeLeases {
     }
 }
 
-fn record(state: Value, status: Status) -> MigrationRecord {
+fn record(state: Value, args: Value, status: Status) -> MigrationRecord {
     MigrationRecord {
         id: "1".into(),
         name: "0001_count".into(),
         script: "count".into(),
-        args: json!({"batchSize": 10}),
+        args,
         state,
         status,
         definition: json!({}),
@@ -144,7 +152,7 @@ impl LeaseStore for FakeLeases {
 
     async fn current(&self, _lease: &Lease) -> Result<MigrationRecord, ControlError> {
         let state = self.seen().checkpoints.last().cloned().unwrap_or(json!({}));
-        Ok(record(state, Status::Running))
+        Ok(record(state, self.args.clone(), Status::Running))
     }
 
     async fn set_rows_total(&self, _: &Lease, _: Option<u64>) -> Result<(), ControlError> {

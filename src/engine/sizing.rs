@@ -90,8 +90,9 @@ impl BatchSizer {
         (size, change)
     }
 
-    /// Learns from a batch of `rows` rows that took `took_ms`.
-    pub(crate) fn observe(&mut self, sizing: Option<AdaptiveSizing>, rows: u64, took_ms: u64) {
+    /// Learns from a batch of `rows` rows that took `took` (read to the microsecond: a batch that yields to the
+    /// foreground aims for a few milliseconds, where whole milliseconds would misread it by up to half).
+    pub(crate) fn observe(&mut self, sizing: Option<AdaptiveSizing>, rows: u64, took: Duration) {
         let Some(sizing) = sizing else {
             return;
         };
@@ -100,8 +101,9 @@ impl BatchSizer {
         if rows == 0 || rows < self.adaptive_size - self.adaptive_size / 10 {
             return;
         }
-        let ideal = (rows as f64 * sizing.target_ms as f64 / took_ms.max(1) as f64) as u64;
-        let slow = took_ms as f64 > sizing.target_ms as f64 * 1.25;
+        let took_ms = (took.as_secs_f64() * 1000.0).max(0.001);
+        let ideal = (rows as f64 * sizing.target_ms as f64 / took_ms) as u64;
+        let slow = took_ms > sizing.target_ms as f64 * 1.25;
         let next = if slow {
             ideal
         } else {
@@ -121,13 +123,17 @@ mod tests {
         5 + rows / 20
     }
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     fn run(start: u64, batches: usize) -> Vec<u64> {
         let args = Args::parse(&json!({"minBatchSize": 100, "maxBatchSize": 500000})).unwrap();
         let mut sizer = BatchSizer::new(Some(start), &args);
         (0..batches)
             .map(|_| {
                 let (size, _) = sizer.next(&args);
-                sizer.observe(args.adaptive, size, took_ms(size));
+                sizer.observe(args.adaptive, size, ms(took_ms(size)));
                 size
             })
             .collect()
@@ -152,8 +158,28 @@ mod tests {
         let args = Args::parse(&json!({})).unwrap();
         let mut sizer = BatchSizer::new(Some(10_000), &args);
         sizer.next(&args);
-        sizer.observe(args.adaptive, 10_000, 5_000);
+        sizer.observe(args.adaptive, 10_000, ms(5_000));
         assert_eq!(sizer.next(&args).0, 1_000);
+    }
+
+    /// At the 2–4 ms of a batch that yields to the foreground, the fraction of a millisecond counts: 400 rows in
+    /// 2.9 ms against a 2 ms target is 45 % over it (whole milliseconds would read 2 ms, on target), and 400 rows
+    /// in 1.9 ms is short of it (whole milliseconds would read 1 ms and double the size).
+    #[test]
+    fn batches_of_a_few_milliseconds_are_read_to_the_microsecond() {
+        let mut args = Args::parse(&json!({"minBatchSize": 10})).unwrap();
+        // As a yield to the foreground shortens it (`yieldBatchMs` over the pressure).
+        args.adaptive.as_mut().unwrap().target_ms = 2;
+        let mut sizer = BatchSizer::new(Some(400), &args);
+        sizer.next(&args);
+        sizer.observe(args.adaptive, 400, Duration::from_micros(2_900));
+        assert_eq!(sizer.next(&args).0, 275, "shrunk at once: 400 x 2 / 2.9");
+        sizer.observe(args.adaptive, 275, Duration::from_micros(1_900));
+        assert_eq!(
+            sizer.next(&args).0,
+            289,
+            "grown by the shortfall, not doubled"
+        );
     }
 
     #[test]
@@ -161,7 +187,7 @@ mod tests {
         let args = Args::parse(&json!({})).unwrap();
         let mut sizer = BatchSizer::new(Some(10_000), &args);
         sizer.next(&args);
-        sizer.observe(args.adaptive, 3, 1);
+        sizer.observe(args.adaptive, 3, ms(1));
         assert_eq!(sizer.next(&args), (10_000, None));
     }
 
@@ -202,7 +228,7 @@ mod tests {
         let (size, change) = sizer.next(&args);
         assert_eq!(size, 2500);
         assert_eq!(change.unwrap().before, Some(10_000));
-        sizer.observe(args.adaptive, 2500, 10_000);
+        sizer.observe(args.adaptive, 2500, ms(10_000));
         assert_eq!(sizer.next(&args), (2500, None));
     }
 }
