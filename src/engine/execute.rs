@@ -545,33 +545,40 @@ mod tests {
         );
     }
 
+    /// A migration whose batches run `F`, for tests about what the engine does with a batch's outcome.
+    struct Scripted<F>(F);
+
+    #[async_trait::async_trait]
+    impl<F> Migration for Scripted<F>
+    where
+        F: Fn(&mut Batch<'_>) -> Result<BatchOutcome, MigrationError> + Send + Sync,
+    {
+        async fn validate(&self) -> Result<(), MigrationError> {
+            Ok(())
+        }
+        async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
+            Ok(None)
+        }
+        async fn run_batch(&self, batch: &mut Batch<'_>) -> Result<BatchOutcome, MigrationError> {
+            (self.0)(batch)
+        }
+    }
+
     /// A checkpoint that does not move fails the migration instead of looping forever.
     #[tokio::test(start_paused = true)]
     async fn a_cursor_that_does_not_move_fails_the_migration() {
-        struct Stuck;
-        #[async_trait::async_trait]
-        impl Migration for Stuck {
-            async fn validate(&self) -> Result<(), MigrationError> {
-                Ok(())
-            }
-            async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
-                Ok(None)
-            }
-            async fn run_batch(
-                &self,
-                batch: &mut Batch<'_>,
-            ) -> Result<BatchOutcome, MigrationError> {
+        let store = FakeLeases::new(Renewal::Holds);
+        let mut ctx = context(store.clone(), 1);
+        ctx.registry.register("count", |_, _| {
+            Ok(Arc::new(Scripted(|batch: &mut Batch<'_>| {
                 Ok(BatchOutcome {
                     state: batch.state.clone(),
                     done: false,
                     rows: 1,
                     bytes: 0,
                 })
-            }
-        }
-        let store = FakeLeases::new(Renewal::Holds);
-        let mut ctx = context(store.clone(), 1);
-        ctx.registry.register("count", |_, _| Ok(Arc::new(Stuck)));
+            })))
+        });
         let ending = run_claimed(&ctx, FakeLeases::claim(), &CancellationToken::new()).await;
         let Ending::Failed(reason) = ending else {
             panic!("{ending:?}")
@@ -584,27 +591,15 @@ mod tests {
     /// adaptive sizing like a batch of that many rows; one that does not teaches it nothing.
     #[tokio::test]
     async fn a_batch_counted_for_sizing_teaches_the_batch_size_though_it_walks_no_rows() {
-        struct Listing {
-            counts: bool,
-            sizes: std::sync::Mutex<Vec<u64>>,
-        }
-        #[async_trait::async_trait]
-        impl Migration for Listing {
-            async fn validate(&self) -> Result<(), MigrationError> {
-                Ok(())
-            }
-            async fn estimate(&self) -> Result<Option<u64>, MigrationError> {
-                Ok(None)
-            }
-            async fn run_batch(
-                &self,
-                batch: &mut Batch<'_>,
-            ) -> Result<BatchOutcome, MigrationError> {
+        for counts in [true, false] {
+            let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = sizes.clone();
+            let listing = Arc::new(Scripted(move |batch: &mut Batch<'_>| {
                 let size = batch.args.batch_size;
-                self.sizes.lock().unwrap().push(size);
+                seen.lock().unwrap().push(size);
                 // Far below the 500 ms target: a batch that teaches the sizer makes the next one twice as big.
-                tokio::time::sleep(Duration::from_micros(size / 2)).await;
-                if self.counts {
+                std::thread::sleep(Duration::from_micros(size / 2));
+                if counts {
                     batch.count_for_sizing(size);
                 }
                 let n = batch.state["n"].as_u64().unwrap_or(0) + 1;
@@ -614,17 +609,10 @@ mod tests {
                     rows: 0,
                     bytes: 0,
                 })
-            }
-        }
-        for counts in [true, false] {
-            let listing = Arc::new(Listing {
-                counts,
-                sizes: Default::default(),
-            });
+            }));
             let mut ctx = context(FakeLeases::with_args(Renewal::Holds, json!({})), 1);
-            let registered = listing.clone();
             ctx.registry
-                .register("count", move |_, _| Ok(registered.clone()));
+                .register("count", move |_, _| Ok(listing.clone()));
             let ending = run_claimed(&ctx, FakeLeases::claim(), &CancellationToken::new()).await;
             assert_eq!(ending, Ending::Finished);
             let expected: &[u64] = if counts {
@@ -632,7 +620,7 @@ mod tests {
             } else {
                 &[10_000; 4]
             };
-            assert_eq!(*listing.sizes.lock().unwrap(), expected, "counts: {counts}");
+            assert_eq!(*sizes.lock().unwrap(), expected, "counts: {counts}");
         }
     }
 }
