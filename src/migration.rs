@@ -185,7 +185,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Says that this batch did `rows` batch rows' worth of work, for a batch whose work grows with `batchSize`
-    /// but which walks no rows (a heap-order backfill's sweep lists about twelve keys per batch row and
+    /// but which walks no rows (a heap-order backfill's sweep lists about sixteen keys per batch row and
     /// updates none): adaptive sizing then learns from it as from a batch of `rows` rows, where by default it learns only
     /// from [`BatchOutcome::rows`] — and a batch of 0 rows teaches it nothing, so such batches would keep whatever
     /// size they started with, however long they take.

@@ -59,10 +59,11 @@ fn checked_list_name<'a>(name: &'a str, state: &Value) -> Result<&'a str, Migrat
 }
 
 /// A sweep batch lists about this many times `batchSize` rows: listing a key (a sequential read and an append) costs
-/// a fraction of updating its row — on the foreground benchmark's table 0.75 µs against about 10 µs. Full sweep
-/// windows teach the batch sizer, so this ratio is what makes the size they settle on about right for the walk's
-/// first batches (with 4, the first walk batch after a sweep ran about three times its target).
-const SWEEP_ROWS_PER_BATCH_ROW: u64 = 12;
+/// a fraction of updating its row — on the foreground benchmark's table, idle, 0.75 µs against 10 µs at 1,000,000
+/// rows and 1.0 µs against 19 µs at 3,000,000. Full sweep windows teach the batch sizer, so this ratio is what
+/// makes the size they settle on about right for the walk's first batch (with 12, the first walk batch at
+/// 3,000,000 rows took 2.1 s against its 500 ms target; a slow batch shrinks the next one at once).
+const SWEEP_ROWS_PER_BATCH_ROW: u64 = 16;
 /// Rows per page assumed for a table never analysed.
 const UNKNOWN_ROWS_PER_PAGE: u64 = 50;
 
