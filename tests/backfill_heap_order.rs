@@ -409,7 +409,6 @@ async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_l
     let list = "bgmigrate_keys_0000000c105e";
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {list} AS SELECT 0::int4 AS bgm_page, id AS bgm_k0 FROM items WITH NO DATA;
-         CREATE INDEX ON {list} (bgm_page);
          INSERT INTO {list} SELECT (ctid::text::point)[0]::int4, id FROM items ORDER BY ctid LIMIT 500;
          INSERT INTO {list} SELECT 0, max(id) FROM items;
          INSERT INTO {list} SELECT (pg_relation_size('items') / 8192 - 1)::int4, max(id) FROM items;"
@@ -441,13 +440,64 @@ async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_l
     assert_eq!(lists_left(&pool).await, 0);
 }
 
-/// A walk batch is planned for the few rows of its window: the list has statistics by then (its close analyses
-/// it) and JIT compilation is off in the batch. Without either, a window of a large list was planned for a default
-/// share of the list, priced past `jit_above_cost`, and each small batch spent longer compiling than updating.
-/// Each row records what its batch's `UPDATE` saw: the `jit` setting and whether the list's page column has
-/// statistics.
+/// A walk in flight when bgmigrate was upgraded goes on as the earlier version walked it: its list was indexed on
+/// the table page each key was listed on (`bgm_page`), and its checkpoint counts table pages, not the list's. Here
+/// half the table was walked under the earlier version (those rows already show `hits = 1`); the rest is walked now,
+/// each row once, and the list is dropped.
 #[tokio::test]
-async fn walk_batches_are_planned_on_the_lists_statistics_without_jit() {
+async fn a_walk_closed_by_an_earlier_version_goes_on_by_table_page() {
+    let db = TestDb::create("heap_earlier_walk").await;
+    let pool = db.pool().await;
+    create_items(&pool, 3_000).await;
+    define(&db, "batchSize = 200");
+    let connected = db.connect().await;
+    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    let list = "bgmigrate_keys_0000000e411e";
+    let pages = scalar(&pool, "SELECT (pg_relation_size('items') / 8192)::int8").await;
+    let half = pages / 2;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {list} AS SELECT (ctid::text::point)[0]::int4 AS bgm_page, id AS bgm_k0 FROM items;
+         CREATE INDEX {list}_bgm_page_idx ON {list} (bgm_page);
+         ANALYZE {list};
+         UPDATE items SET total = a + b, hits = hits + 1 WHERE (ctid::text::point)[0]::int8 < {half};"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let walked = scalar(&pool, "SELECT count(*) FROM items WHERE hits = 1").await;
+    sqlx::query(
+        "UPDATE background_migrations SET state = jsonb_build_object('cursor', NULL, 'list', $2::text, \
+         'listed', 3000, 'pages', $3::int8, 'page', $4::int8, 'walked', $5::int8) WHERE name = $1",
+    )
+    .bind(NAME)
+    .bind(list)
+    .bind(pages)
+    .bind(half)
+    .bind(walked)
+    .execute(&pool)
+    .await
+    .unwrap();
+    common::run_registered(&connected, "w1").await;
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM items WHERE hits = 1 AND total = a + b"
+        )
+        .await,
+        3_000,
+        "every row once"
+    );
+    assert_eq!(state(&pool).await["walked"], 3_000);
+    assert_eq!(lists_left(&pool).await, 0);
+}
+
+/// A walk batch runs with JIT compilation off: a window of a large list planned for more rows than it holds was
+/// priced past `jit_above_cost`, and each small batch spent longer compiling than updating. Each row records the
+/// `jit` setting its batch's `UPDATE` saw.
+#[tokio::test]
+async fn walk_batches_run_without_jit() {
     let db = TestDb::create("heap_plan").await;
     let pool = db.pool().await;
     create_items(&pool, 2_000).await;
@@ -458,8 +508,7 @@ async fn walk_batches_are_planned_on_the_lists_statistics_without_jit() {
     db.define(
         NAME,
         "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\norder = \"physical\"\n\
-         set = { planned = \"current_setting('jit') || ' ' || (SELECT count(*) FROM pg_stats \
-         WHERE tablename LIKE 'bgmigrate_keys_%' AND attname = 'bgm_page')\" }\n[args]\nbatchSize = 300",
+         set = { planned = \"current_setting('jit')\" }\n[args]\nbatchSize = 300",
     );
     let connected = db.connect().await;
     common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
@@ -471,26 +520,21 @@ async fn walk_batches_are_planned_on_the_lists_statistics_without_jit() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(seen, [(Some("off 1".to_owned()), 2_000)]);
+    assert_eq!(seen, [(Some("off".to_owned()), 2_000)]);
 }
 
-/// Each walk batch takes whole pages up to the one holding its `batchSize`-th key, wherever the rows are: here the
-/// table's live rows are bunched at the end of its heap (its first rows deleted and vacuumed away). Windows sized
-/// by the list's average keys per page walked the empty pages in batches of their own and the full ones several
-/// batches' rows at a time.
+/// Each walk batch takes the list's own pages holding about `batchSize` keys, wherever the rows are in the table:
+/// here its live rows are bunched at the end of its heap (its first rows deleted and vacuumed away). The list holds
+/// only the live rows' keys, in their page order, so every window but the last holds `batchSize` keys give or take
+/// half a list page's, and no window walks the table's empty pages.
 #[tokio::test]
-async fn walk_windows_take_whole_pages_up_to_the_batch_size_where_the_rows_are() {
+async fn walk_windows_hold_about_the_batch_size_wherever_the_rows_are() {
     let db = TestDb::create("heap_windows").await;
     let pool = db.pool().await;
     create_items(&pool, 6_000).await;
     for sql in ["DELETE FROM items WHERE a <= 5000", "VACUUM items"] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
-    let fullest_page = scalar(
-        &pool,
-        "SELECT max(n) FROM (SELECT count(*) AS n FROM items GROUP BY (ctid::text::point)[0]) AS pages",
-    )
-    .await;
     define(&db, "batchSize = 250");
     let connected = db.connect().await;
     common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
@@ -501,20 +545,28 @@ async fn walk_windows_take_whole_pages_up_to_the_batch_size_where_the_rows_are()
         scalar(&pool, "SELECT count(*) FROM items WHERE hits = 1").await,
         1_000
     );
-    let walked: Vec<i64> = sqlx::query_scalar(
-        "SELECT rows FROM background_migration_batches \
+    let walked: Vec<(i64, serde_json::Value)> =
+        sqlx::query_as::<_, (i64, sqlx::types::Json<serde_json::Value>)>(
+            "SELECT rows, state FROM background_migration_batches \
          WHERE migration_name = $1 AND (state->>'page')::bigint > 0 ORDER BY id",
-    )
-    .bind(NAME)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(walked.iter().sum::<i64>(), 1_000, "{walked:?}");
-    let (last, full) = walked.split_last().unwrap();
+        )
+        .bind(NAME)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(rows, state)| (rows, state.0))
+        .collect();
+    let rows: Vec<i64> = walked.iter().map(|(rows, _)| *rows).collect();
+    assert_eq!(rows.iter().sum::<i64>(), 1_000, "{rows:?}");
+    let state = &walked[0].1;
+    assert_eq!(state["list_order"], true, "{state}");
+    let per_page = state["listed"].as_f64().unwrap() / state["pages"].as_f64().unwrap();
+    let (last, full) = rows.split_last().unwrap();
     assert!(
         full.iter()
-            .all(|&rows| (250..250 + fullest_page).contains(&rows)),
-        "each window but the last: 250 keys and the rest of its last page ({fullest_page} rows at most): {walked:?}"
+            .all(|&n| (n as f64 - 250.0).abs() <= per_page / 2.0 + 1.0),
+        "each window but the last: about 250 keys ({per_page:.0} keys a list page): {rows:?}"
     );
-    assert!((1..=250).contains(last), "{walked:?}");
+    assert!((1..=250 + per_page as i64).contains(last), "{rows:?}");
 }

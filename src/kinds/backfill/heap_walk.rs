@@ -6,10 +6,13 @@
 //!    last listing batch closes the list: it collects the range's rows written since the sweep began (`xmin` no
 //!    older than the oldest transaction running when it began; every other row stayed on its page throughout and
 //!    was seen once), lists those whose keys are missing and drops every second entry of theirs. Each key present
-//!    then is listed exactly once, and the close indexes the list by page and analyses it for the walk.
-//! 2. **Walking**: batches update the rows listed for a window of pages, through the key's index. Each page is then
-//!    changed by one batch: its full-page image goes into the WAL once, not once per row. A row that moved since
-//!    it was listed (our own updates and the application's move rows) is still updated once, through its key.
+//!    then is listed exactly once. The list needs no index: the sweep appended it in the table's page order.
+//! 2. **Walking**: batches update the rows listed on a run of the list's own pages (a TID range scan of the list),
+//!    through the key's index. A table page's rows are listed side by side, so each page is changed by one batch
+//!    (two at a window's edge): its full-page image goes into the WAL once, not once per row. A row that moved
+//!    since it was listed (our own updates and the application's move rows) is still updated once, through its
+//!    key. A list closed by an earlier version is walked as that version did: by table page, through the index it
+//!    built on the list.
 //!
 //! The list is an ordinary (logged) table, so it survives a server crash and a failover with the checkpoint that
 //! points into it. Its name is written in the checkpoint; the last batch drops it in its own transaction.
@@ -170,13 +173,12 @@ async fn list_keys(
             .await?;
         tx.execute(&BackfillSql::drop_listed_twice(&quoted, arity), &[])
             .await?;
-        tx.execute(&BackfillSql::index_key_list(dialect, &list, &quoted), &[])
-            .await?;
-        tx.execute(&BackfillSql::analyze_key_list(&quoted), &[])
-            .await?;
         let (listed, pages) = two_numbers(
-            tx.fetch_optional_text(&BackfillSql::list_extent(&quoted), &[])
-                .await?,
+            tx.fetch_optional_text(
+                &BackfillSql::list_extent(&quoted),
+                &[SqlParam::Text(quoted.clone())],
+            )
+            .await?,
             "the list's extent",
         )?;
         tracing::info!(list = %list, keys = listed, pages, "keys listed; walking them in page order");
@@ -187,6 +189,7 @@ async fn list_keys(
             sweep: None,
             horizon: None,
             page: Some(0),
+            list_order: true,
             done: listed == 0,
             ..checkpoint
         }
@@ -226,8 +229,9 @@ fn two_numbers(row: Option<Vec<String>>, what: &str) -> Result<(u64, u64), Migra
         })
 }
 
-/// Updates the rows listed for the next window of pages: whole pages, `batchSize` keys and the rest of the last
-/// page's (see [`BackfillSql::update_window`]); the last window drops the list.
+/// Updates the rows listed for the next window: the list's own pages holding about `batchSize` keys (see
+/// [`BackfillSql::update_entries`]), or, for a list closed by an earlier version, whole table pages, `batchSize`
+/// keys and the rest of the last page's (see [`BackfillSql::update_window`]); the last window drops the list.
 async fn walk(
     backfill: &Backfill,
     statements: &BackfillSql,
@@ -248,21 +252,48 @@ async fn walk(
     let cut_at = walk_cut(&checkpoint, batch.upper)?;
     let end = cut_at.unwrap_or(pages).min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
-    let last_key = batch.args.batch_size.saturating_sub(1);
-    let params = [
-        SqlParam::count(from),
-        SqlParam::count(end),
-        SqlParam::count(last_key),
-    ];
 
     let mut tx = backfill
         .begin_batch(batch, BackfillSql::WALK_SETTINGS)
         .await?;
-    let walked = tx
-        .fetch_optional_text(&statements.update_window(&quoted), &params)
-        .await;
-    let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
-    let (rows, to) = two_numbers(walked, "a walk window's rows and end")?;
+    let (rows, to) = if checkpoint.list_order {
+        let listed = checkpoint.listed.ok_or_else(|| missing("listed"))?;
+        let window = entry_window(batch.args.batch_size, listed, pages);
+        let to = from.saturating_add(window).min(end);
+        let params = [
+            SqlParam::Text(format!("({from},0)")),
+            SqlParam::Text(format!("({to},0)")),
+        ];
+        let walked = tx
+            .fetch_optional_text(&statements.update_entries(&quoted), &params)
+            .await;
+        let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
+        let rows = walked
+            .as_deref()
+            .and_then(|row| row.first()?.parse::<u64>().ok())
+            .ok_or_else(|| {
+                MigrationError::Permanent(format!(
+                    "reading a walk window's rows returned {walked:?}, not a non-negative integer"
+                ))
+            })?;
+        // Its rows are whatever the list holds there: a full window is a batch's worth, and teaches the batch
+        // size as one (the sizer learns only from batches of about `batchSize` rows).
+        if from + window <= end {
+            batch.count_for_sizing(batch.args.batch_size);
+        }
+        (rows, to)
+    } else {
+        let params = [
+            SqlParam::count(from),
+            SqlParam::count(end),
+            SqlParam::count(batch.args.batch_size.saturating_sub(1)),
+        ];
+        let walked = tx
+            .fetch_optional_text(&statements.update_window(&quoted), &params)
+            .await;
+        let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
+        two_numbers(walked, "a walk window's rows and end")?
+    };
     let done = to >= end;
     // A list another range walks too is the migration's end's to drop.
     if done && cut_at.is_none() && !checkpoint.shared {
@@ -283,6 +314,14 @@ async fn walk(
     };
     batch.commit(tx, &outcome).await?;
     Ok(outcome)
+}
+
+/// How many of the list's own pages a walk batch takes: those that hold about `batch_size` of its `listed` keys
+/// over `pages` pages (at least one). The sweep fills the list's pages evenly (every entry is a page number and a
+/// key), so its average is what any run of them holds, give or take the entries the close dropped.
+fn entry_window(batch_size: u64, listed: u64, pages: u64) -> u64 {
+    let per_page = listed as f64 / pages.max(1) as f64;
+    ((batch_size as f64 / per_page.max(1.0)).round() as u64).max(1)
 }
 
 /// The page at which a range's walk stops because its next range walks the same list from there (a steal cut

@@ -223,8 +223,9 @@ pub struct BackfillCheckpoint {
     /// How many keys the closed list holds (written when the sweep closes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed: Option<u64>,
-    /// Where the sweep ends (the table's pages when it began); once listed, one past the highest page a listed row
-    /// was on: where the walk ends.
+    /// Where the sweep ends (the table's pages when it began); once listed, where the walk ends: the list's own
+    /// pages (`list_order`), or one past the highest table page a listed row was on (a list closed by an earlier
+    /// version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pages: Option<u64>,
     /// The next page to sweep for keys; `None` before the list exists and once it is closed.
@@ -237,6 +238,11 @@ pub struct BackfillCheckpoint {
     /// The next page to walk; `None` while keys are being listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<u64>,
+    /// The walk goes through the list's own pages, in the order the sweep appended it (`page` and `pages` count
+    /// the list's pages). `false` for a list closed by an earlier version, which is walked by the table page each
+    /// key was listed on, through the index that version built on the list.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list_order: bool,
     /// How many listed rows the walk has updated (the filter aside).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub walked: u64,
@@ -256,7 +262,7 @@ fn is_zero(n: &u64) -> bool {
 impl Checkpoint for BackfillCheckpoint {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false} (heap order: also \
                                  \"list\": \"bgmigrate_keys_...\", \"pages\": n, then \"sweep\": n and \"horizon\": xid, or \"listed\": n, \
-                                 \"page\": n and \"walked\": n)";
+                                 \"page\": n, \"list_order\": true and \"walked\": n)";
 }
 
 impl KeyPosition for BackfillCheckpoint {

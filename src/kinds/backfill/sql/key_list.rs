@@ -4,12 +4,13 @@
 //! was listed.
 //!
 //! The list holds `bgm_page` and the key columns as `bgm_k0..`, so `set` and `where` expressions naming the table's
-//! columns stay unambiguous in the walk's `UPDATE ... FROM`. A b-tree on `bgm_page` finds a window of pages; the
-//! close builds it in one pass over the finished list, because keeping it up to date through the sweep cost more:
-//! listing 3,000,000 keys took 3.6–4.1 s with the index in place, 2.1–2.3 s without it plus 0.44 s to build it.
+//! columns stay unambiguous in the walk's `UPDATE ... FROM`. The sweep appends the list in the table's page order,
+//! so the walk reads it in its own page order (TID range scans of the list) and needs no index on it. Lists closed
+//! by earlier versions were indexed on `bgm_page` and are walked through that index ([`BackfillSql::update_window`]):
+//! the index build and the `ANALYZE` after it were most of the close, and under a foreground load the close's
+//! long statements cost it more than the rest of the listing (README, foreground benchmark).
 
 use super::BackfillSql;
-use crate::store::Dialect;
 
 /// The alias of the key list in the walk's `UPDATE ... FROM`.
 const LIST_ALIAS: &str = "bgm_list";
@@ -22,14 +23,6 @@ impl BackfillSql {
             "CREATE TABLE {list} AS {} WITH NO DATA",
             self.keyset.select(&select, &[], "")
         )
-    }
-
-    /// Indexes the list `list` (its name, unquoted; `quoted`: quoted) by page, for the walk's windows, unless it
-    /// is already (a list created by an earlier version, which indexed it at once, under the name Postgres gave).
-    pub fn index_key_list(dialect: Dialect, list: &str, quoted: &str) -> String {
-        let table = list.rsplit_once('.').map_or(list, |(_, table)| table);
-        let index = dialect.quote_ident(&format!("{table}_bgm_page_idx"));
-        format!("CREATE INDEX IF NOT EXISTS {index} ON {quoted} (bgm_page)")
     }
 
     /// The table's size in pages and its rows per page as last analysed (0 if never), as text. Param: the table's
@@ -100,13 +93,37 @@ impl BackfillSql {
         )
     }
 
-    /// How many keys the list holds and one past the highest page among them, as text.
+    /// How many keys the list holds and its own size in pages, as text. Param: the list's quoted name.
     pub fn list_extent(list: &str) -> String {
-        format!("SELECT count(*)::text, (coalesce(max(bgm_page), -1) + 1)::text FROM {list}")
+        format!(
+            "SELECT count(*)::text, (pg_relation_size($1::text::regclass) / current_setting('block_size')::int8)::text \
+             FROM {list}"
+        )
     }
 
-    /// Updates the rows listed in the next window of pages and returns, as text, how many keys it lists (the rows
-    /// walked, counted whatever the filter says) and the page after it. The window starts at page $1 and takes
+    /// Updates the rows listed on the list's own pages [`$1`, `$2`) (text tids `(p,0)`; a TID range scan of the
+    /// list, which the sweep appended in the table's page order) and returns, as text, how many keys those pages
+    /// list (the rows walked, counted whatever the filter says). Each row is found through the key's unique index
+    /// wherever it is now, and the `where` filter is checked now, as in the key walk. One statement (the `UPDATE`
+    /// in a `WITH`, which runs to completion whether or not it is read). Run with hash and merge joins off, like
+    /// [`BackfillSql::update_window`].
+    pub fn update_entries(&self, list: &str) -> String {
+        let window = format!("{LIST_ALIAS}.ctid >= $1::tid AND {LIST_ALIAS}.ctid < $2::tid");
+        let conditions = self
+            .keyset
+            .filtered(vec![window.clone(), self.joined_on_key()]);
+        format!(
+            "WITH bgm_updated AS (UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}) \
+             SELECT count(*)::text FROM {list} AS {LIST_ALIAS} WHERE {window}",
+            self.table,
+            self.set,
+            crate::kinds::keyset::Keyset::where_clause(&conditions)
+        )
+    }
+
+    /// The walk of a list closed by an earlier version, indexed on `bgm_page`: updates the rows listed in the next
+    /// window of table pages and returns, as text, how many keys it lists (the rows walked, counted whatever the
+    /// filter says) and the page after it. The window starts at page $1 and takes
     /// whole pages up to the one that holds the next batch's last key (offset $3, `batchSize - 1`, into the list
     /// from $1), ending by page $2: `batchSize` keys and the rest of the last page's, so the batch sizer, which
     /// learns only from full batches, learns from each, and pages that list no key are skipped rather than walked
@@ -148,12 +165,6 @@ impl BackfillSql {
         ("enable_mergejoin", "off"),
         ("jit", "off"),
     ];
-
-    /// Gathers the list's statistics once it is closed, so that the walk's windows are planned for the rows they
-    /// hold (about a batch) rather than for a default share of the list.
-    pub fn analyze_key_list(list: &str) -> String {
-        format!("ANALYZE {list}")
-    }
 
     /// Drops the list (the walk's last batch, in its transaction).
     pub fn drop_key_list(list: &str) -> String {
@@ -218,14 +229,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_list_is_indexed_by_page_under_the_name_earlier_versions_gave_it() {
+    fn a_window_of_the_lists_own_pages_is_joined_on_the_key_keeps_the_filter_and_counts_the_keys() {
         assert_eq!(
-            BackfillSql::index_key_list(
-                Dialect::Postgres,
-                "app.bgmigrate_keys_0a",
-                "\"app\".\"bgmigrate_keys_0a\""
-            ),
-            "CREATE INDEX IF NOT EXISTS \"bgmigrate_keys_0a_bgm_page_idx\" ON \"app\".\"bgmigrate_keys_0a\" (bgm_page)"
+            composite().update_entries("\"bgmigrate_keys_0a\""),
+            "WITH bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM \"bgmigrate_keys_0a\" \
+             AS bgm_list WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
+             AND (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1) AND (kind = 'x')) \
+             SELECT count(*)::text FROM \"bgmigrate_keys_0a\" AS bgm_list \
+             WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid"
         );
     }
 
