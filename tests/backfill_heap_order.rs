@@ -53,6 +53,24 @@ fn define(db: &TestDb, args: &str) {
     );
 }
 
+/// The heap-order backfill of `items` with `args`, registered (not run): its connection.
+async fn registered(db: &TestDb, args: &str) -> bgmigrate::config::Connected {
+    define(db, args);
+    let connected = db.connect().await;
+    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    connected
+}
+
+/// Writes `state` as the migration's checkpoint, as a worker of some earlier moment left it.
+async fn set_state(pool: &sqlx::PgPool, state: serde_json::Value) {
+    sqlx::query("UPDATE background_migrations SET state = $2 WHERE name = $1")
+        .bind(NAME)
+        .bind(sqlx::types::Json(state))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// Key lists left in the database.
 async fn lists_left(pool: &sqlx::PgPool) -> i64 {
     scalar(
@@ -317,9 +335,7 @@ async fn a_lost_list_fails_saying_what_to_do_and_from_start_lists_again() {
     let db = TestDb::create("heap_lost").await;
     let pool = db.pool().await;
     create_items(&pool, 1_000).await;
-    define(&db, "batchSize = 100");
-    let connected = db.connect().await;
-    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    let connected = registered(&db, "batchSize = 100").await;
     sqlx::query(
         "UPDATE background_migrations SET state = '{\"cursor\": null, \"list\": \"bgmigrate_keys_00000000abcd\", \
          \"listed\": 1000, \"pages\": 10, \"page\": 3, \"walked\": 300}' WHERE name = $1",
@@ -403,9 +419,7 @@ async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_l
     )
     .await;
     create_items(&pool, 3_000).await;
-    define(&db, "batchSize = 200");
-    let connected = db.connect().await;
-    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    let connected = registered(&db, "batchSize = 200").await;
     let list = "bgmigrate_keys_0000000c105e";
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {list} AS SELECT 0::int4 AS bgm_page, id AS bgm_k0 FROM items WITH NO DATA;
@@ -417,17 +431,11 @@ async fn closing_the_list_adds_the_keys_the_sweep_missed_and_drops_the_ones_it_l
     .await
     .unwrap();
     let pages = scalar(&pool, "SELECT (pg_relation_size('items') / 8192)::int8").await;
-    sqlx::query(
-        "UPDATE background_migrations SET state = jsonb_build_object('cursor', NULL, 'list', $2::text, \
-         'pages', $3::int8, 'sweep', $3::int8, 'horizon', $4::int8) WHERE name = $1",
+    set_state(
+        &pool,
+        serde_json::json!({"cursor": null, "list": list, "pages": pages, "sweep": pages, "horizon": horizon}),
     )
-    .bind(NAME)
-    .bind(list)
-    .bind(pages)
-    .bind(horizon)
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     common::run_registered(&connected, "w1").await;
 
     assert_eq!(db.status_of(NAME).await, Status::Finished);
@@ -449,9 +457,7 @@ async fn a_walk_closed_by_an_earlier_version_goes_on_by_table_page() {
     let db = TestDb::create("heap_earlier_walk").await;
     let pool = db.pool().await;
     create_items(&pool, 3_000).await;
-    define(&db, "batchSize = 200");
-    let connected = db.connect().await;
-    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    let connected = registered(&db, "batchSize = 200").await;
     let list = "bgmigrate_keys_0000000e411e";
     let pages = scalar(&pool, "SELECT (pg_relation_size('items') / 8192)::int8").await;
     let half = pages / 2;
@@ -465,18 +471,11 @@ async fn a_walk_closed_by_an_earlier_version_goes_on_by_table_page() {
     .await
     .unwrap();
     let walked = scalar(&pool, "SELECT count(*) FROM items WHERE hits = 1").await;
-    sqlx::query(
-        "UPDATE background_migrations SET state = jsonb_build_object('cursor', NULL, 'list', $2::text, \
-         'listed', 3000, 'pages', $3::int8, 'page', $4::int8, 'walked', $5::int8) WHERE name = $1",
+    set_state(
+        &pool,
+        serde_json::json!({"cursor": null, "list": list, "listed": 3000, "pages": pages, "page": half, "walked": walked}),
     )
-    .bind(NAME)
-    .bind(list)
-    .bind(pages)
-    .bind(half)
-    .bind(walked)
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     common::run_registered(&connected, "w1").await;
 
     assert_eq!(db.status_of(NAME).await, Status::Finished);
@@ -535,9 +534,7 @@ async fn walk_windows_hold_about_the_batch_size_wherever_the_rows_are() {
     for sql in ["DELETE FROM items WHERE a <= 5000", "VACUUM items"] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
-    define(&db, "batchSize = 250");
-    let connected = db.connect().await;
-    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
+    let connected = registered(&db, "batchSize = 250").await;
     common::run_registered(&connected, "w1").await;
 
     assert_eq!(db.status_of(NAME).await, Status::Finished);
