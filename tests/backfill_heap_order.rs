@@ -525,12 +525,14 @@ async fn walk_batches_run_without_jit() {
 /// Each walk batch takes the list's own pages holding about `batchSize` keys, wherever the rows are in the table:
 /// here its live rows are bunched at the end of its heap (its first rows deleted and vacuumed away). The list holds
 /// only the live rows' keys, in their page order, so every window but the last holds `batchSize` keys give or take
-/// half a list page's, and no window walks the table's empty pages.
+/// half a list page's, and no window walks the table's empty pages. The walk goes in parts (each batch updates one
+/// part of its new window and the later parts of the windows before), so its first batches ramp up (one part,
+/// then two) and its last ones down, and each batch in between updates about `batchSize` rows.
 #[tokio::test]
 async fn walk_windows_hold_about_the_batch_size_wherever_the_rows_are() {
     let db = TestDb::create("heap_windows").await;
     let pool = db.pool().await;
-    create_items(&pool, 6_000).await;
+    create_items(&pool, 6_500).await;
     for sql in ["DELETE FROM items WHERE a <= 5000", "VACUUM items"] {
         sqlx::query(sql).execute(&pool).await.unwrap();
     }
@@ -540,7 +542,7 @@ async fn walk_windows_hold_about_the_batch_size_wherever_the_rows_are() {
     assert_eq!(db.status_of(NAME).await, Status::Finished);
     assert_eq!(
         scalar(&pool, "SELECT count(*) FROM items WHERE hits = 1").await,
-        1_000
+        1_500
     );
     let walked: Vec<(i64, serde_json::Value)> =
         sqlx::query_as::<_, (i64, sqlx::types::Json<serde_json::Value>)>(
@@ -555,15 +557,61 @@ async fn walk_windows_hold_about_the_batch_size_wherever_the_rows_are() {
         .map(|(rows, state)| (rows, state.0))
         .collect();
     let rows: Vec<i64> = walked.iter().map(|(rows, _)| *rows).collect();
-    assert_eq!(rows.iter().sum::<i64>(), 1_000, "{rows:?}");
+    assert_eq!(rows.iter().sum::<i64>(), 1_500, "{rows:?}");
     let state = &walked[0].1;
     assert_eq!(state["list_order"], true, "{state}");
+    let parts = state["trail"].as_array().map_or(0, Vec::len) + 1;
+    assert!(parts > 1, "a new walk goes in parts: {state}");
     let per_page = state["listed"].as_f64().unwrap() / state["pages"].as_f64().unwrap();
-    let (last, full) = rows.split_last().unwrap();
+    let windows = rows.len() - (parts - 1);
     assert!(
-        full.iter()
-            .all(|&n| (n as f64 - 250.0).abs() <= per_page / 2.0 + 1.0),
-        "each window but the last: about 250 keys ({per_page:.0} keys a list page): {rows:?}"
+        (6..=7).contains(&windows),
+        "1,500 keys in windows of about 250, each {parts} parts: {rows:?}"
     );
-    assert!((1..=250 + per_page as i64).contains(last), "{rows:?}");
+    // Entries of one part: every `parts`-th of a window's, one more or fewer per list page.
+    let part = 250.0 / parts as f64;
+    assert!(
+        (rows[0] as f64 - part).abs() <= (per_page / 2.0 + 2.0) / parts as f64 + 2.0,
+        "the first batch: one part of a window ({part:.0} keys): {rows:?}"
+    );
+    let (last, full) = rows[parts - 1..].split_last().unwrap();
+    assert!(
+        full[..windows - parts]
+            .iter()
+            .all(|&n| (n as f64 - 250.0).abs() <= per_page / 2.0 + 2.0 * parts as f64),
+        "each batch after the ramp up, until the last window: about 250 keys ({per_page:.0} keys a list page): {rows:?}"
+    );
+    assert!((1..250 + per_page as i64).contains(last), "{rows:?}");
+}
+
+/// A full table page cannot take a new version of its rows, so a walk in one turn moves every row to a new page
+/// (and adds an index entry for it): the table doubles. The walk in parts moves only the first part of each page's
+/// rows; the later parts' new versions fit in the room those left once their batch committed (heap-only updates),
+/// so the table grows by about the first part's share.
+#[tokio::test]
+async fn the_walk_updates_most_rows_in_place() {
+    let db = TestDb::create("heap_in_place").await;
+    let pool = db.pool().await;
+    create_items(&pool, 30_000).await;
+    sqlx::query("VACUUM items").execute(&pool).await.unwrap();
+    let size = "SELECT pg_relation_size('items')";
+    let before = scalar(&pool, size).await;
+    let connected = registered(&db, "batchSize = 1000").await;
+    common::run_registered(&connected, "w1").await;
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM items WHERE hits <> 1 OR total <> a + b"
+        )
+        .await,
+        0
+    );
+    let growth = (scalar(&pool, size).await - before) as f64 / before as f64;
+    assert!(
+        growth < 0.5,
+        "the table grew by {:.0} % (a walk in one turn doubles it)",
+        growth * 100.0
+    );
 }

@@ -243,6 +243,12 @@ pub struct BackfillCheckpoint {
     /// key was listed on, through the index that version built on the list.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub list_order: bool,
+    /// Where the walk's later parts have reached, in the list's pages (`list_order` only; one entry per part after
+    /// the first, each at or behind the one before it, all behind `page`). A walk with parts updates each list
+    /// page's entries in turns: part 0 when its pages are first walked, part `q` `q` batches later (see
+    /// `heap_walk`). Empty for a walk in one part (one begun by an earlier version).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trail: Vec<u64>,
     /// How many listed rows the walk has updated (the filter aside).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub walked: u64,
@@ -262,7 +268,7 @@ fn is_zero(n: &u64) -> bool {
 impl Checkpoint for BackfillCheckpoint {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false} (heap order: also \
                                  \"list\": \"bgmigrate_keys_...\", \"pages\": n, then \"sweep\": n and \"horizon\": xid, or \"listed\": n, \
-                                 \"page\": n, \"list_order\": true and \"walked\": n)";
+                                 \"page\": n, \"list_order\": true, \"trail\": [n, ...] and \"walked\": n)";
 }
 
 impl KeyPosition for BackfillCheckpoint {

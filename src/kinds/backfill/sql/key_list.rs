@@ -102,13 +102,26 @@ impl BackfillSql {
     }
 
     /// Updates the rows listed on the list's own pages [`$1`, `$2`) (text tids `(p,0)`; a TID range scan of the
-    /// list, which the sweep appended in the table's page order) and returns, as text, how many keys those pages
-    /// list (the rows walked, counted whatever the filter says). Each row is found through the key's unique index
+    /// list, which the sweep appended in the table's page order) and returns, as text, how many keys it updated
+    /// (the rows walked, counted whatever the filter says). With `parts` > 1, an entry belongs to part `q` =
+    /// its line pointer modulo `parts`, and `$3`, `$4`, ... (`parts - 1` text tids, descending) cut the pages into
+    /// segments: part 0's entries are updated from `$3` on, part 1's between `$4` and `$3`, and so on, part
+    /// `parts - 1`'s below the last. The sweep listed a table page's rows side by side, so each part holds about
+    /// a `parts`-th of every table page's rows (see `heap_walk`). Each row is found through the key's unique index
     /// wherever it is now, and the `where` filter is checked now, as in the key walk. One statement (the `UPDATE`
     /// in a `WITH`, which runs to completion whether or not it is read). Run with hash and merge joins off, like
     /// [`BackfillSql::update_window`].
-    pub fn update_entries(&self, list: &str) -> String {
-        let window = format!("{LIST_ALIAS}.ctid >= $1::tid AND {LIST_ALIAS}.ctid < $2::tid");
+    pub fn update_entries(&self, list: &str, parts: usize) -> String {
+        let mut window = format!("{LIST_ALIAS}.ctid >= $1::tid AND {LIST_ALIAS}.ctid < $2::tid");
+        if parts > 1 {
+            let segments: String = (1..parts)
+                .map(|q| format!("WHEN {LIST_ALIAS}.ctid >= ${}::tid THEN {} ", q + 2, q - 1))
+                .collect();
+            window.push_str(&format!(
+                " AND ({LIST_ALIAS}.ctid::text::point)[1]::int8 % {parts} = CASE {segments}ELSE {} END",
+                parts - 1
+            ));
+        }
         let conditions = self
             .keyset
             .filtered(vec![window.clone(), self.joined_on_key()]);
@@ -231,12 +244,34 @@ mod tests {
     #[test]
     fn a_window_of_the_lists_own_pages_is_joined_on_the_key_keeps_the_filter_and_counts_the_keys() {
         assert_eq!(
-            composite().update_entries("\"bgmigrate_keys_0a\""),
+            composite().update_entries("\"bgmigrate_keys_0a\"", 1),
             "WITH bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM \"bgmigrate_keys_0a\" \
              AS bgm_list WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
              AND (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1) AND (kind = 'x')) \
              SELECT count(*)::text FROM \"bgmigrate_keys_0a\" AS bgm_list \
              WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid"
+        );
+    }
+
+    /// In three parts, each entry is updated in the segment of its part: part 0 from `$3` on, part 1 between `$4`
+    /// and `$3`, part 2 below `$4`; the count reads the same entries.
+    #[test]
+    fn a_walk_in_parts_updates_each_segment_s_own_part_and_counts_those_keys() {
+        let window = "bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
+                      AND (bgm_list.ctid::text::point)[1]::int8 % 3 = \
+                      CASE WHEN bgm_list.ctid >= $3::tid THEN 0 WHEN bgm_list.ctid >= $4::tid THEN 1 ELSE 2 END";
+        let sql = composite().update_entries("l", 3);
+        assert!(
+            sql.contains(&format!(
+                "FROM l AS bgm_list WHERE {window} AND (\"created_at\", \"id\")"
+            )),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(&format!(
+                "SELECT count(*)::text FROM l AS bgm_list WHERE {window}"
+            )),
+            "{sql}"
         );
     }
 
