@@ -210,8 +210,8 @@ impl Backfill {
 /// A backfill's checkpoint: `{"cursor": ["key", ...]}`, and `"done": true` after the last batch. A heap-order
 /// walk adds its key list: while listing `{"cursor": ..., "list": "bgmigrate_keys_...", "pages": 40, "sweep": 8,
 /// "horizon": 7301}`,
-/// then `{"cursor": ..., "list": ..., "listed": 1000, "pages": 40, "page": 8, "walked": 200}`
-/// (and `"shared": true` in a range cut from another's walk).
+/// then `{"cursor": ..., "list": ..., "listed": 1000, "pages": 40, "page": 8, "list_order": true, "trail": [6, 4],
+/// "walked": 200}` (and `"shared": true` in a range cut from another's walk).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackfillCheckpoint {
     /// The last key updated; in a heap-order walk, where its key range starts.
