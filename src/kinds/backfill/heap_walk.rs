@@ -118,7 +118,7 @@ async fn list_keys(
 
     let mut tx = backfill.begin_batch(batch, &[]).await?;
     let table = [SqlParam::Text(dialect.quote_ident(&backfill.spec.table))];
-    let (table_pages, rows_per_page) = two_numbers(
+    let [table_pages, rows_per_page] = numbers(
         tx.fetch_optional_text(BackfillSql::table_shape(), &table)
             .await?,
         "the table's shape",
@@ -183,7 +183,7 @@ async fn list_keys(
             .await?;
         tx.execute(&BackfillSql::drop_listed_twice(&quoted, arity), &[])
             .await?;
-        let (listed, pages) = two_numbers(
+        let [listed, pages] = numbers(
             tx.fetch_optional_text(
                 &BackfillSql::list_extent(&quoted),
                 &[SqlParam::Text(quoted.clone())],
@@ -226,16 +226,21 @@ async fn list_keys(
     Ok(outcome)
 }
 
-/// Two non-negative integers read as text in one row.
-fn two_numbers(row: Option<Vec<String>>, what: &str) -> Result<(u64, u64), MigrationError> {
+/// `N` non-negative integers read as text in one row (the statements here return text, see
+/// `fetch_optional_text`).
+fn numbers<const N: usize>(
+    row: Option<Vec<String>>,
+    what: &str,
+) -> Result<[u64; N], MigrationError> {
     row.as_deref()
-        .and_then(|row| match row {
-            [a, b] => Some((a.parse().ok()?, b.parse().ok()?)),
-            _ => None,
+        .filter(|row| row.len() == N)
+        .and_then(|row| {
+            let parsed: Option<Vec<u64>> = row.iter().map(|n| n.parse().ok()).collect();
+            parsed?.try_into().ok()
         })
         .ok_or_else(|| {
             MigrationError::Permanent(format!(
-                "reading {what} returned {row:?}, not two non-negative integers"
+                "reading {what} returned {row:?}, not {N} non-negative integer(s)"
             ))
         })
 }
@@ -280,14 +285,7 @@ async fn walk(
             .fetch_optional_text(&statements.update_entries(&quoted, starts.parts()), &params)
             .await;
         let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
-        let rows = walked
-            .as_deref()
-            .and_then(|row| row.first()?.parse::<u64>().ok())
-            .ok_or_else(|| {
-                MigrationError::Permanent(format!(
-                    "reading a walk window's rows returned {walked:?}, not a non-negative integer"
-                ))
-            })?;
+        let [rows] = numbers(walked, "a walk window's rows")?;
         // Its rows are whatever the list holds there: a full window with every part's segment walked is a
         // batch's worth, and teaches the batch size as one (the sizer learns only from batches of about
         // `batchSize` rows; the first and last batches of a walk in parts update fewer parts).
@@ -305,7 +303,7 @@ async fn walk(
             .fetch_optional_text(&statements.update_window(&quoted), &params)
             .await;
         let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
-        let (rows, to) = two_numbers(walked, "a walk window's rows and end")?;
+        let [rows, to] = numbers(walked, "a walk window's rows and end")?;
         (rows, to, Vec::new())
     };
     let done = trail.last().copied().unwrap_or(to) >= end;
