@@ -587,7 +587,8 @@ async fn walk_windows_hold_about_the_batch_size_wherever_the_rows_are() {
 /// A full table page cannot take a new version of its rows, so a walk in one turn moves every row to a new page
 /// (and adds an index entry for it): the table doubles. The walk in parts moves only the first part of each page's
 /// rows; the later parts' new versions fit in the room those left once their batch committed (heap-only updates),
-/// so the table grows by about the first part's share.
+/// so the table grows by about the first part's share. The walk finds the rows on the pages they were listed on,
+/// not through the key's index: no row moved meanwhile, so the index is not read.
 #[tokio::test]
 async fn the_walk_updates_most_rows_in_place() {
     let db = TestDb::create("heap_in_place").await;
@@ -596,6 +597,8 @@ async fn the_walk_updates_most_rows_in_place() {
     sqlx::query("VACUUM items").execute(&pool).await.unwrap();
     let size = "SELECT pg_relation_size('items')";
     let before = scalar(&pool, size).await;
+    let key_reads = "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'items_pkey'";
+    let key_reads_before = scalar(&pool, key_reads).await;
     let connected = registered(&db, "batchSize = 1000").await;
     common::run_registered(&connected, "w1").await;
 
@@ -613,5 +616,23 @@ async fn the_walk_updates_most_rows_in_place() {
         growth < 0.5,
         "the table grew by {:.0} % (a walk in one turn doubles it)",
         growth * 100.0
+    );
+    // Sessions report their statistics a while after their transactions, each all at once: once the walk's
+    // updates show, so do its index reads.
+    let updates = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'items'";
+    for _ in 0..300 {
+        if scalar(&pool, updates).await >= 30_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        scalar(&pool, updates).await >= 30_000,
+        "the walk's statistics arrived"
+    );
+    let key_reads_during = scalar(&pool, key_reads).await - key_reads_before;
+    assert!(
+        key_reads_during < 300,
+        "30,000 rows walked with {key_reads_during} lookups through the key's index (one a row when looked up by key)"
     );
 }

@@ -116,6 +116,16 @@ impl Keyset {
         format!("({})", params.join(", "))
     }
 
+    /// `(<text 0>::<key type 0>, ...)`: one key read back from text expressions, one per key column.
+    pub fn typed(&self, texts: &[String]) -> String {
+        let typed: Vec<String> = texts
+            .iter()
+            .zip(&self.key_types)
+            .map(|(text, ty)| self.dialect.cast(text, ty))
+            .collect();
+        format!("({})", typed.join(", "))
+    }
+
     /// `(key) > cursor` and/or `(key) <= upper`, bound from parameter 1 on; returns them and the next parameter.
     pub fn key_bounds(&self, has_lower: bool, has_upper: bool) -> (Vec<String>, usize) {
         let keys = self.keys.join(", ");

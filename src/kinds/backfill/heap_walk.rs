@@ -8,14 +8,15 @@
 //!    was seen once), lists those whose keys are missing and drops every second entry of theirs. Each key present
 //!    then is listed exactly once. The list needs no index: the sweep appended it in the table's page order.
 //! 2. **Walking**: batches update the rows listed on a run of the list's own pages (a TID range scan of the list),
-//!    through the key's index, in [`WALK_PARTS`] turns: a batch updates part 0 of the entries on its new window of
+//!    found on the table pages they were listed on (a TID range scan of those pages, joined on the key), in
+//!    [`WALK_PARTS`] turns: a batch updates part 0 of the entries on its new window of
 //!    list pages, part 1 of the window before, and so on (an entry's part is its line pointer modulo the parts).
 //!    A table page's rows are listed side by side, so each part holds a few of every table page's rows, and each
 //!    table page is changed by a few consecutive batches. The first turn moves its rows to other pages (the page
 //!    is full), which frees room on the page once that batch has committed; the later turns' new row versions fit
 //!    in that room, so they are heap-only (HOT) updates: no new index entries, less WAL, and a table that grows by
-//!    a third rather than doubling. A row that moved since it was listed (our own updates and the application's
-//!    move rows) is still updated once, through its key. A walk begun by an earlier version goes on in one part;
+//!    a third rather than doubling. A row the application moved since it was listed (our turns move a row only
+//!    when they update it) is not on those pages: it is found through the key's index, and updated once too. A walk begun by an earlier version goes on in one part;
 //!    a list closed by an earlier still is walked as that version did: by table page, through the index it built
 //!    on the list.
 //!
@@ -28,7 +29,7 @@
 
 use serde_json::Value;
 
-use super::{Backfill, BackfillCheckpoint, BackfillSql, texts};
+use super::{Backfill, BackfillCheckpoint, BackfillSql, LocalSetting, texts};
 use crate::kinds::checkpoint::{Checkpoint, range_end, unreadable};
 use crate::migration::{Batch, BatchOutcome, MigrationError};
 use crate::store::{SqlParam, StoreError};
@@ -270,9 +271,12 @@ async fn walk(
     let end = cut_at.unwrap_or(pages).min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
 
-    let mut tx = backfill
-        .begin_batch(batch, BackfillSql::WALK_SETTINGS)
-        .await?;
+    let settings = if checkpoint.list_order {
+        BackfillSql::ENTRY_WALK_SETTINGS
+    } else {
+        BackfillSql::WALK_SETTINGS
+    };
+    let mut tx = backfill.begin_batch(batch, settings).await?;
     let (rows, to, trail) = if checkpoint.list_order {
         let listed = checkpoint.listed.ok_or_else(|| missing("listed"))?;
         let window = entry_window(batch.args.batch_size, listed, pages);
@@ -285,7 +289,23 @@ async fn walk(
             .fetch_optional_text(&statements.update_entries(&quoted, starts.parts()), &params)
             .await;
         let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
-        let [rows] = numbers(walked, "a walk window's rows")?;
+        let (rows, missing) = walked
+            .as_deref()
+            .and_then(|row| Some((row.first()?.parse::<u64>().ok()?, &row[1..])))
+            .filter(|(_, missing)| missing.len() == statements.arity())
+            .ok_or_else(|| {
+                MigrationError::Permanent(format!(
+                    "reading a walk window's rows returned {walked:?}, not a count and {} key arrays",
+                    statements.arity()
+                ))
+            })?;
+        if missing.iter().any(|keys| keys != "{}") {
+            let lookups: Vec<LocalSetting> =
+                LocalSetting::fixed(BackfillSql::KEY_LOOKUP_SETTINGS).collect();
+            tx.execute(&LocalSetting::setup(&lookups), &[]).await?;
+            let arrays: Vec<SqlParam> = missing.iter().cloned().map(SqlParam::Text).collect();
+            tx.execute(&statements.update_missing(), &arrays).await?;
+        }
         // Its rows are whatever the list holds there: a full window with every part's segment walked is a
         // batch's worth, and teaches the batch size as one (the sizer learns only from batches of about
         // `batchSize` rows; the first and last batches of a walk in parts update fewer parts).

@@ -43,6 +43,17 @@ pub(super) struct LocalSetting {
 }
 
 impl LocalSetting {
+    /// Settings whose values are fixed, whatever the session's.
+    fn fixed(
+        settings: &'static [(&'static str, &'static str)],
+    ) -> impl Iterator<Item = LocalSetting> {
+        settings.iter().map(|&(name, value)| LocalSetting {
+            name,
+            value: value.to_owned(),
+            keep_server_value: false,
+        })
+    }
+
     /// One statement that sets every one of `settings` (none: no statement), with the values written as literals:
     /// it is sent with the batch's `BEGIN` ([`SqlStore::begin_with_setup`]), which takes no parameters.
     fn setup(settings: &[LocalSetting]) -> String {
@@ -105,7 +116,7 @@ impl Backfill {
     async fn begin_batch(
         &self,
         batch: &Batch<'_>,
-        extra: &[(&'static str, &'static str)],
+        extra: &'static [(&'static str, &'static str)],
     ) -> Result<Box<dyn SqlTx>, MigrationError> {
         let args = batch.args;
         if self.store.dialect() != Dialect::Postgres {
@@ -127,11 +138,7 @@ impl Backfill {
         ]
         .into_iter()
         .flatten()
-        .chain(extra.iter().map(|&(name, value)| LocalSetting {
-            name,
-            value: value.to_owned(),
-            keep_server_value: false,
-        }))
+        .chain(LocalSetting::fixed(extra))
         .collect();
         Ok(self
             .store

@@ -74,12 +74,13 @@ impl BackfillSql {
         )
     }
 
-    /// Lists the moved rows whose keys the sweep missed (moved from a page it had not reached to one it had passed).
+    /// Lists the moved rows whose keys the sweep missed (moved from a page it had not reached to one it had passed),
+    /// in their pages' order: the walk scans the table pages a window's entries name.
     pub fn list_missed(list: &str, arity: usize) -> String {
         let keys = Self::list_keys_of(arity);
         format!(
             "INSERT INTO {list} SELECT bgm_page, {keys} FROM bgm_moved \
-             WHERE ({keys}) NOT IN (SELECT {keys} FROM bgm_seen)"
+             WHERE ({keys}) NOT IN (SELECT {keys} FROM bgm_seen) ORDER BY bgm_page"
         )
     }
 
@@ -102,15 +103,27 @@ impl BackfillSql {
     }
 
     /// Updates the rows listed on the list's own pages [`$1`, `$2`) (text tids `(p,0)`; a TID range scan of the
-    /// list, which the sweep appended in the table's page order) and returns, as text, how many keys it updated
-    /// (the rows walked, counted whatever the filter says). With `parts` > 1, an entry belongs to part `q` =
-    /// its line pointer modulo `parts`, and `$3`, `$4`, ... (`parts - 1` text tids, descending) cut the pages into
-    /// segments: part 0's entries are updated from `$3` on, part 1's between `$4` and `$3`, and so on, part
+    /// list, which the sweep appended in the table's page order) and returns, as text, how many keys it read
+    /// (the rows walked, counted whatever the filter says), then, per key column, an array of the keys whose rows
+    /// it did not update (`{}` when none: see below). With `parts` > 1, an entry belongs to part `q` = its line
+    /// pointer modulo `parts`, and `$3`, `$4`, ... (`parts - 1` text tids, descending) cut the pages into
+    /// segments: part 0's entries are read from `$3` on, part 1's between `$4` and `$3`, and so on, part
     /// `parts - 1`'s below the last. The sweep listed a table page's rows side by side, so each part holds about
-    /// a `parts`-th of every table page's rows (see `heap_walk`). Each row is found through the key's unique index
-    /// wherever it is now, and the `where` filter is checked now, as in the key walk. One statement (the `UPDATE`
-    /// in a `WITH`, which runs to completion whether or not it is read). Run with hash and merge joins off, like
-    /// [`BackfillSql::update_window`].
+    /// a `parts`-th of every table page's rows (see `heap_walk`).
+    ///
+    /// The rows are updated where they were listed: a TID range scan of the table pages the entries name, hashed
+    /// and joined with the entries on the key. That reads those pages once, in order, where a lookup through the
+    /// key's index per row reads the index's pages at random (on 10,000,000 rows, whose index does not fit in
+    /// `shared_buffers`, the walk took 1.3–1.5x as long that way), and the scan prunes each page as it reads it,
+    /// so a later turn's rows still find the room the first turn freed. The pages scanned are bounded by the
+    /// entries' count: entries that name pages far apart (the close appends the rows the sweep missed after the
+    /// rest) are not all found there. Neither is a row the application moved since it was listed (our turns move a
+    /// row only when they update it), nor one it moved while this statement ran; and the `where` filter leaves
+    /// some rows alone. Those keys are returned, and only in a batch that has any does the anti-join that finds
+    /// them run: [`BackfillSql::update_missing`] looks them up by key. One statement (the `UPDATE` in a `WITH`,
+    /// which runs to completion whether or not it is read), run with nested loops and merge joins off
+    /// ([`BackfillSql::ENTRY_WALK_SETTINGS`]): with no statistics on the entries, the planner would look each row
+    /// up by key.
     pub fn update_entries(&self, list: &str, parts: usize) -> String {
         let mut window = format!("{LIST_ALIAS}.ctid >= $1::tid AND {LIST_ALIAS}.ctid < $2::tid");
         if parts > 1 {
@@ -122,14 +135,61 @@ impl BackfillSql {
                 parts - 1
             ));
         }
-        let conditions = self
-            .keyset
-            .filtered(vec![window.clone(), self.joined_on_key()]);
+        let keys = self.list_keys();
+        let entry_keys: Vec<String> = (0..self.arity())
+            .map(|i| format!("bgm_entries.bgm_k{i}"))
+            .collect();
+        let entry_keys = entry_keys.join(", ");
+        let on_their_pages = self.keyset.filtered(vec![
+            format!("{}.ctid >= (SELECT bgm_from FROM bgm_pages)", self.table),
+            format!("{}.ctid < (SELECT bgm_to FROM bgm_pages)", self.table),
+            format!("({}) = ({entry_keys})", self.keyset.keys().join(", ")),
+        ]);
+        let missing: Vec<String> = (0..self.arity())
+            .map(|i| format!("coalesce(array_agg(bgm_k{i}::text), '{{}}')::text"))
+            .collect();
         format!(
-            "WITH bgm_updated AS (UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}) \
-             SELECT count(*)::text FROM {list} AS {LIST_ALIAS} WHERE {window}",
+            "WITH bgm_entries AS MATERIALIZED (SELECT bgm_page, {keys} FROM {list} AS {LIST_ALIAS} WHERE {window}), \
+             bgm_pages AS (SELECT format('(%s,0)', coalesce(min(bgm_page), 0))::tid AS bgm_from, \
+             format('(%s,0)', coalesce(least(max(bgm_page) + 1, min(bgm_page) + count(*)), 0))::tid AS bgm_to \
+             FROM bgm_entries), \
+             bgm_updated AS (UPDATE {} SET {} FROM bgm_entries{} RETURNING {entry_keys}), \
+             bgm_missing AS (SELECT {keys} FROM bgm_entries \
+             WHERE (SELECT count(*) FROM bgm_updated) < (SELECT count(*) FROM bgm_entries) \
+             AND ({keys}) NOT IN (SELECT {keys} FROM bgm_updated)) \
+             SELECT (SELECT count(*) FROM bgm_entries)::text, {} FROM bgm_missing",
             self.table,
             self.set,
+            crate::kinds::keyset::Keyset::where_clause(&on_their_pages),
+            missing.join(", ")
+        )
+    }
+
+    /// Updates the rows of the keys a walk batch did not find in place (see [`BackfillSql::update_entries`]),
+    /// through the key's index, wherever they are now; the `where` filter is checked then, as in the key walk. A
+    /// later statement than the one that missed them: it sees the rows as they are now (one the application moved
+    /// while that one ran included). Params: one text array per key column. Run with hash joins off and nested
+    /// loops on ([`BackfillSql::KEY_LOOKUP_SETTINGS`]).
+    pub fn update_missing(&self) -> String {
+        let columns: Vec<String> = (0..self.arity()).map(|i| format!("bgm_k{i}")).collect();
+        let arrays: Vec<String> = (1..=self.arity())
+            .map(|n| format!("${n}::text[]"))
+            .collect();
+        let texts: Vec<String> = columns
+            .iter()
+            .map(|column| format!("bgm_missing.{column}"))
+            .collect();
+        let conditions = self.keyset.filtered(vec![format!(
+            "({}) = {}",
+            self.keyset.keys().join(", "),
+            self.keyset.typed(&texts)
+        )]);
+        format!(
+            "UPDATE {} SET {} FROM unnest({}) AS bgm_missing({}){}",
+            self.table,
+            self.set,
+            arrays.join(", "),
+            columns.join(", "),
             crate::kinds::keyset::Keyset::where_clause(&conditions)
         )
     }
@@ -167,8 +227,8 @@ impl BackfillSql {
         )
     }
 
-    /// A walk batch's transaction settings, set with the batch's others in one statement: hash and merge joins off
-    /// (see [`BackfillSql::update_window`]), and JIT compilation off. A window is a few hundred to a few thousand
+    /// The settings of a walk batch over a list closed by an earlier version, set with the batch's others in one
+    /// statement: hash and merge joins off (see [`BackfillSql::update_window`]), and JIT compilation off. A window is a few hundred to a few thousand
     /// rows, and compiling its plan cost more than running it: with the list not yet analysed, the planner took a
     /// window of 3,000,000 keys for 15,000 rows, priced the plan past `jit_above_cost`, and each 120-row batch
     /// spent 10 ms compiling for a 5 ms update (the foreground benchmark's 3,000,000 rows under load: 17 % of the
@@ -178,6 +238,20 @@ impl BackfillSql {
         ("enable_mergejoin", "off"),
         ("jit", "off"),
     ];
+
+    /// The settings of a walk batch over a list in its own order ([`BackfillSql::update_entries`]): nested loops
+    /// and merge joins off, so the rows are found in place by a hash join of the table pages' scan with the
+    /// entries, and JIT compilation off (see [`BackfillSql::WALK_SETTINGS`]).
+    pub const ENTRY_WALK_SETTINGS: &'static [(&'static str, &'static str)] = &[
+        ("enable_nestloop", "off"),
+        ("enable_mergejoin", "off"),
+        ("jit", "off"),
+    ];
+
+    /// The settings that turn a walk batch's from [`BackfillSql::ENTRY_WALK_SETTINGS`] to lookups by key
+    /// ([`BackfillSql::update_missing`]): nested loops on, hash joins off.
+    pub const KEY_LOOKUP_SETTINGS: &'static [(&'static str, &'static str)] =
+        &[("enable_nestloop", "on"), ("enable_hashjoin", "off")];
 
     /// Drops the list (the walk's last batch, in its transaction).
     pub fn drop_key_list(list: &str) -> String {
@@ -241,38 +315,58 @@ mod tests {
     use super::super::tests::composite;
     use super::*;
 
+    /// The entries of the window are read once; their rows are updated on the table pages they name (bounded by
+    /// their count), joined on the key, the filter checked; the keys of the rows not updated there are returned,
+    /// the anti-join that finds them run only when there are some; the count is of the entries.
     #[test]
-    fn a_window_of_the_lists_own_pages_is_joined_on_the_key_keeps_the_filter_and_counts_the_keys() {
+    fn a_window_of_the_lists_own_pages_is_updated_in_place_keeps_the_filter_and_returns_the_keys_missed()
+     {
         assert_eq!(
             composite().update_entries("\"bgmigrate_keys_0a\"", 1),
-            "WITH bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM \"bgmigrate_keys_0a\" \
-             AS bgm_list WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
-             AND (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1) AND (kind = 'x')) \
-             SELECT count(*)::text FROM \"bgmigrate_keys_0a\" AS bgm_list \
-             WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid"
+            "WITH bgm_entries AS MATERIALIZED (SELECT bgm_page, bgm_k0, bgm_k1 FROM \"bgmigrate_keys_0a\" AS bgm_list \
+             WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid), \
+             bgm_pages AS (SELECT format('(%s,0)', coalesce(min(bgm_page), 0))::tid AS bgm_from, \
+             format('(%s,0)', coalesce(least(max(bgm_page) + 1, min(bgm_page) + count(*)), 0))::tid AS bgm_to \
+             FROM bgm_entries), \
+             bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM bgm_entries \
+             WHERE \"public\".\"events\".ctid >= (SELECT bgm_from FROM bgm_pages) \
+             AND \"public\".\"events\".ctid < (SELECT bgm_to FROM bgm_pages) \
+             AND (\"created_at\", \"id\") = (bgm_entries.bgm_k0, bgm_entries.bgm_k1) AND (kind = 'x') \
+             RETURNING bgm_entries.bgm_k0, bgm_entries.bgm_k1), \
+             bgm_missing AS (SELECT bgm_k0, bgm_k1 FROM bgm_entries \
+             WHERE (SELECT count(*) FROM bgm_updated) < (SELECT count(*) FROM bgm_entries) \
+             AND (bgm_k0, bgm_k1) NOT IN (SELECT bgm_k0, bgm_k1 FROM bgm_updated)) \
+             SELECT (SELECT count(*) FROM bgm_entries)::text, coalesce(array_agg(bgm_k0::text), '{}')::text, \
+             coalesce(array_agg(bgm_k1::text), '{}')::text FROM bgm_missing"
         );
     }
 
-    /// In three parts, each entry is updated in the segment of its part: part 0 from `$3` on, part 1 between `$4`
-    /// and `$3`, part 2 below `$4`; the count reads the same entries.
     #[test]
-    fn a_walk_in_parts_updates_each_segment_s_own_part_and_counts_those_keys() {
+    fn the_keys_missed_are_updated_through_the_key_with_the_filter() {
+        assert_eq!(
+            composite().update_missing(),
+            "UPDATE \"public\".\"events\" SET \"total\" = (a + b) \
+             FROM unnest($1::text[], $2::text[]) AS bgm_missing(bgm_k0, bgm_k1) \
+             WHERE (\"created_at\", \"id\") = (bgm_missing.bgm_k0::timestamp with time zone, bgm_missing.bgm_k1::text) \
+             AND (kind = 'x')"
+        );
+    }
+
+    /// In three parts, each entry is read in the segment of its part: part 0 from `$3` on, part 1 between `$4`
+    /// and `$3`, part 2 below `$4`; the rows found and the count are those entries'.
+    #[test]
+    fn a_walk_in_parts_reads_each_segment_s_own_part() {
         let window = "bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
                       AND (bgm_list.ctid::text::point)[1]::int8 % 3 = \
                       CASE WHEN bgm_list.ctid >= $3::tid THEN 0 WHEN bgm_list.ctid >= $4::tid THEN 1 ELSE 2 END";
         let sql = composite().update_entries("l", 3);
         assert!(
-            sql.contains(&format!(
-                "FROM l AS bgm_list WHERE {window} AND (\"created_at\", \"id\")"
+            sql.starts_with(&format!(
+                "WITH bgm_entries AS MATERIALIZED (SELECT bgm_page, bgm_k0, bgm_k1 FROM l AS bgm_list WHERE {window}), "
             )),
             "{sql}"
         );
-        assert!(
-            sql.ends_with(&format!(
-                "SELECT count(*)::text FROM l AS bgm_list WHERE {window}"
-            )),
-            "{sql}"
-        );
+        assert_eq!(sql.matches("FROM l ").count(), 1, "{sql}");
     }
 
     #[test]
@@ -318,7 +412,7 @@ mod tests {
         assert_eq!(
             BackfillSql::list_missed("l", 2),
             "INSERT INTO l SELECT bgm_page, bgm_k0, bgm_k1 FROM bgm_moved \
-             WHERE (bgm_k0, bgm_k1) NOT IN (SELECT bgm_k0, bgm_k1 FROM bgm_seen)"
+             WHERE (bgm_k0, bgm_k1) NOT IN (SELECT bgm_k0, bgm_k1 FROM bgm_seen) ORDER BY bgm_page"
         );
         assert!(BackfillSql::drop_listed_twice("l", 1).starts_with(
             "DELETE FROM l WHERE ctid IN (SELECT bgm_entry FROM (SELECT bgm_entry, row_number() OVER \
