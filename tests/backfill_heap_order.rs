@@ -192,12 +192,9 @@ async fn every_listed_row_is_updated_once_while_the_application_moves_and_insert
     );
 }
 
-/// Two workers, `parallelism = 2`, a composite key and a `where` filter: each range lists and walks its own keys;
-/// together they update each matching row once and no other.
-#[tokio::test]
-async fn two_workers_list_and_walk_their_own_ranges_exactly_once() {
-    let db = TestDb::create("heap_ranges").await;
-    let pool = db.pool().await;
+/// `scores`: 12,000 rows keyed by `(tenant int, id uuid)`, and the heap-order backfill of those whose `v % 3 <> 0`
+/// with `args`.
+async fn scores(db: &TestDb, pool: &sqlx::PgPool, args: &str) {
     sqlx::raw_sql(
         "CREATE TABLE scores (tenant int NOT NULL, id uuid NOT NULL, v int NOT NULL, hits int NOT NULL DEFAULT 0,
                               PRIMARY KEY (tenant, id));
@@ -205,34 +202,62 @@ async fn two_workers_list_and_walk_their_own_ranges_exactly_once() {
          SELECT g % 13, md5(g::text)::uuid, g FROM generate_series(1, 12000) g;
          ANALYZE scores;",
     )
-    .execute(&pool)
+    .execute(pool)
     .await
     .unwrap();
     db.define(
         NAME,
-        "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"scores\"\nkey = [\"tenant\", \"id\"]\n\
-         order = \"physical\"\nset = { hits = \"hits + 1\" }\nwhere = \"v % 3 <> 0\"\n\
-         [args]\nparallelism = 2\nbatchSize = 300\nsleepMs = 20",
+        &format!(
+            "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"scores\"\nkey = [\"tenant\", \"id\"]\n\
+             order = \"physical\"\nset = {{ hits = \"hits + 1\" }}\nwhere = \"v % 3 <> 0\"\n[args]\n{args}"
+        ),
     );
+}
+
+/// Rows of `scores` not updated exactly once if they match the filter, or updated although they do not.
+const SCORES_WRONG: &str =
+    "SELECT count(*) FROM scores WHERE hits <> (CASE WHEN v % 3 <> 0 THEN 1 ELSE 0 END)";
+
+/// Two workers, `parallelism = 2`, a composite key and a `where` filter: each range lists and walks its own keys;
+/// together they update each matching row once and no other. A range's list holds half of each table page's
+/// rows, so its walk looks its rows up by key rather than scanning their pages.
+#[tokio::test]
+async fn two_workers_list_and_walk_their_own_ranges_exactly_once() {
+    let db = TestDb::create("heap_ranges").await;
+    let pool = db.pool().await;
+    scores(&db, &pool, "parallelism = 2\nbatchSize = 300\nsleepMs = 20").await;
     assert!(db.cli_with_env(&["migrate"], &FAST).status.success());
     db.run_workers(&["w1", "w2"], &FAST);
 
     assert_eq!(db.status_of(NAME).await, Status::Finished);
-    assert_eq!(
-        scalar(
-            &pool,
-            "SELECT count(*) FROM scores WHERE hits <> (CASE WHEN v % 3 <> 0 THEN 1 ELSE 0 END)"
-        )
-        .await,
-        0
-    );
+    assert_eq!(scalar(&pool, SCORES_WRONG).await, 0);
     let connected = db.connect().await;
     let ranges = connected.control.ranges(NAME).await.unwrap();
     assert!(
         ranges.len() >= 2 && ranges.iter().all(|r| r.done),
         "{ranges:?}"
     );
+    assert!(
+        ranges.iter().all(|r| r.state.get("in_place").is_none()),
+        "{ranges:?}"
+    );
     assert_eq!(lists_left(&pool).await, 0);
+}
+
+/// One worker walking the whole table finds the rows on their pages; the rows the filter leaves alone come back
+/// from that statement and are looked up by their composite key (`int`, `uuid`), filtered again, and left alone.
+#[tokio::test]
+async fn a_whole_table_walk_with_a_composite_key_and_a_filter_updates_each_matching_row_once() {
+    let db = TestDb::create("heap_composite").await;
+    let pool = db.pool().await;
+    scores(&db, &pool, "batchSize = 1000").await;
+    common::run_to_end(&db.connect().await, &db.migrations()).await;
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(scalar(&pool, SCORES_WRONG).await, 0);
+    let state = state(&pool).await;
+    assert_eq!(state["in_place"], true, "{state}");
+    assert_eq!(state["walked"], 12_000, "{state}");
 }
 
 fn spawn_worker(db: &TestDb, id: &str) -> Child {

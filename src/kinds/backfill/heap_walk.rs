@@ -8,8 +8,9 @@
 //!    was seen once), lists those whose keys are missing and drops every second entry of theirs. Each key present
 //!    then is listed exactly once. The list needs no index: the sweep appended it in the table's page order.
 //! 2. **Walking**: batches update the rows listed on a run of the list's own pages (a TID range scan of the list),
-//!    found on the table pages they were listed on (a TID range scan of those pages, joined on the key), in
-//!    [`WALK_PARTS`] turns: a batch updates part 0 of the entries on its new window of
+//!    found on the table pages they were listed on (a TID range scan of those pages, joined on the key; a key
+//!    range's list holds only its share of each page's rows, so its rows are looked up through the key's index),
+//!    in [`WALK_PARTS`] turns: a batch updates part 0 of the entries on its new window of
 //!    list pages, part 1 of the window before, and so on (an entry's part is its line pointer modulo the parts).
 //!    A table page's rows are listed side by side, so each part holds a few of every table page's rows, and each
 //!    table page is changed by a few consecutive batches. The first turn moves its rows to other pages (the page
@@ -32,7 +33,7 @@ use serde_json::Value;
 use super::{Backfill, BackfillCheckpoint, BackfillSql, LocalSetting, texts};
 use crate::kinds::checkpoint::{Checkpoint, range_end, unreadable};
 use crate::migration::{Batch, BatchOutcome, MigrationError};
-use crate::store::{SqlParam, StoreError};
+use crate::store::{SqlParam, SqlTx, StoreError};
 
 /// The prefix of every key list's name: operators find stray ones (of a cancelled backfill, or one started over
 /// with `retry --from-start`) with `\dt *.bgmigrate_keys_*`.
@@ -202,6 +203,7 @@ async fn list_keys(
             page: Some(0),
             list_order: true,
             trail: vec![0; WALK_PARTS - 1],
+            in_place: !has_lower && !has_end,
             done: listed == 0,
             ..checkpoint
         }
@@ -271,7 +273,7 @@ async fn walk(
     let end = cut_at.unwrap_or(pages).min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
 
-    let settings = if checkpoint.list_order {
+    let settings = if checkpoint.list_order && checkpoint.in_place {
         BackfillSql::ENTRY_WALK_SETTINGS
     } else {
         BackfillSql::WALK_SETTINGS
@@ -285,27 +287,25 @@ async fn walk(
         let tid = |page: u64| SqlParam::Text(format!("({page},0)"));
         let mut params = vec![tid(starts.oldest()), tid(to)];
         params.extend(starts.later_parts_bounds().iter().map(|&page| tid(page)));
-        let walked = tx
-            .fetch_optional_text(&statements.update_entries(&quoted, starts.parts()), &params)
-            .await;
-        let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
-        let (rows, missing) = walked
-            .as_deref()
-            .and_then(|row| Some((row.first()?.parse::<u64>().ok()?, &row[1..])))
-            .filter(|(_, missing)| missing.len() == statements.arity())
-            .ok_or_else(|| {
-                MigrationError::Permanent(format!(
-                    "reading a walk window's rows returned {walked:?}, not a count and {} key arrays",
-                    statements.arity()
-                ))
-            })?;
-        if missing.iter().any(|keys| keys != "{}") {
-            let lookups: Vec<LocalSetting> =
-                LocalSetting::fixed(BackfillSql::KEY_LOOKUP_SETTINGS).collect();
-            tx.execute(&LocalSetting::setup(&lookups), &[]).await?;
-            let arrays: Vec<SqlParam> = missing.iter().cloned().map(SqlParam::Text).collect();
-            tx.execute(&statements.update_missing(), &arrays).await?;
-        }
+        let rows = if checkpoint.in_place {
+            let walked = tx
+                .fetch_optional_text(&statements.update_entries(&quoted, starts.parts()), &params)
+                .await;
+            let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
+            update_missed(statements, tx.as_mut(), walked).await?
+        } else {
+            let walked = tx
+                .fetch_optional_text(
+                    &statements.update_entries_by_key(&quoted, starts.parts()),
+                    &params,
+                )
+                .await;
+            let [rows] = numbers(
+                or_list_gone(backfill, list, &checkpoint, walked).await?,
+                "a walk window's rows",
+            )?;
+            rows
+        };
         // Its rows are whatever the list holds there: a full window with every part's segment walked is a
         // batch's worth, and teaches the batch size as one (the sizer learns only from batches of about
         // `batchSize` rows; the first and last batches of a walk in parts update fewer parts).
@@ -347,6 +347,34 @@ async fn walk(
     };
     batch.commit(tx, &outcome).await?;
     Ok(outcome)
+}
+
+/// Reads what [`BackfillSql::update_entries`] returned (the keys read, then per key column the keys of the rows
+/// it did not update) and updates those rows through the key's index, in a batch that has any; returns the keys
+/// read.
+async fn update_missed(
+    statements: &BackfillSql,
+    tx: &mut dyn SqlTx,
+    walked: Option<Vec<String>>,
+) -> Result<u64, MigrationError> {
+    let (rows, missed) = walked
+        .as_deref()
+        .and_then(|row| Some((row.first()?.parse::<u64>().ok()?, &row[1..])))
+        .filter(|(_, missed)| missed.len() == statements.arity())
+        .ok_or_else(|| {
+            MigrationError::Permanent(format!(
+                "reading a walk window's rows returned {walked:?}, not a count and {} key arrays",
+                statements.arity()
+            ))
+        })?;
+    if missed.iter().any(|keys| keys != "{}") {
+        let lookups: Vec<LocalSetting> =
+            LocalSetting::fixed(BackfillSql::KEY_LOOKUP_SETTINGS).collect();
+        tx.execute(&LocalSetting::setup(&lookups), &[]).await?;
+        let arrays: Vec<SqlParam> = missed.iter().cloned().map(SqlParam::Text).collect();
+        tx.execute(&statements.update_missing(), &arrays).await?;
+    }
+    Ok(rows)
 }
 
 /// Where each part of a walk in parts starts this batch, in the list's pages: part 0 at the checkpoint's `page`,

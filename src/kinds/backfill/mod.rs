@@ -218,7 +218,7 @@ impl Backfill {
 /// walk adds its key list: while listing `{"cursor": ..., "list": "bgmigrate_keys_...", "pages": 40, "sweep": 8,
 /// "horizon": 7301}`,
 /// then `{"cursor": ..., "list": ..., "listed": 1000, "pages": 40, "page": 8, "list_order": true, "trail": [6, 4],
-/// "walked": 200}` (and `"shared": true` in a range cut from another's walk).
+/// "in_place": true, "walked": 200}` (and `"shared": true` in a range cut from another's walk).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackfillCheckpoint {
     /// The last key updated; in a heap-order walk, where its key range starts.
@@ -256,6 +256,12 @@ pub struct BackfillCheckpoint {
     /// `heap_walk`). Empty for a walk in one part (one begun by an earlier version).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trail: Vec<u64>,
+    /// The walk finds its rows on the table pages they were listed on ([`BackfillSql::update_entries`]), set when
+    /// the list of a whole table closes. A key range's list holds only its share of each page's rows, so a scan
+    /// of those pages would read the other ranges' rows too: it (and a list closed by the release before) looks
+    /// each row up by key ([`BackfillSql::update_entries_by_key`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
     /// How many listed rows the walk has updated (the filter aside).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub walked: u64,
@@ -275,7 +281,7 @@ fn is_zero(n: &u64) -> bool {
 impl Checkpoint for BackfillCheckpoint {
     const SHAPE: &'static str = "{\"cursor\": [\"key\", ...], \"done\": true|false} (heap order: also \
                                  \"list\": \"bgmigrate_keys_...\", \"pages\": n, then \"sweep\": n and \"horizon\": xid, or \"listed\": n, \
-                                 \"page\": n, \"list_order\": true, \"trail\": [n, ...] and \"walked\": n)";
+                                 \"page\": n, \"list_order\": true, \"trail\": [n, ...], \"in_place\": true|false and \"walked\": n)";
 }
 
 impl KeyPosition for BackfillCheckpoint {

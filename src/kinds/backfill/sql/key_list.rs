@@ -125,16 +125,7 @@ impl BackfillSql {
     /// ([`BackfillSql::ENTRY_WALK_SETTINGS`]): with no statistics on the entries, the planner would look each row
     /// up by key.
     pub fn update_entries(&self, list: &str, parts: usize) -> String {
-        let mut window = format!("{LIST_ALIAS}.ctid >= $1::tid AND {LIST_ALIAS}.ctid < $2::tid");
-        if parts > 1 {
-            let segments: String = (1..parts)
-                .map(|q| format!("WHEN {LIST_ALIAS}.ctid >= ${}::tid THEN {} ", q + 2, q - 1))
-                .collect();
-            window.push_str(&format!(
-                " AND ({LIST_ALIAS}.ctid::text::point)[1]::int8 % {parts} = CASE {segments}ELSE {} END",
-                parts - 1
-            ));
-        }
+        let window = Self::entries_window(parts);
         let keys = self.list_keys();
         let entry_keys: Vec<String> = (0..self.arity())
             .map(|i| format!("bgm_entries.bgm_k{i}"))
@@ -162,6 +153,41 @@ impl BackfillSql {
             self.set,
             crate::kinds::keyset::Keyset::where_clause(&on_their_pages),
             missing.join(", ")
+        )
+    }
+
+    /// The entries a walk batch reads from the list's own pages: those on [`$1`, `$2`), and with `parts` > 1 only
+    /// each segment's own part (see [`BackfillSql::update_entries`]).
+    fn entries_window(parts: usize) -> String {
+        let mut window = format!("{LIST_ALIAS}.ctid >= $1::tid AND {LIST_ALIAS}.ctid < $2::tid");
+        if parts > 1 {
+            let segments: String = (1..parts)
+                .map(|q| format!("WHEN {LIST_ALIAS}.ctid >= ${}::tid THEN {} ", q + 2, q - 1))
+                .collect();
+            window.push_str(&format!(
+                " AND ({LIST_ALIAS}.ctid::text::point)[1]::int8 % {parts} = CASE {segments}ELSE {} END",
+                parts - 1
+            ));
+        }
+        window
+    }
+
+    /// Updates the rows of the same entries as [`BackfillSql::update_entries`] (same params), each looked up
+    /// through the key's unique index wherever it is now, and returns, as text, how many keys it read. For a key
+    /// range's list, which holds only that range's share of each table page's rows (so a scan of the pages would
+    /// read the other ranges' rows too), and for a list the release before closed. The `where` filter is checked
+    /// now, as in the key walk. Run with hash and merge joins off, like [`BackfillSql::update_window`].
+    pub fn update_entries_by_key(&self, list: &str, parts: usize) -> String {
+        let window = Self::entries_window(parts);
+        let conditions = self
+            .keyset
+            .filtered(vec![window.clone(), self.joined_on_key()]);
+        format!(
+            "WITH bgm_updated AS (UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}) \
+             SELECT count(*)::text FROM {list} AS {LIST_ALIAS} WHERE {window}",
+            self.table,
+            self.set,
+            crate::kinds::keyset::Keyset::where_clause(&conditions)
         )
     }
 
@@ -338,6 +364,28 @@ mod tests {
              AND (bgm_k0, bgm_k1) NOT IN (SELECT bgm_k0, bgm_k1 FROM bgm_updated)) \
              SELECT (SELECT count(*) FROM bgm_entries)::text, coalesce(array_agg(bgm_k0::text), '{}')::text, \
              coalesce(array_agg(bgm_k1::text), '{}')::text FROM bgm_missing"
+        );
+    }
+
+    /// A key range's list: each entry's row is looked up by key; the count reads the same entries.
+    #[test]
+    fn a_key_range_s_window_is_joined_on_the_key_keeps_the_filter_and_counts_the_keys() {
+        assert_eq!(
+            composite().update_entries_by_key("\"bgmigrate_keys_0a\"", 1),
+            "WITH bgm_updated AS (UPDATE \"public\".\"events\" SET \"total\" = (a + b) FROM \"bgmigrate_keys_0a\" \
+             AS bgm_list WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
+             AND (\"created_at\", \"id\") = (bgm_list.bgm_k0, bgm_list.bgm_k1) AND (kind = 'x')) \
+             SELECT count(*)::text FROM \"bgmigrate_keys_0a\" AS bgm_list \
+             WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid"
+        );
+        let sql = composite().update_entries_by_key("l", 3);
+        assert!(
+            sql.ends_with(
+                "SELECT count(*)::text FROM l AS bgm_list WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
+                 AND (bgm_list.ctid::text::point)[1]::int8 % 3 = \
+                 CASE WHEN bgm_list.ctid >= $3::tid THEN 0 WHEN bgm_list.ctid >= $4::tid THEN 1 ELSE 2 END"
+            ),
+            "{sql}"
         );
     }
 
