@@ -17,9 +17,9 @@
 //!    is full), which frees room on the page once that batch has committed; the later turns' new row versions fit
 //!    in that room, so they are heap-only (HOT) updates: no new index entries, less WAL, and a table that grows by
 //!    a third rather than doubling. A row the application moved since it was listed (our turns move a row only
-//!    when they update it) is not on those pages: it is found through the key's index, and updated once too. A walk begun by an earlier version goes on in one part;
-//!    a list closed by an earlier still is walked as that version did: by table page, through the index it built
-//!    on the list.
+//!    when they update it) is not on those pages: it is found through the key's index, and updated once too. A
+//!    walk begun by an earlier version goes on in one part, by key; a list closed by an earlier still is walked as
+//!    that version did: by table page, through the index it built on the list.
 //!
 //! The list is an ordinary (logged) table, so it survives a server crash and a failover with the checkpoint that
 //! points into it. Its name is written in the checkpoint; the last batch drops it in its own transaction.
