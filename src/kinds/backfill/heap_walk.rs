@@ -164,7 +164,8 @@ async fn list_keys(
     let swept = to >= sweep_end;
     // A full window is a batch's worth of listing: its time teaches the batch size, so sweep batches aim for the
     // target duration too (before, a window of the default 10,000 batch rows took 30 ms or more, where a batch
-    // that yields to the foreground aims for a few). The last one closes the list as well, which takes longer and is no measure.
+    // that yields to the foreground aims for a few). The last one closes the list as well, which takes longer and
+    // is no measure.
     if !swept && to - from == window {
         batch.count_for_sizing(batch.args.batch_size);
     }
@@ -273,7 +274,9 @@ async fn walk(
     let end = cut_at.unwrap_or(pages).min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
 
-    let settings = if checkpoint.list_order && checkpoint.in_place {
+    // Only a list in its own order is walked in place (`in_place` is set with `list_order`).
+    let in_place = checkpoint.list_order && checkpoint.in_place;
+    let settings = if in_place {
         BackfillSql::ENTRY_WALK_SETTINGS
     } else {
         BackfillSql::WALK_SETTINGS
@@ -287,23 +290,17 @@ async fn walk(
         let tid = |page: u64| SqlParam::Text(format!("({page},0)"));
         let mut params = vec![tid(starts.oldest()), tid(to)];
         params.extend(starts.later_parts_bounds().iter().map(|&page| tid(page)));
-        let rows = if checkpoint.in_place {
-            let walked = tx
-                .fetch_optional_text(&statements.update_entries(&quoted, starts.parts()), &params)
-                .await;
-            let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
+        let update = if in_place {
+            statements.update_entries(&quoted, starts.parts())
+        } else {
+            statements.update_entries_by_key(&quoted, starts.parts())
+        };
+        let walked = tx.fetch_optional_text(&update, &params).await;
+        let walked = or_list_gone(backfill, list, &checkpoint, walked).await?;
+        let rows = if in_place {
             update_missed(statements, tx.as_mut(), walked).await?
         } else {
-            let walked = tx
-                .fetch_optional_text(
-                    &statements.update_entries_by_key(&quoted, starts.parts()),
-                    &params,
-                )
-                .await;
-            let [rows] = numbers(
-                or_list_gone(backfill, list, &checkpoint, walked).await?,
-                "a walk window's rows",
-            )?;
+            let [rows] = numbers(walked, "a walk window's rows")?;
             rows
         };
         // Its rows are whatever the list holds there: a full window with every part's segment walked is a

@@ -127,14 +127,11 @@ impl BackfillSql {
     pub fn update_entries(&self, list: &str, parts: usize) -> String {
         let window = Self::entries_window(parts);
         let keys = self.list_keys();
-        let entry_keys: Vec<String> = (0..self.arity())
-            .map(|i| format!("bgm_entries.bgm_k{i}"))
-            .collect();
-        let entry_keys = entry_keys.join(", ");
+        let entry_keys = self.list_keys_in("bgm_entries").join(", ");
         let on_their_pages = self.keyset.filtered(vec![
             format!("{}.ctid >= (SELECT bgm_from FROM bgm_pages)", self.table),
             format!("{}.ctid < (SELECT bgm_to FROM bgm_pages)", self.table),
-            format!("({}) = ({entry_keys})", self.keyset.keys().join(", ")),
+            self.joined_on_key("bgm_entries"),
         ]);
         let missing: Vec<String> = (0..self.arity())
             .map(|i| format!("coalesce(array_agg(bgm_k{i}::text), '{{}}')::text"))
@@ -181,7 +178,7 @@ impl BackfillSql {
         let window = Self::entries_window(parts);
         let conditions = self
             .keyset
-            .filtered(vec![window.clone(), self.joined_on_key()]);
+            .filtered(vec![window.clone(), self.joined_on_key(LIST_ALIAS)]);
         format!(
             "WITH bgm_updated AS (UPDATE {} SET {} FROM {list} AS {LIST_ALIAS}{}) \
              SELECT count(*)::text FROM {list} AS {LIST_ALIAS} WHERE {window}",
@@ -197,25 +194,20 @@ impl BackfillSql {
     /// while that one ran included). Params: one text array per key column. Run with hash joins off and nested
     /// loops on ([`BackfillSql::KEY_LOOKUP_SETTINGS`]).
     pub fn update_missing(&self) -> String {
-        let columns: Vec<String> = (0..self.arity()).map(|i| format!("bgm_k{i}")).collect();
         let arrays: Vec<String> = (1..=self.arity())
             .map(|n| format!("${n}::text[]"))
-            .collect();
-        let texts: Vec<String> = columns
-            .iter()
-            .map(|column| format!("bgm_missing.{column}"))
             .collect();
         let conditions = self.keyset.filtered(vec![format!(
             "({}) = {}",
             self.keyset.keys().join(", "),
-            self.keyset.typed(&texts)
+            self.keyset.typed(&self.list_keys_in("bgm_missing"))
         )]);
         format!(
             "UPDATE {} SET {} FROM unnest({}) AS bgm_missing({}){}",
             self.table,
             self.set,
             arrays.join(", "),
-            columns.join(", "),
+            self.list_keys(),
             crate::kinds::keyset::Keyset::where_clause(&conditions)
         )
     }
@@ -240,7 +232,7 @@ impl BackfillSql {
             format!("{LIST_ALIAS}.bgm_page >= $1::bigint AND {LIST_ALIAS}.bgm_page < {to}");
         let conditions = self
             .keyset
-            .filtered(vec![window.clone(), self.joined_on_key()]);
+            .filtered(vec![window.clone(), self.joined_on_key(LIST_ALIAS)]);
         format!(
             "WITH bgm_window AS (SELECT least(coalesce((SELECT bgm_page FROM {list} \
              WHERE bgm_page >= $1::bigint ORDER BY bgm_page OFFSET $3::bigint LIMIT 1) + 1, $2::bigint), \
@@ -253,8 +245,9 @@ impl BackfillSql {
         )
     }
 
-    /// The settings of a walk batch over a list closed by an earlier version, set with the batch's others in one
-    /// statement: hash and merge joins off (see [`BackfillSql::update_window`]), and JIT compilation off. A window is a few hundred to a few thousand
+    /// The settings of a walk batch that looks its rows up by key (a key range's list, or one closed by an earlier
+    /// version), set with the batch's others in one statement: hash and merge joins off (see
+    /// [`BackfillSql::update_window`]), and JIT compilation off. A window is a few hundred to a few thousand
     /// rows, and compiling its plan cost more than running it: with the list not yet analysed, the planner took a
     /// window of 3,000,000 keys for 15,000 rows, priced the plan past `jit_above_cost`, and each 120-row batch
     /// spent 10 ms compiling for a 5 ms update (the foreground benchmark's 3,000,000 rows under load: 17 % of the
@@ -284,16 +277,20 @@ impl BackfillSql {
         format!("DROP TABLE IF EXISTS {list}")
     }
 
-    /// `("key", ...) = (bgm_list.bgm_k0, ...)`: a table row and its list entry.
-    fn joined_on_key(&self) -> String {
-        let listed: Vec<String> = (0..self.arity())
-            .map(|i| format!("{LIST_ALIAS}.bgm_k{i}"))
-            .collect();
+    /// `("key", ...) = (<alias>.bgm_k0, ...)`: a table row and its list entry (or a row of entries read from it).
+    fn joined_on_key(&self, alias: &str) -> String {
         format!(
             "({}) = ({})",
             self.keyset.keys().join(", "),
-            listed.join(", ")
+            self.list_keys_in(alias).join(", ")
         )
+    }
+
+    /// `<alias>.bgm_k0`, `<alias>.bgm_k1`, ...: the list's key columns under `alias`.
+    fn list_keys_in(&self, alias: &str) -> Vec<String> {
+        (0..self.arity())
+            .map(|i| format!("{alias}.bgm_k{i}"))
+            .collect()
     }
 
     /// `bgm_k0, bgm_k1, ...`: the list's key columns.
