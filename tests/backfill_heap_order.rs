@@ -44,18 +44,34 @@ async fn create_items(pool: &sqlx::PgPool, rows: i64) {
 
 /// A heap-order backfill of `items`: `hits + 1` shows a row updated twice.
 fn define(db: &TestDb, args: &str) {
+    define_setting(db, "total = \"a + b\", hits = \"hits + 1\"", args);
+}
+
+/// A heap-order backfill of `items` that sets `set` (the body of its TOML table).
+fn define_setting(db: &TestDb, set: &str, args: &str) {
     db.define(
         NAME,
         &format!(
             "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\norder = \"physical\"\n\
-             set = {{ total = \"a + b\", hits = \"hits + 1\" }}\n[args]\n{args}"
+             set = {{ {set} }}\n[args]\n{args}"
         ),
     );
+}
+
+/// Runs a heap-order backfill of `items` that sets `set` with one worker until it stops.
+async fn run_setting(db: &TestDb, set: &str, args: &str) {
+    define_setting(db, set, args);
+    common::run_registered(&connect_registered(db).await, "w1").await;
 }
 
 /// The heap-order backfill of `items` with `args`, registered (not run): its connection.
 async fn registered(db: &TestDb, args: &str) -> bgmigrate::config::Connected {
     define(db, args);
+    connect_registered(db).await
+}
+
+/// Connects to `db` and registers its migrations directory.
+async fn connect_registered(db: &TestDb) -> bgmigrate::config::Connected {
     let connected = db.connect().await;
     common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
     connected
@@ -529,14 +545,12 @@ async fn walk_batches_run_without_jit() {
         .execute(&pool)
         .await
         .unwrap();
-    db.define(
-        NAME,
-        "kind = \"backfill\"\nstore = \"postgres\"\ntable = \"items\"\nkey = [\"id\"]\norder = \"physical\"\n\
-         set = { planned = \"current_setting('jit')\" }\n[args]\nbatchSize = 300",
-    );
-    let connected = db.connect().await;
-    common::register_dir(&connected, &db.migrations(), &bgmigrate::builtin_registry()).await;
-    common::run_registered(&connected, "w1").await;
+    run_setting(
+        &db,
+        "planned = \"current_setting('jit')\"",
+        "batchSize = 300",
+    )
+    .await;
 
     assert_eq!(db.status_of(NAME).await, Status::Finished);
     let seen: Vec<(Option<String>, i64)> =
@@ -609,6 +623,23 @@ async fn walk_windows_hold_about_the_batch_size_wherever_the_rows_are() {
     assert!((1..250 + per_page as i64).contains(last), "{rows:?}");
 }
 
+/// Waits until the statistics of `items` show `count` of `what` (`n_tup_ins`, `n_tup_upd`). Sessions report
+/// their statistics a while after their transactions, each all at once: once these show, so does the rest of
+/// what those sessions did.
+async fn statistics_show(pool: &sqlx::PgPool, what: &str, count: i64) {
+    let reported = format!("SELECT {what} FROM pg_stat_user_tables WHERE relname = 'items'");
+    for _ in 0..300 {
+        if scalar(pool, &reported).await >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the statistics did not arrive: {what} {} reported, {count} made",
+        scalar(pool, &reported).await
+    );
+}
+
 /// A full table page cannot take a new version of its rows, so a walk in one turn moves every row to a new page
 /// (and adds an index entry for it): the table doubles. The walk in parts moves only the first part of each page's
 /// rows; the later parts' new versions fit in the room those left once their batch committed (heap-only updates),
@@ -642,22 +673,48 @@ async fn the_walk_updates_most_rows_in_place() {
         "the table grew by {:.0} % (a walk in one turn doubles it)",
         growth * 100.0
     );
-    // Sessions report their statistics a while after their transactions, each all at once: once the walk's
-    // updates show, so do its index reads.
-    let updates = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'items'";
-    for _ in 0..300 {
-        if scalar(&pool, updates).await >= 30_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        scalar(&pool, updates).await >= 30_000,
-        "the walk's statistics arrived"
-    );
+    statistics_show(&pool, "n_tup_upd", 30_000).await;
     let key_reads_during = scalar(&pool, key_reads).await - key_reads_before;
     assert!(
         key_reads_during < 300,
         "30,000 rows walked with {key_reads_during} lookups through the key's index (one a row when looked up by key)"
+    );
+}
+
+/// A walk batch hashes the rows of its pages' three windows, each with its key and the columns `set` reads:
+/// 30,000 rows of about 300 bytes here, which the server's default `work_mem` (4 MB, 8 MB for a hash) spills to
+/// temporary files. The batch sets its own.
+#[tokio::test]
+async fn an_in_place_walk_hashes_its_rows_in_memory() {
+    let db = TestDb::create("heap_hash_memory").await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE items (id text PRIMARY KEY, total int);
+         INSERT INTO items (id) SELECT repeat(md5(g::text), 8) FROM generate_series(1, 40000) g;
+         ANALYZE items;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Filling the table may write a temporary file of its own, counted once its session reports.
+    statistics_show(&pool, "n_tup_ins", 40_000).await;
+    let spilled = "SELECT temp_files FROM pg_stat_database WHERE datname = current_database()";
+    let spilled_before = scalar(&pool, spilled).await;
+    run_setting(&db, "total = \"length(id)\"", "batchSize = 10000").await;
+
+    assert_eq!(db.status_of(NAME).await, Status::Finished);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM items WHERE total IS DISTINCT FROM 256"
+        )
+        .await,
+        0
+    );
+    statistics_show(&pool, "n_tup_upd", 40_000).await;
+    assert_eq!(
+        scalar(&pool, spilled).await - spilled_before,
+        0,
+        "temporary files written while walking"
     );
 }

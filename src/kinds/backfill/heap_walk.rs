@@ -118,7 +118,7 @@ async fn list_keys(
     };
     let quoted = dialect.quote_ident(&list);
 
-    let mut tx = backfill.begin_batch(batch, &[]).await?;
+    let mut tx = backfill.begin_batch(batch, Vec::new()).await?;
     let table = [SqlParam::Text(dialect.quote_ident(&backfill.spec.table))];
     let [table_pages, rows_per_page] = numbers(
         tx.fetch_optional_text(BackfillSql::table_shape(), &table)
@@ -274,19 +274,30 @@ async fn walk(
     let end = cut_at.unwrap_or(pages).min(pages);
     let quoted = backfill.store.dialect().quote_ident(list);
 
-    // Only a list in its own order is walked in place (`in_place` is set with `list_order`).
-    let in_place = checkpoint.list_order && checkpoint.in_place;
-    let settings = if in_place {
-        BackfillSql::ENTRY_WALK_SETTINGS
-    } else {
-        BackfillSql::WALK_SETTINGS
-    };
-    let mut tx = backfill.begin_batch(batch, settings).await?;
-    let (rows, to, trail) = if checkpoint.list_order {
+    // A list in its own order is walked in windows of its entries, planned before the batch's transaction opens:
+    // an in-place walk sizes its hash by them. Only such a list is walked in place (`in_place` is set with
+    // `list_order`).
+    let entries = if checkpoint.list_order {
         let listed = checkpoint.listed.ok_or_else(|| missing("listed"))?;
         let window = entry_window(batch.args.batch_size, listed, pages);
         let to = from.saturating_add(window).min(end);
         let starts = PartStarts::of(from, &checkpoint.trail, batch.state)?;
+        Some((listed, window, to, starts))
+    } else {
+        None
+    };
+    let in_place = checkpoint.list_order && checkpoint.in_place;
+    let settings = match &entries {
+        Some((listed, _, to, starts)) if in_place => {
+            let hashed = entries_on(to.saturating_sub(starts.oldest()), *listed, pages);
+            LocalSetting::fixed(BackfillSql::ENTRY_WALK_SETTINGS)
+                .chain([hash_memory(hashed)])
+                .collect()
+        }
+        _ => LocalSetting::fixed(BackfillSql::WALK_SETTINGS).collect(),
+    };
+    let mut tx = backfill.begin_batch(batch, settings).await?;
+    let (rows, to, trail) = if let Some((_, window, to, starts)) = entries {
         let tid = |page: u64| SqlParam::Text(format!("({page},0)"));
         let mut params = vec![tid(starts.oldest()), tid(to)];
         params.extend(starts.later_parts_bounds().iter().map(|&page| tid(page)));
@@ -344,6 +355,28 @@ async fn walk(
     };
     batch.commit(tx, &outcome).await?;
     Ok(outcome)
+}
+
+/// Bytes of `work_mem` an in-place walk batch allows per row it hashes. Its hash join hashes the rows on the
+/// table pages its entries name: as many rows as the list holds on the list pages that all its turns' segments
+/// span, three windows of about `batchSize` each once the batch size has settled (the planner hashes that side:
+/// the entries, a CTE, have no statistics, so their key looks unfit for a hash), each row with its key and the
+/// columns `set` reads: 88 bytes for a 32-character text key and two integers. With the server's default
+/// `work_mem` of 4 MB (8 MB for a hash, with the default `hash_mem_multiplier` of 2), batches of 36,000 rows
+/// hashed 108,000 and spilled them to temporary files: 3.2 GB of them in a walk of 10,000,000 rows. `work_mem` is
+/// a bound, not an allocation (the hash takes what its rows need), so this one is generous: rows whose `set` reads
+/// up to a few hundred bytes fit; wider ones spill what does not, as before.
+const WORK_MEM_PER_HASHED_ROW: u64 = 512;
+/// The bounds of that `work_mem`, in kB: never below the server's default, and no more than one session should
+/// be allowed on a busy server (a batch of 170,000 rows or more).
+const HASH_MEMORY_KB: (u64, u64) = (4 * 1024, 256 * 1024);
+
+/// The `work_mem` of an in-place walk batch that hashes about `hashed_rows` rows, so that its hash join fits in
+/// memory (see [`WORK_MEM_PER_HASHED_ROW`]); the transaction's own, undone at its commit.
+fn hash_memory(hashed_rows: u64) -> LocalSetting {
+    let kb = (hashed_rows.saturating_mul(WORK_MEM_PER_HASHED_ROW) / 1024)
+        .clamp(HASH_MEMORY_KB.0, HASH_MEMORY_KB.1);
+    LocalSetting::new("work_mem", format!("{kb}kB"))
 }
 
 /// Reads what [`BackfillSql::update_entries`] returned (the keys read, then per key column the keys of the rows
@@ -427,6 +460,12 @@ impl PartStarts {
 fn entry_window(batch_size: u64, listed: u64, pages: u64) -> u64 {
     let per_page = listed as f64 / pages.max(1) as f64;
     ((batch_size as f64 / per_page.max(1.0)).round() as u64).max(1)
+}
+
+/// About how many of the list's `listed` entries over `pages` pages a run of `run` of its pages holds (the
+/// inverse of [`entry_window`]).
+fn entries_on(run: u64, listed: u64, pages: u64) -> u64 {
+    (run as f64 * listed as f64 / pages.max(1) as f64).ceil() as u64
 }
 
 /// The page at which a range's walk stops because its next range walks the same list from there (a steal cut
@@ -550,6 +589,23 @@ mod tests {
     /// Walks `pages` list pages in `parts` from `page` to `end` by windows of 1 to 5 pages, as [`walk`] does, and
     /// counts how often each (page, part) is updated: an entry at page `x` of part `q` is updated by a batch when
     /// `x` lies in part `q`'s segment, as [`BackfillSql::update_entries`] selects it.
+    /// Room for each row its turns' segments span, between the server's default and a quarter of a GiB.
+    #[test]
+    fn an_in_place_walk_batch_takes_work_mem_for_its_hash() {
+        let work_mem = |rows| {
+            let setting = hash_memory(rows);
+            assert_eq!(setting.name, "work_mem");
+            assert!(!setting.keep_server_value);
+            setting.value
+        };
+        assert_eq!(work_mem(3_000), "4096kB");
+        assert_eq!(work_mem(108_000), "54000kB");
+        assert_eq!(work_mem(300_000), "150000kB");
+        assert_eq!(work_mem(30_000_000), "262144kB");
+        assert_eq!(entries_on(336, 10_000_000, 93_458), 35_952);
+        assert_eq!(entries_on(0, 10_000_000, 93_458), 0);
+    }
+
     fn walked_in_parts(pages: u64, parts: usize, end: u64, seed: u64) -> Vec<Vec<u32>> {
         let mut updated = vec![vec![0; parts]; pages as usize];
         let (mut page, mut trail, mut random) = (0, vec![0; parts - 1], seed);

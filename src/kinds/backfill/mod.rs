@@ -43,15 +43,22 @@ pub(super) struct LocalSetting {
 }
 
 impl LocalSetting {
+    /// A setting whose value is `value`, whatever the session's.
+    fn new(name: &'static str, value: String) -> Self {
+        LocalSetting {
+            name,
+            value,
+            keep_server_value: false,
+        }
+    }
+
     /// Settings whose values are fixed, whatever the session's.
     fn fixed(
         settings: &'static [(&'static str, &'static str)],
     ) -> impl Iterator<Item = LocalSetting> {
-        settings.iter().map(|&(name, value)| LocalSetting {
-            name,
-            value: value.to_owned(),
-            keep_server_value: false,
-        })
+        settings
+            .iter()
+            .map(|&(name, value)| LocalSetting::new(name, value.to_owned()))
     }
 
     /// One statement that sets every one of `settings` (none: no statement), with the values written as literals:
@@ -116,7 +123,7 @@ impl Backfill {
     async fn begin_batch(
         &self,
         batch: &Batch<'_>,
-        extra: &'static [(&'static str, &'static str)],
+        extra: Vec<LocalSetting>,
     ) -> Result<Box<dyn SqlTx>, MigrationError> {
         let args = batch.args;
         if self.store.dialect() != Dialect::Postgres {
@@ -129,16 +136,12 @@ impl Backfill {
         let settings: Vec<LocalSetting> = [
             server
                 .value_for(args.wal_compression)?
-                .map(|method| LocalSetting {
-                    name: "wal_compression",
-                    value: method.to_owned(),
-                    keep_server_value: false,
-                }),
+                .map(|method| LocalSetting::new("wal_compression", method.to_owned())),
             writeback::setting(args.flush_after, batch.yielding),
         ]
         .into_iter()
         .flatten()
-        .chain(LocalSetting::fixed(extra))
+        .chain(extra)
         .collect();
         Ok(self
             .store
@@ -374,7 +377,7 @@ impl Migration for Backfill {
         tail_params.extend(texts(end.as_deref().unwrap_or_default()));
         let size = batch.args.batch_size;
 
-        let mut tx = self.begin_batch(batch, &[]).await?;
+        let mut tx = self.begin_batch(batch, Vec::new()).await?;
         let mut bound_params = tail_params.clone();
         bound_params.push(SqlParam::count(size - 1));
         let upper = tx
