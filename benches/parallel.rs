@@ -255,7 +255,7 @@ fn print_walk_phases(server: &str, table: &str, migration: &str) {
         server,
         DATABASE,
         &format!(
-            "WITH b AS (SELECT started_at, started_at + duration_ms * interval '1 ms' AS ended, duration_ms, \
+            "WITH b AS (SELECT started_at, started_at + duration_ms * interval '1 ms' AS ended, \
                                state->>'page' IS NOT NULL AS walking \
                           FROM background_migration_batches WHERE migration_name = '{migration}'), \
                   closed AS (SELECT min(ended) AS at FROM b WHERE walking) \

@@ -282,22 +282,28 @@ async fn walk(
         let window = entry_window(batch.args.batch_size, listed, pages);
         let to = from.saturating_add(window).min(end);
         let starts = PartStarts::of(from, &checkpoint.trail, batch.state)?;
-        Some((listed, window, to, starts))
+        let spanned = entries_on(to.saturating_sub(starts.oldest()), listed, pages);
+        Some(EntryWindow {
+            window,
+            to,
+            starts,
+            spanned,
+        })
     } else {
         None
     };
     let in_place = checkpoint.list_order && checkpoint.in_place;
     let settings = match &entries {
-        Some((listed, _, to, starts)) if in_place => {
-            let hashed = entries_on(to.saturating_sub(starts.oldest()), *listed, pages);
-            LocalSetting::fixed(BackfillSql::ENTRY_WALK_SETTINGS)
-                .chain([hash_memory(hashed)])
-                .collect()
-        }
+        Some(entries) if in_place => LocalSetting::fixed(BackfillSql::ENTRY_WALK_SETTINGS)
+            .chain([hash_memory(entries.spanned)])
+            .collect(),
         _ => LocalSetting::fixed(BackfillSql::WALK_SETTINGS).collect(),
     };
     let mut tx = backfill.begin_batch(batch, settings).await?;
-    let (rows, to, trail) = if let Some((_, window, to, starts)) = entries {
+    let (rows, to, trail) = if let Some(EntryWindow {
+        window, to, starts, ..
+    }) = entries
+    {
         let tid = |page: u64| SqlParam::Text(format!("({page},0)"));
         let mut params = vec![tid(starts.oldest()), tid(to)];
         params.extend(starts.later_parts_bounds().iter().map(|&page| tid(page)));
@@ -405,6 +411,16 @@ async fn update_missed(
         tx.execute(&statements.update_missing(), &arrays).await?;
     }
     Ok(rows)
+}
+
+/// A walk batch's window over a list in its own order: `window` list pages from the checkpoint's `page` up to
+/// `to`, each part's segment from its start in `starts`, and about how many entries all those segments span
+/// (`spanned`: the rows an in-place walk's hash join hashes, see [`hash_memory`]).
+struct EntryWindow {
+    window: u64,
+    to: u64,
+    starts: PartStarts,
+    spanned: u64,
 }
 
 /// Where each part of a walk in parts starts this batch, in the list's pages: part 0 at the checkpoint's `page`,
@@ -586,9 +602,6 @@ mod tests {
         }
     }
 
-    /// Walks `pages` list pages in `parts` from `page` to `end` by windows of 1 to 5 pages, as [`walk`] does, and
-    /// counts how often each (page, part) is updated: an entry at page `x` of part `q` is updated by a batch when
-    /// `x` lies in part `q`'s segment, as [`BackfillSql::update_entries`] selects it.
     /// Room for each row its turns' segments span, between the server's default and a quarter of a GiB.
     #[test]
     fn an_in_place_walk_batch_takes_work_mem_for_its_hash() {
@@ -606,6 +619,9 @@ mod tests {
         assert_eq!(entries_on(0, 10_000_000, 93_458), 0);
     }
 
+    /// Walks `pages` list pages in `parts` from `page` to `end` by windows of 1 to 5 pages, as [`walk`] does, and
+    /// counts how often each (page, part) is updated: an entry at page `x` of part `q` is updated by a batch when
+    /// `x` lies in part `q`'s segment, as [`BackfillSql::update_entries`] selects it.
     fn walked_in_parts(pages: u64, parts: usize, end: u64, seed: u64) -> Vec<Vec<u32>> {
         let mut updated = vec![vec![0; parts]; pages as usize];
         let (mut page, mut trail, mut random) = (0, vec![0; parts - 1], seed);
