@@ -248,9 +248,10 @@ fn backfill_table(server: &str, name: &str, rows: u64) {
 
 /// Prints where a heap-order backfill's time went, from its batches (each batch's state is its checkpoint after
 /// it): listing the keys until the list closed (the first batch whose checkpoint has a `page`; that batch is the
-/// close), then walking the list; and the share of the table's updates that were heap-only. Why the rate at
-/// 10,000,000 rows falls behind the one at 1,000,000 is in which of these grows.
-fn print_walk_phases(server: &str, table: &str, migration: &str) {
+/// close), then walking the list; the share of the table's updates that were heap-only; and the `spilled` bytes
+/// of temporary files (sorts and hashes that did not fit `work_mem`). Why the rate at 10,000,000 rows falls
+/// behind the one at 1,000,000 is in which of these grows.
+fn print_walk_phases(server: &str, table: &str, migration: &str, spilled: i64) {
     let phases = psql(
         server,
         DATABASE,
@@ -274,7 +275,22 @@ fn print_walk_phases(server: &str, table: &str, migration: &str) {
                FROM pg_stat_user_tables WHERE relname = '{table}'"
         ),
     );
-    println!("    {migration}: {phases}; {hot}");
+    println!(
+        "    {migration}: {phases}; {hot}; {:.1} MB of temporary files",
+        spilled as f64 / 1e6
+    );
+}
+
+/// The bytes of temporary files the bench database's sessions have written so far, as far as they have reported
+/// (a session reports when its transaction ends or it disconnects).
+fn temp_bytes(server: &str) -> i64 {
+    psql(
+        server,
+        DATABASE,
+        "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .parse()
+    .expect("temp_bytes: a number")
 }
 
 async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds: usize) {
@@ -289,6 +305,7 @@ async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds:
     let ours = async |round: usize, n: u64| {
         let name = format!("ours_{n}");
         backfill_table(server, &name, rows);
+        let spilled_before = temp_bytes(server);
         let params = json!({
             "store": "postgres", "table": name, "key": ["id"], "order": order, "set": {"total": "a + b"},
         });
@@ -308,7 +325,8 @@ async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds:
         );
         assert_eq!(wrong, "0", "{name}: rows left wrong");
         if order == "physical" {
-            print_walk_phases(server, &name, &format!("backfill_{n}_{round}"));
+            let spilled = temp_bytes(server) - spilled_before;
+            print_walk_phases(server, &name, &format!("backfill_{n}_{round}"), spilled);
         }
         psql(server, DATABASE, &format!("DROP TABLE {name}"));
         took
