@@ -248,10 +248,9 @@ fn backfill_table(server: &str, name: &str, rows: u64) {
 
 /// Prints where a heap-order backfill's time went, from its batches (each batch's state is its checkpoint after
 /// it): listing the keys until the list closed (the first batch whose checkpoint has a `page`; that batch is the
-/// close), then walking the list; the share of the table's updates that were heap-only; and the `spilled` bytes
-/// of temporary files (sorts and hashes that did not fit `work_mem`). Why the rate at 10,000,000 rows falls
-/// behind the one at 1,000,000 is in which of these grows.
-fn print_walk_phases(server: &str, table: &str, migration: &str, spilled: i64) {
+/// close), then walking the list; and the share of the table's updates that were heap-only. Why the rate at
+/// 10,000,000 rows falls behind the one at 1,000,000 is in which of these grows.
+fn print_walk_phases(server: &str, table: &str, migration: &str) {
     let phases = psql(
         server,
         DATABASE,
@@ -275,37 +274,89 @@ fn print_walk_phases(server: &str, table: &str, migration: &str, spilled: i64) {
                FROM pg_stat_user_tables WHERE relname = '{table}'"
         ),
     );
-    println!(
-        "    {migration}: {phases}; {hot}; {:.1} MB of temporary files",
-        spilled as f64 / 1e6
-    );
+    println!("    {migration}: {phases}; {hot}");
 }
 
-/// The bytes of temporary files the bench database's sessions have written so far, as far as they have reported
-/// (a session reports when its transaction ends or it disconnects).
-fn temp_bytes(server: &str) -> i64 {
-    psql(
-        server,
-        DATABASE,
-        "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .parse()
-    .expect("temp_bytes: a number")
+/// What the server wrote while one run went on, from its cumulative statistics read before and after it: the WAL
+/// (its position, exact), the full-page images in it (a page's first change after a checkpoint logs the whole
+/// page: a run that outlasts the WAL between checkpoints logs its pages again, which is one way its cost per row
+/// grows with the table), the checkpoints, and the temporary files (sorts and hashes that did not fit
+/// `work_mem`). The counters other than the WAL position are what sessions have reported so far (a session
+/// reports when its transaction ends or it disconnects, at most once a second).
+struct ServerActivity {
+    wal_bytes: f64,
+    full_page_images: f64,
+    checkpoints: f64,
+    temp_bytes: f64,
+}
+
+impl ServerActivity {
+    fn read(server: &str) -> Self {
+        let row = psql(
+            server,
+            DATABASE,
+            "SELECT pg_current_wal_lsn() - '0/0', w.wal_fpi, \
+                    c.checkpoints_timed + c.checkpoints_req, d.temp_bytes \
+               FROM pg_stat_wal w, pg_stat_bgwriter c, pg_stat_database d \
+              WHERE d.datname = current_database()",
+        );
+        let fields: Vec<f64> = row
+            .split('|')
+            .map(|field| field.parse().expect("server activity: a number"))
+            .collect();
+        let [wal_bytes, full_page_images, checkpoints, temp_bytes] = fields[..] else {
+            panic!("server activity: four numbers, not {row:?}");
+        };
+        Self {
+            wal_bytes,
+            full_page_images,
+            checkpoints,
+            temp_bytes,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            wal_bytes: self.wal_bytes - before.wal_bytes,
+            full_page_images: self.full_page_images - before.full_page_images,
+            checkpoints: self.checkpoints - before.checkpoints,
+            temp_bytes: self.temp_bytes - before.temp_bytes,
+        }
+    }
+
+    fn describe(&self, rows: u64) -> String {
+        let per_row = |value: f64| value / rows.max(1) as f64;
+        format!(
+            "{:.2} GB of WAL ({:.0} bytes a row), {:.0} full-page images ({:.2} a row), {:.0} checkpoints, \
+             {:.1} MB of temporary files",
+            self.wal_bytes / 1e9,
+            per_row(self.wal_bytes),
+            self.full_page_images,
+            per_row(self.full_page_images),
+            self.checkpoints,
+            self.temp_bytes / 1e6
+        )
+    }
 }
 
 async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds: usize) {
     let reference = |_round| {
         backfill_table(server, "ref", rows);
+        let before = ServerActivity::read(server);
         let started = Instant::now();
         psql(server, DATABASE, "UPDATE ref SET total = a + b");
         let took = started.elapsed();
+        println!(
+            "    one plain UPDATE: {}",
+            ServerActivity::read(server).since(&before).describe(rows)
+        );
         psql(server, DATABASE, "DROP TABLE ref");
         took
     };
     let ours = async |round: usize, n: u64| {
         let name = format!("ours_{n}");
         backfill_table(server, &name, rows);
-        let spilled_before = temp_bytes(server);
+        let before = ServerActivity::read(server);
         let params = json!({
             "store": "postgres", "table": name, "key": ["id"], "order": order, "set": {"total": "a + b"},
         });
@@ -324,9 +375,13 @@ async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds:
             &format!("SELECT count(*) FROM {name} WHERE total IS DISTINCT FROM a + b"),
         );
         assert_eq!(wrong, "0", "{name}: rows left wrong");
+        let migration = format!("backfill_{n}_{round}");
+        println!(
+            "    {migration}: {}",
+            ServerActivity::read(server).since(&before).describe(rows)
+        );
         if order == "physical" {
-            let spilled = temp_bytes(server) - spilled_before;
-            print_walk_phases(server, &name, &format!("backfill_{n}_{round}"), spilled);
+            print_walk_phases(server, &name, &migration);
         }
         psql(server, DATABASE, &format!("DROP TABLE {name}"));
         took

@@ -257,6 +257,13 @@ async fn two_workers_list_and_walk_their_own_ranges_exactly_once() {
         ranges.iter().all(|r| r.state.get("in_place").is_none()),
         "{ranges:?}"
     );
+    // Ranges walked at once take their turns two batches apart: two trail entries per later turn.
+    assert!(
+        ranges
+            .iter()
+            .all(|r| r.state["trail"].as_array().map(Vec::len) == Some(4)),
+        "{ranges:?}"
+    );
     assert_eq!(lists_left(&pool).await, 0);
 }
 
@@ -361,6 +368,13 @@ async fn a_walk_split_mid_run_shares_its_list_and_the_end_drops_it() {
     );
     assert!(
         ranges.iter().any(|r| r.state["shared"] == true),
+        "{ranges:?}"
+    );
+    // The walk begun one batch apart went on two batches apart once `parallelism` was 2 (its trail redrawn).
+    assert!(
+        ranges
+            .iter()
+            .all(|r| r.state["trail"].as_array().map(Vec::len) == Some(4)),
         "{ranges:?}"
     );
     let walkers: std::collections::BTreeSet<_> =

@@ -11,7 +11,9 @@
 //!    found on the table pages they were listed on (a TID range scan of those pages, joined on the key; a key
 //!    range's list holds only its share of each page's rows, so its rows are looked up through the key's index),
 //!    in [`WALK_PARTS`] turns: a batch updates part 0 of the entries on its new window of
-//!    list pages, part 1 of the window before, and so on (an entry's part is its line pointer modulo the parts).
+//!    list pages, part 1 of the window before, and so on (an entry's part is its line pointer modulo the parts;
+//!    with several ranges walked at once, part 1 of the window two batches before, part 2 of the one four before:
+//!    [`CONCURRENT_TURN_LAG`]).
 //!    A table page's rows are listed side by side, so each part holds a few of every table page's rows, and each
 //!    table page is changed by a few consecutive batches. The first turn moves its rows to other pages (the page
 //!    is full), which frees room on the page once that batch has committed; the later turns' new row versions fit
@@ -81,6 +83,25 @@ const UNKNOWN_ROWS_PER_PAGE: u64 = 50;
 /// rows (300-byte rows, a text key) took 8.5 s, the same in two turns 5.8 s (half of them HOT), in three 5.2 s
 /// (two thirds HOT). More turns spread each page over more batches for less gain each.
 const WALK_PARTS: usize = 3;
+/// How many batches apart a range's turns come on the same list pages while several ranges are walked at once
+/// (`parallelism` > 1); one batch apart otherwise. The room a turn frees on a page is reclaimed (the page pruned)
+/// only once no transaction older than the batch that freed it still runs, and another worker's batch, begun
+/// while ours ran, nearly always does during our next batch: with turns one batch apart, two workers made 37–41 %
+/// of their updates heap-only against one worker's 67 %. Every batch in flight when ours commits has ended by
+/// the time the batch after next begins, if batches are about as long (the sizer aims them all at one
+/// duration), so two batches apart is enough for any number of workers. One worker gains nothing from the wait:
+/// its later turns come after the page has cooled, and an in-place walk scans the pages between the segments too
+/// (at 1,000,000 rows it was slower with two).
+const CONCURRENT_TURN_LAG: usize = 2;
+
+/// The batches between a range's turns on the same list pages (see [`CONCURRENT_TURN_LAG`]).
+fn turn_lag(parallelism: u64) -> usize {
+    if parallelism > 1 {
+        CONCURRENT_TURN_LAG
+    } else {
+        1
+    }
+}
 
 /// One batch of a heap-order backfill: sweeping and listing keys until the range's are all listed, then walking the
 /// list.
@@ -203,7 +224,7 @@ async fn list_keys(
             horizon: None,
             page: Some(0),
             list_order: true,
-            trail: vec![0; WALK_PARTS - 1],
+            trail: vec![0; turn_lag(batch.args.parallelism) * (WALK_PARTS - 1)],
             in_place: !has_lower && !has_end,
             done: listed == 0,
             ..checkpoint
@@ -281,7 +302,14 @@ async fn walk(
         let listed = checkpoint.listed.ok_or_else(|| missing("listed"))?;
         let window = entry_window(batch.args.batch_size, listed, pages);
         let to = from.saturating_add(window).min(end);
-        let starts = PartStarts::of(from, &checkpoint.trail, batch.state)?;
+        // A walk in parts has a trail from the start; one begun by an earlier version goes on in one part.
+        let parts = if checkpoint.trail.is_empty() {
+            1
+        } else {
+            WALK_PARTS
+        };
+        let lag = turn_lag(batch.args.parallelism);
+        let starts = PartStarts::of(from, &checkpoint.trail, parts, lag, batch.state)?;
         let spanned = entries_on(to.saturating_sub(starts.oldest()), listed, pages);
         Some(EntryWindow {
             window,
@@ -306,7 +334,7 @@ async fn walk(
     {
         let tid = |page: u64| SqlParam::Text(format!("({page},0)"));
         let mut params = vec![tid(starts.oldest()), tid(to)];
-        params.extend(starts.later_parts_bounds().iter().map(|&page| tid(page)));
+        params.extend(starts.segment_bounds().into_iter().map(tid));
         let update = if in_place {
             statements.update_entries(&quoted, starts.parts())
         } else {
@@ -423,17 +451,31 @@ struct EntryWindow {
     spanned: u64,
 }
 
-/// Where each part of a walk in parts starts this batch, in the list's pages: part 0 at the checkpoint's `page`,
-/// part `q` at `trail[q - 1]`. Each part's segment ends where the part before starts (part 0's at the new
-/// window's end), and after the batch each part starts where the part before it did: so every part walks the
-/// list in contiguous segments, each entry once.
-struct PartStarts(Vec<u64>);
+/// Where each part of a walk in parts walks this batch, in the list's pages, from the walk's history: where this
+/// batch's window (the checkpoint's `page`) and each of the last ones (its `trail`, newest first) began. Part 0
+/// walks the new window; part `q` the window part 0 walked `q × lag` batches before (from `history[q × lag]` to
+/// `history[q × lag - 1]`), so a list page's turns come `lag` batches apart. After the batch the history shifts
+/// by one: every part walks the list in contiguous segments, each entry once.
+struct PartStarts {
+    /// Where this batch's window and the last ones began, newest first; the last is where the last part starts.
+    history: Vec<u64>,
+    /// Batches between one part's turn on a window and the next part's.
+    lag: usize,
+}
 
 impl PartStarts {
-    /// Checked: an operator-edited trail that runs ahead of the part before it would skip entries.
-    fn of(page: u64, trail: &[u64], state: &Value) -> Result<Self, MigrationError> {
-        let starts: Vec<u64> = std::iter::once(page).chain(trail.iter().copied()).collect();
-        if starts.windows(2).any(|pair| pair[1] > pair[0]) {
+    /// Checked: an operator-edited trail that runs ahead of the part before it would skip entries. A trail kept
+    /// with another lag (`parallelism` changed between batches) is redrawn for this one: each part keeps its
+    /// start, and a part whose segment the new lag leaves behind the part before it waits for it.
+    fn of(
+        page: u64,
+        trail: &[u64],
+        parts: usize,
+        lag: usize,
+        state: &Value,
+    ) -> Result<Self, MigrationError> {
+        let history: Vec<u64> = std::iter::once(page).chain(trail.iter().copied()).collect();
+        if history.windows(2).any(|pair| pair[1] > pair[0]) {
             return Err(unreadable(
                 state,
                 BackfillCheckpoint::SHAPE,
@@ -442,31 +484,70 @@ impl PartStarts {
                 ),
             ));
         }
-        Ok(Self(starts))
+        if parts == 1 && trail.is_empty() {
+            return Ok(Self { history, lag: 1 });
+        }
+        let later_parts = parts - 1;
+        if later_parts == 0 || trail.is_empty() || !trail.len().is_multiple_of(later_parts) {
+            return Err(unreadable(
+                state,
+                BackfillCheckpoint::SHAPE,
+                format_args!(
+                    "its trail {trail:?} has {} entries, not a multiple of the {later_parts} turns after the first",
+                    trail.len()
+                ),
+            ));
+        }
+        let kept_lag = trail.len() / later_parts;
+        if kept_lag == lag {
+            return Ok(Self { history, lag });
+        }
+        let start = |part: usize| history[part * kept_lag];
+        let redrawn = std::iter::once(page)
+            .chain((1..=lag * later_parts).map(|k| start(k.div_ceil(lag))))
+            .collect();
+        Ok(Self {
+            history: redrawn,
+            lag,
+        })
     }
 
     fn parts(&self) -> usize {
-        self.0.len()
+        (self.history.len() - 1) / self.lag + 1
     }
 
     /// Where the last part starts: every entry before it is done.
     fn oldest(&self) -> u64 {
-        *self.0.last().expect("part 0 always has a start")
+        *self.history.last().expect("part 0 always has a start")
     }
 
-    /// The bounds between segments, newest first: where parts 0 to `parts - 2` start.
-    fn later_parts_bounds(&self) -> &[u64] {
-        &self.0[..self.0.len() - 1]
+    /// Where each later part `q` starts and where its segment ends (`history[q × lag]`, `history[q × lag - 1]`).
+    fn segments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (1..self.parts()).map(|q| (self.history[q * self.lag], self.history[q * self.lag - 1]))
+    }
+
+    /// The bounds [`BackfillSql::update_entries`] cuts its window's entries by, newest first: where part 0 starts,
+    /// then per later part where its segment ends and, but for the last part's (the window's lower bound), where
+    /// it starts.
+    fn segment_bounds(&self) -> Vec<u64> {
+        let mut bounds = vec![self.history[0]];
+        for (q, (start, end)) in self.segments().enumerate() {
+            bounds.push(end);
+            if q + 2 < self.parts() {
+                bounds.push(start);
+            }
+        }
+        bounds
     }
 
     /// Whether every later part has a segment to walk (false in a walk's first batches in parts).
     fn all_walked(&self) -> bool {
-        self.0.windows(2).all(|pair| pair[0] > pair[1])
+        self.segments().all(|(start, end)| end > start)
     }
 
-    /// The trail after this batch: parts 1 and later start where the part before started.
+    /// The trail after this batch: the history shifted by one, this batch's window its newest.
     fn after_batch(&self) -> Vec<u64> {
-        self.later_parts_bounds().to_vec()
+        self.history[..self.history.len() - 1].to_vec()
     }
 }
 
@@ -619,23 +700,44 @@ mod tests {
         assert_eq!(entries_on(0, 10_000_000, 93_458), 0);
     }
 
-    /// Walks `pages` list pages in `parts` from `page` to `end` by windows of 1 to 5 pages, as [`walk`] does, and
-    /// counts how often each (page, part) is updated: an entry at page `x` of part `q` is updated by a batch when
-    /// `x` lies in part `q`'s segment, as [`BackfillSql::update_entries`] selects it.
-    fn walked_in_parts(pages: u64, parts: usize, end: u64, seed: u64) -> Vec<Vec<u32>> {
+    /// Walks `pages` list pages in `parts` from page 0 to `end` by windows of 1 to 5 pages, as [`walk`] does, each
+    /// batch with a turn lag drawn from `lags` (`parallelism` may change between any two batches), and counts how
+    /// often each (page, part) is updated: an entry at page `x` of part `q` is updated by a batch when `x` lies in
+    /// part `q`'s segment, as [`BackfillSql::update_entries`] selects it.
+    fn walked_in_parts(
+        pages: u64,
+        parts: usize,
+        end: u64,
+        lags: &[usize],
+        seed: u64,
+    ) -> Vec<Vec<u32>> {
         let mut updated = vec![vec![0; parts]; pages as usize];
-        let (mut page, mut trail, mut random) = (0, vec![0; parts - 1], seed);
+        let (mut page, mut trail, mut random) = (0, vec![0; lags[0] * (parts - 1)], seed);
         let mut batches = 0;
         loop {
             random = random
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let to = (page + 1 + (random >> 33) % 5).min(end);
-            let starts = PartStarts::of(page, &trail, &json!({})).unwrap();
+            let lag = lags[(random >> 40) as usize % lags.len()];
+            let starts = PartStarts::of(page, &trail, parts, lag, &json!({})).unwrap();
+            let mut bounds = starts.segment_bounds().into_iter();
+            let part_0 = bounds.next().unwrap();
+            assert_eq!(part_0, page);
             for x in starts.oldest()..to {
-                // The first segment whose start is at or below x: the CASE of `update_entries`.
-                let segment = starts.0.iter().position(|&start| x >= start).unwrap();
-                updated[x as usize][segment] += 1;
+                // The CASE of `update_entries`: part 0 from where it starts, each later part in its segment,
+                // none between a segment's end and the start of the one after it.
+                let part = if x >= part_0 {
+                    Some(0)
+                } else {
+                    starts
+                        .segments()
+                        .position(|(start, end)| (start..end).contains(&x))
+                        .map(|q| q + 1)
+                };
+                if let Some(part) = part {
+                    updated[x as usize][part] += 1;
+                }
             }
             trail = starts.after_batch();
             page = to;
@@ -649,15 +751,23 @@ mod tests {
 
     #[test]
     fn a_walk_in_parts_updates_every_part_of_every_page_once() {
-        for (parts, seed) in [(1, 1), (2, 2), (3, 3), (3, 4), (5, 5)] {
-            let updated = walked_in_parts(40, parts, 40, seed);
+        for (parts, lags, seed) in [
+            (1, &[1][..], 1),
+            (2, &[1], 2),
+            (3, &[1], 3),
+            (3, &[2], 4),
+            (3, &[1, 2], 5),
+            (3, &[1, 2, 3], 6),
+            (5, &[1, 2], 7),
+        ] {
+            let updated = walked_in_parts(40, parts, 40, lags, seed);
             assert!(
                 updated.iter().all(|page| page.iter().all(|&n| n == 1)),
-                "{parts} parts: {updated:?}"
+                "{parts} parts, lags {lags:?}: {updated:?}"
             );
         }
         // A range cut at page 25 walks every part of its pages up to the cut, and nothing past it.
-        let updated = walked_in_parts(40, 3, 25, 6);
+        let updated = walked_in_parts(40, 3, 25, &[1, 2], 8);
         assert!(
             updated[..25].iter().all(|page| page == &[1, 1, 1]),
             "{updated:?}"
@@ -668,9 +778,34 @@ mod tests {
         );
     }
 
+    /// With a lag of two a part walks the window part 0 walked two batches before: the bounds cut out the window
+    /// between them, which that part walks next.
     #[test]
-    fn a_trail_ahead_of_its_page_is_refused_and_the_first_batches_are_not_full() {
-        let err = PartStarts::of(5, &[3, 4], &json!({"page": 5, "trail": [3, 4]}))
+    fn turns_two_batches_apart_leave_a_window_between_the_segments() {
+        let starts = PartStarts::of(10, &[8, 6, 4, 2], 3, 2, &json!({})).unwrap();
+        assert_eq!(starts.segments().collect::<Vec<_>>(), [(6, 8), (2, 4)]);
+        assert_eq!(starts.segment_bounds(), [10, 8, 6, 4]);
+        assert_eq!(starts.oldest(), 2);
+        assert!(starts.all_walked());
+        assert_eq!(starts.after_batch(), [10, 8, 6, 4]);
+        let same = PartStarts::of(10, &[8, 6], 3, 1, &json!({})).unwrap();
+        assert_eq!(
+            same.segment_bounds(),
+            [10, 10, 8, 8],
+            "one batch apart: no gap"
+        );
+        // Switching lags keeps each part's start; a part whose segment would now lie ahead waits.
+        let longer = PartStarts::of(10, &[8, 6], 3, 2, &json!({})).unwrap();
+        assert_eq!(longer.segments().collect::<Vec<_>>(), [(8, 8), (6, 6)]);
+        assert!(!longer.all_walked());
+        let shorter = PartStarts::of(10, &[8, 6, 4, 2], 3, 1, &json!({})).unwrap();
+        assert_eq!(shorter.segments().collect::<Vec<_>>(), [(6, 10), (2, 6)]);
+    }
+
+    #[test]
+    fn a_trail_ahead_of_its_page_or_of_the_wrong_length_is_refused_and_the_first_batches_are_not_full()
+     {
+        let err = PartStarts::of(5, &[3, 4], 3, 1, &json!({"page": 5, "trail": [3, 4]}))
             .err()
             .unwrap()
             .to_string();
@@ -678,13 +813,25 @@ mod tests {
             err.contains("its trail [3, 4] runs ahead of its page 5"),
             "{err}"
         );
-        assert!(!PartStarts::of(0, &[0, 0], &json!({})).unwrap().all_walked());
-        assert!(!PartStarts::of(4, &[2, 2], &json!({})).unwrap().all_walked());
-        assert!(PartStarts::of(4, &[2, 1], &json!({})).unwrap().all_walked());
+        let err = PartStarts::of(5, &[4, 3, 2], 3, 1, &json!({"trail": [4, 3, 2]}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
-            PartStarts::of(4, &[], &json!({})).unwrap().all_walked(),
-            "one part"
+            err.contains(
+                "its trail [4, 3, 2] has 3 entries, not a multiple of the 2 turns after the first"
+            ),
+            "{err}"
         );
+        let all_walked = |page, trail: &[u64]| {
+            PartStarts::of(page, trail, trail.len() + 1, 1, &json!({}))
+                .unwrap()
+                .all_walked()
+        };
+        assert!(!all_walked(0, &[0, 0]));
+        assert!(!all_walked(4, &[2, 2]));
+        assert!(all_walked(4, &[2, 1]));
+        assert!(all_walked(4, &[]), "one part");
     }
 
     #[test]

@@ -253,10 +253,12 @@ pub struct BackfillCheckpoint {
     /// key was listed on, through the index that version built on the list.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub list_order: bool,
-    /// Where the walk's later parts have reached, in the list's pages (`list_order` only; one entry per part after
-    /// the first, each at or behind the one before it, all behind `page`). A walk with parts updates each list
-    /// page's entries in turns: part 0 when its pages are first walked, part `q` `q` batches later (see
-    /// `heap_walk`). Empty for a walk in one part (one begun by an earlier version).
+    /// Where the walk's last windows began, in the list's pages, newest first (`list_order` only; each at or
+    /// behind the one before it, all behind `page`). A walk with parts updates each list page's entries in
+    /// turns: part 0 when its pages are first walked, part `q` `q × lag` batches later, from the page the trail
+    /// holds at `q × lag - 1` (see `heap_walk`): one entry per part after the first when turns come one batch
+    /// apart (one stream), two with `parallelism` > 1. Empty for a walk in one part (one begun by an earlier
+    /// version).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trail: Vec<u64>,
     /// The walk finds its rows on the table pages they were listed on ([`BackfillSql::update_entries`]), set when

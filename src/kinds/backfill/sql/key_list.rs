@@ -106,10 +106,12 @@ impl BackfillSql {
     /// list, which the sweep appended in the table's page order) and returns, as text, how many keys it read
     /// (the rows walked, counted whatever the filter says), then, per key column, an array of the keys whose rows
     /// it did not update (`{}` when none: see below). With `parts` > 1, an entry belongs to part `q` = its line
-    /// pointer modulo `parts`, and `$3`, `$4`, ... (`parts - 1` text tids, descending) cut the pages into
-    /// segments: part 0's entries are read from `$3` on, part 1's between `$4` and `$3`, and so on, part
-    /// `parts - 1`'s below the last. The sweep listed a table page's rows side by side, so each part holds about
-    /// a `parts`-th of every table page's rows (see `heap_walk`).
+    /// pointer modulo `parts`, and `$3`, `$4`, ... (`2 × (parts - 1)` text tids, descending) cut the pages into
+    /// segments: part 0's entries are read from `$3` on, none between `$4` and `$3` (the pages a later part
+    /// reaches a batch or more later, when turns come more than one batch apart; none when `$4` = `$3`), part
+    /// 1's between `$5` and `$4`, none between `$6` and `$5`, and so on, part `parts - 1`'s below the last (down
+    /// to `$1`). The sweep listed a table page's rows side by side, so each part holds about a `parts`-th of
+    /// every table page's rows (see `heap_walk`).
     ///
     /// The rows are updated where they were listed: a TID range scan of the table pages the entries name, hashed
     /// and joined with the entries on the key. That reads those pages once, in order, where a lookup through the
@@ -154,12 +156,14 @@ impl BackfillSql {
     }
 
     /// The entries a walk batch reads from the list's own pages: those on [`$1`, `$2`), and with `parts` > 1 only
-    /// each segment's own part (see [`BackfillSql::update_entries`]).
+    /// each segment's own part (see [`BackfillSql::update_entries`]; -1, between segments, is no part).
     fn entries_window(parts: usize) -> String {
         let mut window = format!("{LIST_ALIAS}.ctid >= $1::tid AND {LIST_ALIAS}.ctid < $2::tid");
         if parts > 1 {
-            let segments: String = (1..parts)
-                .map(|q| format!("WHEN {LIST_ALIAS}.ctid >= ${}::tid THEN {} ", q + 2, q - 1))
+            let parts_from_the_bounds = (0..parts - 1).flat_map(|q| [q as i64, -1]);
+            let segments: String = parts_from_the_bounds
+                .enumerate()
+                .map(|(n, part)| format!("WHEN {LIST_ALIAS}.ctid >= ${}::tid THEN {part} ", n + 3))
                 .collect();
             window.push_str(&format!(
                 " AND ({LIST_ALIAS}.ctid::text::point)[1]::int8 % {parts} = CASE {segments}ELSE {} END",
@@ -380,7 +384,8 @@ mod tests {
             sql.ends_with(
                 "SELECT count(*)::text FROM l AS bgm_list WHERE bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
                  AND (bgm_list.ctid::text::point)[1]::int8 % 3 = \
-                 CASE WHEN bgm_list.ctid >= $3::tid THEN 0 WHEN bgm_list.ctid >= $4::tid THEN 1 ELSE 2 END"
+                 CASE WHEN bgm_list.ctid >= $3::tid THEN 0 WHEN bgm_list.ctid >= $4::tid THEN -1 \
+                 WHEN bgm_list.ctid >= $5::tid THEN 1 WHEN bgm_list.ctid >= $6::tid THEN -1 ELSE 2 END"
             ),
             "{sql}"
         );
@@ -397,13 +402,15 @@ mod tests {
         );
     }
 
-    /// In three parts, each entry is read in the segment of its part: part 0 from `$3` on, part 1 between `$4`
-    /// and `$3`, part 2 below `$4`; the rows found and the count are those entries'.
+    /// In three parts, each entry is read in the segment of its part: part 0 from `$3` on, none between `$4` and
+    /// `$3`, part 1 between `$5` and `$4`, none between `$6` and `$5`, part 2 below `$6`; the rows found and the
+    /// count are those entries'.
     #[test]
     fn a_walk_in_parts_reads_each_segment_s_own_part() {
         let window = "bgm_list.ctid >= $1::tid AND bgm_list.ctid < $2::tid \
                       AND (bgm_list.ctid::text::point)[1]::int8 % 3 = \
-                      CASE WHEN bgm_list.ctid >= $3::tid THEN 0 WHEN bgm_list.ctid >= $4::tid THEN 1 ELSE 2 END";
+                      CASE WHEN bgm_list.ctid >= $3::tid THEN 0 WHEN bgm_list.ctid >= $4::tid THEN -1 \
+                      WHEN bgm_list.ctid >= $5::tid THEN 1 WHEN bgm_list.ctid >= $6::tid THEN -1 ELSE 2 END";
         let sql = composite().update_entries("l", 3);
         assert!(
             sql.starts_with(&format!(
