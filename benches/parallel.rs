@@ -7,7 +7,9 @@
 //! ```
 //!
 //! * **backfill**: `SET total = a + b` on a table with a random text key (~300-byte rows), against one plain
-//!   `UPDATE` of an identical table. Each worker count gets its own freshly built, vacuumed table.
+//!   `UPDATE` of an identical table. Each worker count gets its own freshly built, vacuumed table. Under each run
+//!   and its `UPDATE`: the WAL, full-page images and checkpoints the server wrote meanwhile (what grows with the
+//!   table), and for a heap-order run its listing and walking time and heap-only share.
 //! * **copy into ClickHouse** (random md5 keys, key order): against the raw pipe `psql COPY … TO STDOUT | curl
 //!   INSERT … FORMAT TabSeparated` into an identical ClickHouse table, and for N > 1 also against that pipe cut
 //!   into N stretches of the heap run at once (what the raw tools gain from the same cores).
