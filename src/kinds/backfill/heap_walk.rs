@@ -310,7 +310,7 @@ async fn walk(
             WALK_PARTS
         };
         let lag = turn_lag(batch.args.parallelism);
-        let starts = PartStarts::of(from, &checkpoint.trail, parts, lag, batch.state)?;
+        let starts = PartSegments::of(from, &checkpoint.trail, parts, lag, batch.state)?;
         let spanned = entries_on(to.saturating_sub(starts.oldest()), listed, pages);
         Some(EntryWindow {
             window,
@@ -448,7 +448,7 @@ async fn update_missed(
 struct EntryWindow {
     window: u64,
     to: u64,
-    starts: PartStarts,
+    starts: PartSegments,
     spanned: u64,
 }
 
@@ -457,14 +457,14 @@ struct EntryWindow {
 /// walks the new window; part `q` the window part 0 walked `q × lag` batches before (from `history[q × lag]` to
 /// `history[q × lag - 1]`), so a list page's turns come `lag` batches apart. After the batch the history shifts
 /// by one: every part walks the list in contiguous segments, each entry once.
-struct PartStarts {
+struct PartSegments {
     /// Where this batch's window and the last ones began, newest first; the last is where the last part starts.
     history: Vec<u64>,
     /// Batches between one part's turn on a window and the next part's.
     lag: usize,
 }
 
-impl PartStarts {
+impl PartSegments {
     /// Checked: an operator-edited trail that runs ahead of the part before it would skip entries. A trail kept
     /// with another lag (`parallelism` changed between batches) is redrawn for this one: each part keeps its
     /// start, and a part whose segment the new lag leaves behind the part before it waits for it.
@@ -721,7 +721,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let to = (page + 1 + (random >> 33) % 5).min(end);
             let lag = lags[(random >> 40) as usize % lags.len()];
-            let starts = PartStarts::of(page, &trail, parts, lag, &json!({})).unwrap();
+            let starts = PartSegments::of(page, &trail, parts, lag, &json!({})).unwrap();
             let mut bounds = starts.segment_bounds().into_iter();
             let part_0 = bounds.next().unwrap();
             assert_eq!(part_0, page);
@@ -783,30 +783,30 @@ mod tests {
     /// between them, which that part walks next.
     #[test]
     fn turns_two_batches_apart_leave_a_window_between_the_segments() {
-        let starts = PartStarts::of(10, &[8, 6, 4, 2], 3, 2, &json!({})).unwrap();
+        let starts = PartSegments::of(10, &[8, 6, 4, 2], 3, 2, &json!({})).unwrap();
         assert_eq!(starts.segments().collect::<Vec<_>>(), [(6, 8), (2, 4)]);
         assert_eq!(starts.segment_bounds(), [10, 8, 6, 4]);
         assert_eq!(starts.oldest(), 2);
         assert!(starts.all_walked());
         assert_eq!(starts.after_batch(), [10, 8, 6, 4]);
-        let same = PartStarts::of(10, &[8, 6], 3, 1, &json!({})).unwrap();
+        let same = PartSegments::of(10, &[8, 6], 3, 1, &json!({})).unwrap();
         assert_eq!(
             same.segment_bounds(),
             [10, 10, 8, 8],
             "one batch apart: no gap"
         );
         // Switching lags keeps each part's start; a part whose segment would now lie ahead waits.
-        let longer = PartStarts::of(10, &[8, 6], 3, 2, &json!({})).unwrap();
+        let longer = PartSegments::of(10, &[8, 6], 3, 2, &json!({})).unwrap();
         assert_eq!(longer.segments().collect::<Vec<_>>(), [(8, 8), (6, 6)]);
         assert!(!longer.all_walked());
-        let shorter = PartStarts::of(10, &[8, 6, 4, 2], 3, 1, &json!({})).unwrap();
+        let shorter = PartSegments::of(10, &[8, 6, 4, 2], 3, 1, &json!({})).unwrap();
         assert_eq!(shorter.segments().collect::<Vec<_>>(), [(6, 10), (2, 6)]);
     }
 
     #[test]
     fn a_trail_ahead_of_its_page_or_of_the_wrong_length_is_refused_and_the_first_batches_are_not_full()
      {
-        let err = PartStarts::of(5, &[3, 4], 3, 1, &json!({"page": 5, "trail": [3, 4]}))
+        let err = PartSegments::of(5, &[3, 4], 3, 1, &json!({"page": 5, "trail": [3, 4]}))
             .err()
             .unwrap()
             .to_string();
@@ -814,7 +814,7 @@ mod tests {
             err.contains("its trail [3, 4] runs ahead of its page 5"),
             "{err}"
         );
-        let err = PartStarts::of(5, &[4, 3, 2], 3, 1, &json!({"trail": [4, 3, 2]}))
+        let err = PartSegments::of(5, &[4, 3, 2], 3, 1, &json!({"trail": [4, 3, 2]}))
             .err()
             .unwrap()
             .to_string();
@@ -825,7 +825,7 @@ mod tests {
             "{err}"
         );
         let all_walked = |page, trail: &[u64]| {
-            PartStarts::of(page, trail, trail.len() + 1, 1, &json!({}))
+            PartSegments::of(page, trail, trail.len() + 1, 1, &json!({}))
                 .unwrap()
                 .all_walked()
         };
