@@ -279,6 +279,21 @@ fn print_walk_phases(server: &str, table: &str, migration: &str) {
     println!("    {migration}: {phases}; {hot}");
 }
 
+/// Prints the advice the run was given (`advised` events: checkpoints forced by the WAL's volume), if any.
+fn print_advice(server: &str, migration: &str) {
+    let advice = psql(
+        server,
+        DATABASE,
+        &format!(
+            "SELECT string_agg(detail->>'advice', E'\\n      ' ORDER BY id) FROM background_migration_events \
+              WHERE migration_name = '{migration}' AND kind = 'advised'"
+        ),
+    );
+    if !advice.is_empty() {
+        println!("    {migration} was advised: {advice}");
+    }
+}
+
 /// What the server wrote while one run went on, from its cumulative statistics read before and after it: the WAL
 /// (its position, exact), the full-page images in it (a page's first change after a checkpoint logs the whole
 /// page: a run that outlasts the WAL between checkpoints logs its pages again, which is one way its cost per row
@@ -385,6 +400,7 @@ async fn backfill(server: &str, rows: u64, workers: &[u64], order: &str, rounds:
         if order == "physical" {
             print_walk_phases(server, &name, &migration);
         }
+        print_advice(server, &migration);
         psql(server, DATABASE, &format!("DROP TABLE {name}"));
         took
     };

@@ -2,14 +2,14 @@
 //! paused on the standby, a backfill on the primary.
 
 mod common;
-mod replica_support;
+mod private_postgres;
 
 use std::time::Duration;
 
 use bgmigrate::config;
 use bgmigrate::{Registration, Status, builtin_registry};
 use common::wait_until;
-use replica_support::Replicated;
+use private_postgres::Replicated;
 use serde_json::json;
 
 /// While the standby's replay is paused the backfill holds back after the lag passes its threshold — the row says

@@ -1,18 +1,21 @@
 //! The health signals added beside replication lag, each against its real store: the rate Postgres generates WAL
 //! at, the memory a ClickHouse server tracks, and foreground sessions blocked by a backfill's batch. Each throttles a
 //! migration while past its threshold, says so in the row, and lets it finish exact once an operator lifts it.
+//! Beside them, advice that holds nothing back: checkpoints forced by the WAL's volume, on a private server.
 
 mod clickhouse_common;
 mod common;
+mod private_postgres;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bgmigrate::config::Connected;
-use bgmigrate::{Status, builtin_registry};
+use bgmigrate::config::{self, Connected};
+use bgmigrate::{Registration, Status, builtin_registry};
 use clickhouse_common::TestClickHouse;
-use common::{TestDb, register_dir, spawn_runner, wait_until};
+use common::{TestDb, register_dir, run_registered, spawn_runner, wait_until};
+use private_postgres::PrivateServer;
 use serde_json::{Value, json};
 
 /// Runs the registered migration `name` with one worker; waits until its row says it holds back for a reason that
@@ -266,5 +269,119 @@ async fn foreground_sessions_blocked_by_a_batch_make_the_backfill_yield_with_sho
         hits as u64,
         updates.load(Ordering::Relaxed),
         "no foreground update lost"
+    );
+}
+
+/// Backfills every row of `items` with `column = id * factor` as migration `name` (batches of 5,000 rows, 200 ms
+/// apart, so the run spans several of the checks' 5-second readings); returns the kinds and details of its events,
+/// after checking every row was updated exactly once.
+async fn backfill_and_read_events(
+    connected: &Connected,
+    name: &str,
+    column: &str,
+    factor: i64,
+) -> Vec<(String, Value)> {
+    let registration = Registration {
+        name: name.into(),
+        script: "backfill".into(),
+        params: json!({"store": "postgres", "table": "items", "key": ["id"],
+                       "set": {column: format!("id * {factor}"), "hits": "hits + 1"}}),
+        args: json!({"batchSize": 5000, "sleepMs": 200}),
+        depends_on: None,
+    };
+    connected
+        .control
+        .register(&[registration], &builtin_registry())
+        .await
+        .unwrap();
+    run_registered(connected, "w1").await;
+    let record = connected.control.get(name).await.unwrap();
+    assert_eq!(record.status, Status::Finished, "{name}: {record:?}");
+    assert_eq!(record.throttled, None, "advice holds nothing back");
+    let pool = connected.pool.clone().expect("a Postgres control store");
+    let (wrong,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM items WHERE (CASE $1 WHEN 'v' THEN v ELSE w END) IS DISTINCT FROM id * $2",
+    )
+    .bind(column)
+    .bind(factor)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0, "{name}: every row updated");
+    connected
+        .control
+        .events(name, 500)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| (event.kind, event.detail))
+        .collect()
+}
+
+/// On a server whose `max_wal_size` is 32 MB (the least it takes), a backfill of 300,000 rows forces checkpoints
+/// seconds apart: an `advised` event names them, the `max_wal_size` in force and the one to raise it towards, and
+/// the backfill still runs to the end, every row once. After `max_wal_size` is raised to 8 GB the same backfill
+/// of another column is given no advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_forced_by_the_wal_are_advice_naming_max_wal_size() {
+    let server =
+        PrivateServer::start("max_wal_size = 32MB\nmin_wal_size = 32MB\ncheckpoint_timeout = 300");
+    let connected = config::connect(&server.url()).await.expect("server");
+    connected.control.ensure_schema().await.expect("schema");
+    let pool = connected.pool.clone().expect("a Postgres control store");
+    sqlx::raw_sql(
+        "CREATE TABLE items (id int PRIMARY KEY, pad text NOT NULL, v bigint, w bigint, hits int NOT NULL DEFAULT 0); \
+         INSERT INTO items (id, pad) SELECT i, repeat('x', 200) FROM generate_series(1, 300000) i; \
+         CHECKPOINT",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let events = backfill_and_read_events(&connected, "0001_v", "v", 2).await;
+    let advised: Vec<&Value> = events
+        .iter()
+        .filter(|(kind, _)| kind == "advised")
+        .map(|(_, detail)| detail)
+        .collect();
+    assert_eq!(
+        advised.len(),
+        1,
+        "one piece of advice in the hour: {events:?}"
+    );
+    let advice = advised[0];
+    assert_eq!(advice["topic"], "checkpoints");
+    let text = advice["advice"].as_str().unwrap();
+    assert!(
+        text.contains("(max_wal_size 32.0 MiB, checkpoint_timeout 300 s)")
+            && text.contains("raise max_wal_size towards"),
+        "{text}"
+    );
+    let figures = &advice["figures"];
+    assert!(
+        figures["requested_checkpoints"].as_u64().unwrap() >= 3,
+        "{figures}"
+    );
+    assert_eq!(figures["max_wal_size_bytes"], 32 * 1024 * 1024);
+    assert!(
+        figures["suggested_max_wal_size_bytes"].as_u64().unwrap() > 32 * 1024 * 1024,
+        "{figures}"
+    );
+    let hits: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT hits::bigint FROM items")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(hits, vec![1], "every row updated exactly once");
+
+    for statement in [
+        "ALTER SYSTEM SET max_wal_size = '8GB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let events = backfill_and_read_events(&connected, "0002_w", "w", 3).await;
+    assert!(
+        events.iter().all(|(kind, _)| kind != "advised"),
+        "no advice once the WAL fits: {events:?}"
     );
 }

@@ -305,6 +305,8 @@ pub enum EventKind {
     Throttled,
     /// It stopped holding back.
     Unthrottled,
+    /// A health check advised the operator on a server setting that costs the migration (nothing held back).
+    Advised,
     /// Its key space was split into ranges for `parallelism` > 1.
     RangesPlanned,
     /// A worker claimed one of its key ranges (a takeover when the previous holder's lease had expired).
@@ -331,6 +333,7 @@ impl EventKind {
             EventKind::BatchSizeChanged => "batch_size_changed",
             EventKind::Throttled => "throttled",
             EventKind::Unthrottled => "unthrottled",
+            EventKind::Advised => "advised",
             EventKind::RangesPlanned => "ranges_planned",
             EventKind::RangeClaimed => "range_claimed",
             EventKind::RangeSplit => "range_split",

@@ -323,6 +323,7 @@ pub(super) async fn stream(
         if stop.is_cancelled() {
             return Ok(Ending::Released);
         }
+        throttle.advise(&*ctx.leases, &lease).await?;
         // After a wait the row is read again: an operator may have changed it meanwhile.
         if after.waited {
             at = position(ctx, migration, &mut lease, stop).await?;

@@ -3,7 +3,8 @@
 //! while one says yield, it runs shorter batches and rests after each, both in proportion to the foreground's
 //! pressure. While a batch runs the checks sample the store beside it ([`Throttle::during`]). The row says why
 //! (`throttled`), an event marks each period, and `bgmigrate_throttled_seconds_total{migration,reason}` counts the
-//! time.
+//! time. Advice that holds nothing back (a server setting that costs the migration) becomes an `advised` event
+//! ([`Throttle::advise`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::Args;
-use crate::control::{Lease, LeaseStore};
+use crate::control::{EventKind, Lease, LeaseStore};
 use crate::migration::MigrationError;
 use crate::throttle::{Health, HealthCheck, Limits, SAMPLE_EVERY};
 
@@ -203,6 +204,40 @@ impl Throttle {
             }
         }
         out
+    }
+
+    /// Records the checks' advice due now, if any: an `advised` event with the figures, a warning in the log and
+    /// `bgmigrate_advice_total{migration,topic}`. Called before each batch; each check paces its own readings.
+    pub(crate) async fn advise(
+        &mut self,
+        leases: &dyn LeaseStore,
+        lease: &Lease,
+    ) -> Result<(), MigrationError> {
+        for check in self.checks.clone() {
+            let advice = match check.advice().await {
+                Ok(Some(advice)) => advice,
+                Ok(None) => continue,
+                Err(message) => {
+                    if self.logged.insert(message.clone()) {
+                        tracing::warn!(migration = %lease.name, "{message}; no advice from it");
+                    }
+                    continue;
+                }
+            };
+            tracing::warn!(migration = %lease.name, topic = advice.topic, "advice: {}", advice.message);
+            metrics::counter!(
+                "bgmigrate_advice_total",
+                "migration" => lease.name.clone(),
+                "topic" => advice.topic
+            )
+            .increment(1);
+            let mut detail = json!({"topic": advice.topic, "advice": advice.message});
+            detail["figures"] = advice.figures;
+            leases
+                .record_event(&lease.name, EventKind::Advised, &lease.worker_id, detail)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Rests after a batch that took `took` while yielding.

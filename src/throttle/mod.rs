@@ -4,8 +4,10 @@
 //! Each signal has an `args` threshold with a documented default ([`Limits`]); a migration names the checks of the
 //! stores it touches ([`crate::migration::Migration::health_checks`]). Layout: this file holds the contract and the
 //! limits; [`postgres`] reads replication, WAL, lock, vacuum and load signals; [`clickhouse`] reads parts, merges
-//! and memory.
+//! and memory. Checks also give advice that holds nothing back ([`Advice`]; [`checkpoints`]: checkpoints forced
+//! by the WAL's volume).
 
+mod checkpoints;
 pub mod clickhouse;
 pub mod postgres;
 mod pressure;
@@ -42,6 +44,18 @@ pub enum Health {
     },
 }
 
+/// What a check tells the operator about its store without holding back: a server setting that costs the
+/// migration, with the figures to change it by. The engine records it as an `advised` event and logs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advice {
+    /// Short name for metrics and the event (`checkpoints`).
+    pub topic: &'static str,
+    /// A sentence for operators: what was measured and what to change.
+    pub message: String,
+    /// The figures behind it, for the event's detail.
+    pub figures: Value,
+}
+
 /// One signal of one store.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
@@ -54,6 +68,12 @@ pub trait HealthCheck: Send + Sync {
     /// unreadable `check`. None by default.
     async fn sample(&self, _limits: &Limits) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Advice due now, if any; the check decides how often it reads what the advice rests on. An error is logged
+    /// once and changes nothing. None by default.
+    async fn advice(&self) -> Result<Option<Advice>, String> {
+        Ok(None)
     }
 }
 

@@ -2,7 +2,7 @@
 //! the rate WAL is generated at, sessions waiting for locks, an anti-wraparound autovacuum of the migration's table,
 //! foreground activity, and foreground sessions blocked by our batch — the last sampled *while the batch runs*
 //! ([`HealthCheck::sample`]), since between batches our session holds no lock. How much to yield is in
-//! [`super::pressure`].
+//! [`super::pressure`]; the advice on checkpoints forced by the WAL's volume in [`super::checkpoints`].
 //!
 //! A regular autovacuum of the table does not hold: it is what cleans up the dead rows our batches leave, its own
 //! cost-based delay already paces it, and holding for it would make a backfill wait for the cleanup of itself. Nor
@@ -23,9 +23,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use sqlx::{PgPool, Row};
 
+use super::checkpoints::{CheckpointReading, CheckpointWatch};
 use super::pressure::{Pressure, Sample};
 use super::rate::Rate;
-use super::{Health, HealthCheck, Limits, bytes};
+use super::{Advice, Health, HealthCheck, Limits, bytes};
 
 /// The application name bgmigrate's Postgres sessions carry, so foreground activity can leave them out.
 pub const APPLICATION_NAME: &str = "bgmigrate";
@@ -38,6 +39,8 @@ pub struct PgHealth {
     pressure: Mutex<Pressure>,
     /// The WAL position's growth per second.
     wal: Mutex<Rate>,
+    /// Checkpoints the WAL's volume forces: advice for `max_wal_size`.
+    checkpoints: Mutex<CheckpointWatch>,
 }
 
 impl PgHealth {
@@ -48,7 +51,39 @@ impl PgHealth {
             table,
             pressure: Mutex::new(Pressure::default()),
             wal: Mutex::new(Rate::default()),
+            checkpoints: Mutex::new(CheckpointWatch::default()),
         }
+    }
+
+    /// The requested-checkpoint counter (`pg_stat_checkpointer` from Postgres 17 on, `pg_stat_bgwriter` before),
+    /// the WAL position and the settings that decide when a checkpoint is requested. Any role may read them.
+    async fn checkpoint_reading(&self) -> Result<CheckpointReading, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT current_setting('server_version_num')::int AS version, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal_position, \
+                    (SELECT setting::bigint * CASE unit WHEN 'MB' THEN 1048576 WHEN 'kB' THEN 1024 \
+                                                        WHEN '8kB' THEN 8192 ELSE 1 END \
+                     FROM pg_settings WHERE name = 'max_wal_size') AS max_wal_size, \
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'checkpoint_timeout') AS timeout_s, \
+                    current_setting('checkpoint_completion_target')::float8 AS completion_target",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let counter = if row.try_get::<i32, _>("version")? >= 170_000 {
+            "SELECT num_requested FROM pg_stat_checkpointer"
+        } else {
+            "SELECT checkpoints_req FROM pg_stat_bgwriter"
+        };
+        let requested: i64 = sqlx::query_scalar(counter).fetch_one(&self.pool).await?;
+        Ok(CheckpointReading {
+            requested: requested.max(0) as u64,
+            wal_position: row.try_get::<i64, _>("wal_position")?.max(0) as u64,
+            max_wal_size: row.try_get::<i64, _>("max_wal_size")?.max(0) as u64,
+            timeout: std::time::Duration::from_secs(
+                row.try_get::<i64, _>("timeout_s")?.max(1) as u64
+            ),
+            completion_target: row.try_get("completion_target")?,
+        })
     }
 
     async fn replication(&self, limits: &Limits) -> Result<Option<Health>, sqlx::Error> {
@@ -247,5 +282,26 @@ impl HealthCheck for PgHealth {
             .expect("poisoned")
             .during_batch(sample, tokio::time::Instant::now());
         Ok(())
+    }
+
+    /// Checkpoints forced by the WAL's volume ([`super::checkpoints`]), read every few seconds.
+    async fn advice(&self) -> Result<Option<Advice>, String> {
+        let due = self
+            .checkpoints
+            .lock()
+            .expect("poisoned")
+            .read_due(tokio::time::Instant::now());
+        if !due {
+            return Ok(None);
+        }
+        let reading = self
+            .checkpoint_reading()
+            .await
+            .map_err(|err| format!("checkpoint counters unreadable: {err}"))?;
+        Ok(self
+            .checkpoints
+            .lock()
+            .expect("poisoned")
+            .observe(reading, tokio::time::Instant::now()))
     }
 }
