@@ -173,6 +173,8 @@ struct Backfill {
     wal_mib_per_sec: f64,
     batches: i64,
     median_batch_ms: f64,
+    /// The batches' longer durations and their average rows, as one line.
+    batch_tail: String,
     /// When its batches ran, as far as the batches table keeps them (the last 1,000).
     writes: Vec<Span>,
     throttled: Option<String>,
@@ -574,7 +576,11 @@ async fn backfill(
     );
     let stats = sqlx::query(
         "SELECT count(*) AS batches, \
-             coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) AS median \
+             coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) AS median, \
+             format('batches kept: p90 %s ms, p99 %s ms, max %s ms; %s rows a batch on average', \
+                    round(percentile_cont(0.9) WITHIN GROUP (ORDER BY duration_ms)::numeric), \
+                    round(percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms)::numeric), \
+                    max(duration_ms), round(avg(rows))) AS tail \
          FROM background_migration_batches WHERE migration_name = $1",
     )
     .bind(column)
@@ -616,6 +622,7 @@ async fn backfill(
             wal_mib_per_sec,
             batches: stats.try_get("batches")?,
             median_batch_ms: stats.try_get("median")?,
+            batch_tail: stats.try_get("tail")?,
             writes: writes
                 .into_iter()
                 .map(|(start, end)| (start.max(0) as u128, end.max(0) as u128))
@@ -864,11 +871,12 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             backfill.throttled.as_deref().unwrap_or("-")
         );
         eprintln!(
-            "    ({rate} tx/s: load ran at {:.0} tx/s alone, {:.0} tx/s during; {} batches; WAL {:.0} MiB/s)",
+            "    ({rate} tx/s: load ran at {:.0} tx/s alone, {:.0} tx/s during; {} batches; WAL {:.0} MiB/s; {})",
             alone.rate(),
             during.rate(),
             backfill.batches,
-            backfill.wal_mib_per_sec
+            backfill.wal_mib_per_sec,
+            backfill.batch_tail
         );
         let phases: Vec<String> = during
             .by_phase(&backfill.phases, backfill.ended)
