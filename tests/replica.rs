@@ -6,9 +6,9 @@ mod private_postgres;
 
 use std::time::Duration;
 
+use bgmigrate::Status;
 use bgmigrate::config;
-use bgmigrate::{Registration, Status, builtin_registry};
-use common::wait_until;
+use common::{register_builtin, spawn_runner, wait_until};
 use private_postgres::Replicated;
 use serde_json::json;
 
@@ -49,26 +49,16 @@ async fn a_paused_standby_holds_the_backfill_back_until_replay_resumes() {
         .unwrap();
 
     let name = "0001_v";
-    let registration = Registration {
-        name: name.into(),
-        script: "backfill".into(),
-        params: json!({"store": "postgres", "table": "items", "key": ["id"],
-                       "set": {"v": "id * 2", "hits": "hits + 1"}}),
-        args: json!({"batchSize": 1000, "maxReplicationLagBytes": 65536, "throttleCheckMs": 100}),
-        depends_on: None,
-    };
-    connected
-        .control
-        .register(&[registration], &builtin_registry())
-        .await
-        .unwrap();
-    let runner = bgmigrate::Runner::new(
-        connected.control.clone(),
-        builtin_registry(),
-        connected.stores.clone(),
-        common::fast_config("w1"),
+    register_builtin(
+        &connected,
+        name,
+        "backfill",
+        json!({"store": "postgres", "table": "items", "key": ["id"],
+               "set": {"v": "id * 2", "hits": "hits + 1"}}),
+        json!({"batchSize": 1000, "maxReplicationLagBytes": 65536, "throttleCheckMs": 100}),
     )
-    .spawn();
+    .await;
+    let runner = spawn_runner(&connected, "w1");
 
     let control = connected.control.clone();
     wait_until(

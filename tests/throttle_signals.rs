@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bgmigrate::config::{self, Connected};
-use bgmigrate::{Registration, Status, builtin_registry};
+use bgmigrate::{Status, builtin_registry};
 use clickhouse_common::TestClickHouse;
-use common::{TestDb, register_dir, run_registered, spawn_runner, wait_until};
+use common::{TestDb, register_builtin, register_dir, run_registered, spawn_runner, wait_until};
 use private_postgres::PrivateServer;
 use serde_json::{Value, json};
 
@@ -281,19 +281,15 @@ async fn backfill_and_read_events(
     column: &str,
     factor: i64,
 ) -> Vec<(String, Value)> {
-    let registration = Registration {
-        name: name.into(),
-        script: "backfill".into(),
-        params: json!({"store": "postgres", "table": "items", "key": ["id"],
-                       "set": {column: format!("id * {factor}"), "hits": "hits + 1"}}),
-        args: json!({"batchSize": 5000, "sleepMs": 200}),
-        depends_on: None,
-    };
-    connected
-        .control
-        .register(&[registration], &builtin_registry())
-        .await
-        .unwrap();
+    register_builtin(
+        connected,
+        name,
+        "backfill",
+        json!({"store": "postgres", "table": "items", "key": ["id"],
+               "set": {column: format!("id * {factor}"), "hits": "hits + 1"}}),
+        json!({"batchSize": 5000, "sleepMs": 200}),
+    )
+    .await;
     run_registered(connected, "w1").await;
     let record = connected.control.get(name).await.unwrap();
     assert_eq!(record.status, Status::Finished, "{name}: {record:?}");

@@ -213,7 +213,7 @@ impl Throttle {
         leases: &dyn LeaseStore,
         lease: &Lease,
     ) -> Result<(), MigrationError> {
-        for check in self.checks.clone() {
+        for check in &self.checks {
             let advice = match check.advice().await {
                 Ok(Some(advice)) => advice,
                 Ok(None) => continue,
@@ -231,8 +231,8 @@ impl Throttle {
                 "topic" => advice.topic
             )
             .increment(1);
-            let mut detail = json!({"topic": advice.topic, "advice": advice.message});
-            detail["figures"] = advice.figures;
+            let detail =
+                json!({"topic": advice.topic, "advice": advice.message, "figures": advice.figures});
             leases
                 .record_event(&lease.name, EventKind::Advised, &lease.worker_id, detail)
                 .await?;

@@ -77,7 +77,6 @@ impl CheckpointWatch {
     /// is what requests them (at least half of `max_wal_size / (1 + completion target)` per checkpoint — so
     /// `CHECKPOINT` commands on a quiet server are not mistaken for it).
     pub(crate) fn observe(&mut self, reading: CheckpointReading, now: Instant) -> Option<Advice> {
-        self.last_read = Some(now);
         let Some((since, first)) = self.window_start else {
             self.window_start = Some((now, reading));
             return None;

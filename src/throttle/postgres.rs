@@ -18,7 +18,7 @@
 //! reads as "nobody busy, nobody blocked" — letting go, and the batch is still bounded by `targetBatchMs`; a sample
 //! that fails is skipped (logged once) rather than failing a batch that is doing fine.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use async_trait::async_trait;
 use sqlx::{PgPool, Row};
@@ -41,7 +41,32 @@ pub struct PgHealth {
     wal: Mutex<Rate>,
     /// Checkpoints the WAL's volume forces: advice for `max_wal_size`.
     checkpoints: Mutex<CheckpointWatch>,
+    /// The query that reads them on this server's version ([`CHECKPOINTS_BEFORE_17`] or [`CHECKPOINTS_FROM_17`]).
+    checkpoint_sql: OnceLock<&'static str>,
 }
+
+/// The checkpoint reading's query with `$counter`, the requested-checkpoint counter's subquery.
+macro_rules! checkpoint_reading {
+    ($counter:literal) => {
+        concat!(
+            "SELECT ",
+            $counter,
+            " AS requested, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal_position, \
+                    (SELECT setting::bigint * CASE unit WHEN 'MB' THEN 1048576 WHEN 'kB' THEN 1024 \
+                                                        WHEN '8kB' THEN 8192 ELSE 1 END \
+                     FROM pg_settings WHERE name = 'max_wal_size') AS max_wal_size, \
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'checkpoint_timeout') AS timeout_s, \
+                    current_setting('checkpoint_completion_target')::float8 AS completion_target"
+        )
+    };
+}
+/// Before Postgres 17 the counter is in `pg_stat_bgwriter`.
+const CHECKPOINTS_BEFORE_17: &str =
+    checkpoint_reading!("(SELECT checkpoints_req FROM pg_stat_bgwriter)");
+/// From Postgres 17 on, in `pg_stat_checkpointer`.
+const CHECKPOINTS_FROM_17: &str =
+    checkpoint_reading!("(SELECT num_requested FROM pg_stat_checkpointer)");
 
 impl PgHealth {
     /// Checks on the database behind `pool`; `table` (schema-qualified or not) for the autovacuum signal.
@@ -52,31 +77,33 @@ impl PgHealth {
             pressure: Mutex::new(Pressure::default()),
             wal: Mutex::new(Rate::default()),
             checkpoints: Mutex::new(CheckpointWatch::default()),
+            checkpoint_sql: OnceLock::new(),
         }
     }
 
-    /// The requested-checkpoint counter (`pg_stat_checkpointer` from Postgres 17 on, `pg_stat_bgwriter` before),
-    /// the WAL position and the settings that decide when a checkpoint is requested. Any role may read them.
+    /// The requested-checkpoint counter, the WAL position and the settings that decide when a checkpoint is
+    /// requested, in one query; any role may read them. The server's version, which names the counter's view, is
+    /// read once.
     async fn checkpoint_reading(&self) -> Result<CheckpointReading, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT current_setting('server_version_num')::int AS version, \
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal_position, \
-                    (SELECT setting::bigint * CASE unit WHEN 'MB' THEN 1048576 WHEN 'kB' THEN 1024 \
-                                                        WHEN '8kB' THEN 8192 ELSE 1 END \
-                     FROM pg_settings WHERE name = 'max_wal_size') AS max_wal_size, \
-                    (SELECT setting::bigint FROM pg_settings WHERE name = 'checkpoint_timeout') AS timeout_s, \
-                    current_setting('checkpoint_completion_target')::float8 AS completion_target",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let counter = if row.try_get::<i32, _>("version")? >= 170_000 {
-            "SELECT num_requested FROM pg_stat_checkpointer"
-        } else {
-            "SELECT checkpoints_req FROM pg_stat_bgwriter"
+        let sql = match self.checkpoint_sql.get() {
+            Some(sql) => *sql,
+            None => {
+                let version: i32 =
+                    sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+                        .fetch_one(&self.pool)
+                        .await?;
+                *self.checkpoint_sql.get_or_init(|| {
+                    if version >= 170_000 {
+                        CHECKPOINTS_FROM_17
+                    } else {
+                        CHECKPOINTS_BEFORE_17
+                    }
+                })
+            }
         };
-        let requested: i64 = sqlx::query_scalar(counter).fetch_one(&self.pool).await?;
+        let row = sqlx::query(sql).fetch_one(&self.pool).await?;
         Ok(CheckpointReading {
-            requested: requested.max(0) as u64,
+            requested: row.try_get::<i64, _>("requested")?.max(0) as u64,
             wal_position: row.try_get::<i64, _>("wal_position")?.max(0) as u64,
             max_wal_size: row.try_get::<i64, _>("max_wal_size")?.max(0) as u64,
             timeout: std::time::Duration::from_secs(

@@ -277,6 +277,29 @@ pub async fn register_dir(connected: &Connected, dir: &Path, registry: &bgmigrat
         .expect("register");
 }
 
+/// Registers one migration of a built-in kind through the library (no definition file), running after every
+/// earlier one.
+pub async fn register_builtin(
+    connected: &Connected,
+    name: &str,
+    script: &str,
+    params: serde_json::Value,
+    args: serde_json::Value,
+) {
+    let registration = bgmigrate::Registration {
+        name: name.into(),
+        script: script.into(),
+        params,
+        args,
+        depends_on: None,
+    };
+    connected
+        .control
+        .register(&[registration], &bgmigrate::builtin_registry())
+        .await
+        .expect("register");
+}
+
 /// Starts one library runner named `worker` on the built-in kinds, with [`fast_config`] (`--exit-when-done`).
 pub fn spawn_runner(connected: &Connected, worker: &str) -> bgmigrate::RunnerHandle {
     bgmigrate::Runner::new(
