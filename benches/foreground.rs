@@ -42,6 +42,11 @@
 //! and each writer it prints how the load met their writes: the share of the time they ran (`busy`), the share of
 //! the load's transactions that ran at the same time as a batch or statement, and the p99 of those and of the rest
 //! — so that a gap to the writer reads as meeting writes more often, or paying more for each one met.
+//!
+//! Last, the machine's floor at each level: the same load beside a thread of this process that spins as often as
+//! the backfill's batches ran, in bursts of their mean duration, and writes nothing. On a machine whose cores the
+//! server, pgbench and the worker share, a transaction that becomes ready while every core is taken waits for one;
+//! what the spinning thread costs the load is what any work in pieces that long and that often costs it here.
 
 #[path = "support/cpu.rs"]
 mod cpu;
@@ -49,7 +54,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use bgmigrate::config::Connected;
@@ -345,6 +350,12 @@ fn busy_share(writes: &[Span]) -> f64 {
     running as f64 / (last.1 - first.0).max(1) as f64
 }
 
+/// The mean duration of `writes` (at least 0.1 ms).
+fn mean_write(writes: &[Span]) -> Duration {
+    let running: u128 = writes.iter().map(|(start, end)| end - start).sum();
+    Duration::from_micros((running / writes.len().max(1) as u128).max(100) as u64)
+}
+
 fn now_us() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -473,6 +484,41 @@ async fn plain_writer(
         writes: logged_spans(logs, &writer_prefix)?,
         load,
     })
+}
+
+/// The machine's floor beside each load level: the same load, for `seconds`, while a thread of this process
+/// spins in bursts of `burst` (the backfill's mean batch) for `busy` of the time (the share its batches ran),
+/// sleeping between them — no database work at all. The server, pgbench and the worker share this machine's cores,
+/// and a transaction that becomes ready while every core is taken waits for one: what this costs the load is what
+/// any writer busy as often, in pieces as long, costs it here before it writes a byte. By hand on a 2-core machine
+/// of this kind, 37 % of the time in bursts of 2.5 ms took a 400 tx/s load's p99 from 1.5-1.7 to 4.9-5.1 ms, in
+/// bursts of 1 ms to 2.5-2.7 ms, in bursts of 0.5 ms to 2.0-2.1 ms.
+async fn cpu_floor(
+    db: &PgPool,
+    (url, script, logs): (&str, &Path, &Path),
+    (rate, seconds): (u64, u64),
+    (busy, burst): (f64, Duration),
+    postmaster: u32,
+) -> anyhow::Result<Load> {
+    let rest = burst.mul_f64((1.0 - busy.clamp(0.01, 1.0)) / busy.clamp(0.01, 1.0));
+    let spin = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < until {
+            let started = Instant::now();
+            while started.elapsed() < burst {
+                std::hint::spin_loop();
+            }
+            std::thread::sleep(rest);
+        }
+    });
+    fixed_load(
+        db,
+        (url, script, logs),
+        (rate, seconds),
+        (&format!("cpu_floor_{rate}"), postmaster),
+        async { spin.await.context("the spinning thread") },
+    )
+    .await
 }
 
 /// What the backfill is given: its definition's `order` and its `args`.
@@ -795,6 +841,22 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             );
             writers.push(writer);
         }
+        let floor = cpu_floor(
+            &db,
+            (url, &script, logs),
+            (rate, alone_secs),
+            (
+                busy_share(&during_backfill.writes),
+                mean_write(&during_backfill.writes),
+            ),
+            postmaster,
+        )
+        .await?;
+        eprintln!(
+            "    ({rate} tx/s, a spinning thread busy as often as the batches: p99 {:.1} ms; {:.2} cores)",
+            floor.percentile_ms(0.99),
+            floor.cores
+        );
         let alone_after = load_alone(rate, format!("alone_after_{rate}")).await?;
         let (before_p99, after_p99) = (alone.percentile_ms(0.99), alone_after.percentile_ms(0.99));
         eprintln!(
@@ -805,7 +867,7 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         } else {
             alone
         };
-        lines.push((rate, alone, during, during_backfill, writers));
+        lines.push((rate, alone, during, during_backfill, writers, floor));
     }
     drop(connected);
 
@@ -852,7 +914,7 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         "cores a/d"
     );
     let mut met = idle_ratio >= TARGET_IDLE_RATIO;
-    for (rate, alone, during, backfill, writers) in &lines {
+    for (rate, alone, during, backfill, writers, _) in &lines {
         let ratio = during.percentile_ms(0.99) / alone.percentile_ms(0.99).max(0.001);
         let speed = rows as f64 / backfill.seconds;
         let share = speed / idle_rate;
@@ -930,7 +992,7 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
         "p99 writr",
         "ratio"
     );
-    for (rate, alone, during, _, writers) in &lines {
+    for (rate, alone, during, _, writers, _) in &lines {
         let base = alone.percentile_ms(0.99).max(0.001);
         let mut line = format!("  {rate:>6} | {:>6.1} ms", during.percentile_ms(0.99));
         for writer in writers {
@@ -943,6 +1005,26 @@ async fn run(url: &str, rows: u64, walk: &Walk, logs: &Path) -> anyhow::Result<(
             ));
         }
         println!("{line}");
+    }
+    println!(
+        "  the machine's floor at each level: the same load beside a thread of this process that spins as often as the \
+         backfill's batches ran, in bursts of their mean duration, and writes nothing"
+    );
+    println!(
+        "  {:>6} | {:>9} | {:>6} | {:>5} | {:>9} | {:>6}",
+        "tx/s", "p99 durng", "ratio", "busy", "p99 spin", "ratio"
+    );
+    for (rate, alone, during, backfill, _, floor) in &lines {
+        let base = alone.percentile_ms(0.99).max(0.001);
+        println!(
+            "  {rate:>6} | {:>6.1} ms | {:>5.2}x | {:>4.0}% | {:>6.1} ms | {:>5.2}x (bursts of {:.1} ms)",
+            during.percentile_ms(0.99),
+            during.percentile_ms(0.99) / base,
+            busy_share(&backfill.writes) * 100.0,
+            floor.percentile_ms(0.99),
+            floor.percentile_ms(0.99) / base,
+            mean_write(&backfill.writes).as_secs_f64() * 1000.0
+        );
     }
     println!(
         "target: p99 during <= {TARGET_P99_RATIO}x alone, backfill >= {:.0}% of idle speed, idle >= {TARGET_IDLE_RATIO}x \
