@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bgmigrate::config::{self, Connected};
-use bgmigrate::control::BatchCommit;
+use bgmigrate::control::{BatchCommit, EventKind};
 use bgmigrate::migration::Checkpointer;
 use bgmigrate::store::SqlStore;
 use bgmigrate::{
@@ -535,6 +535,22 @@ async fn checkpoints_finishes_and_failures_are_recorded_as_batches_and_events(en
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["failed", "claimed", "registered"]);
+    let latest = |kind| async move {
+        env.control()
+            .latest_event("0002_b", kind)
+            .await
+            .unwrap()
+            .map(|e| (e.kind, e.detail))
+    };
+    assert_eq!(
+        latest(EventKind::Claimed)
+            .await
+            .map(|(kind, _)| kind)
+            .as_deref(),
+        Some("claimed"),
+        "the newest of one kind, with newer events of others after it"
+    );
+    assert_eq!(latest(EventKind::Advised).await, None);
     let listed: Vec<String> = env
         .control()
         .list()
@@ -759,7 +775,8 @@ contract! {
     operator_actions_follow_the_legal_transitions_only,
     /// A bad args patch changes nothing; a good one merges and is recorded with before and after.
     set_args_validates_before_writing_anything,
-    /// Checkpoints land in the batches table, finish and fail in the row and in the events.
+    /// Checkpoints land in the batches table, finish and fail in the row and in the events; the newest event of a
+    /// kind is found past newer ones.
     checkpoints_finishes_and_failures_are_recorded_as_batches_and_events,
     /// The batches table is bounded: after more than BATCHES_KEPT checkpoints only the newest remain.
     the_batches_table_keeps_only_the_latest_batches_of_each_migration,

@@ -6,6 +6,7 @@ mod common;
 mod web_support;
 
 use axum::http::{Method, StatusCode};
+use bgmigrate::control::EventKind;
 use bgmigrate::web::{self, MASK, WebState};
 use bgmigrate::{Runner, Status, builtin_registry};
 use common::{TestDb, fast_config};
@@ -24,6 +25,20 @@ async fn two_migrations(test: &str) -> (TestDb, bgmigrate::config::Connected) {
     let connected = db.connect().await;
     register(&db, &connected).await;
     (db, connected)
+}
+
+/// Runs every registered migration to its end with one worker named `worker`.
+async fn run_to_the_end(connected: &bgmigrate::config::Connected, worker: &str) {
+    Runner::new(
+        control(connected),
+        builtin_registry(),
+        connected.stores.clone(),
+        fast_config(worker),
+    )
+    .spawn()
+    .join()
+    .await
+    .unwrap();
 }
 
 /// The list and the detail are JSON with derived figures, and a secret-looking args value never leaves the server.
@@ -418,22 +433,84 @@ async fn the_indicator_names_failures_and_warns_when_disabled_with_pending_work(
     );
 }
 
+/// The latest advice stands: the API gives the newest `advised` event however many events came after it (more than
+/// the detail's event list holds), the detail page shows its message until the migration finishes, and a
+/// migration without advice has none.
+#[tokio::test]
+async fn the_latest_advice_stands_on_the_detail_until_the_migration_finishes() {
+    let (_db, connected) = two_migrations("api_advice").await;
+    let advised = |message: &str| json!({"topic": "checkpoints", "advice": message, "figures": {"checkpoints": 3}});
+    let store = &connected.control;
+    for message in ["an older advice", "raise max_wal_size towards 4.0 GiB"] {
+        store
+            .record_event(FIRST, EventKind::Advised, "worker-1", advised(message))
+            .await
+            .unwrap();
+    }
+    for n in 0..120 {
+        store
+            .record_event(
+                FIRST,
+                EventKind::BatchSizeChanged,
+                "worker-1",
+                json!({"before": n, "after": n + 1}),
+            )
+            .await
+            .unwrap();
+    }
+    let server = serve(admin_state(&connected)).await;
+
+    let detail = get(&format!("{}/api/migrations/{FIRST}", server.base), &[])
+        .await
+        .json();
+    assert!(
+        detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] != "advised"),
+        "the advice is older than the events listed"
+    );
+    assert_eq!(
+        detail["advice"]["detail"],
+        advised("raise max_wal_size towards 4.0 GiB")
+    );
+    assert_eq!(detail["advice"]["actor"], "worker-1");
+    let none = get(&format!("{}/api/migrations/{SECOND}", server.base), &[])
+        .await
+        .json();
+    assert_eq!(none["advice"], Value::Null);
+
+    let page = |name: &str| {
+        let url = format!("{}/migrations/{name}", server.base);
+        async move { get(&url, &[]).await.body }
+    };
+    let shown = page(FIRST).await;
+    assert!(
+        shown.contains("<strong>Advice: </strong>raise max_wal_size towards 4.0 GiB ("),
+        "{shown}"
+    );
+    assert!(!shown.contains("an older advice"), "{shown}");
+    assert!(!page(SECOND).await.contains("Advice: "));
+
+    run_to_the_end(&connected, "advice-worker").await;
+    assert_eq!(
+        connected.control.get(FIRST).await.unwrap().status,
+        Status::Finished
+    );
+    assert!(
+        !page(FIRST).await.contains("Advice: "),
+        "a finished migration's advice no longer stands"
+    );
+}
+
 /// After a real run, /metrics has the rows processed, the batch duration histogram, the batch size and the status
 /// of each migration in Prometheus text.
 #[tokio::test]
 async fn metrics_count_rows_batches_and_status_per_migration() {
     let (_db, connected) = two_migrations("api_metrics").await;
     web::metrics::install();
-    Runner::new(
-        control(&connected),
-        builtin_registry(),
-        connected.stores.clone(),
-        fast_config("metrics-worker"),
-    )
-    .spawn()
-    .join()
-    .await
-    .unwrap();
+    run_to_the_end(&connected, "metrics-worker").await;
     let batches = connected.control.batches(FIRST, 1000).await.unwrap().len();
     let server = serve(admin_state(&connected)).await;
     let text = get(&format!("{}/metrics", server.base), &[]).await.body;

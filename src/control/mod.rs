@@ -246,6 +246,14 @@ pub trait HistoryStore: Send + Sync {
     /// The latest events of one migration, newest first.
     async fn events(&self, name: &str, limit: i64) -> Result<Vec<EventRecord>, ControlError>;
 
+    /// The newest event of `kind` of one migration, however many events of other kinds came after it (the web
+    /// UI's standing notice of the latest advice).
+    async fn latest_event(
+        &self,
+        name: &str,
+        kind: EventKind,
+    ) -> Result<Option<EventRecord>, ControlError>;
+
     /// The latest batches of one migration, newest first.
     async fn batches(&self, name: &str, limit: i64) -> Result<Vec<BatchRecord>, ControlError>;
 

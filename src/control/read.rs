@@ -12,8 +12,8 @@ use tokio::sync::Notify;
 use super::dialect::ControlSql;
 use super::lenient_json::{Unreadable, parse_lenient};
 use super::{
-    BatchRecord, ControlError, EventRecord, HistoryStore, Lease, MigrationRecord, RangeRecord,
-    SqlControlStore,
+    BatchRecord, ControlError, EventKind, EventRecord, HistoryStore, Lease, MigrationRecord,
+    RangeRecord, SqlControlStore,
 };
 use crate::status::Status;
 use crate::store::{SqlParam, SqlTx};
@@ -338,22 +338,22 @@ impl SqlControlStore {
         }
     }
 
+    /// The newest `limit` rows of `name` in `table`, only those of event kind `kind` when given.
     async fn history(
         &self,
         table: &str,
         columns: &[(&str, Kind)],
-        name: &str,
+        (name, kind): (&str, Option<EventKind>),
         limit: i64,
     ) -> Result<Vec<Vec<Option<String>>>, ControlError> {
+        let of_kind = if kind.is_some() { " AND kind = $3" } else { "" };
         let sql = format!(
-            "SELECT {} FROM {table} WHERE migration_name = $1 ORDER BY id DESC LIMIT $2",
+            "SELECT {} FROM {table} WHERE migration_name = $1{of_kind} ORDER BY id DESC LIMIT $2",
             select_list(self.sql, columns)
         );
-        self.read_rows(
-            &sql,
-            &[SqlParam::Text(name.to_owned()), SqlParam::Int(limit)],
-        )
-        .await
+        let mut params = vec![SqlParam::Text(name.to_owned()), SqlParam::Int(limit)];
+        params.extend(kind.map(|kind| SqlParam::Text(kind.as_str().to_owned())));
+        self.read_rows(&sql, &params).await
     }
 }
 
@@ -373,14 +373,40 @@ impl HistoryStore for SqlControlStore {
 
     async fn events(&self, name: &str, limit: i64) -> Result<Vec<EventRecord>, ControlError> {
         let rows = self
-            .history("background_migration_events", EVENT_COLUMNS, name, limit)
+            .history(
+                "background_migration_events",
+                EVENT_COLUMNS,
+                (name, None),
+                limit,
+            )
             .await?;
         rows.iter().map(|row| decode_event(row)).collect()
     }
 
+    async fn latest_event(
+        &self,
+        name: &str,
+        kind: EventKind,
+    ) -> Result<Option<EventRecord>, ControlError> {
+        let rows = self
+            .history(
+                "background_migration_events",
+                EVENT_COLUMNS,
+                (name, Some(kind)),
+                1,
+            )
+            .await?;
+        rows.first().map(|row| decode_event(row)).transpose()
+    }
+
     async fn batches(&self, name: &str, limit: i64) -> Result<Vec<BatchRecord>, ControlError> {
         let rows = self
-            .history("background_migration_batches", BATCH_COLUMNS, name, limit)
+            .history(
+                "background_migration_batches",
+                BATCH_COLUMNS,
+                (name, None),
+                limit,
+            )
             .await?;
         rows.iter().map(|row| decode_batch(row)).collect()
     }

@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::input::{check_args, check_name};
 use super::view::{MigrationView, RangeView, masked_event};
 use super::{Shared, metrics};
+use crate::control::EventKind;
 use crate::status::Action;
 
 /// Events and batches returned with one migration.
@@ -28,7 +29,8 @@ pub async fn list(
     Ok(Json(records.iter().map(MigrationView::new).collect()))
 }
 
-/// `GET /api/migrations/{name}`: the migration, the stores it uses, its recent events and batches (newest first).
+/// `GET /api/migrations/{name}`: the migration, the stores it uses, its recent events and batches (newest first),
+/// and its latest advice (the newest `advised` event, or null).
 pub async fn show(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -44,12 +46,19 @@ pub async fn show(
         .iter()
         .map(masked_event)
         .collect();
+    let advice = state
+        .control
+        .latest_event(&name, EventKind::Advised)
+        .await?
+        .as_ref()
+        .map(masked_event);
     let batches = state.control.batches(&name, DETAIL_BATCHES).await?;
     let ranges = state.control.ranges(&name).await?;
     Ok(Json(json!({
         "migration": MigrationView::new(&record),
         "stores": state.stores.used_by(&record.definition),
         "events": events,
+        "advice": advice,
         "batches": batches,
         "ranges": RangeView::all(&ranges),
     })))

@@ -9,7 +9,7 @@ use super::layout::href;
 use super::list::progress;
 use super::view::{MigrationView, mask_secrets, thousands, when};
 use crate::control::{BatchRecord, EventRecord, MigrationRecord, RangeRecord};
-use crate::status::Action;
+use crate::status::{Action, Status};
 use crate::store::{StoreUse, describe_uses};
 
 /// Recent batches listed under the chart.
@@ -33,6 +33,8 @@ pub struct Detail<'a> {
     pub stores: &'a [StoreUse],
     /// Its latest events, newest first.
     pub events: &'a [EventRecord],
+    /// Its newest `advised` event, shown as a standing notice until the migration finishes.
+    pub advice: Option<&'a EventRecord>,
     /// Its latest batches, newest first.
     pub batches: &'a [BatchRecord],
     /// Its key ranges (`parallelism` > 1), in range order.
@@ -96,6 +98,9 @@ pub fn content(detail: &Detail) -> Markup {
             @if let Some(reason) = &record.throttled {
                 p.notice { strong { "Holding back: " } (reason) }
             }
+            @if let Some((message, at)) = standing_advice(detail) {
+                p.notice.advice data-field="advice" { strong { "Advice: " } (message) " (" (when(Some(at))) ")" }
+            }
             @if let Some(reason) = &record.unreadable {
                 p.notice.err { strong { "This row cannot be read in full: " } (reason) }
             }
@@ -131,6 +136,16 @@ pub fn content(detail: &Detail) -> Markup {
         h2 { "Event history" }
         (events(detail.events))
     }
+}
+
+/// The latest advice and when it came, while the migration may still run: advice on a server setting that costs
+/// it (checkpoints forced by its WAL) holds until it is done, whatever events came after it.
+fn standing_advice<'a>(detail: &Detail<'a>) -> Option<(&'a str, chrono::DateTime<chrono::Utc>)> {
+    if matches!(detail.record.status, Status::Finished | Status::Cancelled) {
+        return None;
+    }
+    let advice = detail.advice?;
+    Some((advice.detail.get("advice")?.as_str()?, advice.at))
 }
 
 fn pretty(value: &Value) -> String {

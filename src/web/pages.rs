@@ -16,7 +16,7 @@ use super::forms::ArgsForm;
 use super::input::check_name;
 use super::layout::{Base, Frame, encode, encode_path, page};
 use super::{Shared, list, metrics};
-use crate::control::ControlError;
+use crate::control::{ControlError, EventKind};
 use crate::status::Action;
 
 /// Events shown on the detail page.
@@ -172,6 +172,7 @@ async fn detail_page(
 ) -> PageResult {
     let record = state.control.get(name).await?;
     let events = state.control.events(name, EVENTS).await?;
+    let advice = state.control.latest_event(name, EventKind::Advised).await?;
     let batches = state.control.batches(name, BATCHES).await?;
     let ranges = state.control.ranges(name).await?;
     let stores = state.stores.used_by(&record.definition);
@@ -180,6 +181,7 @@ async fn detail_page(
         record: &record,
         stores: &stores,
         events: &events,
+        advice: advice.as_ref(),
         batches: &batches,
         ranges: &ranges,
         form: shown
