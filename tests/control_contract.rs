@@ -551,6 +551,33 @@ async fn checkpoints_finishes_and_failures_are_recorded_as_batches_and_events(en
         "the newest of one kind, with newer events of others after it"
     );
     assert_eq!(latest(EventKind::Advised).await, None);
+
+    // Advice any stream may give: the first within the hour lands, a second of the same topic does not, another
+    // topic does, and with no time given the same topic lands again.
+    let once = |topic: &str, within| {
+        let detail = json!({"topic": topic, "advice": format!("about {topic}")});
+        async move {
+            env.control()
+                .record_event_once("0002_b", EventKind::Advised, "w1", detail, within)
+                .await
+                .unwrap()
+        }
+    };
+    let hour = std::time::Duration::from_secs(3_600);
+    assert!(once("checkpoints", hour).await);
+    assert!(!once("checkpoints", hour).await, "given within the hour");
+    assert!(once("vacuum", hour).await, "another topic");
+    assert!(
+        once("checkpoints", std::time::Duration::ZERO).await,
+        "none newer than now"
+    );
+    let advised = env.control().events("0002_b", 10).await.unwrap();
+    let topics: Vec<&str> = advised
+        .iter()
+        .filter(|e| e.kind == "advised")
+        .map(|e| e.detail["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["checkpoints", "vacuum", "checkpoints"]);
     let listed: Vec<String> = env
         .control()
         .list()
@@ -776,7 +803,7 @@ contract! {
     /// A bad args patch changes nothing; a good one merges and is recorded with before and after.
     set_args_validates_before_writing_anything,
     /// Checkpoints land in the batches table, finish and fail in the row and in the events; the newest event of a
-    /// kind is found past newer ones.
+    /// kind is found past newer ones; an event recorded once per topic and time lands only once.
     checkpoints_finishes_and_failures_are_recorded_as_batches_and_events,
     /// The batches table is bounded: after more than BATCHES_KEPT checkpoints only the newest remain.
     the_batches_table_keeps_only_the_latest_batches_of_each_migration,

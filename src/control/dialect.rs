@@ -76,6 +76,14 @@ impl ControlSql {
         }
     }
 
+    /// Text field `field` (a plain name) of the JSON document `json` (a JSON column, or [`ControlSql::json_param`]).
+    pub(super) fn json_text_field(self, json: &str, field: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("({json} ->> '{field}')"),
+            Dialect::Sqlite => format!("json_extract({json}, '$.{field}')"),
+        }
+    }
+
     /// Parameter `$n`, a JSON array of names or NULL, as the column type of `depends_on`.
     pub(super) fn names_param(self, n: usize) -> String {
         match self.dialect {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::SecondsFormat;
+use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use super::sql_store::SqlControlStore;
@@ -337,6 +337,24 @@ impl LeaseStore for SqlControlStore {
         self.insert_event(tx.as_mut(), name, kind, actor, &detail)
             .await?;
         self.commit(tx).await
+    }
+
+    async fn record_event_once(
+        &self,
+        name: &str,
+        kind: EventKind,
+        actor: &str,
+        detail: Value,
+        within: Duration,
+    ) -> Result<bool, ControlError> {
+        let after =
+            Utc::now() - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+        let mut tx = self.write().await?;
+        let recorded = self
+            .insert_event_unless(tx.as_mut(), (name, kind, actor, &detail), Some(after))
+            .await?;
+        self.commit(tx).await?;
+        Ok(recorded)
     }
 
     async fn ranges_of(&self, migration_id: &str) -> Result<Vec<RangeRecord>, ControlError> {

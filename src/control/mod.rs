@@ -177,6 +177,18 @@ pub trait LeaseStore: Send + Sync {
         detail: Value,
     ) -> Result<(), ControlError>;
 
+    /// Records an event of `kind` for migration `name` unless it has one of the same `topic` (a field of `detail`,
+    /// or none) newer than `within` (by the worker's clock); says whether it did. For what any of a migration's streams may notice (advice): the first to say it does.
+    /// Two streams that both write within the same few milliseconds may both land.
+    async fn record_event_once(
+        &self,
+        name: &str,
+        kind: EventKind,
+        actor: &str,
+        detail: Value,
+        within: Duration,
+    ) -> Result<bool, ControlError>;
+
     // Key ranges (`parallelism` > 1). A lease with [`Lease::range`] set holds one range: renewal, checkpoints,
     // failure, release and throttling above then act on that range (and fail or throttle the whole migration).
 

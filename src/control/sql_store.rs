@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use super::changes::Changes;
@@ -32,6 +33,8 @@ pub struct SqlControlStore {
 pub(super) struct Statements {
     pub(super) register: String,
     pub(super) insert_event: String,
+    /// `insert_event` unless the migration has an event of the same kind and `topic` after `$5` (an RFC 3339 time).
+    pub(super) insert_event_once: String,
     pub(super) claim_candidate: String,
     pub(super) claimable: String,
     pub(super) claim: String,
@@ -91,6 +94,16 @@ impl Statements {
                 "INSERT INTO background_migration_events (migration_name, kind, actor, detail) \
                  VALUES ($1, $2, $3, {})",
                 sql.json_param(4)
+            ),
+            insert_event_once: format!(
+                "INSERT INTO background_migration_events (migration_name, kind, actor, detail) \
+                 SELECT $1, $2, $3, {detail} WHERE NOT EXISTS (SELECT 1 FROM background_migration_events \
+                 WHERE migration_name = $1 AND kind = $2 AND at > {} \
+                 AND {} IS NOT DISTINCT FROM {})",
+                sql.timestamp_param(5),
+                sql.json_text_field("detail", "topic"),
+                sql.json_text_field(&sql.json_param(4), "topic"),
+                detail = sql.json_param(4),
             ),
             claim_candidate: candidate(&sql.lock_rows_skip_locked("m")),
             claimable: candidate(""),
@@ -199,18 +212,42 @@ impl SqlControlStore {
         actor: &str,
         detail: &Value,
     ) -> Result<(), ControlError> {
-        let params = [
+        self.insert_event_unless(tx, (name, kind, actor, detail), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Inserts the event (and announces it) unless `after` is given and the migration has an event of the same
+    /// kind after that time; says whether it did.
+    pub(super) async fn insert_event_unless(
+        &self,
+        tx: &mut dyn SqlTx,
+        (name, kind, actor, detail): (&str, EventKind, &str, &Value),
+        after: Option<DateTime<Utc>>,
+    ) -> Result<bool, ControlError> {
+        let mut params = vec![
             SqlParam::Text(name.to_owned()),
             SqlParam::Text(kind.as_str().to_owned()),
             SqlParam::Text(actor.to_owned()),
             SqlParam::Text(detail.to_string()),
         ];
-        tx.execute(&self.statements.insert_event, &params).await?;
+        let statement = match after {
+            Some(after) => {
+                params.push(SqlParam::Text(
+                    after.to_rfc3339_opts(SecondsFormat::Millis, true),
+                ));
+                &self.statements.insert_event_once
+            }
+            None => &self.statements.insert_event,
+        };
+        if tx.execute(statement, &params).await? == 0 {
+            return Ok(false);
+        }
         if let Some(announce) = self.sql.announce() {
             tx.execute(&announce, &[SqlParam::Text(name.to_owned())])
                 .await?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -207,6 +207,17 @@ impl LeaseStore for FakeLeases {
         Ok(())
     }
 
+    async fn record_event_once(
+        &self,
+        _: &str,
+        _: EventKind,
+        _: &str,
+        _: Value,
+        _: Duration,
+    ) -> Result<bool, ControlError> {
+        Ok(true)
+    }
+
     /// The counting migration runs as one stream: it has no ranges, and none can be claimed.
     async fn ranges_of(&self, _: &str) -> Result<Vec<RangeRecord>, ControlError> {
         Ok(Vec::new())

@@ -207,7 +207,9 @@ impl Throttle {
     }
 
     /// Records the checks' advice due now, if any: an `advised` event with the figures, a warning in the log and
-    /// `bgmigrate_advice_total{migration,topic}`. Called before each batch; each check paces its own readings.
+    /// `bgmigrate_advice_total{migration,topic}` — unless another stream of the migration (another key range, another
+    /// worker) gave advice within the advice's `repeat_after`, which then goes unsaid. Called before each batch;
+    /// each check paces its own readings.
     pub(crate) async fn advise(
         &mut self,
         leases: &dyn LeaseStore,
@@ -224,6 +226,21 @@ impl Throttle {
                     continue;
                 }
             };
+            let detail =
+                json!({"topic": advice.topic, "advice": advice.message, "figures": advice.figures});
+            let recorded = leases
+                .record_event_once(
+                    &lease.name,
+                    EventKind::Advised,
+                    &lease.worker_id,
+                    detail,
+                    advice.repeat_after,
+                )
+                .await?;
+            if !recorded {
+                tracing::debug!(migration = %lease.name, topic = advice.topic, "advice already given by another stream");
+                continue;
+            }
             tracing::warn!(migration = %lease.name, topic = advice.topic, "advice: {}", advice.message);
             metrics::counter!(
                 "bgmigrate_advice_total",
@@ -231,11 +248,6 @@ impl Throttle {
                 "topic" => advice.topic
             )
             .increment(1);
-            let detail =
-                json!({"topic": advice.topic, "advice": advice.message, "figures": advice.figures});
-            leases
-                .record_event(&lease.name, EventKind::Advised, &lease.worker_id, detail)
-                .await?;
         }
         Ok(())
     }

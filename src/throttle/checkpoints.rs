@@ -22,7 +22,8 @@ pub(crate) const READ_EVERY: Duration = Duration::from_secs(5);
 const WINDOW: Duration = Duration::from_secs(600);
 /// Requested checkpoints within a window before it is advice rather than a coincidence.
 const MIN_REQUESTED: u64 = 3;
-/// The shortest time between two pieces of this advice from one stream.
+/// The shortest time between two pieces of this advice from one stream, and from all of a migration's streams
+/// together ([`Advice::repeat_after`]).
 const REPEAT_AFTER: Duration = Duration::from_secs(3_600);
 
 /// One reading of the server's checkpoint counter, its WAL position and the settings that decide checkpoints.
@@ -132,6 +133,7 @@ fn advice(reading: &CheckpointReading, requested: u64, elapsed: Duration, writte
             "checkpoint_timeout_s": timeout,
             "suggested_max_wal_size_bytes": suggested,
         }),
+        repeat_after: REPEAT_AFTER,
     }
 }
 

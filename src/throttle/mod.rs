@@ -54,6 +54,8 @@ pub struct Advice {
     pub message: String,
     /// The figures behind it, for the event's detail.
     pub figures: Value,
+    /// How long no stream of the same migration gives advice again: the first of its workers to see it says it.
+    pub repeat_after: std::time::Duration,
 }
 
 /// One signal of one store.
